@@ -1,0 +1,202 @@
+//! The contract between observer's kernel programs and user space.
+//!
+//! Every type here is `#[repr(C)]` and plain old data: the kernel writes the
+//! bytes, user space decodes them. Sizes are asserted at compile time so a
+//! field added on one side and not the other fails the build, not the run.
+//! Integer constants are used instead of Rust enums because an enum with an
+//! out-of-range discriminant read from the kernel would be undefined
+//! behaviour.
+#![no_std]
+
+/// Length of a task's `comm`, as in the kernel.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// `AF_INET` and `AF_INET6`, as the tracepoints report them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// What a [`ConnectEvent`] reports.
+pub mod kind {
+    /// A SYN to a watched destination (sent in process context; the source
+    /// port is not assigned yet, so `sport` is 0).
+    pub const CONNECT: u8 = 1;
+    /// SYN_SENT -> ESTABLISHED to a watched destination.
+    pub const ESTABLISHED: u8 = 2;
+    /// The socket left SYN_SENT without being established. `errno` is set
+    /// when the kernel reported the error before the close (older kernels);
+    /// otherwise an [`ERROR`] event with the same 4-tuple follows, and no
+    /// such event means the application gave up (`aborted`).
+    pub const SYN_CLOSED: u8 = 3;
+    /// The error the kernel reported for a socket that just left SYN_SENT.
+    /// Carries the 4-tuple and `errno` only.
+    pub const ERROR: u8 = 4;
+    /// connect() failed before any SYN was sent (no route).
+    pub const SYNC_FAILED: u8 = 5;
+    /// An RST received on an established connection this node opened.
+    pub const RESET: u8 = 6;
+}
+
+/// `ConnectEvent::flags` bits.
+pub mod flags {
+    /// The destination is in the watch map.
+    pub const WATCHED: u8 = 1;
+}
+
+/// One connect outcome, written by the kernel into the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectEvent {
+    /// CLOCK_MONOTONIC ns of this event.
+    pub ts_ns: u64,
+    /// CLOCK_MONOTONIC ns of the SYN (0 when not known, e.g. `ERROR`).
+    pub syn_ns: u64,
+    /// cgroup v2 id of the connecting task (0 when not known).
+    pub cgroup_id: u64,
+    /// Source address; IPv4 in the first 4 bytes.
+    pub saddr: [u8; 16],
+    /// Destination address; IPv4 in the first 4 bytes.
+    pub daddr: [u8; 16],
+    /// Connecting process (tgid) and thread (pid); 0 when not known.
+    pub tgid: u32,
+    pub pid: u32,
+    /// Positive errno, or 0.
+    pub errno: i32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub kind: u8,
+    pub flags: u8,
+    pub _pad: [u8; 4],
+    /// Command name of the connecting task, NUL padded.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+impl ConnectEvent {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+
+    pub const fn zeroed() -> Self {
+        ConnectEvent {
+            ts_ns: 0,
+            syn_ns: 0,
+            cgroup_id: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            tgid: 0,
+            pid: 0,
+            errno: 0,
+            sport: 0,
+            dport: 0,
+            family: 0,
+            kind: 0,
+            flags: 0,
+            _pad: [0; 4],
+            comm: [0; TASK_COMM_LEN],
+        }
+    }
+}
+
+/// Key of the per-destination statistics and of the kernel's tuple maps:
+/// one remote address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestKey {
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub port: u16,
+    pub addr: [u8; 16],
+}
+
+/// Key of the watch map: a destination address, any port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKey {
+    pub family: u16,
+    pub _pad: u16,
+    pub addr: [u8; 16],
+}
+
+/// A TCP 4-tuple, used to join the close of a SYN_SENT socket with the
+/// error the kernel reports for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// Per-destination counters aggregated in the kernel (LRU map `DEST_STATS`).
+///
+/// Counts are cumulative since the program was loaded. `aborted` is not
+/// counted directly: it is `syn_closed` minus the asynchronous errors, the
+/// connects that left SYN_SENT without the kernel reporting an error.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestStats {
+    /// SYNs sent, plus connect() calls that failed before a SYN.
+    pub connects: u64,
+    pub established: u64,
+    /// Sockets that left SYN_SENT without being established.
+    pub syn_closed: u64,
+    pub refused: u64,
+    pub host_unreachable: u64,
+    pub net_unreachable: u64,
+    pub timed_out: u64,
+    /// Any other error reported for a socket leaving SYN_SENT.
+    pub other_error: u64,
+    /// connect() failed synchronously (no SYN): ENETUNREACH / EHOSTUNREACH.
+    pub sync_failed: u64,
+    /// RSTs received on established connections.
+    pub resets: u64,
+    pub last_syn_ns: u64,
+    pub last_established_ns: u64,
+    pub last_failure_ns: u64,
+}
+
+/// Index of the counters in the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Ring-buffer reservations that failed: events lost.
+    pub const RINGBUF_DROPS: u32 = 0;
+    /// Events written to the ring buffer.
+    pub const EVENTS_SENT: u32 = 1;
+    /// Tracked-socket map inserts that failed.
+    pub const MAP_FULL: u32 = 2;
+    pub const COUNT: u32 = 4;
+}
+
+/// Capacities of the kernel maps; user space may override the ring size.
+pub mod capacity {
+    pub const EVENTS_RING_BYTES: u32 = 1 << 22;
+    pub const DEST_STATS: u32 = 65_536;
+    pub const SOCKETS: u32 = 131_072;
+    pub const TUPLES: u32 = 16_384;
+    pub const WATCH: u32 = 16_384;
+    pub const CONNECT_ARGS: u32 = 16_384;
+}
+
+const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
+const _: () = assert!(core::mem::align_of::<ConnectEvent>() == 8);
+const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
+const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+const _: () = assert!(core::mem::size_of::<TupleKey>() == 40);
+const _: () = assert!(core::mem::size_of::<DestStats>() == 13 * 8);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], contain only integers and byte
+    // arrays, have no implicit padding (checked by the size asserts above),
+    // and every bit pattern is a valid value.
+    unsafe impl aya::Pod for ConnectEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DestKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TupleKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DestStats {}
+}

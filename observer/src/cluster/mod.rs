@@ -1,0 +1,1 @@
+//! The Kubernetes side: pod-termination and EndpointSlice tracking.

@@ -1,0 +1,11 @@
+//! observer: measures the endpoint-propagation gap of Kubernetes rollouts
+//! from the kernel's view of TCP connects.
+//!
+//! Data flows one way: kernel programs -> [`probe`] (decode) -> engine <-
+//! [`cluster`] (kube watchers); engine -> measurements -> exporters, TUI.
+//! See docs/ARCHITECTURE.md.
+
+pub mod clock;
+pub mod cluster;
+pub mod probe;
+pub mod sim;

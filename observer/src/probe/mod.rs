@@ -1,0 +1,1 @@
+//! The kernel probe: loading, decoding, and reading its maps.

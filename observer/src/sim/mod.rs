@@ -1,0 +1,1 @@
+//! A Kubernetes API simulator that speaks the list/watch protocol.
