@@ -1,1 +1,627 @@
-#![no_std] #![no_main] #[panic_handler] fn p(_: &core::panic::PanicInfo) -> ! { loop {} }
+//! observer's kernel programs: TCP connect outcomes from tracepoints.
+//!
+//! A connect's life, as these programs see it:
+//! - `sys_enter_connect` remembers the destination the task asked for, so a
+//!   connect() that fails before any SYN (no route) can be reported from
+//!   `sys_exit_connect`.
+//! - `inet_sock_set_state` CLOSE -> SYN_SENT runs in the connecting task:
+//!   pid, comm and cgroup are recorded in `SOCKS`, keyed by socket address.
+//! - SYN_SENT -> ESTABLISHED: a success; sent to user space only for watched
+//!   destinations.
+//! - SYN_SENT -> CLOSE: a failure; always sent (`SYN_CLOSED`). The error the
+//!   kernel reports for it (`inet_sk_error_report`, joined by 4-tuple) is sent
+//!   as an `ERROR` event. No error means the application gave up (aborted).
+//! - `tcp_receive_reset` on a socket this node established: an in-flight
+//!   connection cut off.
+//!
+//! Every path also updates the per-destination counters in `DEST_STATS`, so
+//! user space can account for connects it never saw as events.
+#![no_std]
+#![no_main]
+// The bpf target has no compare-and-swap, so core's atomic types lack
+// fetch_add there; the intrinsic lowers to BPF's atomic add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns, bpf_probe_read_user,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use aya_log_ebpf::warn;
+use observer_common::{
+    AF_INET, AF_INET6, AddrKey, ConnectEvent, DestKey, DestStats, TASK_COMM_LEN, TupleKey,
+    capacity, counter, flags, kind,
+};
+
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+
+const ECONNREFUSED: i32 = 111;
+const EHOSTUNREACH: i32 = 113;
+const ENETUNREACH: i32 = 101;
+const ETIMEDOUT: i32 = 110;
+
+/// An error reported before the close (older kernels) is only joined with a
+/// close that follows within this window, so a stale entry for a reused
+/// 4-tuple cannot classify a later connect.
+const EARLY_ERROR_WINDOW_NS: u64 = 50_000_000;
+
+/// What the kernel remembers about a socket this node is connecting with.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockInfo {
+    syn_ns: u64,
+    cgroup_id: u64,
+    tgid: u32,
+    pid: u32,
+    comm: [u8; TASK_COMM_LEN],
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    family: u16,
+    sport: u16,
+    dport: u16,
+    established: u8,
+    watched: u8,
+}
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 80);
+
+/// The destination a task passed to connect(), until the syscall returns.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConnectArgs {
+    ts_ns: u64,
+    family: u16,
+    port: u16,
+    _pad: u32,
+    addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 32);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EarlyError {
+    ts_ns: u64,
+    errno: i32,
+    _pad: u32,
+}
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_RING_BYTES, 0);
+
+#[map]
+static DEST_STATS: LruHashMap<DestKey, DestStats> =
+    LruHashMap::with_max_entries(capacity::DEST_STATS, 0);
+
+#[map]
+static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(capacity::SOCKETS, 0);
+
+/// 4-tuples of sockets that just left SYN_SENT, awaiting their error report.
+#[map]
+static CLOSED_TUPLES: LruHashMap<TupleKey, u64> = LruHashMap::with_max_entries(capacity::TUPLES, 0);
+
+/// Errors reported before the socket's close (kernels before 6.10 do this
+/// for timeouts and ICMP errors).
+#[map]
+static EARLY_ERRORS: LruHashMap<TupleKey, EarlyError> =
+    LruHashMap::with_max_entries(capacity::TUPLES, 0);
+
+/// Destinations user space wants every connect to (terminating pods).
+#[map]
+static WATCH: HashMap<AddrKey, u8> = HashMap::with_max_entries(capacity::WATCH, 0);
+
+#[map]
+static CONNECT_ARGS: LruHashMap<u64, ConnectArgs> =
+    LruHashMap::with_max_entries(capacity::CONNECT_ARGS, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+// Offsets from /sys/kernel/tracing/events/<group>/<event>/format; stable
+// since the tracepoints were introduced (4.16 / 5.15).
+mod tp {
+    pub mod set_state {
+        pub const SKADDR: usize = 8;
+        pub const OLDSTATE: usize = 16;
+        pub const NEWSTATE: usize = 20;
+        pub const SPORT: usize = 24;
+        pub const DPORT: usize = 26;
+        pub const FAMILY: usize = 28;
+        pub const PROTOCOL: usize = 30;
+        pub const SADDR: usize = 32;
+        pub const DADDR: usize = 36;
+        pub const SADDR_V6: usize = 40;
+        pub const DADDR_V6: usize = 56;
+    }
+    pub mod error_report {
+        pub const ERROR: usize = 8;
+        pub const SPORT: usize = 12;
+        pub const DPORT: usize = 14;
+        pub const FAMILY: usize = 16;
+        pub const PROTOCOL: usize = 18;
+        pub const SADDR: usize = 20;
+        pub const DADDR: usize = 24;
+        pub const SADDR_V6: usize = 28;
+        pub const DADDR_V6: usize = 44;
+    }
+    pub mod receive_reset {
+        pub const SKADDR: usize = 8;
+    }
+    pub mod sys_connect {
+        pub const USERVADDR: usize = 24;
+        pub const RET: usize = 16;
+    }
+}
+
+fn bump(index: u32) {
+    if let Some(ptr) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot of a map value that lives as long as the map;
+        // the program is not preempted on this CPU while it runs.
+        unsafe { *ptr += 1 };
+    }
+}
+
+fn add(field: &mut u64) {
+    // SAFETY: `field` points into a map value shared across CPUs; the
+    // atomic add is what makes concurrent updates exact.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
+}
+
+/// IPv4-mapped IPv6 addresses (a v6 socket talking to a v4 peer) are
+/// reported as IPv4, so one pod IP has one key whatever the socket family.
+#[inline(always)]
+fn canonical(family: u16, addr: [u8; 16]) -> (u16, [u8; 16]) {
+    if family == AF_INET6
+        && addr[..10] == [0u8; 10]
+        && addr[10] == 0xff
+        && addr[11] == 0xff
+    {
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&addr[12..16]);
+        return (AF_INET, v4);
+    }
+    (family, addr)
+}
+
+#[inline(always)]
+fn dest_stats(key: &DestKey) -> Option<*mut DestStats> {
+    if let Some(ptr) = DEST_STATS.get_ptr_mut(key) {
+        return Some(ptr);
+    }
+    // BPF_NOEXIST: another CPU may have inserted it in the meantime.
+    let _ = DEST_STATS.insert(key, &DestStats::default(), 1);
+    DEST_STATS.get_ptr_mut(key)
+}
+
+#[inline(always)]
+fn with_stats(key: &DestKey, f: impl FnOnce(&mut DestStats)) {
+    if let Some(ptr) = dest_stats(key) {
+        // SAFETY: a valid pointer to a map value returned by the kernel.
+        f(unsafe { &mut *ptr });
+    }
+}
+
+#[inline(always)]
+fn is_watched(family: u16, addr: &[u8; 16]) -> bool {
+    let key = AddrKey { family, _pad: 0, addr: *addr };
+    // SAFETY: the value is a plain u8 and only read here.
+    unsafe { WATCH.get(&key) }.is_some()
+}
+
+#[inline(always)]
+fn emit(fill: impl FnOnce(&mut ConnectEvent)) {
+    match EVENTS.reserve::<ConnectEvent>(0) {
+        Some(mut entry) => {
+            let mut event = ConnectEvent::zeroed();
+            fill(&mut event);
+            entry.write(event);
+            entry.submit(0);
+            bump(counter::EVENTS_SENT);
+        }
+        None => bump(counter::RINGBUF_DROPS),
+    }
+}
+
+#[inline(always)]
+fn fill_from_sock(event: &mut ConnectEvent, info: &SockInfo) {
+    event.syn_ns = info.syn_ns;
+    event.cgroup_id = info.cgroup_id;
+    event.tgid = info.tgid;
+    event.pid = info.pid;
+    event.comm = info.comm;
+    event.saddr = info.saddr;
+    event.daddr = info.daddr;
+    event.family = info.family;
+    event.sport = info.sport;
+    event.dport = info.dport;
+    if info.watched != 0 {
+        event.flags |= flags::WATCHED;
+    }
+}
+
+/// Reads family and both addresses (canonicalised) from a tracepoint record.
+// Inlined: BPF calls take at most five arguments.
+#[inline(always)]
+fn read_addrs(
+    ctx: &TracePointContext,
+    family_at: usize,
+    saddr_at: usize,
+    daddr_at: usize,
+    saddr6_at: usize,
+    daddr6_at: usize,
+) -> Result<(u16, [u8; 16], [u8; 16]), i32> {
+    // SAFETY: offsets come from the tracepoint's format; read_at uses
+    // bpf_probe_read_kernel, which fails cleanly on a bad address.
+    let family: u16 = unsafe { ctx.read_at(family_at)? };
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        // SAFETY: as above.
+        let s: [u8; 4] = unsafe { ctx.read_at(saddr_at)? };
+        // SAFETY: as above.
+        let d: [u8; 4] = unsafe { ctx.read_at(daddr_at)? };
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+        Ok((family, saddr, daddr))
+    } else if family == AF_INET6 {
+        // SAFETY: as above.
+        saddr = unsafe { ctx.read_at(saddr6_at)? };
+        // SAFETY: as above.
+        daddr = unsafe { ctx.read_at(daddr6_at)? };
+        let (fam_s, s) = canonical(family, saddr);
+        let (fam_d, d) = canonical(family, daddr);
+        if fam_s == fam_d {
+            Ok((fam_d, s, d))
+        } else {
+            Ok((family, saddr, daddr))
+        }
+    } else {
+        Err(0)
+    }
+}
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    match try_inet_sock_set_state(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
+    use tp::set_state as f;
+    // SAFETY: offsets from the tracepoint's format (see `tp`).
+    let protocol: u16 = unsafe { ctx.read_at(f::PROTOCOL)? };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let oldstate: i32 = unsafe { ctx.read_at(f::OLDSTATE)? };
+    // SAFETY: as above.
+    let newstate: i32 = unsafe { ctx.read_at(f::NEWSTATE)? };
+    // SAFETY: as above.
+    let skaddr: u64 = unsafe { ctx.read_at(f::SKADDR)? };
+    match (oldstate, newstate) {
+        (TCP_CLOSE, TCP_SYN_SENT) => on_syn_sent(ctx, skaddr),
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => on_established(ctx, skaddr),
+        (TCP_SYN_SENT, TCP_CLOSE) => on_syn_closed(ctx, skaddr),
+        (_, TCP_CLOSE) => {
+            let _ = SOCKS.remove(&skaddr);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn on_syn_sent(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
+    use tp::set_state as f;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (family, saddr, daddr) =
+        read_addrs(ctx, f::FAMILY, f::SADDR, f::DADDR, f::SADDR_V6, f::DADDR_V6)?;
+    // SAFETY: offset from the tracepoint's format.
+    let dport: u16 = unsafe { ctx.read_at(f::DPORT)? };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // This connect() reached SYN_SENT: it is not a synchronous failure.
+    let _ = CONNECT_ARGS.remove(&pid_tgid);
+    let watched = is_watched(family, &daddr);
+    let info = SockInfo {
+        syn_ns: now,
+        // SAFETY: helper without arguments, valid in tracepoint context.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
+        saddr,
+        daddr,
+        family,
+        sport: 0,
+        dport,
+        established: 0,
+        watched: watched as u8,
+    };
+    if SOCKS.insert(&skaddr, &info, 0).is_err() {
+        bump(counter::MAP_FULL);
+        warn!(ctx, "observer: socket map insert failed");
+    }
+    let key = DestKey { family, port: dport, addr: daddr };
+    with_stats(&key, |stats| {
+        add(&mut stats.connects);
+        stats.last_syn_ns = now;
+    });
+    if watched {
+        emit(|event| {
+            fill_from_sock(event, &info);
+            event.ts_ns = now;
+            event.kind = kind::CONNECT;
+        });
+    }
+    Ok(())
+}
+
+fn on_established(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(ptr) = SOCKS.get_ptr_mut(&skaddr) else {
+        return Ok(());
+    };
+    // SAFETY: a valid pointer to a map value returned by the kernel.
+    let info = unsafe { &mut *ptr };
+    // SAFETY: offset from the tracepoint's format.
+    info.sport = unsafe { ctx.read_at(tp::set_state::SPORT)? };
+    info.established = 1;
+    let key = DestKey { family: info.family, port: info.dport, addr: info.daddr };
+    with_stats(&key, |stats| {
+        add(&mut stats.established);
+        stats.last_established_ns = now;
+    });
+    if info.watched != 0 {
+        let info = *info;
+        emit(|event| {
+            fill_from_sock(event, &info);
+            event.ts_ns = now;
+            event.kind = kind::ESTABLISHED;
+        });
+    }
+    Ok(())
+}
+
+fn on_syn_closed(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
+    use tp::set_state as f;
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map value is copied out before the entry is removed.
+    let Some(mut info) = (unsafe { SOCKS.get(&skaddr) }).copied() else {
+        return Ok(());
+    };
+    let _ = SOCKS.remove(&skaddr);
+    // SAFETY: offset from the tracepoint's format.
+    info.sport = unsafe { ctx.read_at(f::SPORT)? };
+    let tuple = TupleKey {
+        family: info.family,
+        sport: info.sport,
+        dport: info.dport,
+        _pad: 0,
+        saddr: info.saddr,
+        daddr: info.daddr,
+    };
+    let key = DestKey { family: info.family, port: info.dport, addr: info.daddr };
+    // SAFETY: the value is copied out immediately.
+    let early = unsafe { EARLY_ERRORS.get(&tuple) }.copied();
+    let errno = match early {
+        Some(e) if now.saturating_sub(e.ts_ns) <= EARLY_ERROR_WINDOW_NS => {
+            let _ = EARLY_ERRORS.remove(&tuple);
+            e.errno
+        }
+        _ => 0,
+    };
+    with_stats(&key, |stats| {
+        add(&mut stats.syn_closed);
+        stats.last_failure_ns = now;
+        if errno != 0 {
+            count_error(stats, errno);
+        }
+    });
+    if errno == 0 {
+        let _ = CLOSED_TUPLES.insert(&tuple, &now, 0);
+    }
+    emit(|event| {
+        fill_from_sock(event, &info);
+        event.ts_ns = now;
+        event.errno = errno;
+        event.kind = kind::SYN_CLOSED;
+    });
+    Ok(())
+}
+
+fn count_error(stats: &mut DestStats, errno: i32) {
+    match errno {
+        ECONNREFUSED => add(&mut stats.refused),
+        EHOSTUNREACH => add(&mut stats.host_unreachable),
+        ENETUNREACH => add(&mut stats.net_unreachable),
+        ETIMEDOUT => add(&mut stats.timed_out),
+        _ => add(&mut stats.other_error),
+    }
+}
+
+#[tracepoint]
+pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
+    match try_inet_sk_error_report(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_inet_sk_error_report(ctx: &TracePointContext) -> Result<(), i32> {
+    use tp::error_report as f;
+    // SAFETY: offsets from the tracepoint's format (see `tp`).
+    let protocol: u16 = unsafe { ctx.read_at(f::PROTOCOL)? };
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: as above.
+    let errno: i32 = unsafe { ctx.read_at(f::ERROR)? };
+    // SAFETY: as above.
+    let sport: u16 = unsafe { ctx.read_at(f::SPORT)? };
+    // SAFETY: as above.
+    let dport: u16 = unsafe { ctx.read_at(f::DPORT)? };
+    let (family, saddr, daddr) =
+        read_addrs(ctx, f::FAMILY, f::SADDR, f::DADDR, f::SADDR_V6, f::DADDR_V6)?;
+    let tuple = TupleKey { family, sport, dport, _pad: 0, saddr, daddr };
+    if CLOSED_TUPLES.remove(&tuple).is_ok() {
+        let key = DestKey { family, port: dport, addr: daddr };
+        with_stats(&key, |stats| count_error(stats, errno));
+        emit(|event| {
+            event.ts_ns = now;
+            event.saddr = saddr;
+            event.daddr = daddr;
+            event.family = family;
+            event.sport = sport;
+            event.dport = dport;
+            event.errno = errno;
+            event.kind = kind::ERROR;
+        });
+    } else {
+        let early = EarlyError { ts_ns: now, errno, _pad: 0 };
+        let _ = EARLY_ERRORS.insert(&tuple, &early, 0);
+    }
+    Ok(())
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    match try_tcp_receive_reset(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: offset from the tracepoint's format.
+    let skaddr: u64 = unsafe { ctx.read_at(tp::receive_reset::SKADDR)? };
+    // SAFETY: the value is copied out immediately.
+    let Some(info) = (unsafe { SOCKS.get(&skaddr) }).copied() else {
+        return Ok(());
+    };
+    // A reset in SYN_SENT is a refused connect, reported by the error path.
+    if info.established == 0 {
+        return Ok(());
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = DestKey { family: info.family, port: info.dport, addr: info.daddr };
+    with_stats(&key, |stats| {
+        add(&mut stats.resets);
+        stats.last_failure_ns = now;
+    });
+    emit(|event| {
+        fill_from_sock(event, &info);
+        event.ts_ns = now;
+        event.errno = 104; // ECONNRESET
+        event.kind = kind::RESET;
+    });
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    match try_sys_enter_connect(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: offset from the syscall tracepoint's format.
+    let uservaddr: u64 = unsafe { ctx.read_at(tp::sys_connect::USERVADDR)? };
+    let ptr = uservaddr as *const u8;
+    // SAFETY: reads user memory through the helper, which fails cleanly.
+    let family: u16 = unsafe { bpf_probe_read_user(ptr.cast::<u16>())? };
+    let mut args = ConnectArgs {
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        family,
+        port: 0,
+        _pad: 0,
+        addr: [0; 16],
+    };
+    // SAFETY: sockaddr_in / sockaddr_in6 layouts: port at 2, address at 4
+    // (IPv4) or 8 (IPv6); read through the helper.
+    let port_be: u16 = unsafe { bpf_probe_read_user(ptr.add(2).cast::<u16>())? };
+    args.port = u16::from_be(port_be);
+    if family == AF_INET {
+        // SAFETY: as above.
+        let a: [u8; 4] = unsafe { bpf_probe_read_user(ptr.add(4).cast::<[u8; 4]>())? };
+        args.addr[..4].copy_from_slice(&a);
+    } else if family == AF_INET6 {
+        // SAFETY: as above.
+        let a: [u8; 16] = unsafe { bpf_probe_read_user(ptr.add(8).cast::<[u8; 16]>())? };
+        let (fam, canon) = canonical(family, a);
+        args.family = fam;
+        args.addr = canon;
+    } else {
+        return Ok(());
+    }
+    let _ = CONNECT_ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0);
+    Ok(())
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    match try_sys_exit_connect(&ctx) {
+        Ok(()) | Err(_) => 0,
+    }
+}
+
+fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before removal.
+    let Some(args) = (unsafe { CONNECT_ARGS.get(&pid_tgid) }).copied() else {
+        return Ok(());
+    };
+    let _ = CONNECT_ARGS.remove(&pid_tgid);
+    // SAFETY: offset from the syscall tracepoint's format.
+    let ret: i64 = unsafe { ctx.read_at(tp::sys_connect::RET)? };
+    let errno = (-ret) as i32;
+    if errno != ENETUNREACH && errno != EHOSTUNREACH {
+        return Ok(());
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = DestKey { family: args.family, port: args.port, addr: args.addr };
+    with_stats(&key, |stats| {
+        add(&mut stats.connects);
+        add(&mut stats.sync_failed);
+        stats.last_failure_ns = now;
+    });
+    let watched = is_watched(args.family, &args.addr);
+    emit(|event| {
+        event.ts_ns = now;
+        event.syn_ns = args.ts_ns;
+        // SAFETY: helper without arguments.
+        event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        event.tgid = (pid_tgid >> 32) as u32;
+        event.pid = pid_tgid as u32;
+        event.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+        event.daddr = args.addr;
+        event.family = args.family;
+        event.dport = args.port;
+        event.errno = errno;
+        event.kind = kind::SYNC_FAILED;
+        if watched {
+            event.flags |= flags::WATCHED;
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

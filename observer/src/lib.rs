@@ -9,3 +9,4 @@ pub mod clock;
 pub mod cluster;
 pub mod probe;
 pub mod sim;
+pub mod trace;

@@ -1,0 +1,320 @@
+//! Bytes from the kernel's ring buffer -> typed connect records.
+//!
+//! Pure: no I/O, no clock. [`decode_event`] turns one ring-buffer record into
+//! a [`RawEvent`]; [`OutcomeJoiner`] joins the kernel's two-part failure
+//! reports (the close of a SYN_SENT socket, then the error for it) into one
+//! [`ConnectRecord`] per connect outcome.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use observer_common::{AF_INET, AF_INET6, ConnectEvent, flags, kind};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::clock::MonoTime;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring-buffer record is {got} bytes, expected {expected}")]
+    Size { got: usize, expected: usize },
+    #[error("unknown address family {0}")]
+    Family(u16),
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+}
+
+/// Why a connect failed, from the kernel's error code (never from HTTP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    Refused,
+    HostUnreachable,
+    NetUnreachable,
+    TimedOut,
+    /// The application gave up while the socket was in SYN_SENT.
+    Aborted,
+    /// RST on an established connection: an in-flight request was cut off.
+    Reset,
+    /// Any other errno reported for a connect.
+    Other,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 7] = [
+        FailureClass::Refused,
+        FailureClass::HostUnreachable,
+        FailureClass::NetUnreachable,
+        FailureClass::TimedOut,
+        FailureClass::Aborted,
+        FailureClass::Reset,
+        FailureClass::Other,
+    ];
+
+    pub fn from_errno(errno: i32) -> FailureClass {
+        match errno {
+            libc::ECONNREFUSED => FailureClass::Refused,
+            libc::EHOSTUNREACH => FailureClass::HostUnreachable,
+            libc::ENETUNREACH => FailureClass::NetUnreachable,
+            libc::ETIMEDOUT => FailureClass::TimedOut,
+            libc::ECONNRESET => FailureClass::Reset,
+            _ => FailureClass::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Refused => "refused",
+            FailureClass::HostUnreachable => "host_unreachable",
+            FailureClass::NetUnreachable => "net_unreachable",
+            FailureClass::TimedOut => "timed_out",
+            FailureClass::Aborted => "aborted",
+            FailureClass::Reset => "reset",
+            FailureClass::Other => "other",
+        }
+    }
+}
+
+/// One ring-buffer record, decoded but not yet joined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    pub kind: u8,
+    pub ts: MonoTime,
+    pub syn: Option<MonoTime>,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub tgid: u32,
+    pub pid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub errno: i32,
+    pub watched: bool,
+}
+
+fn ip_from(family: u16, bytes: [u8; 16]) -> Result<IpAddr, DecodeError> {
+    match family {
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(bytes)).to_canonical()),
+        other => Err(DecodeError::Family(other)),
+    }
+}
+
+fn comm_from(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode_event(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
+    if bytes.len() != ConnectEvent::SIZE {
+        return Err(DecodeError::Size { got: bytes.len(), expected: ConnectEvent::SIZE });
+    }
+    // SAFETY: the length equals size_of::<ConnectEvent>(), ConnectEvent is
+    // repr(C) plain data for which every bit pattern is valid, and
+    // read_unaligned makes no alignment assumption about `bytes`.
+    let event: ConnectEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    decode_struct(&event)
+}
+
+/// Decodes an already-copied kernel event.
+pub fn decode_struct(event: &ConnectEvent) -> Result<RawEvent, DecodeError> {
+    if !(kind::CONNECT..=kind::RESET).contains(&event.kind) {
+        return Err(DecodeError::Kind(event.kind));
+    }
+    let src = SocketAddr::new(ip_from(event.family, event.saddr)?, event.sport);
+    let dst = SocketAddr::new(ip_from(event.family, event.daddr)?, event.dport);
+    Ok(RawEvent {
+        kind: event.kind,
+        ts: MonoTime(event.ts_ns),
+        syn: (event.syn_ns != 0).then_some(MonoTime(event.syn_ns)),
+        src,
+        dst,
+        tgid: event.tgid,
+        pid: event.pid,
+        comm: comm_from(&event.comm),
+        cgroup_id: event.cgroup_id,
+        errno: event.errno,
+        watched: event.flags & flags::WATCHED != 0,
+    })
+}
+
+/// What happened to one connect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A SYN to a watched destination; its outcome follows separately.
+    Connect,
+    Established {
+        latency_ns: u64,
+    },
+    Failed {
+        class: FailureClass,
+        errno: i32,
+        /// Time from the SYN (or the connect() call) to the failure.
+        waited_ns: u64,
+        /// connect() failed before any SYN left (no route).
+        synchronous: bool,
+    },
+}
+
+/// A connect outcome as the rest of observer sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectRecord {
+    /// CLOCK_MONOTONIC ns of the outcome.
+    pub ts: MonoTime,
+    /// CLOCK_MONOTONIC ns of the SYN, when known.
+    pub syn: Option<MonoTime>,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// Connecting process id (tgid) and thread id; 0 when not known.
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub watched: bool,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+impl ConnectRecord {
+    pub fn failure_class(&self) -> Option<FailureClass> {
+        match self.outcome {
+            Outcome::Failed { class, .. } => Some(class),
+            _ => None,
+        }
+    }
+
+    fn from_raw(raw: &RawEvent, outcome: Outcome) -> ConnectRecord {
+        ConnectRecord {
+            ts: raw.ts,
+            syn: raw.syn,
+            src: raw.src,
+            dst: raw.dst,
+            pid: raw.tgid,
+            tid: raw.pid,
+            comm: raw.comm.clone(),
+            cgroup_id: raw.cgroup_id,
+            watched: raw.watched,
+            outcome,
+        }
+    }
+}
+
+fn waited(raw: &RawEvent) -> u64 {
+    raw.syn.map(|syn| raw.ts.saturating_since(syn).as_nanos() as u64).unwrap_or(0)
+}
+
+/// How long a close waits for its error report before it is called
+/// `aborted`. The report follows the close in the same kernel call chain,
+/// so it is microseconds behind; the margin covers reader batching.
+pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_millis(200);
+
+/// Joins SYN_CLOSED and ERROR records into connect outcomes.
+#[derive(Debug)]
+pub struct OutcomeJoiner {
+    grace: Duration,
+    pending: HashMap<(SocketAddr, SocketAddr), RawEvent>,
+}
+
+impl Default for OutcomeJoiner {
+    fn default() -> Self {
+        OutcomeJoiner::new(DEFAULT_ABORT_GRACE)
+    }
+}
+
+impl OutcomeJoiner {
+    pub fn new(grace: Duration) -> OutcomeJoiner {
+        OutcomeJoiner { grace, pending: HashMap::new() }
+    }
+
+    /// Closes waiting for their error report.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Feeds one event; returns the outcomes it completes.
+    pub fn push(&mut self, raw: RawEvent, out: &mut Vec<ConnectRecord>) {
+        match raw.kind {
+            kind::CONNECT => out.push(ConnectRecord::from_raw(&raw, Outcome::Connect)),
+            kind::ESTABLISHED => {
+                let outcome = Outcome::Established { latency_ns: waited(&raw) };
+                out.push(ConnectRecord::from_raw(&raw, outcome));
+            }
+            kind::SYN_CLOSED if raw.errno != 0 => {
+                out.push(failed(&raw, raw.errno, false));
+            }
+            kind::SYN_CLOSED => {
+                // A reused 4-tuple replaces an older close that never got
+                // its report: that one was aborted.
+                if let Some(older) = self.pending.insert((raw.src, raw.dst), raw) {
+                    out.push(aborted(&older));
+                }
+            }
+            kind::ERROR => match self.pending.remove(&(raw.src, raw.dst)) {
+                Some(closed) => out.push(failed(&closed, raw.errno, false)),
+                // The close was lost (ring buffer full): report what is known.
+                None => out.push(failed(&raw, raw.errno, false)),
+            },
+            kind::SYNC_FAILED => out.push(failed(&raw, raw.errno, true)),
+            kind::RESET => {
+                let outcome = Outcome::Failed {
+                    class: FailureClass::Reset,
+                    errno: libc::ECONNRESET,
+                    waited_ns: waited(&raw),
+                    synchronous: false,
+                };
+                out.push(ConnectRecord::from_raw(&raw, outcome));
+            }
+            _ => {}
+        }
+    }
+
+    /// Reports as `aborted` every close older than the grace period at `now`.
+    pub fn flush(&mut self, now: MonoTime, out: &mut Vec<ConnectRecord>) {
+        let grace = self.grace;
+        let mut expired: Vec<RawEvent> = Vec::new();
+        self.pending.retain(|_, closed| {
+            let keep = now.saturating_since(closed.ts) < grace;
+            if !keep {
+                expired.push(closed.clone());
+            }
+            keep
+        });
+        expired.sort_by_key(|e| e.ts);
+        out.extend(expired.iter().map(aborted));
+    }
+
+    /// Reports every waiting close as `aborted` (at shutdown).
+    pub fn drain(&mut self, out: &mut Vec<ConnectRecord>) {
+        let mut rest: Vec<RawEvent> = self.pending.drain().map(|(_, v)| v).collect();
+        rest.sort_by_key(|e| e.ts);
+        out.extend(rest.iter().map(aborted));
+    }
+}
+
+fn failed(raw: &RawEvent, errno: i32, synchronous: bool) -> ConnectRecord {
+    let outcome = Outcome::Failed {
+        class: FailureClass::from_errno(errno),
+        errno,
+        waited_ns: waited(raw),
+        synchronous,
+    };
+    ConnectRecord::from_raw(raw, outcome)
+}
+
+fn aborted(raw: &RawEvent) -> ConnectRecord {
+    let outcome = Outcome::Failed {
+        class: FailureClass::Aborted,
+        errno: 0,
+        waited_ns: waited(raw),
+        synchronous: false,
+    };
+    ConnectRecord::from_raw(raw, outcome)
+}
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+mod tests;

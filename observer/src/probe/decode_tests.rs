@@ -1,0 +1,167 @@
+use super::*;
+
+fn bytes_of(event: &ConnectEvent) -> Vec<u8> {
+    // SAFETY: ConnectEvent is repr(C) plain data without padding (size
+    // asserted in observer-common), so all its bytes are initialised.
+    unsafe {
+        std::slice::from_raw_parts((event as *const ConnectEvent).cast::<u8>(), ConnectEvent::SIZE)
+    }
+    .to_vec()
+}
+
+fn v4_event(kind_: u8, ts: u64, sport: u16, errno: i32) -> ConnectEvent {
+    let mut e = ConnectEvent::zeroed();
+    e.kind = kind_;
+    e.ts_ns = ts;
+    e.syn_ns = 1_000;
+    e.family = AF_INET;
+    e.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+    e.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+    e.sport = sport;
+    e.dport = 8080;
+    e.tgid = 42;
+    e.pid = 43;
+    e.errno = errno;
+    e.comm[..5].copy_from_slice(b"nginx");
+    e
+}
+
+#[test]
+fn decodes_ipv4_event_fields() {
+    let raw = decode_event(&bytes_of(&v4_event(kind::SYN_CLOSED, 5_000, 40000, 0))).unwrap();
+    assert_eq!(raw.src, "10.0.0.1:40000".parse().unwrap());
+    assert_eq!(raw.dst, "10.0.0.2:8080".parse().unwrap());
+    assert_eq!(raw.comm, "nginx");
+    assert_eq!((raw.tgid, raw.pid), (42, 43));
+    assert_eq!(raw.syn, Some(MonoTime(1_000)));
+    assert!(!raw.watched);
+}
+
+#[test]
+fn decodes_ipv6_and_unmaps_v4_mapped() {
+    let mut e = v4_event(kind::ESTABLISHED, 2_000, 1, 0);
+    e.family = AF_INET6;
+    e.saddr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+    e.daddr = "::ffff:10.1.2.3".parse::<Ipv6Addr>().unwrap().octets();
+    e.flags = flags::WATCHED;
+    let raw = decode_event(&bytes_of(&e)).unwrap();
+    assert_eq!(raw.src.ip(), "fd00::1".parse::<IpAddr>().unwrap());
+    assert_eq!(raw.dst.ip(), "10.1.2.3".parse::<IpAddr>().unwrap());
+    assert!(raw.watched);
+}
+
+#[test]
+fn rejects_bad_size_family_and_kind() {
+    assert_eq!(
+        decode_event(&[0u8; 10]),
+        Err(DecodeError::Size { got: 10, expected: ConnectEvent::SIZE })
+    );
+    let mut e = v4_event(kind::ERROR, 1, 1, 111);
+    e.family = 99;
+    assert_eq!(decode_event(&bytes_of(&e)), Err(DecodeError::Family(99)));
+    let e = v4_event(77, 1, 1, 111);
+    assert_eq!(decode_event(&bytes_of(&e)), Err(DecodeError::Kind(77)));
+}
+
+fn raw(kind_: u8, ts: u64, sport: u16, errno: i32) -> RawEvent {
+    decode_struct(&v4_event(kind_, ts, sport, errno)).unwrap()
+}
+
+#[test]
+fn close_then_error_joins_into_refused_with_process() {
+    let mut j = OutcomeJoiner::default();
+    let mut out = Vec::new();
+    j.push(raw(kind::SYN_CLOSED, 2_000, 40000, 0), &mut out);
+    assert!(out.is_empty());
+    let mut err = raw(kind::ERROR, 2_100, 40000, libc::ECONNREFUSED);
+    err.tgid = 0;
+    err.comm.clear();
+    j.push(err, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].failure_class(), Some(FailureClass::Refused));
+    assert_eq!(out[0].pid, 42);
+    assert_eq!(out[0].comm, "nginx");
+    assert_eq!(out[0].ts, MonoTime(2_000));
+    assert_eq!(j.pending(), 0);
+}
+
+#[test]
+fn close_with_early_error_is_complete() {
+    let mut j = OutcomeJoiner::default();
+    let mut out = Vec::new();
+    j.push(raw(kind::SYN_CLOSED, 2_000, 1, libc::ETIMEDOUT), &mut out);
+    assert_eq!(out[0].failure_class(), Some(FailureClass::TimedOut));
+    assert_eq!(j.pending(), 0);
+}
+
+#[test]
+fn close_without_error_becomes_aborted_after_grace_with_wait_time() {
+    let mut j = OutcomeJoiner::new(Duration::from_millis(100));
+    let mut out = Vec::new();
+    j.push(raw(kind::SYN_CLOSED, 501_000, 1, 0), &mut out);
+    j.flush(MonoTime(501_000 + 99_000_000), &mut out);
+    assert!(out.is_empty(), "still within grace");
+    j.flush(MonoTime(501_000 + 100_000_000), &mut out);
+    assert_eq!(out.len(), 1);
+    match out[0].outcome {
+        Outcome::Failed { class, waited_ns, .. } => {
+            assert_eq!(class, FailureClass::Aborted);
+            assert_eq!(waited_ns, 500_000);
+        }
+        ref other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn error_after_abort_deadline_is_reported_alone() {
+    let mut j = OutcomeJoiner::default();
+    let mut out = Vec::new();
+    j.push(raw(kind::ERROR, 9_000, 5, libc::EHOSTUNREACH), &mut out);
+    assert_eq!(out[0].failure_class(), Some(FailureClass::HostUnreachable));
+}
+
+#[test]
+fn reused_tuple_aborts_the_older_close() {
+    let mut j = OutcomeJoiner::default();
+    let mut out = Vec::new();
+    j.push(raw(kind::SYN_CLOSED, 1_000, 7, 0), &mut out);
+    j.push(raw(kind::SYN_CLOSED, 3_000, 7, 0), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].failure_class(), Some(FailureClass::Aborted));
+    assert_eq!(out[0].ts, MonoTime(1_000));
+    j.drain(&mut out);
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn sync_failure_reset_and_success_map_to_outcomes() {
+    let mut j = OutcomeJoiner::default();
+    let mut out = Vec::new();
+    j.push(raw(kind::SYNC_FAILED, 1_500, 0, libc::ENETUNREACH), &mut out);
+    j.push(raw(kind::RESET, 9_000, 1, libc::ECONNRESET), &mut out);
+    j.push(raw(kind::ESTABLISHED, 1_250, 1, 0), &mut out);
+    assert_eq!(
+        out[0].outcome,
+        Outcome::Failed {
+            class: FailureClass::NetUnreachable,
+            errno: libc::ENETUNREACH,
+            waited_ns: 500,
+            synchronous: true
+        }
+    );
+    assert_eq!(out[1].failure_class(), Some(FailureClass::Reset));
+    assert_eq!(out[2].outcome, Outcome::Established { latency_ns: 250 });
+}
+
+#[test]
+fn record_serializes_with_flat_outcome() {
+    let mut j = OutcomeJoiner::default();
+    let mut out = Vec::new();
+    j.push(raw(kind::SYN_CLOSED, 2_000, 40000, libc::ECONNREFUSED), &mut out);
+    let json = serde_json::to_value(&out[0]).unwrap();
+    assert_eq!(json["outcome"], "failed");
+    assert_eq!(json["class"], "refused");
+    assert_eq!(json["dst"], "10.0.0.2:8080");
+    let back: ConnectRecord = serde_json::from_value(json).unwrap();
+    assert_eq!(back, out[0]);
+}

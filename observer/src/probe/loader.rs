@@ -1,0 +1,300 @@
+//! Loads the embedded eBPF object, attaches its tracepoints, and gives
+//! typed access to its maps: the event ring, the watch map, the
+//! per-destination counters and the health counters.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use observer_common::{AF_INET, AF_INET6, AddrKey, DestKey, DestStats, counter};
+use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+
+use super::{
+    decode::{ConnectRecord, DecodeError, OutcomeJoiner, decode_event},
+    preflight::{self, PreflightError},
+};
+use crate::clock::MonoTime;
+
+/// The kernel object built by build.rs from observer-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// Tracepoints the probe attaches to: (program, category, event).
+const TRACEPOINTS: [(&str, &str, &str); 5] = [
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("inet_sk_error_report", "sock", "inet_sk_error_report"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+];
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(
+        "this binary was built with AYA_BUILD_SKIP=1 and carries no eBPF object; rebuild \
+         without it (`cargo xtask setup` installs what the build needs)"
+    )]
+    NotEmbedded,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("registering the event ring with the runtime: {0}")]
+    AsyncFd(#[source] std::io::Error),
+}
+
+/// Load-time settings.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeOptions {
+    /// Size of the event ring in bytes (a power of two, a multiple of the
+    /// page size); the kernel object's default when `None`.
+    pub ring_bytes: Option<u32>,
+}
+
+/// The probe's own health, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeCounters {
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_drops: u64,
+    pub events_sent: u64,
+    /// Sockets not tracked because the socket map was full.
+    pub map_full: u64,
+}
+
+/// The loaded, attached probe. Dropping it detaches every program.
+pub struct Probe {
+    ebpf: Ebpf,
+}
+
+impl Probe {
+    /// Checks privileges, loads the object, and attaches every tracepoint.
+    pub fn load(options: &ProbeOptions) -> Result<Probe, ProbeError> {
+        preflight::check_capabilities()?;
+        preflight::ensure_tracefs()?;
+        preflight::raise_memlock_limit();
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NotEmbedded);
+        }
+        let mut loader = EbpfLoader::new();
+        if let Some(bytes) = options.ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+        for (name, category, event) in TRACEPOINTS {
+            let program: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            program.load().map_err(|source| ProbeError::Program { name, source })?;
+            program
+                .attach(category, event)
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
+        Ok(Probe { ebpf })
+    }
+
+    /// Starts forwarding the kernel's aya-log records to `tracing`. Needs a
+    /// tokio runtime; the task ends when the probe is dropped.
+    pub fn forward_kernel_logs(&mut self) {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(logger) => match register_readable(logger) {
+                Ok(mut fd) => {
+                    tokio::spawn(async move {
+                        loop {
+                            let Ok(mut guard) = fd.readable_mut().await else { break };
+                            guard.get_inner_mut().flush();
+                            guard.clear_ready();
+                        }
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "kernel log forwarding disabled"),
+            },
+            Err(error) => tracing::debug!(%error, "no kernel log map"),
+        }
+    }
+
+    /// Takes the event ring; the returned reader owns it.
+    pub fn event_reader(&mut self) -> Result<EventReader, ProbeError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let ring =
+            RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let ring = register_readable(ring).map_err(ProbeError::AsyncFd)?;
+        Ok(EventReader { ring, joiner: OutcomeJoiner::default(), decode_errors: 0 })
+    }
+
+    fn watch_map(&mut self) -> Result<HashMap<&mut MapData, AddrKey, u8>, ProbeError> {
+        let map = self.ebpf.map_mut("WATCH").ok_or(ProbeError::MissingMap("WATCH"))?;
+        HashMap::try_from(map).map_err(|source| ProbeError::Map { name: "WATCH", source })
+    }
+
+    /// Asks the kernel to report every connect to `ip`, successes included.
+    pub fn watch(&mut self, ip: IpAddr) -> Result<(), ProbeError> {
+        self.watch_map()?
+            .insert(&addr_key(ip), &1, 0)
+            .map_err(|source| ProbeError::Map { name: "WATCH", source })
+    }
+
+    /// Stops reporting successes to `ip`. Unwatching an address that is not
+    /// watched is not an error.
+    pub fn unwatch(&mut self, ip: IpAddr) -> Result<(), ProbeError> {
+        match self.watch_map()?.remove(&addr_key(ip)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ProbeError::Map { name: "WATCH", source }),
+        }
+    }
+
+    /// Per-destination counters aggregated in the kernel.
+    pub fn dest_stats(&self) -> Result<BTreeMap<SocketAddr, DestStats>, ProbeError> {
+        let map = self.ebpf.map("DEST_STATS").ok_or(ProbeError::MissingMap("DEST_STATS"))?;
+        let stats: HashMap<&MapData, DestKey, DestStats> = HashMap::try_from(map)
+            .map_err(|source| ProbeError::Map { name: "DEST_STATS", source })?;
+        let mut out = BTreeMap::new();
+        for entry in stats.iter() {
+            let (key, value) =
+                entry.map_err(|source| ProbeError::Map { name: "DEST_STATS", source })?;
+            if let Some(addr) = socket_addr(&key) {
+                out.insert(addr, value);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The probe's health counters, summed over CPUs.
+    pub fn counters(&self) -> Result<ProbeCounters, ProbeError> {
+        let map = self.ebpf.map("COUNTERS").ok_or(ProbeError::MissingMap("COUNTERS"))?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
+            .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        let sum = |index: u32| -> Result<u64, ProbeError> {
+            let values = array
+                .get(&index, 0)
+                .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+            Ok(values.iter().sum())
+        };
+        Ok(ProbeCounters {
+            ringbuf_drops: sum(counter::RINGBUF_DROPS)?,
+            events_sent: sum(counter::EVENTS_SENT)?,
+            map_full: sum(counter::MAP_FULL)?,
+        })
+    }
+}
+
+/// Registers an owned BPF map fd with the tokio reactor.
+fn register_readable<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: `inner` owns its file descriptor (an aya map) and keeps it
+    // open, unchanged, for as long as it lives, which is the AsyncFd's life.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }
+        .map_err(|error| std::io::Error::other(error.to_string()))
+}
+
+/// The watch-map key for an address (IPv4-mapped IPv6 counts as IPv4, as
+/// in the kernel).
+pub fn addr_key(ip: IpAddr) -> AddrKey {
+    let mut addr = [0u8; 16];
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            AddrKey { family: AF_INET, _pad: 0, addr }
+        }
+        IpAddr::V6(v6) => AddrKey { family: AF_INET6, _pad: 0, addr: v6.octets() },
+    }
+}
+
+/// The socket address a counters key stands for.
+pub fn socket_addr(key: &DestKey) -> Option<SocketAddr> {
+    let ip = match key.family {
+        AF_INET => IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]]),
+        AF_INET6 => IpAddr::from(key.addr),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, key.port))
+}
+
+/// Reads the event ring and yields joined connect outcomes.
+pub struct EventReader {
+    ring: AsyncFd<RingBuf<MapData>>,
+    joiner: OutcomeJoiner,
+    decode_errors: u64,
+}
+
+impl EventReader {
+    /// Records the reader could not decode (a kernel/user version mismatch).
+    pub fn decode_errors(&self) -> u64 {
+        self.decode_errors
+    }
+
+    /// Waits up to `max_wait` for events, then appends every outcome that is
+    /// complete, including closes that became `aborted`.
+    pub async fn next_batch(
+        &mut self,
+        max_wait: Duration,
+        out: &mut Vec<ConnectRecord>,
+    ) -> Result<(), ProbeError> {
+        if let Ok(ready) = tokio::time::timeout(max_wait, self.ring.readable_mut()).await {
+            let mut guard = ready.map_err(ProbeError::AsyncFd)?;
+            drain_ring(guard.get_inner_mut(), &mut self.joiner, &mut self.decode_errors, out);
+            guard.clear_ready();
+        }
+        // Also catch records that arrived between the wakeup and the drain.
+        self.drain_now(out);
+        Ok(())
+    }
+
+    /// Appends what is available now, without waiting.
+    pub fn drain_now(&mut self, out: &mut Vec<ConnectRecord>) {
+        drain_ring(self.ring.get_mut(), &mut self.joiner, &mut self.decode_errors, out);
+        self.joiner.flush(MonoTime::now(), out);
+    }
+
+    /// Reports every close still waiting for its error as `aborted`.
+    pub fn finish(&mut self, out: &mut Vec<ConnectRecord>) {
+        self.drain_now(out);
+        self.joiner.drain(out);
+    }
+}
+
+fn drain_ring(
+    ring: &mut RingBuf<MapData>,
+    joiner: &mut OutcomeJoiner,
+    decode_errors: &mut u64,
+    out: &mut Vec<ConnectRecord>,
+) {
+    while let Some(item) = ring.next() {
+        match decode_event(&item) {
+            Ok(raw) => joiner.push(raw, out),
+            Err(error) => {
+                *decode_errors += 1;
+                if *decode_errors == 1 {
+                    log_decode_error(&error);
+                }
+            }
+        }
+    }
+}
+
+fn log_decode_error(error: &DecodeError) {
+    tracing::error!(%error, "undecodable probe record (further ones are only counted)");
+}
