@@ -1,0 +1,141 @@
+//! Fault injection and the request log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+#[derive(Default)]
+struct FaultState {
+    refuse_until: Option<Instant>,
+    latency: Duration,
+}
+
+/// Handle to inject faults into a running [`super::SimServer`].
+#[derive(Clone)]
+pub struct Faults {
+    state: Arc<Mutex<FaultState>>,
+    drop_watches: Arc<watch::Sender<u64>>,
+    kill_connections: Arc<watch::Sender<u64>>,
+    refused: Arc<AtomicU64>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            drop_watches: Arc::new(watch::channel(0).0),
+            kill_connections: Arc::new(watch::channel(0).0),
+            refused: Arc::default(),
+        }
+    }
+}
+
+impl Faults {
+    fn lock(&self) -> MutexGuard<'_, FaultState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cuts every open watch stream now, mid-stream: the connection is aborted
+    /// without the closing chunk, as when an API server instance dies.
+    pub fn drop_watches(&self) {
+        self.drop_watches.send_modify(|g| *g += 1);
+    }
+
+    /// For `duration`, every new connection is closed as soon as it is
+    /// accepted, and connections already open (watches included) are cut now:
+    /// what clients see while an API server restarts.
+    pub fn refuse_connections(&self, duration: Duration) {
+        self.lock().refuse_until = Some(Instant::now() + duration);
+        self.kill_connections.send_modify(|g| *g += 1);
+    }
+
+    /// Ends a refusal early.
+    pub fn accept_connections(&self) {
+        self.lock().refuse_until = None;
+    }
+
+    /// Delays every response (and the start of every watch) by `latency`.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    pub fn latency(&self) -> Duration {
+        self.lock().latency
+    }
+
+    /// How many connections were closed unserved because of a refusal.
+    pub fn refused_connections(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn refusing(&self) -> bool {
+        let refusing = self.lock().refuse_until.is_some_and(|t| Instant::now() < t);
+        if refusing {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        refusing
+    }
+
+    pub(crate) fn drop_watches_signal(&self) -> watch::Receiver<u64> {
+        self.drop_watches.subscribe()
+    }
+
+    pub(crate) fn kill_connections_signal(&self) -> watch::Receiver<u64> {
+        self.kill_connections.subscribe()
+    }
+}
+
+/// One request the server answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    /// The raw query string, still percent-encoded.
+    pub query: String,
+    pub status: u16,
+    /// A `watch=true` request (status 200 means the stream was opened).
+    pub watch: bool,
+}
+
+impl RequestRecord {
+    /// A decoded query parameter.
+    pub fn param(&self, name: &str) -> Option<String> {
+        super::protocol::parse_query(&self.query).remove(name)
+    }
+}
+
+/// Every request served, in order of completion of its response head.
+#[derive(Clone, Default)]
+pub struct RequestLog {
+    records: Arc<Mutex<Vec<RequestRecord>>>,
+}
+
+impl RequestLog {
+    fn lock(&self) -> MutexGuard<'_, Vec<RequestRecord>> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn records(&self) -> Vec<RequestRecord> {
+        self.lock().clone()
+    }
+
+    /// Records whose path equals `path`.
+    pub fn for_path(&self, path: &str) -> Vec<RequestRecord> {
+        self.lock()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    pub(crate) fn push(&self, r: RequestRecord) {
+        self.lock().push(r);
+    }
+}
