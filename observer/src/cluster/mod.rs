@@ -1,1 +1,35 @@
 //! The Kubernetes side: pod-termination and EndpointSlice tracking.
+//!
+//! [`watch`] receives Pod and EndpointSlice watch events and stamps each
+//! with its local receipt time; [`model::ClusterModel`] turns stamped events
+//! into normalized [`change::ClusterChange`]s and answers lookups (which pod
+//! held an IP at a time, an address's endpoint_not_ready and
+//! endpoint_removed times, a pod's deletion_seen and preStop).
+
+pub mod change;
+pub mod endpoints;
+pub mod ip_index;
+pub mod model;
+pub mod pod;
+pub mod prestop;
+pub mod watch;
+
+pub use change::{
+    ApiTime, ChangeKind, ClusterChange, EndpointConditions, EndpointKey, PodRef, WatchedResource,
+};
+pub use endpoints::{ConditionTransition, EndpointRecord};
+pub use ip_index::IpClaim;
+pub use model::{ClusterModel, ModelStats, ResourceEvent, StampedEvent};
+pub use pod::{
+    ContainerInfo, ContainerPort, Deletion, MalformedObject, Owner, PodPhase, PodRecord, Removal,
+};
+pub use prestop::PreStop;
+pub use watch::{
+    ClientSource, ClusterHandle, ConnectError, WatchConfig, WatchCounters, connect, run,
+    stamped_events,
+};
+
+/// Re-exported so users of this module (and its tests) build objects and
+/// events with the same versions.
+pub use k8s_openapi;
+pub use kube;

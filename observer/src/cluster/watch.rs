@@ -1,0 +1,289 @@
+//! The network edge of the cluster side: builds the client, runs the Pod and
+//! EndpointSlice watchers, stamps each event with its local receipt time and
+//! hands it to the pure [`ClusterModel`]. Stamping happens here and only
+//! here, so the model stays testable without a network.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Config};
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use super::change::{ClusterChange, WatchedResource};
+use super::model::{ClusterModel, ResourceEvent, StampedEvent};
+use crate::clock::MonoTime;
+
+/// Failures to build a client from an explicitly requested source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("loading in-cluster config: {0}")]
+    InCluster(#[source] kube::config::InClusterError),
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// Where the agent finds its Kubernetes credentials.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ClientSource {
+    /// Do not talk to Kubernetes; pods show as unknown.
+    Disabled,
+    /// The service account of the pod the agent runs in.
+    InCluster,
+    /// A kubeconfig file (its current context).
+    Kubeconfig(PathBuf),
+    /// `KUBECONFIG` or `~/.kube/config`, else in-cluster; none found is not
+    /// an error.
+    #[default]
+    Infer,
+}
+
+/// Builds a client, or `None` when Kubernetes is disabled or (for
+/// [`ClientSource::Infer`]) no configuration is found: the agent still
+/// traces, and pods show as unknown.
+pub async fn connect(source: &ClientSource) -> Result<Option<Client>, ConnectError> {
+    let config = match source {
+        ClientSource::Disabled => return Ok(None),
+        ClientSource::InCluster => Config::incluster().map_err(ConnectError::InCluster)?,
+        ClientSource::Kubeconfig(path) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).map_err(|source| ConnectError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| ConnectError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        ClientSource::Infer => match Config::infer().await {
+            Ok(config) => config,
+            Err(error) => {
+                warn!("no Kubernetes configuration found ({error}); pods will show as unknown");
+                return Ok(None);
+            }
+        },
+    };
+    Client::try_from(config)
+        .map(Some)
+        .map_err(ConnectError::Client)
+}
+
+/// What to watch. The default is every namespace, every object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Watch one namespace instead of the whole cluster.
+    pub namespace: Option<String>,
+    /// Label selector for pods (e.g. `app=web`).
+    pub pod_label_selector: Option<String>,
+    /// Label selector for EndpointSlices (e.g.
+    /// `kubernetes.io/service-name=web`).
+    pub slice_label_selector: Option<String>,
+}
+
+/// Counters of one watcher, for metrics.
+#[derive(Debug, Default)]
+pub struct WatcherCounters {
+    /// Objects received (watch events and list items).
+    pub events: AtomicU64,
+    /// Completed lists (the first one and every relist).
+    pub lists: AtomicU64,
+    /// Lists started after the first: the watch was restarted from scratch
+    /// (410 Gone, or the watch could not resume).
+    pub restarts: AtomicU64,
+    /// Errors the watcher reported (it retries with backoff).
+    pub errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`WatcherCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WatcherCountsSnapshot {
+    pub events: u64,
+    pub lists: u64,
+    pub restarts: u64,
+    pub errors: u64,
+}
+
+impl WatcherCounters {
+    pub fn snapshot(&self) -> WatcherCountsSnapshot {
+        WatcherCountsSnapshot {
+            events: self.events.load(Ordering::Relaxed),
+            lists: self.lists.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, event: &Result<Event<impl Sized>, watcher::Error>, resource: WatchedResource) {
+        match event {
+            Ok(Event::Init) => {
+                if self.lists.load(Ordering::Relaxed) > 0 {
+                    self.restarts.fetch_add(1, Ordering::Relaxed);
+                    info!(?resource, "watch restarted; relisting");
+                }
+            }
+            Ok(Event::InitDone) => {
+                self.lists.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Event::Apply(_) | Event::Delete(_) | Event::InitApply(_)) => {
+                self.events.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                warn!(?resource, "watch error (retrying with backoff): {error}");
+            }
+        }
+    }
+}
+
+/// Counters of both watchers.
+#[derive(Debug, Default)]
+pub struct WatchCounters {
+    pub pods: WatcherCounters,
+    pub endpoint_slices: WatcherCounters,
+}
+
+/// The shared state of the cluster side: the model, the change stream and
+/// the counters. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ClusterHandle {
+    model: Arc<Mutex<ClusterModel>>,
+    changes: broadcast::Sender<ClusterChange>,
+    counters: Arc<WatchCounters>,
+}
+
+impl ClusterHandle {
+    /// `change_capacity` is how many changes a slow subscriber may fall
+    /// behind before it sees `RecvError::Lagged` (and should re-read the
+    /// model).
+    pub fn new(change_capacity: usize) -> ClusterHandle {
+        let (changes, _) = broadcast::channel(change_capacity.max(1));
+        ClusterHandle {
+            model: Arc::new(Mutex::new(ClusterModel::new())),
+            changes,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Locks the model for lookups. Hold the guard briefly and never across
+    /// an await.
+    pub fn model(&self) -> MutexGuard<'_, ClusterModel> {
+        // A panic while holding the lock cannot leave the model half-updated
+        // in a way lookups could not tolerate, so a poisoned lock is used.
+        self.model
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Receives every change applied after this call.
+    pub fn subscribe(&self) -> broadcast::Receiver<ClusterChange> {
+        self.changes.subscribe()
+    }
+
+    pub fn counters(&self) -> &WatchCounters {
+        &self.counters
+    }
+
+    /// Applies one stamped event and publishes the resulting changes.
+    pub fn apply(&self, event: StampedEvent) -> Vec<ClusterChange> {
+        let changes = self.model().apply(event);
+        for change in &changes {
+            // No subscribers is fine: the model still holds the state.
+            let _ = self.changes.send(change.clone());
+        }
+        changes
+    }
+}
+
+impl Default for ClusterHandle {
+    fn default() -> ClusterHandle {
+        ClusterHandle::new(65_536)
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn watcher_config(selector: Option<&str>) -> watcher::Config {
+    let config = watcher::Config::default();
+    match selector {
+        Some(selector) => config.labels(selector),
+        None => config,
+    }
+}
+
+/// The Pod and EndpointSlice watch events, merged, each stamped with
+/// [`MonoTime::now`] the moment it is received. Errors are counted and
+/// logged; the watchers retry with kube's default backoff, so the stream
+/// does not end.
+pub fn stamped_events(
+    client: &Client,
+    config: &WatchConfig,
+    counters: Arc<WatchCounters>,
+) -> impl Stream<Item = StampedEvent> + Send + 'static {
+    let ns = config.namespace.as_deref();
+    let pods = watcher::watcher(
+        api::<Pod>(client, ns),
+        watcher_config(config.pod_label_selector.as_deref()),
+    )
+    .default_backoff();
+    let slices = watcher::watcher(
+        api::<EndpointSlice>(client, ns),
+        watcher_config(config.slice_label_selector.as_deref()),
+    )
+    .default_backoff();
+    let pod_counters = counters.clone();
+    let pods = pods.filter_map(move |item| {
+        let at = MonoTime::now();
+        pod_counters.pods.count(&item, WatchedResource::Pods);
+        std::future::ready(item.ok().map(|e| StampedEvent {
+            at,
+            event: ResourceEvent::Pod(e),
+        }))
+    });
+    let slices = slices.filter_map(move |item| {
+        let at = MonoTime::now();
+        counters
+            .endpoint_slices
+            .count(&item, WatchedResource::EndpointSlices);
+        std::future::ready(item.ok().map(|e| StampedEvent {
+            at,
+            event: ResourceEvent::EndpointSlice(e),
+        }))
+    });
+    futures::stream::select(pods, slices)
+}
+
+/// Watches Pods and EndpointSlices and applies every event to the handle's
+/// model until both watch streams end (they do not, short of the task
+/// being dropped).
+pub async fn run(client: Client, config: WatchConfig, handle: ClusterHandle) {
+    let events = stamped_events(&client, &config, handle.counters.clone());
+    futures::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        handle.apply(event);
+    }
+}
