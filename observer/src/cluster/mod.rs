@@ -33,3 +33,6 @@ pub use watch::{
 /// events with the same versions.
 pub use k8s_openapi;
 pub use kube;
+
+#[cfg(test)]
+mod tests;

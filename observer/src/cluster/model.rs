@@ -27,11 +27,12 @@ pub struct StampedEvent {
     pub event: ResourceEvent,
 }
 
-/// A watch event of one of the watched resources.
+/// A watch event of one of the watched resources (boxed: a Pod is a few
+/// kilobytes and events travel through channels).
 #[derive(Clone, Debug)]
 pub enum ResourceEvent {
-    Pod(Event<Pod>),
-    EndpointSlice(Event<EndpointSlice>),
+    Pod(Box<Event<Pod>>),
+    EndpointSlice(Box<Event<EndpointSlice>>),
 }
 
 /// How a pod snapshot reached the model.
@@ -59,7 +60,8 @@ pub struct ModelStats {
 /// Pods, IP tenures and endpoint addresses as this agent has seen them.
 #[derive(Debug, Default)]
 pub struct ClusterModel {
-    pods: HashMap<String, PodRecord>,
+    /// Boxed so the table's spare slots stay pointer-sized.
+    pods: HashMap<String, Box<PodRecord>>,
     /// `namespace/name` → uid of the pod currently holding the name.
     pod_names: HashMap<String, String>,
     ips: IpIndex,
@@ -82,8 +84,8 @@ impl ClusterModel {
     /// Applies one stamped event and returns what changed.
     pub fn apply(&mut self, event: StampedEvent) -> Vec<ClusterChange> {
         match event.event {
-            ResourceEvent::Pod(e) => self.apply_pod_event(event.at, e),
-            ResourceEvent::EndpointSlice(e) => self.apply_slice_event(event.at, e),
+            ResourceEvent::Pod(e) => self.apply_pod_event(event.at, *e),
+            ResourceEvent::EndpointSlice(e) => self.apply_slice_event(event.at, *e),
         }
     }
 
@@ -207,7 +209,7 @@ impl ClusterModel {
                 uid.clone(),
             );
             self.pods
-                .insert(uid.clone(), snapshot.clone().into_record(at));
+                .insert(uid.clone(), Box::new(snapshot.clone().into_record(at)));
         }
         let Some(record) = self.pods.get_mut(&uid) else {
             return;
@@ -349,25 +351,25 @@ impl ClusterModel {
     // ---- lookups for the correlation engine ----
 
     pub fn pod(&self, uid: &str) -> Option<&PodRecord> {
-        self.pods.get(uid)
+        self.pods.get(uid).map(|p| &**p)
     }
 
     /// The pod currently holding `namespace/name` (not removed).
     pub fn pod_by_name(&self, namespace: &str, name: &str) -> Option<&PodRecord> {
         self.pod_names
             .get(&format!("{namespace}/{name}"))
-            .and_then(|uid| self.pods.get(uid))
+            .and_then(|uid| self.pod(uid))
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &PodRecord> {
-        self.pods.values()
+        self.pods.values().map(|p| &**p)
     }
 
     /// The pod that held `ip` at local time `t`. Attribution is by tenure
     /// interval: a pod that later reuses the IP never receives earlier
     /// connects, and vice versa.
     pub fn pod_for_ip_at(&self, ip: IpAddr, t: MonoTime) -> Option<&PodRecord> {
-        self.ips.holder_at(ip, t).and_then(|uid| self.pods.get(uid))
+        self.ips.holder_at(ip, t).and_then(|uid| self.pod(uid))
     }
 
     /// Every tenure of `ip`, oldest first.
@@ -464,9 +466,9 @@ impl ClusterModel {
         let pods: usize = self
             .pods
             .iter()
-            .map(|(uid, p)| uid.capacity() + p.heap_bytes())
+            .map(|(uid, p)| uid.capacity() + size_of::<PodRecord>() + p.heap_bytes())
             .sum::<usize>()
-            + self.pods.capacity() * (size_of::<String>() + size_of::<PodRecord>() + 1);
+            + self.pods.capacity() * (size_of::<String>() + size_of::<Box<PodRecord>>() + 1);
         let names: usize = self
             .pod_names
             .iter()

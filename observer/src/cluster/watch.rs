@@ -261,7 +261,7 @@ pub fn stamped_events(
         pod_counters.pods.count(&item, WatchedResource::Pods);
         std::future::ready(item.ok().map(|e| StampedEvent {
             at,
-            event: ResourceEvent::Pod(e),
+            event: ResourceEvent::Pod(Box::new(e)),
         }))
     });
     let slices = slices.filter_map(move |item| {
@@ -271,7 +271,7 @@ pub fn stamped_events(
             .count(&item, WatchedResource::EndpointSlices);
         std::future::ready(item.ok().map(|e| StampedEvent {
             at,
-            event: ResourceEvent::EndpointSlice(e),
+            event: ResourceEvent::EndpointSlice(Box::new(e)),
         }))
     });
     futures::stream::select(pods, slices)
