@@ -26,13 +26,22 @@
 //!
 //! See docs/SIMULATOR.md.
 
+mod cluster;
+mod endpoints;
 mod faults;
+mod ipam;
+mod kubelet;
 mod protocol;
 mod selector;
 mod server;
 mod store;
 
+pub use cluster::{
+    Cluster, ClusterConfig, DeploymentSpec, LifecycleEvent, NoopRuntime, PodInfo, PodRuntime,
+    RuntimeError, ServicePort,
+};
 pub use faults::{Faults, RequestLog, RequestRecord};
+pub use ipam::{IpPool, IpPoolError};
 pub use selector::{FieldSelector, LabelSelector, SelectorError};
 pub use server::{SimConfig, SimServer};
 pub use store::{DEFAULT_MAX_HISTORY, Kind, SimResource, Store};
@@ -69,6 +78,8 @@ pub enum SimError {
     Encoding(#[from] serde_json::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Ip(#[from] IpPoolError),
     #[error("no deployment named {0:?}")]
     UnknownDeployment(String),
     #[error("invalid deployment: {0}")]
