@@ -18,7 +18,7 @@ use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    decode::{ConnectRecord, DecodeError, OutcomeJoiner, decode_event},
+    decode::{ConnectRecord, DecodeError, OutcomeJoiner, RawEvent, decode_event},
     preflight::{self, PreflightError},
 };
 use crate::clock::MonoTime;
@@ -267,6 +267,18 @@ impl EventReader {
     pub fn drain_now(&mut self, out: &mut Vec<ConnectRecord>) {
         drain_ring(self.ring.get_mut(), &mut self.joiner, &mut self.decode_errors, out);
         self.joiner.flush(MonoTime::now(), out);
+    }
+
+    /// Appends the undecoded-but-parsed records available now, without
+    /// joining them (for accounting: one record per kernel event).
+    pub fn drain_raw_now(&mut self, out: &mut Vec<RawEvent>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            match decode_event(&item) {
+                Ok(raw) => out.push(raw),
+                Err(_) => self.decode_errors += 1,
+            }
+        }
     }
 
     /// Reports every close still waiting for its error as `aborted`.
