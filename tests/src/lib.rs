@@ -42,7 +42,9 @@ impl Netns {
     pub fn create(name: &str) -> anyhow::Result<Netns> {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         run(&["ip", "netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -62,7 +64,9 @@ impl Netns {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
         let handle = self.spawn_in(thread_name, f)?;
-        handle.join().map_err(|_| anyhow::anyhow!("thread {thread_name} panicked"))
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread {thread_name} panicked"))
     }
 
     /// Like [`Netns::run_in`] but returns the thread handle.
@@ -88,7 +92,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -116,7 +122,16 @@ impl Link {
         let client = Netns::create(&format!("obs-{tag}-c"))?;
         let server = Netns::create(&format!("obs-{tag}-s"))?;
         client.exec(&[
-            "ip", "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns",
+            "ip",
+            "link",
+            "add",
+            "veth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth1",
+            "netns",
             &server.name,
         ])?;
         let c4 = format!("10.200.{subnet}.1");
@@ -125,8 +140,26 @@ impl Link {
         let s6 = format!("fd00:200:{subnet:x}::2");
         client.exec(&["ip", "addr", "add", &format!("{c4}/24"), "dev", "veth0"])?;
         server.exec(&["ip", "addr", "add", &format!("{s4}/24"), "dev", "veth1"])?;
-        client.exec(&["ip", "-6", "addr", "add", &format!("{c6}/64"), "dev", "veth0", "nodad"])?;
-        server.exec(&["ip", "-6", "addr", "add", &format!("{s6}/64"), "dev", "veth1", "nodad"])?;
+        client.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{c6}/64"),
+            "dev",
+            "veth0",
+            "nodad",
+        ])?;
+        server.exec(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{s6}/64"),
+            "dev",
+            "veth1",
+            "nodad",
+        ])?;
         client.exec(&["ip", "link", "set", "veth0", "up"])?;
         server.exec(&["ip", "link", "set", "veth1", "up"])?;
         Ok(Link {
@@ -143,7 +176,9 @@ impl Link {
 
     /// Makes the server answer SYNs to `port` with ICMP host-unreachable.
     pub fn reject_host_unreachable(&self, port: u16) -> anyhow::Result<()> {
-        self.server_nft(&format!("tcp dport {port} reject with icmpx type host-unreachable"))
+        self.server_nft(&format!(
+            "tcp dport {port} reject with icmpx type host-unreachable"
+        ))
     }
 
     /// Makes the server silently drop SYNs to `port`.
@@ -171,7 +206,10 @@ impl Link {
             .context("writing nft script")?;
         let output = child.wait_with_output().context("waiting for nft")?;
         if !output.status.success() {
-            bail!("nft failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+            bail!(
+                "nft failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         Ok(())
     }

@@ -100,7 +100,9 @@ fn start_servers(link: &Link, server_ip: IpAddr) {
             }
         })
         .expect("server thread");
-    ready_rx.recv_timeout(Duration::from_secs(5)).expect("servers listening");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("servers listening");
 }
 
 fn make_connects(link: &Link, v6: bool) -> Vec<Attempt> {
@@ -116,7 +118,7 @@ fn make_connects(link: &Link, v6: bool) -> Vec<Attempt> {
             let src = SocketAddr::new(client_ip, 41_000);
             let dst = SocketAddr::new(server_ip, SLOW_DROP);
             let result = connect_from(src, dst, None, Some(1));
-            let err = result.err().expect("dropped SYNs must time out");
+            let err = result.expect_err("dropped SYNs must time out");
             assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
             vec![Attempt {
                 src: Some(src),
@@ -139,18 +141,32 @@ fn make_connects(link: &Link, v6: bool) -> Vec<Attempt> {
                 let src = next_src();
                 let dst = SocketAddr::new(server_ip, OPEN);
                 held.push(connect_from(src, dst, None, None).expect("open port connects"));
-                attempts.push(Attempt { src: Some(src), dst, expected: Expected::Established });
+                attempts.push(Attempt {
+                    src: Some(src),
+                    dst,
+                    expected: Expected::Established,
+                });
             }
             let cases = [
                 (CLOSED, FailureClass::Refused, libc::ECONNREFUSED, None),
-                (HOST_UNREACHABLE, FailureClass::HostUnreachable, libc::EHOSTUNREACH, None),
-                (DROPPED, FailureClass::Aborted, libc::ETIMEDOUT, Some(Duration::from_millis(300))),
+                (
+                    HOST_UNREACHABLE,
+                    FailureClass::HostUnreachable,
+                    libc::EHOSTUNREACH,
+                    None,
+                ),
+                (
+                    DROPPED,
+                    FailureClass::Aborted,
+                    libc::ETIMEDOUT,
+                    Some(Duration::from_millis(300)),
+                ),
             ];
             for (port, class, errno, timeout) in cases {
                 for _ in 0..2 {
                     let src = next_src();
                     let dst = SocketAddr::new(server_ip, port);
-                    let err = connect_from(src, dst, timeout, None).err().expect("must fail");
+                    let err = connect_from(src, dst, timeout, None).expect_err("must fail");
                     let seen = err.raw_os_error().unwrap_or_else(|| {
                         // connect_timeout reports its own timeout as TimedOut.
                         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
@@ -166,7 +182,7 @@ fn make_connects(link: &Link, v6: bool) -> Vec<Attempt> {
             }
             for _ in 0..2 {
                 let dst = SocketAddr::new(unroutable, 80);
-                let err = connect_from(next_src(), dst, None, None).err().expect("no route");
+                let err = connect_from(next_src(), dst, None, None).expect_err("no route");
                 assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
                 attempts.push(Attempt {
                     src: None,
@@ -179,7 +195,7 @@ fn make_connects(link: &Link, v6: bool) -> Vec<Attempt> {
             let socket = connect_from(src, dst, None, None).expect("resetting port connects");
             let mut stream = std::net::TcpStream::from(socket);
             let mut buf = [0u8; 1];
-            let err = stream.read(&mut buf).err().expect("server resets");
+            let err = stream.read(&mut buf).expect_err("server resets");
             assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET), "{err}");
             attempts.push(Attempt {
                 src: Some(src),
@@ -198,16 +214,19 @@ fn matches(record: &ConnectRecord, attempt: &Attempt) -> bool {
     if record.dst != attempt.dst {
         return false;
     }
-    if let Some(src) = attempt.src {
-        if record.src != src {
-            return false;
-        }
+    if let Some(src) = attempt.src
+        && record.src != src
+    {
+        return false;
     }
     match (&record.outcome, attempt.expected) {
         (Outcome::Established { .. }, Expected::Established) => true,
-        (Outcome::Failed { class, synchronous, .. }, Expected::Failed(c, sync)) => {
-            *class == c && *synchronous == sync
-        }
+        (
+            Outcome::Failed {
+                class, synchronous, ..
+            },
+            Expected::Failed(c, sync),
+        ) => *class == c && *synchronous == sync,
         _ => false,
     }
 }
@@ -216,7 +235,8 @@ fn scenario(tag: &str, subnet: u8, v6: bool) {
     require_root();
     let link = Link::create(tag, subnet).expect("namespaces");
     let server_ip = if v6 { link.server_v6 } else { link.server_v4 };
-    link.reject_host_unreachable(HOST_UNREACHABLE).expect("nft reject");
+    link.reject_host_unreachable(HOST_UNREACHABLE)
+        .expect("nft reject");
     link.drop_syns(DROPPED).expect("nft drop");
     link.drop_syns(SLOW_DROP).expect("nft drop");
     start_servers(&link, server_ip);
@@ -236,7 +256,9 @@ fn scenario(tag: &str, subnet: u8, v6: bool) {
         runtime
             .block_on(reader.next_batch(Duration::from_millis(100), &mut records))
             .expect("read events");
-        let done = attempts.iter().all(|a| records.iter().any(|r| matches(r, a)));
+        let done = attempts
+            .iter()
+            .all(|a| records.iter().any(|r| matches(r, a)));
         if done || Instant::now() > deadline {
             break;
         }
@@ -250,13 +272,25 @@ fn scenario(tag: &str, subnet: u8, v6: bool) {
         // Attempts without a known source port (no SYN left) are alike.
         let alike = attempts
             .iter()
-            .filter(|a| a.src == attempt.src && a.dst == attempt.dst && a.expected == attempt.expected)
+            .filter(|a| {
+                a.src == attempt.src && a.dst == attempt.dst && a.expected == attempt.expected
+            })
             .count();
-        assert_eq!(found.len(), alike, "{attempt:?} seen {} times in {ours:#?}", found.len());
+        assert_eq!(
+            found.len(),
+            alike,
+            "{attempt:?} seen {} times in {ours:#?}",
+            found.len()
+        );
         let record = found[0];
         assert_eq!(record.pid, pid, "pid of {record:?}");
         assert_eq!(record.comm, CLIENT_COMM, "comm of {record:?}");
-        if let Outcome::Failed { class: FailureClass::Aborted, waited_ns, .. } = record.outcome {
+        if let Outcome::Failed {
+            class: FailureClass::Aborted,
+            waited_ns,
+            ..
+        } = record.outcome
+        {
             let waited = Duration::from_nanos(waited_ns);
             assert!(
                 waited >= Duration::from_millis(290) && waited < Duration::from_secs(3),
@@ -267,25 +301,38 @@ fn scenario(tag: &str, subnet: u8, v6: bool) {
     // Every outcome the probe reported for these destinations is one the
     // client made: nothing invented.
     // A reset connection was first established: two outcomes.
-    let outcomes = ours.iter().filter(|r| r.outcome != Outcome::Connect).count();
+    let outcomes = ours
+        .iter()
+        .filter(|r| r.outcome != Outcome::Connect)
+        .count();
     let resets = attempts
         .iter()
         .filter(|a| a.expected == Expected::Failed(FailureClass::Reset, false))
         .count();
     assert_eq!(outcomes, attempts.len() + resets, "{ours:#?}");
     // Every connect to a watched destination was also reported at its SYN.
-    let syns = ours.iter().filter(|r| r.outcome == Outcome::Connect).count();
+    let syns = ours
+        .iter()
+        .filter(|r| r.outcome == Outcome::Connect)
+        .count();
     let to_watched = attempts.iter().filter(|a| a.dst.ip() == server_ip).count();
     assert_eq!(syns, to_watched, "SYN events to the watched server");
 
     let stats = probe.dest_stats().expect("dest stats");
     let stat = |port: u16| -> DestStats {
         let ip = if port == 80 {
-            if v6 { link.unroutable_v6 } else { link.unroutable_v4 }
+            if v6 {
+                link.unroutable_v6
+            } else {
+                link.unroutable_v4
+            }
         } else {
             server_ip
         };
-        stats.get(&SocketAddr::new(ip, port)).copied().unwrap_or_default()
+        stats
+            .get(&SocketAddr::new(ip, port))
+            .copied()
+            .unwrap_or_default()
     };
     let expect = |port, connects, established, syn_closed, resets| {
         let s = stat(port);
@@ -305,7 +352,11 @@ fn scenario(tag: &str, subnet: u8, v6: bool) {
         + dropped.net_unreachable
         + dropped.timed_out
         + dropped.other_error;
-    assert_eq!(dropped.syn_closed - reported, 2, "aborted = closed without an error");
+    assert_eq!(
+        dropped.syn_closed - reported,
+        2,
+        "aborted = closed without an error"
+    );
     assert_eq!(expect(SLOW_DROP, 1, 0, 1, 0).timed_out, 1);
     expect(RESETTING, 1, 1, 0, 1);
     assert_eq!(expect(80, 2, 0, 0, 0).sync_failed, 2);

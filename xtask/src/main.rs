@@ -1,1 +1,55 @@
-fn main() {}
+//! Project tasks. Run through `./x` (which installs the pinned toolchain
+//! first) or `cargo xtask`.
+
+mod cmd;
+mod setup;
+
+use std::process::Command;
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd::{require_root, run};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "observer's build, test and benchmark tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install toolchains, bpf-linker and the Debian packages the build and
+    /// tests need (only what is missing).
+    Setup,
+    /// Setup, then formatting, lints, and every test (privileged: root).
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Test { no_lint } => test(no_lint),
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(no_lint: bool) -> anyhow::Result<()> {
+    require_root("the test suite loads eBPF programs and creates network namespaces; it")?;
+    setup::setup()?;
+    if !no_lint {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    run(cargo().args(["test", "--no-fail-fast"]))
+}
