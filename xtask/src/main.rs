@@ -25,6 +25,12 @@ enum Task {
     /// Install toolchains, bpf-linker and the Debian packages the build and
     /// tests need (only what is missing).
     Setup,
+    /// Setup, then build and run the observer binary with ARGS, e.g.
+    /// `./x observer trace --failures-only` (the probe needs root).
+    Observer {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Setup, then formatting, lints, and every test (privileged: root).
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -37,6 +43,10 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::setup(),
         Task::Test { no_lint } => test(no_lint),
+        Task::Observer { args } => {
+            setup::setup()?;
+            run(cargo().args(["run", "--release", "--quiet", "-p", "observer", "--"]).args(args))
+        }
     }
 }
 
