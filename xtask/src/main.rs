@@ -45,7 +45,9 @@ fn main() -> anyhow::Result<()> {
         Task::Test { no_lint } => test(no_lint),
         Task::Observer { args } => {
             setup::setup()?;
-            run(cargo().args(["run", "--release", "--quiet", "-p", "observer", "--"]).args(args))
+            run(cargo()
+                .args(["run", "--release", "--quiet", "-p", "observer", "--"])
+                .args(args))
         }
     }
 }
