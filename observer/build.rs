@@ -24,7 +24,9 @@ fn main() -> anyhow::Result<()> {
     }
     let metadata = cargo_metadata_root()?;
     let ebpf_dir = metadata.join("observer-ebpf");
-    let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "observer-ebpf",

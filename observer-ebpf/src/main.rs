@@ -179,11 +179,7 @@ fn add(field: &mut u64) {
 /// reported as IPv4, so one pod IP has one key whatever the socket family.
 #[inline(always)]
 fn canonical(family: u16, addr: [u8; 16]) -> (u16, [u8; 16]) {
-    if family == AF_INET6
-        && addr[..10] == [0u8; 10]
-        && addr[10] == 0xff
-        && addr[11] == 0xff
-    {
+    if family == AF_INET6 && addr[..10] == [0u8; 10] && addr[10] == 0xff && addr[11] == 0xff {
         let mut v4 = [0u8; 16];
         v4[..4].copy_from_slice(&addr[12..16]);
         return (AF_INET, v4);
@@ -211,7 +207,11 @@ fn with_stats(key: &DestKey, f: impl FnOnce(&mut DestStats)) {
 
 #[inline(always)]
 fn is_watched(family: u16, addr: &[u8; 16]) -> bool {
-    let key = AddrKey { family, _pad: 0, addr: *addr };
+    let key = AddrKey {
+        family,
+        _pad: 0,
+        addr: *addr,
+    };
     // SAFETY: the value is a plain u8 and only read here.
     unsafe { WATCH.get(&key) }.is_some()
 }
@@ -350,7 +350,11 @@ fn on_syn_sent(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
         bump(counter::MAP_FULL);
         warn!(ctx, "observer: socket map insert failed");
     }
-    let key = DestKey { family, port: dport, addr: daddr };
+    let key = DestKey {
+        family,
+        port: dport,
+        addr: daddr,
+    };
     with_stats(&key, |stats| {
         add(&mut stats.connects);
         stats.last_syn_ns = now;
@@ -375,7 +379,11 @@ fn on_established(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
     // SAFETY: offset from the tracepoint's format.
     info.sport = unsafe { ctx.read_at(tp::set_state::SPORT)? };
     info.established = 1;
-    let key = DestKey { family: info.family, port: info.dport, addr: info.daddr };
+    let key = DestKey {
+        family: info.family,
+        port: info.dport,
+        addr: info.daddr,
+    };
     with_stats(&key, |stats| {
         add(&mut stats.established);
         stats.last_established_ns = now;
@@ -409,7 +417,11 @@ fn on_syn_closed(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
         saddr: info.saddr,
         daddr: info.daddr,
     };
-    let key = DestKey { family: info.family, port: info.dport, addr: info.daddr };
+    let key = DestKey {
+        family: info.family,
+        port: info.dport,
+        addr: info.daddr,
+    };
     // SAFETY: the value is copied out immediately.
     let early = unsafe { EARLY_ERRORS.get(&tuple) }.copied();
     let errno = match early {
@@ -471,9 +483,20 @@ fn try_inet_sk_error_report(ctx: &TracePointContext) -> Result<(), i32> {
     let dport: u16 = unsafe { ctx.read_at(f::DPORT)? };
     let (family, saddr, daddr) =
         read_addrs(ctx, f::FAMILY, f::SADDR, f::DADDR, f::SADDR_V6, f::DADDR_V6)?;
-    let tuple = TupleKey { family, sport, dport, _pad: 0, saddr, daddr };
+    let tuple = TupleKey {
+        family,
+        sport,
+        dport,
+        _pad: 0,
+        saddr,
+        daddr,
+    };
     if CLOSED_TUPLES.remove(&tuple).is_ok() {
-        let key = DestKey { family, port: dport, addr: daddr };
+        let key = DestKey {
+            family,
+            port: dport,
+            addr: daddr,
+        };
         with_stats(&key, |stats| count_error(stats, errno));
         emit(|event| {
             event.ts_ns = now;
@@ -486,7 +509,11 @@ fn try_inet_sk_error_report(ctx: &TracePointContext) -> Result<(), i32> {
             event.kind = kind::ERROR;
         });
     } else {
-        let early = EarlyError { ts_ns: now, errno, _pad: 0 };
+        let early = EarlyError {
+            ts_ns: now,
+            errno,
+            _pad: 0,
+        };
         let _ = EARLY_ERRORS.insert(&tuple, &early, 0);
     }
     Ok(())
@@ -511,7 +538,11 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = DestKey { family: info.family, port: info.dport, addr: info.daddr };
+    let key = DestKey {
+        family: info.family,
+        port: info.dport,
+        addr: info.daddr,
+    };
     with_stats(&key, |stats| {
         add(&mut stats.resets);
         stats.last_failure_ns = now;
@@ -589,7 +620,11 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i32> {
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = DestKey { family: args.family, port: args.port, addr: args.addr };
+    let key = DestKey {
+        family: args.family,
+        port: args.port,
+        addr: args.addr,
+    };
     with_stats(&key, |stats| {
         add(&mut stats.connects);
         add(&mut stats.sync_failed);

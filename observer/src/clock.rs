@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// A CLOCK_MONOTONIC instant in nanoseconds since boot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct MonoTime(pub u64);
 
@@ -16,7 +18,10 @@ impl MonoTime {
     /// Reads CLOCK_MONOTONIC. Only the edges (watchers, the probe reader,
     /// the lab) call this; the engine is handed times.
     pub fn now() -> MonoTime {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is
         // always supported on Linux, so the call cannot fail.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
@@ -41,7 +46,7 @@ impl MonoTime {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
 
-    pub fn add(self, d: Duration) -> MonoTime {
+    pub fn saturating_add(self, d: Duration) -> MonoTime {
         MonoTime(self.0.saturating_add(d.as_nanos() as u64))
     }
 }
@@ -66,7 +71,10 @@ mod tests {
     #[test]
     fn signed_since_is_negative_for_later_reference() {
         assert_eq!(MonoTime(5).signed_since(MonoTime(8)), -3);
-        assert_eq!(MonoTime(8).saturating_since(MonoTime(5)), Duration::from_nanos(3));
+        assert_eq!(
+            MonoTime(8).saturating_since(MonoTime(5)),
+            Duration::from_nanos(3)
+        );
         assert_eq!(MonoTime(5).saturating_since(MonoTime(8)), Duration::ZERO);
     }
 }

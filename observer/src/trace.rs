@@ -43,7 +43,9 @@ pub struct TraceArgs {
 /// Parses `500ms`, `2s`, `1.5s`, `3m`, `1h`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
@@ -53,7 +55,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{text}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+            ));
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("`{text}` is not a non-negative duration"));
@@ -74,15 +80,21 @@ impl WallClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
-        WallClock { offset_ns: wall - mono }
+        WallClock {
+            offset_ns: wall - mono,
+        }
     }
 
     /// `HH:MM:SS.mmm` UTC.
     pub fn format(&self, t: MonoTime) -> String {
         let wall_ns = t.as_nanos() as i128 + self.offset_ns;
         let ms_of_day = (wall_ns / 1_000_000).rem_euclid(86_400_000);
-        let (h, m, s, ms) =
-            (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000);
+        let (h, m, s, ms) = (
+            ms_of_day / 3_600_000,
+            ms_of_day / 60_000 % 60,
+            ms_of_day / 1000 % 60,
+            ms_of_day % 1000,
+        );
         format!("{h:02}:{m:02}:{s:02}.{ms:03}")
     }
 }
@@ -95,10 +107,16 @@ fn ms(ns: u64) -> String {
 pub fn format_line(clock: &WallClock, record: &ConnectRecord) -> String {
     let (what, detail) = match &record.outcome {
         Outcome::Connect => ("connect".to_string(), String::new()),
-        Outcome::Established { latency_ns } => {
-            ("established".to_string(), format!("after {}", ms(*latency_ns)))
-        }
-        Outcome::Failed { class, errno, waited_ns, synchronous } => {
+        Outcome::Established { latency_ns } => (
+            "established".to_string(),
+            format!("after {}", ms(*latency_ns)),
+        ),
+        Outcome::Failed {
+            class,
+            errno,
+            waited_ns,
+            synchronous,
+        } => {
             let mut detail = format!("after {}", ms(*waited_ns));
             if *errno != 0 {
                 detail.push_str(&format!(" (errno {errno})"));
@@ -139,15 +157,17 @@ fn wanted(args: &TraceArgs, record: &ConnectRecord) -> bool {
 }
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
-    let mut probe = Probe::load(&ProbeOptions { ring_bytes: args.ring_bytes })
-        .context("cannot start the probe")?;
+    let mut probe = Probe::load(&ProbeOptions {
+        ring_bytes: args.ring_bytes,
+    })
+    .context("cannot start the probe")?;
     probe.forward_kernel_logs();
     for ip in &args.watch {
         probe.watch(*ip).with_context(|| format!("watching {ip}"))?;
     }
     let mut reader = probe.event_reader()?;
     let clock = WallClock::now();
-    let deadline = args.duration.map(|d| MonoTime::now().add(d));
+    let deadline = args.duration.map(|d| MonoTime::now().saturating_add(d));
     let mut printed = 0u64;
     let mut batch = Vec::new();
     let stdout = std::io::stdout();
@@ -208,7 +228,11 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
-        assert!(parse_duration("fast").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_duration("fast")
+                .unwrap_err()
+                .contains("not a duration")
+        );
         assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
     }
 

@@ -1,1 +1,67 @@
-fn main() {}
+//! Project tasks. Run through `./x` (which installs the pinned toolchain
+//! first) or `cargo xtask`.
+
+mod cmd;
+mod setup;
+
+use std::process::Command;
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd::{require_root, run};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "observer's build, test and benchmark tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install toolchains, bpf-linker and the Debian packages the build and
+    /// tests need (only what is missing).
+    Setup,
+    /// Setup, then build and run the observer binary with ARGS, e.g.
+    /// `./x observer trace --failures-only` (the probe needs root).
+    Observer {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then formatting, lints, and every test (privileged: root).
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Test { no_lint } => test(no_lint),
+        Task::Observer { args } => {
+            setup::setup()?;
+            run(cargo()
+                .args(["run", "--release", "--quiet", "-p", "observer", "--"])
+                .args(args))
+        }
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(no_lint: bool) -> anyhow::Result<()> {
+    require_root("the test suite loads eBPF programs and creates network namespaces; it")?;
+    setup::setup()?;
+    if !no_lint {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    run(cargo().args(["test", "--no-fail-fast"]))
+}

@@ -96,7 +96,9 @@ pub struct RawEvent {
 
 fn ip_from(family: u16, bytes: [u8; 16]) -> Result<IpAddr, DecodeError> {
     match family {
-        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
         AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(bytes)).to_canonical()),
         other => Err(DecodeError::Family(other)),
     }
@@ -110,7 +112,10 @@ fn comm_from(bytes: &[u8]) -> String {
 /// Decodes one ring-buffer record.
 pub fn decode_event(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     if bytes.len() != ConnectEvent::SIZE {
-        return Err(DecodeError::Size { got: bytes.len(), expected: ConnectEvent::SIZE });
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected: ConnectEvent::SIZE,
+        });
     }
     // SAFETY: the length equals size_of::<ConnectEvent>(), ConnectEvent is
     // repr(C) plain data for which every bit pattern is valid, and
@@ -204,7 +209,9 @@ impl ConnectRecord {
 }
 
 fn waited(raw: &RawEvent) -> u64 {
-    raw.syn.map(|syn| raw.ts.saturating_since(syn).as_nanos() as u64).unwrap_or(0)
+    raw.syn
+        .map(|syn| raw.ts.saturating_since(syn).as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// How long a close waits for its error report before it is called
@@ -227,7 +234,10 @@ impl Default for OutcomeJoiner {
 
 impl OutcomeJoiner {
     pub fn new(grace: Duration) -> OutcomeJoiner {
-        OutcomeJoiner { grace, pending: HashMap::new() }
+        OutcomeJoiner {
+            grace,
+            pending: HashMap::new(),
+        }
     }
 
     /// Closes waiting for their error report.
@@ -240,7 +250,9 @@ impl OutcomeJoiner {
         match raw.kind {
             kind::CONNECT => out.push(ConnectRecord::from_raw(&raw, Outcome::Connect)),
             kind::ESTABLISHED => {
-                let outcome = Outcome::Established { latency_ns: waited(&raw) };
+                let outcome = Outcome::Established {
+                    latency_ns: waited(&raw),
+                };
                 out.push(ConnectRecord::from_raw(&raw, outcome));
             }
             kind::SYN_CLOSED if raw.errno != 0 => {

@@ -4,7 +4,10 @@ fn bytes_of(event: &ConnectEvent) -> Vec<u8> {
     // SAFETY: ConnectEvent is repr(C) plain data without padding (size
     // asserted in observer-common), so all its bytes are initialised.
     unsafe {
-        std::slice::from_raw_parts((event as *const ConnectEvent).cast::<u8>(), ConnectEvent::SIZE)
+        std::slice::from_raw_parts(
+            (event as *const ConnectEvent).cast::<u8>(),
+            ConnectEvent::SIZE,
+        )
     }
     .to_vec()
 }
@@ -54,7 +57,10 @@ fn decodes_ipv6_and_unmaps_v4_mapped() {
 fn rejects_bad_size_family_and_kind() {
     assert_eq!(
         decode_event(&[0u8; 10]),
-        Err(DecodeError::Size { got: 10, expected: ConnectEvent::SIZE })
+        Err(DecodeError::Size {
+            got: 10,
+            expected: ConnectEvent::SIZE
+        })
     );
     let mut e = v4_event(kind::ERROR, 1, 1, 111);
     e.family = 99;
@@ -104,7 +110,9 @@ fn close_without_error_becomes_aborted_after_grace_with_wait_time() {
     j.flush(MonoTime(501_000 + 100_000_000), &mut out);
     assert_eq!(out.len(), 1);
     match out[0].outcome {
-        Outcome::Failed { class, waited_ns, .. } => {
+        Outcome::Failed {
+            class, waited_ns, ..
+        } => {
             assert_eq!(class, FailureClass::Aborted);
             assert_eq!(waited_ns, 500_000);
         }
@@ -137,7 +145,10 @@ fn reused_tuple_aborts_the_older_close() {
 fn sync_failure_reset_and_success_map_to_outcomes() {
     let mut j = OutcomeJoiner::default();
     let mut out = Vec::new();
-    j.push(raw(kind::SYNC_FAILED, 1_500, 0, libc::ENETUNREACH), &mut out);
+    j.push(
+        raw(kind::SYNC_FAILED, 1_500, 0, libc::ENETUNREACH),
+        &mut out,
+    );
     j.push(raw(kind::RESET, 9_000, 1, libc::ECONNRESET), &mut out);
     j.push(raw(kind::ESTABLISHED, 1_250, 1, 0), &mut out);
     assert_eq!(
@@ -157,7 +168,10 @@ fn sync_failure_reset_and_success_map_to_outcomes() {
 fn record_serializes_with_flat_outcome() {
     let mut j = OutcomeJoiner::default();
     let mut out = Vec::new();
-    j.push(raw(kind::SYN_CLOSED, 2_000, 40000, libc::ECONNREFUSED), &mut out);
+    j.push(
+        raw(kind::SYN_CLOSED, 2_000, 40000, libc::ECONNREFUSED),
+        &mut out,
+    );
     let json = serde_json::to_value(&out[0]).unwrap();
     assert_eq!(json["outcome"], "failed");
     assert_eq!(json["class"], "refused");

@@ -18,7 +18,7 @@ use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    decode::{ConnectRecord, DecodeError, OutcomeJoiner, decode_event},
+    decode::{ConnectRecord, DecodeError, OutcomeJoiner, RawEvent, decode_event},
     preflight::{self, PreflightError},
 };
 use crate::clock::MonoTime;
@@ -109,7 +109,9 @@ impl Probe {
                 .ok_or(ProbeError::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| ProbeError::Program { name, source })?;
-            program.load().map_err(|source| ProbeError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| ProbeError::Program { name, source })?;
             program
                 .attach(category, event)
                 .map_err(|source| ProbeError::Program { name, source })?;
@@ -125,7 +127,9 @@ impl Probe {
                 Ok(mut fd) => {
                     tokio::spawn(async move {
                         loop {
-                            let Ok(mut guard) = fd.readable_mut().await else { break };
+                            let Ok(mut guard) = fd.readable_mut().await else {
+                                break;
+                            };
                             guard.get_inner_mut().flush();
                             guard.clear_ready();
                         }
@@ -139,23 +143,41 @@ impl Probe {
 
     /// Takes the event ring; the returned reader owns it.
     pub fn event_reader(&mut self) -> Result<EventReader, ProbeError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
-        let ring =
-            RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let ring = RingBuf::try_from(map).map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })?;
         let ring = register_readable(ring).map_err(ProbeError::AsyncFd)?;
-        Ok(EventReader { ring, joiner: OutcomeJoiner::default(), decode_errors: 0 })
+        Ok(EventReader {
+            ring,
+            joiner: OutcomeJoiner::default(),
+            decode_errors: 0,
+        })
     }
 
     fn watch_map(&mut self) -> Result<HashMap<&mut MapData, AddrKey, u8>, ProbeError> {
-        let map = self.ebpf.map_mut("WATCH").ok_or(ProbeError::MissingMap("WATCH"))?;
-        HashMap::try_from(map).map_err(|source| ProbeError::Map { name: "WATCH", source })
+        let map = self
+            .ebpf
+            .map_mut("WATCH")
+            .ok_or(ProbeError::MissingMap("WATCH"))?;
+        HashMap::try_from(map).map_err(|source| ProbeError::Map {
+            name: "WATCH",
+            source,
+        })
     }
 
     /// Asks the kernel to report every connect to `ip`, successes included.
     pub fn watch(&mut self, ip: IpAddr) -> Result<(), ProbeError> {
         self.watch_map()?
             .insert(&addr_key(ip), &1, 0)
-            .map_err(|source| ProbeError::Map { name: "WATCH", source })
+            .map_err(|source| ProbeError::Map {
+                name: "WATCH",
+                source,
+            })
     }
 
     /// Stops reporting successes to `ip`. Unwatching an address that is not
@@ -163,19 +185,30 @@ impl Probe {
     pub fn unwatch(&mut self, ip: IpAddr) -> Result<(), ProbeError> {
         match self.watch_map()?.remove(&addr_key(ip)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ProbeError::Map { name: "WATCH", source }),
+            Err(source) => Err(ProbeError::Map {
+                name: "WATCH",
+                source,
+            }),
         }
     }
 
     /// Per-destination counters aggregated in the kernel.
     pub fn dest_stats(&self) -> Result<BTreeMap<SocketAddr, DestStats>, ProbeError> {
-        let map = self.ebpf.map("DEST_STATS").ok_or(ProbeError::MissingMap("DEST_STATS"))?;
-        let stats: HashMap<&MapData, DestKey, DestStats> = HashMap::try_from(map)
-            .map_err(|source| ProbeError::Map { name: "DEST_STATS", source })?;
+        let map = self
+            .ebpf
+            .map("DEST_STATS")
+            .ok_or(ProbeError::MissingMap("DEST_STATS"))?;
+        let stats: HashMap<&MapData, DestKey, DestStats> =
+            HashMap::try_from(map).map_err(|source| ProbeError::Map {
+                name: "DEST_STATS",
+                source,
+            })?;
         let mut out = BTreeMap::new();
         for entry in stats.iter() {
-            let (key, value) =
-                entry.map_err(|source| ProbeError::Map { name: "DEST_STATS", source })?;
+            let (key, value) = entry.map_err(|source| ProbeError::Map {
+                name: "DEST_STATS",
+                source,
+            })?;
             if let Some(addr) = socket_addr(&key) {
                 out.insert(addr, value);
             }
@@ -185,13 +218,20 @@ impl Probe {
 
     /// The probe's health counters, summed over CPUs.
     pub fn counters(&self) -> Result<ProbeCounters, ProbeError> {
-        let map = self.ebpf.map("COUNTERS").ok_or(ProbeError::MissingMap("COUNTERS"))?;
-        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)
-            .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(ProbeError::MissingMap("COUNTERS"))?;
+        let array: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
         let sum = |index: u32| -> Result<u64, ProbeError> {
-            let values = array
-                .get(&index, 0)
-                .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+            let values = array.get(&index, 0).map_err(|source| ProbeError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
             Ok(values.iter().sum())
         };
         Ok(ProbeCounters {
@@ -217,9 +257,17 @@ pub fn addr_key(ip: IpAddr) -> AddrKey {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
             addr[..4].copy_from_slice(&v4.octets());
-            AddrKey { family: AF_INET, _pad: 0, addr }
+            AddrKey {
+                family: AF_INET,
+                _pad: 0,
+                addr,
+            }
         }
-        IpAddr::V6(v6) => AddrKey { family: AF_INET6, _pad: 0, addr: v6.octets() },
+        IpAddr::V6(v6) => AddrKey {
+            family: AF_INET6,
+            _pad: 0,
+            addr: v6.octets(),
+        },
     }
 }
 
@@ -255,7 +303,12 @@ impl EventReader {
     ) -> Result<(), ProbeError> {
         if let Ok(ready) = tokio::time::timeout(max_wait, self.ring.readable_mut()).await {
             let mut guard = ready.map_err(ProbeError::AsyncFd)?;
-            drain_ring(guard.get_inner_mut(), &mut self.joiner, &mut self.decode_errors, out);
+            drain_ring(
+                guard.get_inner_mut(),
+                &mut self.joiner,
+                &mut self.decode_errors,
+                out,
+            );
             guard.clear_ready();
         }
         // Also catch records that arrived between the wakeup and the drain.
@@ -265,8 +318,25 @@ impl EventReader {
 
     /// Appends what is available now, without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<ConnectRecord>) {
-        drain_ring(self.ring.get_mut(), &mut self.joiner, &mut self.decode_errors, out);
+        drain_ring(
+            self.ring.get_mut(),
+            &mut self.joiner,
+            &mut self.decode_errors,
+            out,
+        );
         self.joiner.flush(MonoTime::now(), out);
+    }
+
+    /// Appends the undecoded-but-parsed records available now, without
+    /// joining them (for accounting: one record per kernel event).
+    pub fn drain_raw_now(&mut self, out: &mut Vec<RawEvent>) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            match decode_event(&item) {
+                Ok(raw) => out.push(raw),
+                Err(_) => self.decode_errors += 1,
+            }
+        }
     }
 
     /// Reports every close still waiting for its error as `aborted`.

@@ -70,7 +70,9 @@ pub fn check_capabilities() -> Result<(), PreflightError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(PreflightError::Capabilities { missing: missing.join(", ") })
+        Err(PreflightError::Capabilities {
+            missing: missing.join(", "),
+        })
     }
 }
 
@@ -88,7 +90,9 @@ pub fn ensure_tracefs() -> Result<&'static str, PreflightError> {
     if Path::new(target).join(PROBE_EVENT).exists() {
         Ok(target)
     } else {
-        Err(PreflightError::Kernel { path: format!("{target}/{PROBE_EVENT}") })
+        Err(PreflightError::Kernel {
+            path: format!("{target}/{PROBE_EVENT}"),
+        })
     }
 }
 
@@ -120,7 +124,10 @@ fn mount_tracefs(target: &str) -> Result<(), String> {
 
 /// Raises RLIMIT_MEMLOCK: kernels before 5.11 charge BPF maps to it.
 pub fn raise_memlock_limit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: `rlim` is a valid rlimit that outlives the call.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
     if rc != 0 {
@@ -151,7 +158,10 @@ mod tests {
 
     #[test]
     fn capability_error_says_how_to_grant() {
-        let msg = PreflightError::Capabilities { missing: "CAP_PERFMON".into() }.to_string();
+        let msg = PreflightError::Capabilities {
+            missing: "CAP_PERFMON".into(),
+        }
+        .to_string();
         assert!(msg.contains("CAP_PERFMON"));
         assert!(msg.contains("setcap"));
         assert!(msg.contains("securityContext"));

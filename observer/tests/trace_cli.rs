@@ -1,0 +1,88 @@
+//! The real `observer trace` binary: it shows a refused connect as it
+//! happens, and without privileges it names what is missing.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_observer");
+
+#[test]
+fn trace_prints_a_refused_connect_as_json() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "run the test suite as root (`sudo ./x test`)"
+    );
+    let port = 917;
+    let mut child = Command::new(BIN)
+        .args([
+            "trace",
+            "--json",
+            "--count",
+            "1",
+            "--port",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start observer trace");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    // The probe takes a moment to attach: knock until it reports.
+    let dst = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        let _ = TcpStream::connect_timeout(&dst, Duration::from_millis(200));
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "observer trace printed nothing in 20 s"
+        );
+    };
+    let status = child.wait().expect("observer exits after --count 1");
+    assert!(status.success(), "{status}");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
+    assert_eq!(event["outcome"], "failed", "{line}");
+    assert_eq!(event["class"], "refused", "{line}");
+    assert_eq!(event["dst"], format!("127.0.0.1:{port}"), "{line}");
+    assert_eq!(event["pid"], std::process::id(), "{line}");
+}
+
+#[test]
+fn trace_without_privileges_names_the_missing_capabilities() {
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            BIN,
+            "trace",
+        ])
+        .output()
+        .expect("run setpriv (util-linux)");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("setcap"),
+        "says how to grant them: {stderr}"
+    );
+}

@@ -1,0 +1,377 @@
+//! The probe on the real kernel: every connect outcome class, IPv4 and IPv6,
+//! made from a client namespace to a server namespace over veth, checked
+//! against what the client itself saw — class, both addresses and ports,
+//! pid and comm — and against the kernel's per-destination counters, exactly.
+
+use std::{
+    io::Read as _,
+    net::{IpAddr, SocketAddr, TcpListener},
+    time::{Duration, Instant},
+};
+
+use observer::probe::{ConnectRecord, FailureClass, Outcome, Probe, ProbeOptions};
+use observer_common::DestStats;
+use observer_tests::{Link, require_root};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+const CLIENT_COMM: &str = "obs-client";
+
+const OPEN: u16 = 8080;
+const CLOSED: u16 = 8081;
+const HOST_UNREACHABLE: u16 = 8082;
+const DROPPED: u16 = 8083;
+const RESETTING: u16 = 8084;
+const SLOW_DROP: u16 = 8085;
+
+/// What the client did for one connect, to compare with the probe.
+#[derive(Debug, Clone)]
+struct Attempt {
+    src: Option<SocketAddr>,
+    dst: SocketAddr,
+    expected: Expected,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expected {
+    Established,
+    Failed(FailureClass, bool),
+}
+
+fn socket_for(dst: &SocketAddr) -> Socket {
+    let socket = Socket::new(Domain::for_address(*dst), Type::STREAM, None).expect("socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket
+}
+
+/// Connects from `src` (a fixed port, so the test knows the 4-tuple) to
+/// `dst`; returns the socket on success.
+fn connect_from(
+    src: SocketAddr,
+    dst: SocketAddr,
+    timeout: Option<Duration>,
+    syn_retries: Option<i32>,
+) -> std::io::Result<Socket> {
+    let socket = socket_for(&dst);
+    socket.bind(&SockAddr::from(src))?;
+    if let Some(retries) = syn_retries {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: a valid socket fd and a c_int option value that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_SYNCNT,
+                (&retries as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    match timeout {
+        Some(t) => socket.connect_timeout(&SockAddr::from(dst), t)?,
+        None => socket.connect(&SockAddr::from(dst))?,
+    }
+    Ok(socket)
+}
+
+fn start_servers(link: &Link, server_ip: IpAddr) {
+    let open = SocketAddr::new(server_ip, OPEN);
+    let resetting = SocketAddr::new(server_ip, RESETTING);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    link.server
+        .spawn_in("obs-server", move || {
+            let open = TcpListener::bind(open).expect("bind open port");
+            let resetting = TcpListener::bind(resetting).expect("bind resetting port");
+            ready_tx.send(()).expect("ready");
+            // The open port keeps accepted connections until the namespace goes.
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                for conn in open.incoming().flatten() {
+                    kept.push(conn);
+                }
+            });
+            for conn in resetting.incoming().flatten() {
+                // SO_LINGER 0 turns close() into an RST.
+                let socket = Socket::from(conn);
+                let _ = socket.set_linger(Some(Duration::ZERO));
+                drop(socket);
+            }
+        })
+        .expect("server thread");
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("servers listening");
+}
+
+fn make_connects(link: &Link, v6: bool) -> Vec<Attempt> {
+    let (client_ip, server_ip, unroutable) = if v6 {
+        (link.client_v6, link.server_v6, link.unroutable_v6)
+    } else {
+        (link.client_v4, link.server_v4, link.unroutable_v4)
+    };
+    // A connect that times out takes seconds: run it beside the others.
+    let slow = link
+        .client
+        .spawn_in(CLIENT_COMM, move || {
+            let src = SocketAddr::new(client_ip, 41_000);
+            let dst = SocketAddr::new(server_ip, SLOW_DROP);
+            let result = connect_from(src, dst, None, Some(1));
+            let err = result.expect_err("dropped SYNs must time out");
+            assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+            vec![Attempt {
+                src: Some(src),
+                dst,
+                expected: Expected::Failed(FailureClass::TimedOut, false),
+            }]
+        })
+        .expect("client thread");
+    let mut attempts = link
+        .client
+        .run_in(CLIENT_COMM, move || {
+            let mut attempts = Vec::new();
+            let mut port = 40_000;
+            let mut next_src = || {
+                port += 1;
+                SocketAddr::new(client_ip, port)
+            };
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                let src = next_src();
+                let dst = SocketAddr::new(server_ip, OPEN);
+                held.push(connect_from(src, dst, None, None).expect("open port connects"));
+                attempts.push(Attempt {
+                    src: Some(src),
+                    dst,
+                    expected: Expected::Established,
+                });
+            }
+            let cases = [
+                (CLOSED, FailureClass::Refused, libc::ECONNREFUSED, None),
+                (
+                    HOST_UNREACHABLE,
+                    FailureClass::HostUnreachable,
+                    libc::EHOSTUNREACH,
+                    None,
+                ),
+                (
+                    DROPPED,
+                    FailureClass::Aborted,
+                    libc::ETIMEDOUT,
+                    Some(Duration::from_millis(300)),
+                ),
+            ];
+            for (port, class, errno, timeout) in cases {
+                for _ in 0..2 {
+                    let src = next_src();
+                    let dst = SocketAddr::new(server_ip, port);
+                    let err = connect_from(src, dst, timeout, None).expect_err("must fail");
+                    let seen = err.raw_os_error().unwrap_or_else(|| {
+                        // connect_timeout reports its own timeout as TimedOut.
+                        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+                        libc::ETIMEDOUT
+                    });
+                    assert_eq!(seen, errno, "client saw {err} for port {port}");
+                    attempts.push(Attempt {
+                        src: Some(src),
+                        dst,
+                        expected: Expected::Failed(class, false),
+                    });
+                }
+            }
+            for _ in 0..2 {
+                let dst = SocketAddr::new(unroutable, 80);
+                let err = connect_from(next_src(), dst, None, None).expect_err("no route");
+                assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
+                attempts.push(Attempt {
+                    src: None,
+                    dst,
+                    expected: Expected::Failed(FailureClass::NetUnreachable, true),
+                });
+            }
+            let src = next_src();
+            let dst = SocketAddr::new(server_ip, RESETTING);
+            let socket = connect_from(src, dst, None, None).expect("resetting port connects");
+            let mut stream = std::net::TcpStream::from(socket);
+            let mut buf = [0u8; 1];
+            let err = stream.read(&mut buf).expect_err("server resets");
+            assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET), "{err}");
+            attempts.push(Attempt {
+                src: Some(src),
+                dst,
+                expected: Expected::Failed(FailureClass::Reset, false),
+            });
+            drop(held);
+            attempts
+        })
+        .expect("client thread");
+    attempts.extend(slow.join().expect("slow client"));
+    attempts
+}
+
+fn matches(record: &ConnectRecord, attempt: &Attempt) -> bool {
+    if record.dst != attempt.dst {
+        return false;
+    }
+    if let Some(src) = attempt.src
+        && record.src != src
+    {
+        return false;
+    }
+    match (&record.outcome, attempt.expected) {
+        (Outcome::Established { .. }, Expected::Established) => true,
+        (
+            Outcome::Failed {
+                class, synchronous, ..
+            },
+            Expected::Failed(c, sync),
+        ) => *class == c && *synchronous == sync,
+        _ => false,
+    }
+}
+
+fn scenario(tag: &str, subnet: u8, v6: bool) {
+    require_root();
+    let link = Link::create(tag, subnet).expect("namespaces");
+    let server_ip = if v6 { link.server_v6 } else { link.server_v4 };
+    link.reject_host_unreachable(HOST_UNREACHABLE)
+        .expect("nft reject");
+    link.drop_syns(DROPPED).expect("nft drop");
+    link.drop_syns(SLOW_DROP).expect("nft drop");
+    start_servers(&link, server_ip);
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _guard = runtime.enter();
+    let mut probe = Probe::load(&ProbeOptions::default()).expect("the probe must load here");
+    probe.watch(server_ip).expect("watch");
+    let mut reader = probe.event_reader().expect("reader");
+
+    let attempts = make_connects(&link, v6);
+    let pid = std::process::id();
+
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        runtime
+            .block_on(reader.next_batch(Duration::from_millis(100), &mut records))
+            .expect("read events");
+        let done = attempts
+            .iter()
+            .all(|a| records.iter().any(|r| matches(r, a)));
+        if done || Instant::now() > deadline {
+            break;
+        }
+    }
+    let ours: Vec<&ConnectRecord> = records
+        .iter()
+        .filter(|r| attempts.iter().any(|a| a.dst == r.dst))
+        .collect();
+    for attempt in &attempts {
+        let found: Vec<&&ConnectRecord> = ours.iter().filter(|r| matches(r, attempt)).collect();
+        // Attempts without a known source port (no SYN left) are alike.
+        let alike = attempts
+            .iter()
+            .filter(|a| {
+                a.src == attempt.src && a.dst == attempt.dst && a.expected == attempt.expected
+            })
+            .count();
+        assert_eq!(
+            found.len(),
+            alike,
+            "{attempt:?} seen {} times in {ours:#?}",
+            found.len()
+        );
+        let record = found[0];
+        assert_eq!(record.pid, pid, "pid of {record:?}");
+        assert_eq!(record.comm, CLIENT_COMM, "comm of {record:?}");
+        if let Outcome::Failed {
+            class: FailureClass::Aborted,
+            waited_ns,
+            ..
+        } = record.outcome
+        {
+            let waited = Duration::from_nanos(waited_ns);
+            assert!(
+                waited >= Duration::from_millis(290) && waited < Duration::from_secs(3),
+                "aborted after {waited:?}, client waited 300 ms"
+            );
+        }
+    }
+    // Every outcome the probe reported for these destinations is one the
+    // client made: nothing invented.
+    // A reset connection was first established: two outcomes.
+    let outcomes = ours
+        .iter()
+        .filter(|r| r.outcome != Outcome::Connect)
+        .count();
+    let resets = attempts
+        .iter()
+        .filter(|a| a.expected == Expected::Failed(FailureClass::Reset, false))
+        .count();
+    assert_eq!(outcomes, attempts.len() + resets, "{ours:#?}");
+    // Every connect to a watched destination was also reported at its SYN.
+    let syns = ours
+        .iter()
+        .filter(|r| r.outcome == Outcome::Connect)
+        .count();
+    let to_watched = attempts.iter().filter(|a| a.dst.ip() == server_ip).count();
+    assert_eq!(syns, to_watched, "SYN events to the watched server");
+
+    let stats = probe.dest_stats().expect("dest stats");
+    let stat = |port: u16| -> DestStats {
+        let ip = if port == 80 {
+            if v6 {
+                link.unroutable_v6
+            } else {
+                link.unroutable_v4
+            }
+        } else {
+            server_ip
+        };
+        stats
+            .get(&SocketAddr::new(ip, port))
+            .copied()
+            .unwrap_or_default()
+    };
+    let expect = |port, connects, established, syn_closed, resets| {
+        let s = stat(port);
+        assert_eq!(
+            (s.connects, s.established, s.syn_closed, s.resets),
+            (connects, established, syn_closed, resets),
+            "counters for port {port}: {s:?}"
+        );
+        s
+    };
+    expect(OPEN, 2, 2, 0, 0);
+    assert_eq!(expect(CLOSED, 2, 0, 2, 0).refused, 2);
+    assert_eq!(expect(HOST_UNREACHABLE, 2, 0, 2, 0).host_unreachable, 2);
+    let dropped = expect(DROPPED, 2, 0, 2, 0);
+    let reported = dropped.refused
+        + dropped.host_unreachable
+        + dropped.net_unreachable
+        + dropped.timed_out
+        + dropped.other_error;
+    assert_eq!(
+        dropped.syn_closed - reported,
+        2,
+        "aborted = closed without an error"
+    );
+    assert_eq!(expect(SLOW_DROP, 1, 0, 1, 0).timed_out, 1);
+    expect(RESETTING, 1, 1, 0, 1);
+    assert_eq!(expect(80, 2, 0, 0, 0).sync_failed, 2);
+
+    let counters = probe.counters().expect("counters");
+    assert_eq!(counters.ringbuf_drops, 0, "{counters:?}");
+    drop(probe);
+}
+
+#[test]
+fn every_outcome_class_ipv4() {
+    scenario("pv4", 11, false);
+}
+
+#[test]
+fn every_outcome_class_ipv6() {
+    scenario("pv6", 12, true);
+}
