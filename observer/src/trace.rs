@@ -171,9 +171,8 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut printed = 0u64;
     let mut batch = Vec::new();
     let stdout = std::io::stdout();
-    if !args.json {
-        eprintln!("tracing TCP connect outcomes; Ctrl-C to stop");
-    }
+    // On stderr so it never mixes with NDJSON; scripts wait for it.
+    eprintln!("tracing TCP connect outcomes; Ctrl-C to stop");
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     'outer: loop {

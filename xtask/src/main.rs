@@ -1,7 +1,9 @@
 //! Project tasks. Run through `./x` (which installs the pinned toolchain
 //! first) or `cargo xtask`.
 
+mod bench_probe;
 mod cmd;
+mod docs;
 mod setup;
 
 use std::process::Command;
@@ -31,6 +33,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks; each writes its figures into docs/BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
     /// Setup, then formatting, lints, and every test (privileged: root).
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -39,10 +46,23 @@ enum Task {
     },
 }
 
+#[derive(Subcommand)]
+enum Bench {
+    /// Connects/s on loopback with no tracer, with observer, with bpftrace.
+    Probe,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::setup(),
         Task::Test { no_lint } => test(no_lint),
+        Task::Bench { what: Bench::Probe } => {
+            setup::setup()?;
+            run(cargo().args(["build", "--release", "-p", "observer"]))?;
+            let table = bench_probe::run("target/release/observer")?;
+            println!("{table}");
+            docs::write_section("probe", &table)
+        }
         Task::Observer { args } => {
             setup::setup()?;
             run(cargo()

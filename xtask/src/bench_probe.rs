@@ -1,0 +1,218 @@
+//! `cargo xtask bench probe`: what the probe costs a node that connects as
+//! fast as it can.
+//!
+//! A connect storm on loopback (bounded in time), measured in connects per
+//! second with no tracer, with `observer trace` running, and with a
+//! bpftrace script that hooks the same tracepoints and prints every event.
+//! The three are interleaved over several rounds in one run and compared as
+//! ratios, because absolute rates on a shared machine mean little.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+const ROUNDS: usize = 3;
+const RUN: Duration = Duration::from_secs(3);
+const CLIENT_THREADS: usize = 2;
+
+const BPFTRACE_SCRIPT: &str = r#"
+tracepoint:sock:inet_sock_set_state { printf("state %d %d %d %d\n", pid, args->oldstate, args->newstate, args->dport); }
+tracepoint:sock:inet_sk_error_report { printf("error %d %d\n", args->error, args->dport); }
+tracepoint:tcp:tcp_receive_reset { printf("reset %d\n", args->dport); }
+tracepoint:syscalls:sys_enter_connect { printf("connect %d\n", pid); }
+tracepoint:syscalls:sys_exit_connect { printf("connected %d %d\n", pid, args->ret); }
+"#;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tracer {
+    None,
+    Observer,
+    Bpftrace,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Storm {
+    /// Connect, then close with RST: the success path (kernel aggregation).
+    Established,
+    /// Connect to a closed port: the failure path (every one is an event).
+    Refused,
+}
+
+pub struct ProbeBench {
+    pub rows: Vec<(Storm, [f64; 3])>,
+}
+
+pub fn run(observer_bin: &str) -> anyhow::Result<String> {
+    crate::cmd::require_root("the probe benchmark")?;
+    let mut rows = Vec::new();
+    for storm in [Storm::Established, Storm::Refused] {
+        let mut rates: [Vec<f64>; 3] = Default::default();
+        for round in 0..ROUNDS {
+            for (i, tracer) in [Tracer::None, Tracer::Observer, Tracer::Bpftrace].iter().enumerate() {
+                let rate = measure(*tracer, storm, observer_bin)
+                    .with_context(|| format!("{storm:?} storm with {tracer:?}"))?;
+                println!("bench probe: round {} {storm:?} {tracer:?}: {rate:.0} connects/s", round + 1);
+                rates[i].push(rate);
+            }
+        }
+        rows.push((storm, rates.map(|r| median(&r))));
+    }
+    Ok(render(&ProbeBench { rows }))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn render(bench: &ProbeBench) -> String {
+    let mut out = String::from(
+        "| storm | no tracer (connects/s) | observer | bpftrace | observer cost | bpftrace cost |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (storm, [none, observer, bpftrace]) in &bench.rows {
+        let cost = |with: f64| (1.0 - with / none) * 100.0;
+        out.push_str(&format!(
+            "| {} | {none:.0} | {observer:.0} | {bpftrace:.0} | {:.1} % | {:.1} % |\n",
+            match storm {
+                Storm::Established => "connect + RST close (success path)",
+                Storm::Refused => "connect to a closed port (failure path)",
+            },
+            cost(*observer),
+            cost(*bpftrace),
+        ));
+    }
+    out
+}
+
+struct Tracing(Option<Child>);
+
+impl Drop for Tracing {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            // SIGINT: both tracers detach cleanly on it.
+            // SAFETY: kill with a pid we spawned and a valid signal.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts a tracer and waits until it has attached (it says so on a line
+/// of its output).
+fn start(tracer: Tracer, observer_bin: &str) -> anyhow::Result<Tracing> {
+    let (mut cmd, ready_on_stderr, marker) = match tracer {
+        Tracer::None => return Ok(Tracing(None)),
+        Tracer::Observer => {
+            let mut cmd = Command::new(observer_bin);
+            cmd.args(["trace", "--json"]);
+            (cmd, true, "tracing TCP connect outcomes")
+        }
+        Tracer::Bpftrace => {
+            let mut cmd = Command::new("bpftrace");
+            cmd.args(["-e", BPFTRACE_SCRIPT]);
+            (cmd, false, "Attaching")
+        }
+    };
+    cmd.stdin(Stdio::null());
+    if ready_on_stderr {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {tracer:?}"))?;
+    let pipe: Box<dyn std::io::Read + Send> = if ready_on_stderr {
+        Box::new(child.stderr.take().context("stderr")?)
+    } else {
+        Box::new(child.stdout.take().context("stdout")?)
+    };
+    let mut reader = BufReader::new(pipe);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            bail!("{tracer:?} exited before attaching");
+        }
+        if line.contains(marker) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{tracer:?} did not attach within 60 s");
+        }
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(Tracing(Some(child)))
+}
+
+fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a listener")?;
+    let open = listener.local_addr()?;
+    // A port that was bound and released: nothing listens there.
+    let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let accept_stop = stop.clone();
+    listener.set_nonblocking(true)?;
+    let acceptor = std::thread::spawn(move || {
+        while !accept_stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => drop(conn),
+                Err(_) => std::thread::sleep(Duration::from_micros(50)),
+            }
+        }
+    });
+    let _tracing = start(tracer, observer_bin)?;
+    let target = match storm {
+        Storm::Established => open,
+        Storm::Refused => closed,
+    };
+    let count = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENT_THREADS)
+        .map(|_| {
+            let (stop, count) = (stop.clone(), count.clone());
+            std::thread::spawn(move || storm_loop(target, &stop, &count))
+        })
+        .collect();
+    std::thread::sleep(RUN);
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let _ = client.join();
+    }
+    let elapsed = started.elapsed();
+    let _ = acceptor.join();
+    Ok(count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+}
+
+fn storm_loop(target: SocketAddr, stop: &AtomicBool, count: &AtomicU64) {
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(stream) = TcpStream::connect(target) {
+            // Close with RST so no TIME_WAIT piles up and exhausts ports.
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: a valid socket fd and a linger struct that outlives the call.
+            unsafe {
+                libc::setsockopt(
+                    stream.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+        }
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+}
