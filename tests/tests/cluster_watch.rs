@@ -324,112 +324,114 @@ async fn rolling_update_orders_transitions_and_keeps_reused_ips_apart() {
         },
     )
     .await;
-    let model = handle.model();
-    let new: Vec<String> = cluster.pods("web").iter().map(uid).collect();
-    for pod_uid in &old {
-        let pod = model.pod(pod_uid).expect("kept");
-        let deletion = pod.deletion.as_ref().expect("termination seen");
-        assert!(!deletion.observed_late, "{}: seen live", pod.name);
-        assert_eq!(deletion.deletion_grace_period_seconds, Some(2));
-        let endpoints = model.endpoints_of_pod(pod_uid);
-        assert_eq!(endpoints.len(), 1, "{}: one address", pod.name);
-        let e = endpoints[0];
-        let not_ready = e.endpoint_not_ready.expect("not ready seen");
-        let removed = e.endpoint_removed.expect("removal seen");
-        assert!(
-            deletion.deletion_seen < not_ready && not_ready < removed,
-            "{}: deletion_seen {:?} endpoint_not_ready {:?} endpoint_removed {:?}",
-            pod.name,
-            deletion.deletion_seen,
-            not_ready,
-            removed
-        );
-        assert!(!e.not_ready_observed_late && !e.removed_while_unwatched);
-        assert_eq!(e.ports, [80]);
-        assert!(e.last_change_trigger_time.is_some());
-        // The conditions as the controller sent them: ready, then
-        // terminating while still serving during preStop.
-        let states: Vec<EndpointConditions> = e.transitions.iter().map(|t| t.conditions).collect();
-        let ready = EndpointConditions {
-            ready: true,
-            serving: true,
-            terminating: false,
-        };
-        let draining = EndpointConditions {
-            ready: false,
-            serving: true,
-            terminating: true,
-        };
-        let ready_at = states.iter().position(|c| *c == ready).expect("was ready");
-        let draining_at = states
-            .iter()
-            .position(|c| *c == draining)
-            .expect("was draining");
-        assert!(ready_at < draining_at, "{}: {states:?}", pod.name);
-        let draining_since = e.transitions[draining_at].at;
-        assert_eq!(draining_since, not_ready);
-    }
-
-    // IP reuse: the attribution follows the tenure, not the address.
-    let mut reused = 0;
-    for pod_uid in &old {
-        let pod = model.pod(pod_uid).expect("kept");
-        let ip = pod.ips[0];
-        let claims = model.ip_claims(ip);
-        assert_eq!(claims[0].pod_uid, *pod_uid);
-        let deletion_seen = pod.deletion_seen().expect("seen");
-        let removal = pod.removal.expect("removed").at;
-        assert_eq!(
-            model
-                .pod_for_ip_at(ip, deletion_seen)
-                .map(|p| p.uid.as_str()),
-            Some(pod_uid.as_str())
-        );
-        assert_eq!(
-            model.pod_for_ip_at(ip, removal).map(|p| p.uid.as_str()),
-            Some(pod_uid.as_str())
-        );
-        if let Some(next) = claims.get(1) {
-            reused += 1;
-            assert!(new.contains(&next.pod_uid), "the IP went to a new pod");
-            assert_eq!(claims[0].valid_until, Some(next.valid_from));
-            assert!(next.valid_from >= removal);
-            let holder = |t: MonoTime| model.pod_for_ip_at(ip, t).map(|p| p.uid.clone());
-            assert_eq!(holder(next.valid_from), Some(next.pod_uid.clone()));
-            assert_eq!(
-                holder(MonoTime(next.valid_from.0 - 1)),
-                Some(pod_uid.clone())
+    {
+        let model = handle.model();
+        let new: Vec<String> = cluster.pods("web").iter().map(uid).collect();
+        for pod_uid in &old {
+            let pod = model.pod(pod_uid).expect("kept");
+            let deletion = pod.deletion.as_ref().expect("termination seen");
+            assert!(!deletion.observed_late, "{}: seen live", pod.name);
+            assert_eq!(deletion.deletion_grace_period_seconds, Some(2));
+            let endpoints = model.endpoints_of_pod(pod_uid);
+            assert_eq!(endpoints.len(), 1, "{}: one address", pod.name);
+            let e = endpoints[0];
+            let not_ready = e.endpoint_not_ready.expect("not ready seen");
+            let removed = e.endpoint_removed.expect("removal seen");
+            assert!(
+                deletion.deletion_seen < not_ready && not_ready < removed,
+                "{}: deletion_seen {:?} endpoint_not_ready {:?} endpoint_removed {:?}",
+                pod.name,
+                deletion.deletion_seen,
+                not_ready,
+                removed
             );
-            let key = EndpointKey {
-                namespace: NS.into(),
-                service: "web".into(),
-                ip,
+            assert!(!e.not_ready_observed_late && !e.removed_while_unwatched);
+            assert_eq!(e.ports, [80]);
+            assert!(e.last_change_trigger_time.is_some());
+            // The conditions as the controller sent them: ready, then
+            // terminating while still serving during preStop.
+            let states: Vec<EndpointConditions> =
+                e.transitions.iter().map(|t| t.conditions).collect();
+            let ready = EndpointConditions {
+                ready: true,
+                serving: true,
+                terminating: false,
             };
-            let tenures = model.endpoint_history(&key);
-            assert_eq!(tenures.len(), 2, "{ip}: one tenure per pod");
-            assert_eq!(tenures[0].pod_uid.as_deref(), Some(pod_uid.as_str()));
-            assert_eq!(tenures[1].pod_uid.as_deref(), Some(next.pod_uid.as_str()));
-            assert!(
-                tenures[0]
-                    .endpoint_removed
-                    .is_some_and(|r| r <= tenures[1].first_seen)
+            let draining = EndpointConditions {
+                ready: false,
+                serving: true,
+                terminating: true,
+            };
+            let ready_at = states.iter().position(|c| *c == ready).expect("was ready");
+            let draining_at = states
+                .iter()
+                .position(|c| *c == draining)
+                .expect("was draining");
+            assert!(ready_at < draining_at, "{}: {states:?}", pod.name);
+            let draining_since = e.transitions[draining_at].at;
+            assert_eq!(draining_since, not_ready);
+        }
+
+        // IP reuse: the attribution follows the tenure, not the address.
+        let mut reused = 0;
+        for pod_uid in &old {
+            let pod = model.pod(pod_uid).expect("kept");
+            let ip = pod.ips[0];
+            let claims = model.ip_claims(ip);
+            assert_eq!(claims[0].pod_uid, *pod_uid);
+            let deletion_seen = pod.deletion_seen().expect("seen");
+            let removal = pod.removal.expect("removed").at;
+            assert_eq!(
+                model
+                    .pod_for_ip_at(ip, deletion_seen)
+                    .map(|p| p.uid.as_str()),
+                Some(pod_uid.as_str())
             );
             assert_eq!(
-                tenures[1].endpoint_not_ready, None,
-                "the new pod inherits nothing"
+                model.pod_for_ip_at(ip, removal).map(|p| p.uid.as_str()),
+                Some(pod_uid.as_str())
             );
-            assert!(
-                model
-                    .pod(&next.pod_uid)
-                    .is_some_and(|p| p.deletion.is_none())
-            );
+            if let Some(next) = claims.get(1) {
+                reused += 1;
+                assert!(new.contains(&next.pod_uid), "the IP went to a new pod");
+                assert_eq!(claims[0].valid_until, Some(next.valid_from));
+                assert!(next.valid_from >= removal);
+                let holder = |t: MonoTime| model.pod_for_ip_at(ip, t).map(|p| p.uid.clone());
+                assert_eq!(holder(next.valid_from), Some(next.pod_uid.clone()));
+                assert_eq!(
+                    holder(MonoTime(next.valid_from.0 - 1)),
+                    Some(pod_uid.clone())
+                );
+                let key = EndpointKey {
+                    namespace: NS.into(),
+                    service: "web".into(),
+                    ip,
+                };
+                let tenures = model.endpoint_history(&key);
+                assert_eq!(tenures.len(), 2, "{ip}: one tenure per pod");
+                assert_eq!(tenures[0].pod_uid.as_deref(), Some(pod_uid.as_str()));
+                assert_eq!(tenures[1].pod_uid.as_deref(), Some(next.pod_uid.as_str()));
+                assert!(
+                    tenures[0]
+                        .endpoint_removed
+                        .is_some_and(|r| r <= tenures[1].first_seen)
+                );
+                assert_eq!(
+                    tenures[1].endpoint_not_ready, None,
+                    "the new pod inherits nothing"
+                );
+                assert!(
+                    model
+                        .pod(&next.pod_uid)
+                        .is_some_and(|p| p.deletion.is_none())
+                );
+            }
         }
+        assert!(reused >= 3, "the rollout reused IPs ({reused} of 5)");
+        assert_model_matches_store(&model, server.store());
+        let counts = handle.counters().pods.snapshot();
+        assert_eq!((counts.lists, counts.restarts), (1, 0));
     }
-    assert!(reused >= 3, "the rollout reused IPs ({reused} of 5)");
-    assert_model_matches_store(&model, server.store());
-    let counts = handle.counters().pods.snapshot();
-    assert_eq!((counts.lists, counts.restarts), (1, 0));
-    drop(model);
     drop(cluster);
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -597,48 +599,51 @@ async fn dropped_stream_refused_reconnect_and_410_lose_nothing() {
         .is_some_and(|e| e.endpoint_removed.is_some())
     })
     .await;
-    let model = handle.model();
-    let p1 = model.pod(&uids[0]).expect("p1 kept");
-    let removal = p1.removal.expect("closed");
-    assert!(
-        removal.while_unwatched && removal.at > before_gap,
-        "{removal:?}"
-    );
-    assert!(
-        p1.deletion.as_ref().is_some_and(|d| !d.observed_late),
-        "termination was seen live earlier"
-    );
-    let p3 = model
-        .pod(&uids[2])
-        .and_then(|p| p.deletion.clone())
-        .expect("p3 terminating");
-    assert!(p3.observed_late && p3.deletion_seen > before_gap, "{p3:?}");
-    let key = |i: u8| EndpointKey {
-        namespace: ns.into(),
-        service: "api".into(),
-        ip: IpAddr::from([10, 9, 0, i]),
-    };
-    let e1 = model.endpoint(&key(1)).expect("e1");
-    assert!(e1.removed_while_unwatched);
-    assert!(
-        !e1.not_ready_observed_late,
-        "not-ready was seen live before the gap"
-    );
-    let e3 = model.endpoint(&key(3)).expect("e3");
-    assert!(e3.not_ready_observed_late && e3.endpoint_not_ready.is_some_and(|t| t > before_gap));
-    let e4 = model.endpoint(&key(4)).expect("e4");
-    assert_eq!(
-        (e4.endpoint_not_ready, e4.endpoint_removed),
-        (None, None),
-        "moved between slices, not removed"
-    );
-    assert_eq!(
-        model.endpoint_history(&key(4)).len(),
-        1,
-        "no invented tenure"
-    );
-    assert_model_matches_store(&model, &store);
-    drop(model);
+    {
+        let model = handle.model();
+        let p1 = model.pod(&uids[0]).expect("p1 kept");
+        let removal = p1.removal.expect("closed");
+        assert!(
+            removal.while_unwatched && removal.at > before_gap,
+            "{removal:?}"
+        );
+        assert!(
+            p1.deletion.as_ref().is_some_and(|d| !d.observed_late),
+            "termination was seen live earlier"
+        );
+        let p3 = model
+            .pod(&uids[2])
+            .and_then(|p| p.deletion.clone())
+            .expect("p3 terminating");
+        assert!(p3.observed_late && p3.deletion_seen > before_gap, "{p3:?}");
+        let key = |i: u8| EndpointKey {
+            namespace: ns.into(),
+            service: "api".into(),
+            ip: IpAddr::from([10, 9, 0, i]),
+        };
+        let e1 = model.endpoint(&key(1)).expect("e1");
+        assert!(e1.removed_while_unwatched);
+        assert!(
+            !e1.not_ready_observed_late,
+            "not-ready was seen live before the gap"
+        );
+        let e3 = model.endpoint(&key(3)).expect("e3");
+        assert!(
+            e3.not_ready_observed_late && e3.endpoint_not_ready.is_some_and(|t| t > before_gap)
+        );
+        let e4 = model.endpoint(&key(4)).expect("e4");
+        assert_eq!(
+            (e4.endpoint_not_ready, e4.endpoint_removed),
+            (None, None),
+            "moved between slices, not removed"
+        );
+        assert_eq!(
+            model.endpoint_history(&key(4)).len(),
+            1,
+            "no invented tenure"
+        );
+        assert_model_matches_store(&model, &store);
+    }
     let pods = handle.counters().pods.snapshot();
     let slices = handle.counters().endpoint_slices.snapshot();
     assert!(
