@@ -294,6 +294,13 @@ async fn rolling_update_orders_transitions_and_keeps_reused_ips_apart() {
         ClusterConfig {
             namespace: NS.into(),
             start_delay: Duration::from_millis(600),
+            // Pods and EndpointSlices arrive on two independent watches, so
+            // their relative order is only as good as the gap between the
+            // writes. Keep each deletion clear of the EndpointSlice
+            // controller's previous (debounced) sync, so the slice write
+            // trails the deletion by the full endpoint_delay.
+            ready_delay: Duration::from_millis(200),
+            endpoint_delay: Duration::from_millis(50),
             ..Default::default()
         },
     )
