@@ -32,6 +32,8 @@ mod faults;
 mod ipam;
 mod kubelet;
 mod protocol;
+#[cfg(test)]
+mod rollout_tests;
 mod selector;
 mod server;
 mod store;

@@ -223,7 +223,12 @@ async fn list_inner(
                 ));
             }
             (None, None) => (None, None),
-            (Some("0"), m) if m != Some("Exact") => {
+            (Some("0"), Some("Exact")) => {
+                return Err(bad_request(
+                    "resourceVersionMatch: Forbidden: resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
+                ));
+            }
+            (Some("0"), _) => {
                 // "Any": served from the watch cache, which ignores limit.
                 limit = None;
                 (None, None)

@@ -274,18 +274,12 @@ fn route(path: &str) -> Route {
         }
         ["api", "v1"] => return Route::Doc(resource_list(Kind::Pod)),
         ["apis", "discovery.k8s.io"] => {
-            return Route::Doc(
-                json!({"kind": "APIGroup", "apiVersion": "v1"})
-                    .as_object()
-                    .map(|o| {
-                        let mut g = discovery_group();
-                        if let Some(m) = g.as_object_mut() {
-                            m.extend(o.clone());
-                        }
-                        g
-                    })
-                    .unwrap_or_default(),
-            );
+            let mut group = discovery_group();
+            if let Some(m) = group.as_object_mut() {
+                m.insert("kind".into(), json!("APIGroup"));
+                m.insert("apiVersion".into(), json!("v1"));
+            }
+            return Route::Doc(group);
         }
         ["apis", "discovery.k8s.io", "v1"] => {
             return Route::Doc(resource_list(Kind::EndpointSlice));
