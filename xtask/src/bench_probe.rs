@@ -48,8 +48,8 @@ enum Storm {
     Refused,
 }
 
-pub struct ProbeBench {
-    pub rows: Vec<(Storm, [f64; 3])>,
+struct ProbeBench {
+    rows: Vec<(Storm, [f64; 3])>,
 }
 
 pub fn run(observer_bin: &str) -> anyhow::Result<String> {
@@ -58,10 +58,16 @@ pub fn run(observer_bin: &str) -> anyhow::Result<String> {
     for storm in [Storm::Established, Storm::Refused] {
         let mut rates: [Vec<f64>; 3] = Default::default();
         for round in 0..ROUNDS {
-            for (i, tracer) in [Tracer::None, Tracer::Observer, Tracer::Bpftrace].iter().enumerate() {
+            for (i, tracer) in [Tracer::None, Tracer::Observer, Tracer::Bpftrace]
+                .iter()
+                .enumerate()
+            {
                 let rate = measure(*tracer, storm, observer_bin)
                     .with_context(|| format!("{storm:?} storm with {tracer:?}"))?;
-                println!("bench probe: round {} {storm:?} {tracer:?}: {rate:.0} connects/s", round + 1);
+                println!(
+                    "bench probe: round {} {storm:?} {tracer:?}: {rate:.0} connects/s",
+                    round + 1
+                );
                 rates[i].push(rate);
             }
         }
@@ -131,7 +137,9 @@ fn start(tracer: Tracer, observer_bin: &str) -> anyhow::Result<Tracing> {
     } else {
         cmd.stdout(Stdio::piped()).stderr(Stdio::null());
     }
-    let mut child = cmd.spawn().with_context(|| format!("starting {tracer:?}"))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {tracer:?}"))?;
     let pipe: Box<dyn std::io::Read + Send> = if ready_on_stderr {
         Box::new(child.stderr.take().context("stderr")?)
     } else {
@@ -165,12 +173,13 @@ fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<f
     let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let accept_stop = stop.clone();
-    listener.set_nonblocking(true)?;
+    // A blocking accept keeps the backlog drained: a full backlog drops
+    // SYNs, and their 1 s retransmit would swamp the measurement.
     let acceptor = std::thread::spawn(move || {
-        while !accept_stop.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((conn, _)) => drop(conn),
-                Err(_) => std::thread::sleep(Duration::from_micros(50)),
+        for conn in listener.incoming() {
+            drop(conn);
+            if accept_stop.load(Ordering::Relaxed) {
+                break;
             }
         }
     });
@@ -193,6 +202,8 @@ fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<f
         let _ = client.join();
     }
     let elapsed = started.elapsed();
+    // Wake the acceptor so it sees `stop`.
+    let _ = TcpStream::connect(open);
     let _ = acceptor.join();
     Ok(count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
 }
@@ -201,7 +212,10 @@ fn storm_loop(target: SocketAddr, stop: &AtomicBool, count: &AtomicU64) {
     while !stop.load(Ordering::Relaxed) {
         if let Ok(stream) = TcpStream::connect(target) {
             // Close with RST so no TIME_WAIT piles up and exhausts ports.
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
             // SAFETY: a valid socket fd and a linger struct that outlives the call.
             unsafe {
                 libc::setsockopt(
