@@ -10,3 +10,6 @@ pub mod cluster;
 pub mod probe;
 pub mod sim;
 pub mod trace;
+pub mod agent;
+pub mod cli_agent;
+pub mod export;

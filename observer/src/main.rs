@@ -1,7 +1,11 @@
 //! The observer command line.
 
 use clap::{Parser, Subcommand};
-use observer::trace::{self, TraceArgs};
+use observer::{
+    agent,
+    cli_agent::{AgentArgs, RecordArgs, ReplayArgs},
+    trace::{self, TraceArgs},
+};
 use tracing_subscriber::EnvFilter;
 
 /// Measures how long your ingress keeps connecting to Kubernetes pods after
@@ -12,7 +16,9 @@ use tracing_subscriber::EnvFilter;
 #[command(after_help = "Examples:\n  \
     sudo observer trace                      # failed connects on this node, as they happen\n  \
     sudo observer trace --watch 10.1.2.3     # also every connect to one pod IP\n  \
-    sudo observer trace --json --failures-only --port 8080\n\n\
+    sudo observer trace --json --failures-only --port 8080\n  \
+    sudo observer agent --output gaps.ndjson  # measure, serve :9990/metrics and /api/v1\n  \
+    observer replay rollout.rec               # re-run a recording through the engine\n\n\
     Logs go to stderr; set RUST_LOG=debug for more.")]
 struct Cli {
     #[command(subcommand)]
@@ -25,6 +31,15 @@ enum Command {
     /// destination; successes for --watch addresses). Needs root or
     /// CAP_BPF + CAP_PERFMON.
     Trace(TraceArgs),
+    /// Run headless on an ingress node (the DaemonSet mode): measure every
+    /// pod termination, export NDJSON, Prometheus /metrics and a JSON API.
+    /// Runs until SIGTERM, then flushes and exits 0.
+    Agent(AgentArgs),
+    /// Capture the raw inputs (probe events, watch events) to a file.
+    Record(RecordArgs),
+    /// Run a recording through the engine; the NDJSON output is the same,
+    /// byte for byte, every time.
+    Replay(ReplayArgs),
 }
 
 fn init_logging() {
@@ -51,6 +66,11 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => trace::run(args).await,
+            Command::Agent(args) => agent::run_agent(args.options(), None).await,
+            Command::Record(args) => agent::run_agent(args.options(), None).await,
+            Command::Replay(args) => {
+                agent::replay(&args.file, args.output.as_ref(), args.engine.engine_config())
+            }
         }
     });
     match result {

@@ -1,0 +1,160 @@
+//! Command-line arguments of `observer agent`, `record` and `replay`, and
+//! their translation into [`AgentOptions`].
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+
+use crate::{
+    agent::AgentOptions,
+    cluster::{ClientSource, WatchConfig},
+    engine::{EngineConfig, RecommendConfig},
+    probe::ProbeOptions,
+    trace::parse_duration,
+};
+
+/// Where the Kubernetes API is and what to watch.
+#[derive(Debug, Clone, Args)]
+pub struct KubeArgs {
+    /// Kubeconfig to use. Default: $KUBECONFIG or ~/.kube/config, else the
+    /// in-cluster service account; with none, the agent traces only.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Do not talk to Kubernetes at all (pods show as unknown).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub no_kube: bool,
+    /// Watch one namespace only (default: all).
+    #[arg(long, short = 'n', value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Watch only pods matching this label selector, e.g. `app=web`.
+    #[arg(long, value_name = "SELECTOR")]
+    pub pod_selector: Option<String>,
+}
+
+impl KubeArgs {
+    pub fn client_source(&self) -> ClientSource {
+        if self.no_kube {
+            ClientSource::Disabled
+        } else if let Some(path) = &self.kubeconfig {
+            ClientSource::Kubeconfig(path.clone())
+        } else {
+            ClientSource::Infer
+        }
+    }
+
+    pub fn watch_config(&self) -> WatchConfig {
+        WatchConfig {
+            namespace: self.namespace.clone(),
+            pod_label_selector: self.pod_selector.clone(),
+            ..WatchConfig::default()
+        }
+    }
+}
+
+/// How measurements become recommendations.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// A termination's window closes once its pod is gone and nothing
+    /// connected to its IPs for this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub quiet_period: Duration,
+    /// Quantile of the propagation gap the recommended preStop covers.
+    #[arg(long, default_value_t = 0.99, value_name = "Q")]
+    pub quantile: f64,
+    /// Safety margin added to the gap quantile.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub margin: Duration,
+    /// Time your app needs to drain after SIGTERM (for the recommended
+    /// terminationGracePeriodSeconds).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain: Duration,
+}
+
+impl EngineArgs {
+    pub fn engine_config(&self) -> EngineConfig {
+        let defaults = EngineConfig::default();
+        EngineConfig {
+            quiet_period: self.quiet_period,
+            recommend: RecommendConfig {
+                quantile: self.quantile,
+                margin: self.margin,
+                drain: self.drain,
+                ..defaults.recommend
+            },
+            ..defaults
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Address of the HTTP port: /metrics, /healthz, /readyz, /api/v1/…
+    #[arg(long, default_value = "0.0.0.0:9990", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Write closed terminations and findings as NDJSON here (`-` = stdout).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also record every input for `observer replay`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Stop by itself after this long.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    /// Size of the kernel's event ring in bytes (power of two).
+    #[arg(long, value_name = "BYTES")]
+    pub ring_bytes: Option<u32>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+impl AgentArgs {
+    pub fn options(&self) -> AgentOptions {
+        AgentOptions {
+            listen: Some(self.listen),
+            output: self.output.clone(),
+            record: self.record.clone(),
+            kube: self.kube.client_source(),
+            watch: self.kube.watch_config(),
+            engine: self.engine.engine_config(),
+            probe: ProbeOptions { ring_bytes: self.ring_bytes },
+            duration: self.duration,
+            ..AgentOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The recording to write (NDJSON, one input per line).
+    pub file: PathBuf,
+    /// Stop after this long (default: until Ctrl-C).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+impl RecordArgs {
+    pub fn options(&self) -> AgentOptions {
+        AgentOptions {
+            record: Some(self.file.clone()),
+            kube: self.kube.client_source(),
+            watch: self.kube.watch_config(),
+            duration: self.duration,
+            ..AgentOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A recording made by `observer record` or `observer agent --record`.
+    pub file: PathBuf,
+    /// Write NDJSON here instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}

@@ -1,0 +1,196 @@
+//! Prometheus metrics (prometheus-client): the propagation gap, failed
+//! connects, the recommended preStop, and the agent's own health.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::{
+    engine::{Finding, PodState, PodTermination, Recommendation},
+    probe::{FailureClass, ProbeCounters},
+};
+
+/// Gap buckets, seconds: 50 ms to 60 s, dense where preStop values live.
+pub const GAP_BUCKETS: [f64; 16] =
+    [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub namespace: String,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub class: String,
+    pub pod_state: String,
+}
+
+fn gap_histogram() -> Histogram {
+    Histogram::new(GAP_BUCKETS)
+}
+
+pub struct Metrics {
+    registry: Registry,
+    propagation_gap: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    failed_connects: Family<FailureLabels, Counter>,
+    recommended_prestop: Family<ServiceLabels, Gauge>,
+    terminations: Counter,
+    events_processed: Counter,
+    ringbuf_drops: Counter,
+    watch_restarts: Counter,
+    watch_errors: Counter,
+    last_ringbuf_drops: u64,
+    last_watch_restarts: u64,
+    last_watch_errors: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+pub fn pod_state_label(state: PodState) -> &'static str {
+    match state {
+        PodState::Terminating => "terminating",
+        PodState::NotReady => "not_ready",
+        PodState::Ready => "ready",
+        PodState::Unknown => "unknown",
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("observer");
+        let propagation_gap =
+            Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                gap_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "propagation_gap_seconds",
+            "How long after a pod started terminating this node still opened connections to it",
+            propagation_gap.clone(),
+        );
+        let failed_connects = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "failed_connects",
+            "Failed TCP connects by failure class and the destination pod's state",
+            failed_connects.clone(),
+        );
+        let recommended_prestop = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "recommended_prestop_seconds",
+            "Recommended preStop sleep per Service, from the measured propagation gaps",
+            recommended_prestop.clone(),
+        );
+        let terminations = Counter::default();
+        registry.register("terminations", "Pod terminations measured", terminations.clone());
+        let events_processed = Counter::default();
+        registry.register(
+            "events_processed",
+            "Probe and Kubernetes events fed to the engine",
+            events_processed.clone(),
+        );
+        let ringbuf_drops = Counter::default();
+        registry.register(
+            "ringbuf_drops",
+            "Probe events lost because the kernel ring buffer was full",
+            ringbuf_drops.clone(),
+        );
+        let watch_restarts = Counter::default();
+        registry.register(
+            "watch_restarts",
+            "Kubernetes watch restarts (relists)",
+            watch_restarts.clone(),
+        );
+        let watch_errors = Counter::default();
+        registry.register("watch_errors", "Kubernetes watch errors", watch_errors.clone());
+        Metrics {
+            registry,
+            propagation_gap,
+            failed_connects,
+            recommended_prestop,
+            terminations,
+            events_processed,
+            ringbuf_drops,
+            watch_restarts,
+            watch_errors,
+            last_ringbuf_drops: 0,
+            last_watch_restarts: 0,
+            last_watch_errors: 0,
+        }
+    }
+
+    pub fn record_termination(&self, termination: &PodTermination) {
+        self.terminations.inc();
+        let Some(gap_ns) = termination.propagation_gap_ns else { return };
+        if termination.deletion_observed_late {
+            return;
+        }
+        let services: Vec<&str> = if termination.services.is_empty() {
+            vec![""]
+        } else {
+            termination.services.iter().map(String::as_str).collect()
+        };
+        for service in services {
+            self.propagation_gap
+                .get_or_create(&ServiceLabels {
+                    namespace: termination.namespace.clone(),
+                    service: service.to_string(),
+                })
+                .observe(gap_ns.max(0) as f64 / 1e9);
+        }
+    }
+
+    pub fn record_failure(&self, class: FailureClass, state: PodState) {
+        self.failed_connects
+            .get_or_create(&FailureLabels {
+                class: class.as_str().to_string(),
+                pod_state: pod_state_label(state).to_string(),
+            })
+            .inc();
+    }
+
+    pub fn record_finding(&self, finding: &Finding) {
+        if let Some(class) = finding.record.failure_class() {
+            self.record_failure(class, finding.pod_state);
+        }
+    }
+
+    pub fn set_recommendations(&self, recommendations: &[Recommendation]) {
+        for rec in recommendations {
+            let Some(service) = &rec.service else { continue };
+            self.recommended_prestop
+                .get_or_create(&ServiceLabels { namespace: rec.namespace.clone(), service: service.clone() })
+                .set(rec.recommended_prestop_seconds as i64);
+        }
+    }
+
+    pub fn add_events(&self, n: u64) {
+        self.events_processed.inc_by(n);
+    }
+
+    /// Folds cumulative source counters in as counter increments.
+    pub fn set_health(&mut self, probe: Option<ProbeCounters>, watch_restarts: u64, watch_errors: u64) {
+        if let Some(probe) = probe {
+            let delta = probe.ringbuf_drops.saturating_sub(self.last_ringbuf_drops);
+            self.ringbuf_drops.inc_by(delta);
+            self.last_ringbuf_drops = self.last_ringbuf_drops.max(probe.ringbuf_drops);
+        }
+        self.watch_restarts.inc_by(watch_restarts.saturating_sub(self.last_watch_restarts));
+        self.last_watch_restarts = self.last_watch_restarts.max(watch_restarts);
+        self.watch_errors.inc_by(watch_errors.saturating_sub(self.last_watch_errors));
+        self.last_watch_errors = self.last_watch_errors.max(watch_errors);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
