@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod cluster;
+pub mod engine;
 pub mod probe;
 pub mod sim;
 pub mod trace;

@@ -1,0 +1,235 @@
+//! What the engine emits: termination records, findings, counters. These
+//! are the NDJSON schema (docs/ENGINE.md), so every type is serde-stable.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::recommend::Recommendation;
+use crate::clock::MonoTime;
+use crate::probe::decode::{ConnectRecord, FailureClass};
+
+/// One thing the engine tells its caller.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum Output {
+    /// Put this address in the kernel watch map: every connect to it is
+    /// reported from now on (the pod started terminating, or is not ready).
+    Watch(IpAddr),
+    /// Take this address out of the kernel watch map.
+    Unwatch(IpAddr),
+    TerminationOpened(PodTermination),
+    TerminationClosed(PodTermination),
+    /// A notable failed connect.
+    Finding(Finding),
+}
+
+/// Failed connects by class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureCounts {
+    pub refused: u64,
+    pub host_unreachable: u64,
+    pub net_unreachable: u64,
+    pub timed_out: u64,
+    pub aborted: u64,
+    pub reset: u64,
+    pub other: u64,
+}
+
+impl FailureCounts {
+    pub fn add(&mut self, class: FailureClass) {
+        *self.slot(class) += 1;
+    }
+
+    pub fn get(&self, class: FailureClass) -> u64 {
+        match class {
+            FailureClass::Refused => self.refused,
+            FailureClass::HostUnreachable => self.host_unreachable,
+            FailureClass::NetUnreachable => self.net_unreachable,
+            FailureClass::TimedOut => self.timed_out,
+            FailureClass::Aborted => self.aborted,
+            FailureClass::Reset => self.reset,
+            FailureClass::Other => self.other,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        FailureClass::ALL.iter().map(|c| self.get(*c)).sum()
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &FailureCounts) {
+        for class in FailureClass::ALL {
+            *self.slot(class) += other.get(class);
+        }
+    }
+
+    fn slot(&mut self, class: FailureClass) -> &mut u64 {
+        match class {
+            FailureClass::Refused => &mut self.refused,
+            FailureClass::HostUnreachable => &mut self.host_unreachable,
+            FailureClass::NetUnreachable => &mut self.net_unreachable,
+            FailureClass::TimedOut => &mut self.timed_out,
+            FailureClass::Aborted => &mut self.aborted,
+            FailureClass::Reset => &mut self.reset,
+            FailureClass::Other => &mut self.other,
+        }
+    }
+}
+
+/// Why a measurement window closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// The pod is gone from the API and no connect came for the quiet period.
+    Quiet,
+    /// The pod's IP was handed to a new pod.
+    IpReused,
+    /// A relist found the pod gone: it was removed while unwatched.
+    RemovedWhileUnwatched,
+    /// The engine shut down with the window still open.
+    Shutdown,
+}
+
+/// A process that connected to a terminating pod after deletion_seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connector {
+    pub pid: u32,
+    pub comm: String,
+    pub connects: u64,
+}
+
+/// One pod's termination as this node saw it. Times are CLOCK_MONOTONIC ns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodTermination {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    pub ips: Vec<IpAddr>,
+    pub node: Option<String>,
+    /// Owning Deployment (or other controller) name.
+    pub workload: Option<String>,
+    pub services: Vec<String>,
+    pub configured_prestop_ms: Option<u64>,
+    pub termination_grace_period_seconds: Option<i64>,
+    pub deletion_seen: MonoTime,
+    /// The deletion happened while unwatched: the true start is earlier
+    /// and the gap is not used for recommendations.
+    pub deletion_observed_late: bool,
+    pub endpoint_not_ready: Option<MonoTime>,
+    pub endpoint_removed: Option<MonoTime>,
+    pub last_connect: Option<MonoTime>,
+    pub first_failure: Option<MonoTime>,
+    pub last_failure: Option<MonoTime>,
+    pub connects_after_deletion: u64,
+    pub failures: FailureCounts,
+    /// last_connect − deletion_seen; 0 when nothing connected after deletion.
+    pub propagation_gap_ns: Option<i64>,
+    /// endpoint_not_ready − deletion_seen (signed: the watches are not
+    /// ordered against each other).
+    pub control_plane_lag_ns: Option<i64>,
+    /// last_connect − endpoint_not_ready (signed).
+    pub dataplane_lag_ns: Option<i64>,
+    /// Who connected after deletion (bounded).
+    pub connectors: Vec<Connector>,
+    /// Failures in time order (bounded: the first ones).
+    pub failure_times: Vec<(MonoTime, FailureClass)>,
+    /// `None` while the window is open.
+    pub closed: Option<CloseReason>,
+}
+
+impl PodTermination {
+    /// Whether the gap may feed recommendations: the window closed with a
+    /// known start of termination.
+    pub fn usable_for_recommendation(&self) -> bool {
+        !self.deletion_observed_late
+            && matches!(
+                self.closed,
+                Some(CloseReason::Quiet | CloseReason::IpReused)
+            )
+    }
+}
+
+/// The state of the pod a failed connect went to, at the connect's time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PodState {
+    Terminating,
+    NotReady,
+    Ready,
+    Unknown,
+}
+
+impl PodState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodState::Terminating => "terminating",
+            PodState::NotReady => "not_ready",
+            PodState::Ready => "ready",
+            PodState::Unknown => "unknown",
+        }
+    }
+}
+
+/// What a finding says about a failed connect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    ToTerminatingPod,
+    ToNotReadyPod,
+    /// Failed right after the pod became ready: the readiness probe says
+    /// ready too early.
+    ReadyTooEarly,
+    /// The IP belongs to no pod this agent knows: a stale endpoint.
+    StaleEndpoint,
+    ToReadyPod,
+}
+
+/// A notable failed connect.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub at: MonoTime,
+    pub record: ConnectRecord,
+    pub pod_state: PodState,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub service: Option<String>,
+    pub kind: FindingKind,
+}
+
+/// Running totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineCounters {
+    pub connects_seen: u64,
+    pub cluster_events: u64,
+    /// Failed connects keyed `"<pod state>/<class>"`, e.g. `"terminating/refused"`.
+    pub failures_by_state: BTreeMap<String, u64>,
+    pub terminations_closed: u64,
+    pub unknown_ip_failures: u64,
+}
+
+impl EngineCounters {
+    /// The `failures_by_state` key of a state and class.
+    pub fn failure_key(state: PodState, class: FailureClass) -> String {
+        format!("{}/{}", state.as_str(), class.as_str())
+    }
+
+    pub fn failures(&self, state: PodState, class: FailureClass) -> u64 {
+        self.failures_by_state
+            .get(&Self::failure_key(state, class))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Everything a UI needs at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub now: MonoTime,
+    pub open: Vec<PodTermination>,
+    /// Recently closed terminations, bounded, newest last.
+    pub recent: Vec<PodTermination>,
+    pub recommendations: Vec<Recommendation>,
+    pub counters: EngineCounters,
+}
