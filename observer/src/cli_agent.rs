@@ -81,7 +81,6 @@ impl EngineArgs {
                 drain: self.drain,
                 ..defaults.recommend
             },
-            ..defaults
         }
     }
 }
@@ -118,7 +117,9 @@ impl AgentArgs {
             kube: self.kube.client_source(),
             watch: self.kube.watch_config(),
             engine: self.engine.engine_config(),
-            probe: ProbeOptions { ring_bytes: self.ring_bytes },
+            probe: ProbeOptions {
+                ring_bytes: self.ring_bytes,
+            },
             duration: self.duration,
             ..AgentOptions::default()
         }

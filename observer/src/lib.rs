@@ -5,12 +5,12 @@
 //! [`cluster`] (kube watchers); engine -> measurements -> exporters, TUI.
 //! See docs/ARCHITECTURE.md.
 
+pub mod agent;
+pub mod cli_agent;
 pub mod clock;
 pub mod cluster;
 pub mod engine;
+pub mod export;
 pub mod probe;
 pub mod sim;
 pub mod trace;
-pub mod agent;
-pub mod cli_agent;
-pub mod export;

@@ -68,9 +68,11 @@ fn main() -> std::process::ExitCode {
             Command::Trace(args) => trace::run(args).await,
             Command::Agent(args) => agent::run_agent(args.options(), None).await,
             Command::Record(args) => agent::run_agent(args.options(), None).await,
-            Command::Replay(args) => {
-                agent::replay(&args.file, args.output.as_ref(), args.engine.engine_config())
-            }
+            Command::Replay(args) => agent::replay(
+                &args.file,
+                args.output.as_ref(),
+                args.engine.engine_config(),
+            ),
         }
     });
     match result {

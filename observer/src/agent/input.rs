@@ -71,8 +71,8 @@ pub struct RecordedWatch<K> {
 #[serde(rename_all = "snake_case")]
 pub enum RecordedInput {
     Connect(ConnectRecord),
-    Pod(RecordedWatch<Pod>),
-    Slice(RecordedWatch<EndpointSlice>),
+    Pod(Box<RecordedWatch<Pod>>),
+    Slice(Box<RecordedWatch<EndpointSlice>>),
     Tick(MonoTime),
 }
 
@@ -109,14 +109,22 @@ impl RecordedInput {
                         // Field-manager bookkeeping is large and never read.
                         pod.metadata.managed_fields = None;
                     }
-                    RecordedInput::Pod(RecordedWatch { at: stamped.at, event, object })
+                    RecordedInput::Pod(Box::new(RecordedWatch {
+                        at: stamped.at,
+                        event,
+                        object,
+                    }))
                 }
                 ResourceEvent::EndpointSlice(event) => {
                     let (event, mut object) = split((**event).clone());
                     if let Some(slice) = object.as_mut() {
                         slice.metadata.managed_fields = None;
                     }
-                    RecordedInput::Slice(RecordedWatch { at: stamped.at, event, object })
+                    RecordedInput::Slice(Box::new(RecordedWatch {
+                        at: stamped.at,
+                        event,
+                        object,
+                    }))
                 }
             },
         }
@@ -142,7 +150,8 @@ impl RecordedInput {
 
 /// Appends one input to a recording.
 pub fn write_input(out: &mut impl Write, input: &Input) -> Result<(), RecordingError> {
-    let line = serde_json::to_string(&RecordedInput::from_input(input)).map_err(RecordingError::Encode)?;
+    let line =
+        serde_json::to_string(&RecordedInput::from_input(input)).map_err(RecordingError::Encode)?;
     writeln!(out, "{line}").map_err(RecordingError::Write)
 }
 
@@ -155,8 +164,11 @@ pub fn read_inputs(reader: impl BufRead) -> Result<Vec<Input>, RecordingError> {
         if line.trim().is_empty() {
             continue;
         }
-        let recorded: RecordedInput = serde_json::from_str(&line)
-            .map_err(|source| RecordingError::Parse { line: index + 1, source })?;
+        let recorded: RecordedInput =
+            serde_json::from_str(&line).map_err(|source| RecordingError::Parse {
+                line: index + 1,
+                source,
+            })?;
         if let Some(input) = recorded.into_input() {
             inputs.push(input);
         }
@@ -221,9 +233,14 @@ mod tests {
         }
         assert_eq!(again, bytes, "a re-recorded replay is byte-identical");
         match &back[1] {
-            Input::Cluster(StampedEvent { at, event: ResourceEvent::Pod(event) }) => {
+            Input::Cluster(StampedEvent {
+                at,
+                event: ResourceEvent::Pod(event),
+            }) => {
                 assert_eq!(*at, MonoTime(5));
-                assert!(matches!(**event, Event::Apply(ref p) if p.metadata.name.as_deref() == Some("web-1")));
+                assert!(
+                    matches!(**event, Event::Apply(ref p) if p.metadata.name.as_deref() == Some("web-1"))
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

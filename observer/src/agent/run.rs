@@ -76,7 +76,11 @@ fn open_output(path: &PathBuf) -> anyhow::Result<Box<dyn Write + Send>> {
 }
 
 impl Sinks {
-    pub fn new(state: AgentState, output: Option<&PathBuf>, record: Option<&PathBuf>) -> anyhow::Result<Sinks> {
+    pub fn new(
+        state: AgentState,
+        output: Option<&PathBuf>,
+        record: Option<&PathBuf>,
+    ) -> anyhow::Result<Sinks> {
         let ndjson = output.map(open_output).transpose()?;
         let recording = record
             .map(|path| {
@@ -85,7 +89,11 @@ impl Sinks {
                     .with_context(|| format!("creating recording {}", path.display()))
             })
             .transpose()?;
-        Ok(Sinks { ndjson, recording, state })
+        Ok(Sinks {
+            ndjson,
+            recording,
+            state,
+        })
     }
 
     fn write_line(&mut self, line: &str) -> anyhow::Result<()> {
@@ -112,7 +120,7 @@ pub fn process(
     engine: &mut Engine,
     input: Input,
     sinks: &mut Sinks,
-    mut probe: Option<&mut Probe>,
+    probe: Option<&mut Probe>,
     outputs: &mut Vec<Output>,
 ) -> anyhow::Result<()> {
     if let Some(rec) = sinks.recording.as_mut() {
@@ -123,10 +131,14 @@ pub fn process(
         Input::Cluster(event) => engine.on_cluster(event, outputs),
         Input::Tick(now) => engine.on_tick(now, outputs),
     }
-    route(outputs, sinks, probe.as_deref_mut())
+    route(outputs, sinks, probe)
 }
 
-fn route(outputs: &mut Vec<Output>, sinks: &mut Sinks, mut probe: Option<&mut Probe>) -> anyhow::Result<()> {
+fn route(
+    outputs: &mut Vec<Output>,
+    sinks: &mut Sinks,
+    mut probe: Option<&mut Probe>,
+) -> anyhow::Result<()> {
     for output in outputs.drain(..) {
         match output {
             Output::Watch(ip) => {
@@ -158,7 +170,12 @@ fn route(outputs: &mut Vec<Output>, sinks: &mut Sinks, mut probe: Option<&mut Pr
 }
 
 /// Closes every open window and writes what remains.
-pub fn finish(engine: &mut Engine, now: MonoTime, sinks: &mut Sinks, probe: Option<&mut Probe>) -> anyhow::Result<()> {
+pub fn finish(
+    engine: &mut Engine,
+    now: MonoTime,
+    sinks: &mut Sinks,
+    probe: Option<&mut Probe>,
+) -> anyhow::Result<()> {
     let mut outputs = Vec::new();
     engine.finish(now, &mut outputs);
     route(&mut outputs, sinks, probe)?;
@@ -167,12 +184,21 @@ pub fn finish(engine: &mut Engine, now: MonoTime, sinks: &mut Sinks, probe: Opti
 }
 
 /// `observer replay FILE`: the recording through the engine, NDJSON out.
-pub fn replay(recording: &PathBuf, output: Option<&PathBuf>, config: EngineConfig) -> anyhow::Result<()> {
+pub fn replay(
+    recording: &PathBuf,
+    output: Option<&PathBuf>,
+    config: EngineConfig,
+) -> anyhow::Result<()> {
     let file = File::open(recording).with_context(|| format!("opening {}", recording.display()))?;
-    let inputs = read_inputs(BufReader::new(file)).with_context(|| format!("reading {}", recording.display()))?;
+    let inputs = read_inputs(BufReader::new(file))
+        .with_context(|| format!("reading {}", recording.display()))?;
     let mut engine = Engine::new(config);
     let stdout = PathBuf::from("-");
-    let mut sinks = Sinks::new(AgentState::new(engine.snapshot(MonoTime(0))), Some(output.unwrap_or(&stdout)), None)?;
+    let mut sinks = Sinks::new(
+        AgentState::new(engine.snapshot(MonoTime(0))),
+        Some(output.unwrap_or(&stdout)),
+        None,
+    )?;
     let mut last = MonoTime(0);
     let mut outputs = Vec::new();
     for input in inputs {
@@ -202,7 +228,10 @@ async fn start_sources(
     tokio::spawn(async move {
         let mut batch = Vec::new();
         loop {
-            if let Err(error) = reader.next_batch(Duration::from_millis(100), &mut batch).await {
+            if let Err(error) = reader
+                .next_batch(Duration::from_millis(100), &mut batch)
+                .await
+            {
                 tracing::error!(%error, "reading probe events stopped");
                 return;
             }
@@ -213,13 +242,19 @@ async fn start_sources(
             }
         }
     });
-    let client = cluster::connect(&options.kube).await.context("connecting to Kubernetes")?;
+    let client = cluster::connect(&options.kube)
+        .await
+        .context("connecting to Kubernetes")?;
     let Some(client) = client else {
         tracing::warn!("no Kubernetes configuration found: tracing only, pods show as unknown");
         return Ok(None);
     };
     let counters = Arc::new(WatchCounters::default());
-    let mut events = Box::pin(cluster::stamped_events(&client, &options.watch, counters.clone()));
+    let mut events = Box::pin(cluster::stamped_events(
+        &client,
+        &options.watch,
+        counters.clone(),
+    ));
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             if tx.send(Input::Cluster(event)).await.is_err() {
@@ -232,7 +267,10 @@ async fn start_sources(
 
 /// `observer agent`: runs until SIGTERM/SIGINT (or `duration`), then
 /// detaches the probe, flushes its outputs and returns.
-pub async fn run_agent(options: AgentOptions, ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> anyhow::Result<()> {
+pub async fn run_agent(
+    options: AgentOptions,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
     let mut probe = Probe::load(&options.probe).context("cannot start the probe")?;
     probe.forward_kernel_logs();
     let mut engine = Engine::new(options.engine.clone());
@@ -245,7 +283,11 @@ pub async fn run_agent(options: AgentOptions, ready: Option<tokio::sync::oneshot
     if let Some(server) = &http {
         tracing::info!(addr = %server.local_addr, "serving /metrics and /api/v1");
     }
-    let mut sinks = Sinks::new(state.clone(), options.output.as_ref(), options.record.as_ref())?;
+    let mut sinks = Sinks::new(
+        state.clone(),
+        options.output.as_ref(),
+        options.record.as_ref(),
+    )?;
     let (tx, mut rx) = mpsc::channel::<Input>(65_536);
     let watch_counters = start_sources(&options, &mut probe, tx).await?;
     if watch_counters.is_none() {

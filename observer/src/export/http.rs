@@ -47,9 +47,12 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub async fn start(addr: SocketAddr, state: Arc<AgentState>) -> Result<HttpServer, HttpError> {
-        let listener =
-            TcpListener::bind(addr).await.map_err(|source| HttpError::Bind { addr, source })?;
-        let local_addr = listener.local_addr().map_err(|source| HttpError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| HttpError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| HttpError::Bind { addr, source })?;
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
@@ -66,7 +69,11 @@ impl HttpServer {
             }
             connections.shutdown().await;
         });
-        Ok(HttpServer { local_addr, task, stop })
+        Ok(HttpServer {
+            local_addr,
+            task,
+            stop,
+        })
     }
 
     pub async fn shutdown(self) {
@@ -75,20 +82,28 @@ impl HttpServer {
     }
 }
 
-async fn serve(stream: tokio::net::TcpStream, state: Arc<AgentState>, stopped: watch::Receiver<bool>) {
+async fn serve(
+    stream: tokio::net::TcpStream,
+    state: Arc<AgentState>,
+    stopped: watch::Receiver<bool>,
+) {
     let service = service_fn(move |request| {
         let state = state.clone();
         let stopped = stopped.clone();
         async move { Ok::<_, Infallible>(route(request, &state, stopped)) }
     });
-    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()).boxed_unsync());
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }
@@ -96,13 +111,25 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
 fn json(value: &impl serde::Serialize) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(body) => full(StatusCode::OK, "application/json", body),
-        Err(error) => full(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", error.to_string()),
+        Err(error) => full(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            error.to_string(),
+        ),
     }
 }
 
-fn route(request: Request<Incoming>, state: &AgentState, stopped: watch::Receiver<bool>) -> Response<Body> {
+fn route(
+    request: Request<Incoming>,
+    state: &AgentState,
+    stopped: watch::Receiver<bool>,
+) -> Response<Body> {
     if request.method() != Method::GET {
-        return full(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET is served\n");
+        return full(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET is served\n",
+        );
     }
     match request.uri().path() {
         "/metrics" => full(
@@ -113,7 +140,11 @@ fn route(request: Request<Incoming>, state: &AgentState, stopped: watch::Receive
         "/healthz" => full(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => match state.not_ready_reason() {
             None => full(StatusCode::OK, "text/plain", "ready\n"),
-            Some(reason) => full(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{reason}\n")),
+            Some(reason) => full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{reason}\n"),
+            ),
         },
         "/api/v1/snapshot" => json(&state.snapshot()),
         "/api/v1/recommendations" => json(&state.snapshot().recommendations),
@@ -156,7 +187,9 @@ fn stream(state: &AgentState, mut stopped: watch::Receiver<bool>) -> Response<Bo
     });
     let mut response = Response::new(StreamBody::new(lines).boxed_unsync());
     if let Ok(value) = "application/x-ndjson".parse() {
-        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }

@@ -13,8 +13,9 @@ use crate::{
 };
 
 /// Gap buckets, seconds: 50 ms to 60 s, dense where preStop values live.
-pub const GAP_BUCKETS: [f64; 16] =
-    [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0];
+pub const GAP_BUCKETS: [f64; 16] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -87,7 +88,11 @@ impl Metrics {
             recommended_prestop.clone(),
         );
         let terminations = Counter::default();
-        registry.register("terminations", "Pod terminations measured", terminations.clone());
+        registry.register(
+            "terminations",
+            "Pod terminations measured",
+            terminations.clone(),
+        );
         let events_processed = Counter::default();
         registry.register(
             "events_processed",
@@ -107,7 +112,11 @@ impl Metrics {
             watch_restarts.clone(),
         );
         let watch_errors = Counter::default();
-        registry.register("watch_errors", "Kubernetes watch errors", watch_errors.clone());
+        registry.register(
+            "watch_errors",
+            "Kubernetes watch errors",
+            watch_errors.clone(),
+        );
         Metrics {
             registry,
             propagation_gap,
@@ -126,7 +135,9 @@ impl Metrics {
 
     pub fn record_termination(&self, termination: &PodTermination) {
         self.terminations.inc();
-        let Some(gap_ns) = termination.propagation_gap_ns else { return };
+        let Some(gap_ns) = termination.propagation_gap_ns else {
+            return;
+        };
         if termination.deletion_observed_late {
             return;
         }
@@ -162,9 +173,14 @@ impl Metrics {
 
     pub fn set_recommendations(&self, recommendations: &[Recommendation]) {
         for rec in recommendations {
-            let Some(service) = &rec.service else { continue };
+            let Some(service) = &rec.service else {
+                continue;
+            };
             self.recommended_prestop
-                .get_or_create(&ServiceLabels { namespace: rec.namespace.clone(), service: service.clone() })
+                .get_or_create(&ServiceLabels {
+                    namespace: rec.namespace.clone(),
+                    service: service.clone(),
+                })
                 .set(rec.recommended_prestop_seconds as i64);
         }
     }
@@ -174,15 +190,22 @@ impl Metrics {
     }
 
     /// Folds cumulative source counters in as counter increments.
-    pub fn set_health(&mut self, probe: Option<ProbeCounters>, watch_restarts: u64, watch_errors: u64) {
+    pub fn set_health(
+        &mut self,
+        probe: Option<ProbeCounters>,
+        watch_restarts: u64,
+        watch_errors: u64,
+    ) {
         if let Some(probe) = probe {
             let delta = probe.ringbuf_drops.saturating_sub(self.last_ringbuf_drops);
             self.ringbuf_drops.inc_by(delta);
             self.last_ringbuf_drops = self.last_ringbuf_drops.max(probe.ringbuf_drops);
         }
-        self.watch_restarts.inc_by(watch_restarts.saturating_sub(self.last_watch_restarts));
+        self.watch_restarts
+            .inc_by(watch_restarts.saturating_sub(self.last_watch_restarts));
         self.last_watch_restarts = self.last_watch_restarts.max(watch_restarts);
-        self.watch_errors.inc_by(watch_errors.saturating_sub(self.last_watch_errors));
+        self.watch_errors
+            .inc_by(watch_errors.saturating_sub(self.last_watch_errors));
         self.last_watch_errors = self.last_watch_errors.max(watch_errors);
     }
 

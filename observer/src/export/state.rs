@@ -81,7 +81,10 @@ impl AgentState {
 
     pub fn publish_termination(&self, termination: &PodTermination) {
         self.with_metrics(|m| m.record_termination(termination));
-        let _ = self.inner.updates.send(Update::Termination(termination).to_line());
+        let _ = self
+            .inner
+            .updates
+            .send(Update::Termination(termination).to_line());
     }
 
     pub fn publish_finding(&self, finding: &Finding) {
