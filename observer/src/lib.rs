@@ -11,6 +11,7 @@ pub mod clock;
 pub mod cluster;
 pub mod engine;
 pub mod export;
+pub mod lab;
 pub mod probe;
 pub mod sim;
 pub mod trace;

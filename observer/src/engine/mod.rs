@@ -2,15 +2,35 @@
 //! termination records, findings and recommendations out.
 //!
 //! Pure and synchronous: no I/O, no clock reads, no async. Every output
-//! order is deterministic, so live runs, replays and tests agree.
+//! order is deterministic (ordered maps throughout), so live runs, replays
+//! and tests agree. Memory grows with live pods and watched addresses,
+//! never with the number of events: every list is bounded. See
+//! docs/ENGINE.md.
 
 pub mod config;
+pub mod connect;
+pub mod findings;
 pub mod recommend;
 pub mod record;
+pub mod replay;
+pub mod samples;
+pub mod window;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
 
 use crate::clock::MonoTime;
-use crate::cluster::{ClusterModel, StampedEvent};
+use crate::cluster::{ChangeKind, ClusterChange, ClusterModel, PodRef, StampedEvent};
 use crate::probe::decode::ConnectRecord;
+
+use connect::ConnectFact;
+use findings::{RecentlyReady, RetiredIps, classify};
+use replay::ReplayBuffer;
+use samples::Samples;
+use window::Window;
 
 pub use config::{EngineConfig, RecommendConfig};
 pub use recommend::Recommendation;
@@ -19,12 +39,26 @@ pub use record::{
     PodTermination, Snapshot,
 };
 
+/// Closed terminations kept for [`Engine::snapshot`].
+pub const RECENT_CLOSED: usize = 128;
+
 /// The correlation engine.
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
     model: ClusterModel,
+    /// Open measurement windows by pod uid.
+    windows: BTreeMap<String, Window>,
+    /// Addresses this engine asked the kernel to watch.
+    watched: BTreeSet<IpAddr>,
+    replay: ReplayBuffer,
+    recent: VecDeque<PodTermination>,
+    samples: Samples,
+    retired: RetiredIps,
+    ready: RecentlyReady,
     counters: EngineCounters,
+    /// The newest time any input carried: the engine's notion of now.
+    latest: MonoTime,
 }
 
 impl Engine {
@@ -32,43 +66,348 @@ impl Engine {
         Engine {
             config,
             model: ClusterModel::new(),
+            windows: BTreeMap::new(),
+            watched: BTreeSet::new(),
+            replay: ReplayBuffer::default(),
+            recent: VecDeque::new(),
+            samples: Samples::default(),
+            retired: RetiredIps::default(),
+            ready: RecentlyReady::default(),
             counters: EngineCounters::default(),
+            latest: MonoTime(0),
         }
     }
 
-    pub fn on_connect(&mut self, _record: &ConnectRecord, _out: &mut Vec<Output>) {
+    /// Feeds one connect outcome from the probe.
+    pub fn on_connect(&mut self, record: &ConnectRecord, out: &mut Vec<Output>) {
         self.counters.connects_seen += 1;
+        let fact = ConnectFact::from_record(record);
+        self.latest = self.latest.max(fact.ts);
+        self.replay.push(fact, self.latest);
+        // Attribution by tenure: whoever held the address when it happened.
+        if let Some(pod) = self.model.pod_for_ip_at(fact.ip, fact.at)
+            && let Some(window) = self.windows.get_mut(&pod.uid)
+        {
+            window.touch(fact.ts);
+            if window.accepts(&fact) {
+                window.apply(&fact);
+            }
+        }
+        if let Some(class) = fact.failure {
+            self.on_failure(record, &fact, class, out);
+        }
     }
 
-    pub fn on_cluster(&mut self, event: StampedEvent, _out: &mut Vec<Output>) {
+    fn on_failure(
+        &mut self,
+        record: &ConnectRecord,
+        fact: &ConnectFact,
+        class: crate::probe::decode::FailureClass,
+        out: &mut Vec<Output>,
+    ) {
+        let found = classify(&self.model, &self.retired, &self.ready, fact.ip, fact.at);
+        *self
+            .counters
+            .failures_by_state
+            .entry(EngineCounters::failure_key(found.state, class))
+            .or_default() += 1;
+        if found.state == PodState::Unknown {
+            self.counters.unknown_ip_failures += 1;
+        }
+        let Some(kind) = found.kind else {
+            return;
+        };
+        if kind == FindingKind::ReadyTooEarly
+            && let Some(namespace) = &found.namespace
+        {
+            self.samples.note_ready_too_early(
+                namespace,
+                &found.services,
+                found.workload.as_deref(),
+            );
+        }
+        out.push(Output::Finding(Finding {
+            at: fact.ts,
+            record: record.clone(),
+            pod_state: found.state,
+            namespace: found.namespace,
+            pod: found.pod,
+            service: found.services.into_iter().next(),
+            kind,
+        }));
+    }
+
+    /// Feeds one watch event; applies it to the internal cluster model.
+    pub fn on_cluster(&mut self, event: StampedEvent, out: &mut Vec<Output>) {
         self.counters.cluster_events += 1;
-        self.model.apply(event);
+        self.latest = self.latest.max(event.at);
+        for change in self.model.apply(event) {
+            self.on_change(change, out);
+        }
     }
 
-    pub fn on_tick(&mut self, _now: MonoTime, _out: &mut Vec<Output>) {}
+    fn on_change(&mut self, change: ClusterChange, out: &mut Vec<Output>) {
+        let at = change.at;
+        match change.kind {
+            ChangeKind::PodIpAssigned { pod, ip } => {
+                // The address now belongs to another pod: earlier holders'
+                // windows end here (connects from now on are the new pod's).
+                let reused: Vec<String> = self
+                    .windows
+                    .values()
+                    .filter(|w| w.uid() != pod.uid && w.ips().contains(&ip))
+                    .map(|w| w.uid().to_owned())
+                    .collect();
+                for uid in reused {
+                    self.close(&uid, CloseReason::IpReused, out);
+                }
+                if let Some(window) = self.windows.get_mut(&pod.uid) {
+                    window.refresh_from_model(&self.model);
+                }
+                self.sync_watch(ip, out);
+            }
+            ChangeKind::PodTerminating {
+                pod,
+                deletion_seen,
+                observed_late,
+                ..
+            } => self.open(&pod, deletion_seen, observed_late, out),
+            ChangeKind::PodReadyChanged { pod, ready } => {
+                self.ready.set(&pod.uid, ready, at);
+                self.sync_pod_watches(&pod, out);
+            }
+            ChangeKind::PodRemoved { pod } => self.removed(&pod, at, false, out),
+            ChangeKind::PodRemovedWhileUnwatched { pod } => {
+                if !self.windows.contains_key(&pod.uid) {
+                    // Deleted and gone while unwatched: the start of its
+                    // termination is unknown, but connects to it from now
+                    // on are still worth counting.
+                    self.open(&pod, at, true, out);
+                }
+                self.removed(&pod, at, true, out);
+            }
+            ChangeKind::EndpointSeen { endpoint, .. }
+            | ChangeKind::EndpointConditionsChanged { endpoint, .. }
+            | ChangeKind::EndpointNotReady { endpoint, .. }
+            | ChangeKind::EndpointRemoved { endpoint, .. } => {
+                let model = &self.model;
+                for window in self.windows.values_mut() {
+                    if window.ips().contains(&endpoint.ip) {
+                        window.refresh_from_model(model);
+                    }
+                }
+            }
+            ChangeKind::PodSeen { .. } | ChangeKind::Resynced { .. } => {}
+        }
+    }
 
-    pub fn finish(&mut self, _now: MonoTime, _out: &mut Vec<Output>) {}
+    /// Opens a window at `deletion_seen` and replays buffered connects
+    /// made after it (they may have arrived before the watch event).
+    fn open(&mut self, pod: &PodRef, deletion_seen: MonoTime, late: bool, out: &mut Vec<Output>) {
+        if self.windows.contains_key(&pod.uid) {
+            return;
+        }
+        let Some(record) = self.model.pod(&pod.uid) else {
+            return;
+        };
+        // A pod that never had an address never received a connect.
+        if record.ips.is_empty() {
+            return;
+        }
+        let mut window = Window::open(&self.model, record, deletion_seen, late);
+        let ips = window.ips().to_vec();
+        let model = &self.model;
+        for fact in self.replay.to_ips_since(&ips, deletion_seen) {
+            if model
+                .pod_for_ip_at(fact.ip, fact.at)
+                .map(|p| p.uid.as_str())
+                != Some(pod.uid.as_str())
+            {
+                continue;
+            }
+            window.touch(fact.ts);
+            if window.accepts(fact) {
+                window.apply(fact);
+            }
+        }
+        out.push(Output::TerminationOpened(window.record.clone()));
+        self.windows.insert(pod.uid.clone(), window);
+        for ip in ips {
+            self.sync_watch(ip, out);
+        }
+    }
+
+    fn removed(
+        &mut self,
+        pod: &PodRef,
+        at: MonoTime,
+        while_unwatched: bool,
+        out: &mut Vec<Output>,
+    ) {
+        self.ready.forget(&pod.uid);
+        if let Some(window) = self.windows.get_mut(&pod.uid) {
+            window.mark_removed(at, while_unwatched);
+        }
+        self.sync_pod_watches(pod, out);
+    }
+
+    fn close(&mut self, uid: &str, reason: CloseReason, out: &mut Vec<Output>) {
+        let Some(window) = self.windows.remove(uid) else {
+            return;
+        };
+        let (record, config) = window.close(reason);
+        // Pods that never served (never advertised, nothing connected)
+        // would only pull the gap distribution towards zero.
+        if record.usable_for_recommendation()
+            && (config.advertised || record.last_connect.is_some())
+        {
+            self.samples
+                .add(&record, &config, self.config.recommend.window);
+        }
+        for ip in &record.ips {
+            self.retired.insert(
+                *ip,
+                &record.namespace,
+                &record.pod,
+                record.services.first().map(String::as_str),
+            );
+        }
+        self.counters.terminations_closed += 1;
+        if self.recent.len() >= RECENT_CLOSED {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(record.clone());
+        let ips = record.ips.clone();
+        out.push(Output::TerminationClosed(record));
+        for ip in ips {
+            self.sync_watch(ip, out);
+        }
+    }
+
+    fn sync_pod_watches(&mut self, pod: &PodRef, out: &mut Vec<Output>) {
+        let ips = self
+            .model
+            .pod(&pod.uid)
+            .map(|p| p.ips.clone())
+            .unwrap_or_default();
+        for ip in ips {
+            self.sync_watch(ip, out);
+        }
+    }
+
+    /// Watches `ip` while an open window or a not-yet-ready pod holds it.
+    fn sync_watch(&mut self, ip: IpAddr, out: &mut Vec<Output>) {
+        let in_window = self.windows.values().any(|w| w.ips().contains(&ip));
+        let not_ready = self
+            .model
+            .ip_claims(ip)
+            .last()
+            .filter(|c| c.valid_until.is_none())
+            .and_then(|c| self.model.pod(&c.pod_uid))
+            .is_some_and(|p| p.ready != Some(true) && p.deletion.is_none() && p.removal.is_none());
+        let want = in_window || not_ready;
+        if want && self.watched.insert(ip) {
+            out.push(Output::Watch(ip));
+        } else if !want && self.watched.remove(&ip) {
+            out.push(Output::Unwatch(ip));
+        }
+    }
+
+    /// Closes windows whose quiet period has passed and forgets what no
+    /// open window needs any more.
+    pub fn on_tick(&mut self, now: MonoTime, out: &mut Vec<Output>) {
+        self.latest = self.latest.max(now);
+        self.replay.expire(now);
+        self.ready.expire(now);
+        let quiet = self.config.quiet_period;
+        let due: Vec<(String, CloseReason)> = self
+            .windows
+            .values()
+            .filter(|w| w.is_quiet(now, quiet))
+            .map(|w| (w.uid().to_owned(), w.quiet_reason()))
+            .collect();
+        for (uid, reason) in due {
+            self.close(&uid, reason, out);
+        }
+        // Removed pods stay in the model while their window is open (late
+        // connects are attributed through their IP tenure).
+        let keep_from = self
+            .windows
+            .values()
+            .filter_map(|w| w.removed_at)
+            .min()
+            .unwrap_or(now)
+            .min(now);
+        self.model.prune_removed_before(keep_from);
+    }
+
+    /// Shutdown: closes every open window (reason Shutdown) and releases
+    /// every watched address.
+    pub fn finish(&mut self, now: MonoTime, out: &mut Vec<Output>) {
+        self.latest = self.latest.max(now);
+        let uids: Vec<String> = self.windows.keys().cloned().collect();
+        for uid in uids {
+            self.close(&uid, CloseReason::Shutdown, out);
+        }
+        for ip in std::mem::take(&mut self.watched) {
+            out.push(Output::Unwatch(ip));
+        }
+    }
 
     pub fn model(&self) -> &ClusterModel {
         &self.model
     }
 
+    /// Open windows (oldest termination first), recent closed ones,
+    /// recommendations and counters.
     pub fn snapshot(&self, now: MonoTime) -> Snapshot {
+        let mut open: Vec<PodTermination> =
+            self.windows.values().map(|w| w.record.clone()).collect();
+        open.sort_by(|a, b| (a.deletion_seen, &a.uid).cmp(&(b.deletion_seen, &b.uid)));
         Snapshot {
             now,
-            open: Vec::new(),
-            recent: Vec::new(),
+            open,
+            recent: self.recent.iter().cloned().collect(),
             recommendations: self.recommendations(),
             counters: self.counters.clone(),
         }
     }
 
     pub fn recommendations(&self) -> Vec<Recommendation> {
-        let _ = &self.config;
-        Vec::new()
+        self.samples.recommendations(&self.config.recommend)
     }
 
     pub fn counters(&self) -> &EngineCounters {
         &self.counters
     }
+
+    /// Addresses currently watched, in order.
+    pub fn watched(&self) -> impl Iterator<Item = &IpAddr> {
+        self.watched.iter()
+    }
+
+    /// Sizes of every bounded structure, for the memory figure.
+    pub fn sizes(&self) -> EngineSizes {
+        EngineSizes {
+            open_windows: self.windows.len(),
+            watched: self.watched.len(),
+            replay: self.replay.len(),
+            recent: self.recent.len(),
+            retired_ips: self.retired.len(),
+            recently_ready: self.ready.len(),
+            model_pods: self.model.stats().pods,
+        }
+    }
+}
+
+/// How full the engine's bounded structures are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EngineSizes {
+    pub open_windows: usize,
+    pub watched: usize,
+    pub replay: usize,
+    pub recent: usize,
+    pub retired_ips: usize,
+    pub recently_ready: usize,
+    pub model_pods: usize,
 }

@@ -1,0 +1,69 @@
+//! What one connect record means to the engine: when it happened, whether
+//! it is a new connection attempt, and how it failed. Shared by the live
+//! path and the replay buffer so both count the same way.
+
+use std::net::IpAddr;
+
+use crate::clock::MonoTime;
+use crate::probe::decode::{ConnectRecord, FailureClass, Outcome};
+
+/// Longest process name the kernel reports (TASK_COMM_LEN).
+const COMM_LEN: usize = 16;
+
+/// The part of a connect record the engine keeps (fixed size, no heap), so
+/// buffering recent connects costs no allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectFact {
+    /// When the record arrived in the kernel's view (the outcome time).
+    pub ts: MonoTime,
+    /// The time attribution uses: the SYN for connect attempts, the RST
+    /// itself for resets (a reset is not a new connection).
+    pub at: MonoTime,
+    pub ip: IpAddr,
+    pub port: u16,
+    pub pid: u32,
+    comm: [u8; COMM_LEN],
+    comm_len: u8,
+    /// A new connection attempt (counted once per SYN).
+    pub new_attempt: bool,
+    /// Counts towards last_connect (a SYN, or a connect() that failed
+    /// before any SYN left: the ingress still tried).
+    pub is_connect: bool,
+    pub failure: Option<FailureClass>,
+}
+
+impl ConnectFact {
+    pub fn from_record(record: &ConnectRecord) -> ConnectFact {
+        let (at, is_connect, new_attempt) = match &record.outcome {
+            Outcome::Connect => (record.ts, true, true),
+            // A watched SYN was already reported as `Connect`; an unwatched
+            // one shows up only through its outcome.
+            Outcome::Established { .. } => (record.syn.unwrap_or(record.ts), true, !record.watched),
+            Outcome::Failed {
+                class: FailureClass::Reset,
+                ..
+            } => (record.ts, false, false),
+            Outcome::Failed { .. } => (record.syn.unwrap_or(record.ts), true, !record.watched),
+        };
+        let bytes = record.comm.as_bytes();
+        let len = bytes.len().min(COMM_LEN);
+        let mut comm = [0u8; COMM_LEN];
+        comm[..len].copy_from_slice(&bytes[..len]);
+        ConnectFact {
+            ts: record.ts,
+            at,
+            ip: record.dst.ip(),
+            port: record.dst.port(),
+            pid: record.pid,
+            comm,
+            comm_len: len as u8,
+            new_attempt,
+            is_connect,
+            failure: record.failure_class(),
+        }
+    }
+
+    pub fn comm(&self) -> &[u8] {
+        &self.comm[..usize::from(self.comm_len)]
+    }
+}

@@ -1,0 +1,137 @@
+//! Rolling windows of closed terminations, per Service and per workload:
+//! what recommendations are computed from.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::config::RecommendConfig;
+use super::recommend::{Group, Recommendation, recommend};
+use super::record::{FailureCounts, PodTermination};
+use super::window::PodConfig;
+
+/// Groups kept at most; beyond this the least recently updated is dropped,
+/// so a cluster that churns through Services does not grow memory.
+pub const MAX_GROUPS: usize = 4096;
+
+/// What one closed termination contributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub gap_ns: i64,
+    pub failures: FailureCounts,
+    pub configured_prestop_ms: Option<u64>,
+    pub termination_grace_period_seconds: Option<i64>,
+    pub workload: Option<String>,
+    pub container: Option<String>,
+}
+
+/// A recommendation group: a Service or a workload in a namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GroupKey {
+    Service { namespace: String, service: String },
+    Workload { namespace: String, workload: String },
+}
+
+#[derive(Debug, Default)]
+struct GroupSamples {
+    samples: VecDeque<Sample>,
+    ready_too_early: u64,
+    last_update: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Samples {
+    groups: BTreeMap<GroupKey, GroupSamples>,
+    updates: u64,
+}
+
+fn keys_of(namespace: &str, services: &[String], workload: Option<&str>) -> Vec<GroupKey> {
+    let mut keys: Vec<GroupKey> = services
+        .iter()
+        .map(|s| GroupKey::Service {
+            namespace: namespace.to_owned(),
+            service: s.clone(),
+        })
+        .collect();
+    if let Some(workload) = workload {
+        keys.push(GroupKey::Workload {
+            namespace: namespace.to_owned(),
+            workload: workload.to_owned(),
+        });
+    }
+    keys
+}
+
+impl Samples {
+    /// Adds a closed termination to each of its groups, keeping the last
+    /// `window` per group.
+    pub fn add(&mut self, termination: &PodTermination, config: &PodConfig, window: usize) {
+        let sample = Sample {
+            gap_ns: termination.propagation_gap_ns.unwrap_or(0).max(0),
+            failures: termination.failures,
+            configured_prestop_ms: termination.configured_prestop_ms,
+            termination_grace_period_seconds: termination.termination_grace_period_seconds,
+            workload: termination.workload.clone(),
+            container: config.container.clone(),
+        };
+        let keys = keys_of(
+            &termination.namespace,
+            &termination.services,
+            termination.workload.as_deref(),
+        );
+        for key in keys {
+            let group = self.group(key);
+            group.samples.push_back(sample.clone());
+            while group.samples.len() > window.max(1) {
+                group.samples.pop_front();
+            }
+        }
+    }
+
+    /// Counts a failed connect right after a pod of these groups became ready.
+    pub fn note_ready_too_early(
+        &mut self,
+        namespace: &str,
+        services: &[String],
+        workload: Option<&str>,
+    ) {
+        for key in keys_of(namespace, services, workload) {
+            self.group(key).ready_too_early += 1;
+        }
+    }
+
+    fn group(&mut self, key: GroupKey) -> &mut GroupSamples {
+        self.updates += 1;
+        if !self.groups.contains_key(&key) && self.groups.len() >= MAX_GROUPS {
+            let stalest = self
+                .groups
+                .iter()
+                .min_by_key(|(_, g)| g.last_update)
+                .map(|(k, _)| k.clone());
+            if let Some(stalest) = stalest {
+                self.groups.remove(&stalest);
+            }
+        }
+        let group = self.groups.entry(key).or_default();
+        group.last_update = self.updates;
+        group
+    }
+
+    /// One recommendation per group with at least one sample, Services
+    /// first, each in name order.
+    pub fn recommendations(&self, config: &RecommendConfig) -> Vec<Recommendation> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| !g.samples.is_empty())
+            .map(|(key, g)| {
+                let samples: Vec<&Sample> = g.samples.iter().collect();
+                recommend(
+                    &Group {
+                        key,
+                        samples: &samples,
+                        ready_too_early: g.ready_too_early,
+                    },
+                    config,
+                )
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,242 @@
+//! One open measurement window: a terminating pod, the connects to it after
+//! deletion_seen, and the derived gap and lags.
+
+use std::net::IpAddr;
+
+use super::connect::ConnectFact;
+use super::record::{CloseReason, Connector, FailureCounts, PodTermination};
+use crate::clock::MonoTime;
+use crate::cluster::{ClusterModel, PodRecord};
+
+/// Distinct connecting processes kept per termination.
+pub const MAX_CONNECTORS: usize = 16;
+/// Failures kept with their times per termination (the first ones: the
+/// start of trouble is what a timeline needs).
+pub const MAX_FAILURE_TIMES: usize = 64;
+
+/// What is known about the pod's configuration, kept for recommendations.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodConfig {
+    /// The container a preStop belongs in: the one with a preStop hook,
+    /// else the first app container.
+    pub container: Option<String>,
+    /// Some Service advertised the pod as ready at some point: the ingress
+    /// could have routed to it.
+    pub advertised: bool,
+}
+
+/// An open termination.
+#[derive(Clone, Debug)]
+pub struct Window {
+    pub record: PodTermination,
+    pub config: PodConfig,
+    /// Ports that count for last_connect; empty means every port.
+    pub ports: Vec<u16>,
+    /// When the pod left the API, if it has.
+    pub removed_at: Option<MonoTime>,
+    pub removed_while_unwatched: bool,
+    /// Latest of deletion_seen, removal, and any connect to the pod's IPs:
+    /// the quiet period counts from here.
+    pub last_activity: MonoTime,
+}
+
+impl Window {
+    /// Opens a window for `pod` at `deletion_seen`.
+    pub fn open(
+        model: &ClusterModel,
+        pod: &PodRecord,
+        deletion_seen: MonoTime,
+        late: bool,
+    ) -> Window {
+        let workload = pod.owner.as_ref().map(|o| o.name.clone());
+        let container = pod
+            .containers
+            .iter()
+            .find(|c| c.pre_stop.sleep().is_some())
+            .or_else(|| pod.containers.iter().find(|c| !c.sidecar))
+            .map(|c| c.name.clone());
+        let record = PodTermination {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            uid: pod.uid.clone(),
+            ips: pod.ips.clone(),
+            node: pod.node.clone(),
+            workload,
+            services: Vec::new(),
+            configured_prestop_ms: pod.pre_stop_sleep().map(|d| d.as_millis() as u64),
+            termination_grace_period_seconds: pod.termination_grace_period_seconds,
+            deletion_seen,
+            deletion_observed_late: late,
+            endpoint_not_ready: None,
+            endpoint_removed: None,
+            last_connect: None,
+            first_failure: None,
+            last_failure: None,
+            connects_after_deletion: 0,
+            failures: FailureCounts::default(),
+            propagation_gap_ns: None,
+            control_plane_lag_ns: None,
+            dataplane_lag_ns: None,
+            connectors: Vec::new(),
+            failure_times: Vec::new(),
+            closed: None,
+        };
+        let mut window = Window {
+            record,
+            config: PodConfig {
+                container,
+                advertised: false,
+            },
+            ports: Vec::new(),
+            removed_at: None,
+            removed_while_unwatched: false,
+            last_activity: deletion_seen,
+        };
+        window.refresh_from_model(model);
+        window
+    }
+
+    pub fn uid(&self) -> &str {
+        &self.record.uid
+    }
+
+    pub fn deletion_seen(&self) -> MonoTime {
+        self.record.deletion_seen
+    }
+
+    /// Re-reads what the cluster model says about the pod's Service
+    /// addresses: ports, services, endpoint_not_ready, endpoint_removed.
+    pub fn refresh_from_model(&mut self, model: &ClusterModel) {
+        let uid = self.record.uid.clone();
+        if let Some(pod) = model.pod(&uid) {
+            for ip in &pod.ips {
+                if !self.record.ips.contains(ip) {
+                    self.record.ips.push(*ip);
+                }
+            }
+        }
+        let endpoints = model.endpoints_of_pod(&uid);
+        let mut services: Vec<String> = endpoints.iter().map(|r| r.key.service.clone()).collect();
+        services.sort_unstable();
+        services.dedup();
+        self.record.services = services;
+        // The first Service to stop advertising the address is when the
+        // ingress could first have learned of it.
+        self.record.endpoint_not_ready =
+            endpoints.iter().filter_map(|r| r.endpoint_not_ready).min();
+        // Removed only when no Service lists the address any more.
+        self.record.endpoint_removed = if endpoints.is_empty() {
+            None
+        } else {
+            endpoints
+                .iter()
+                .map(|r| r.endpoint_removed)
+                .collect::<Option<Vec<_>>>()
+                .and_then(|times| times.into_iter().max())
+        };
+        self.config.advertised |= endpoints
+            .iter()
+            .any(|r| r.ready_since.is_some() || r.endpoint_not_ready.is_some());
+        self.ports = model.advertised_ports(&uid);
+        self.derive();
+    }
+
+    /// Whether `fact` (already attributed to this pod) belongs in the
+    /// window: at or after deletion_seen, on a port that counts.
+    pub fn accepts(&self, fact: &ConnectFact) -> bool {
+        fact.at >= self.record.deletion_seen
+            && (self.ports.is_empty() || self.ports.contains(&fact.port))
+    }
+
+    /// Adds one connect; the caller checked [`Window::accepts`].
+    pub fn apply(&mut self, fact: &ConnectFact) {
+        let r = &mut self.record;
+        if fact.is_connect {
+            r.last_connect = r.last_connect.max(Some(fact.at));
+        }
+        if fact.new_attempt {
+            r.connects_after_deletion += 1;
+            self.count_connector(fact);
+        }
+        let r = &mut self.record;
+        if let Some(class) = fact.failure {
+            r.failures.add(class);
+            r.first_failure = Some(r.first_failure.map_or(fact.ts, |t| t.min(fact.ts)));
+            r.last_failure = r.last_failure.max(Some(fact.ts));
+            if r.failure_times.len() < MAX_FAILURE_TIMES {
+                // Replayed facts can arrive after later ones: keep order.
+                let at = r.failure_times.partition_point(|(t, _)| *t <= fact.ts);
+                r.failure_times.insert(at, (fact.ts, class));
+            }
+        }
+        self.touch(fact.ts);
+        self.derive();
+    }
+
+    /// Notes activity on the pod's IPs (any port), restarting the quiet period.
+    pub fn touch(&mut self, at: MonoTime) {
+        self.last_activity = self.last_activity.max(at);
+    }
+
+    fn count_connector(&mut self, fact: &ConnectFact) {
+        let connectors = &mut self.record.connectors;
+        if let Some(c) = connectors
+            .iter_mut()
+            .find(|c| c.pid == fact.pid && c.comm.as_bytes() == fact.comm())
+        {
+            c.connects += 1;
+        } else if connectors.len() < MAX_CONNECTORS {
+            connectors.push(Connector {
+                pid: fact.pid,
+                comm: String::from_utf8_lossy(fact.comm()).into_owned(),
+                connects: 1,
+            });
+        }
+    }
+
+    pub fn mark_removed(&mut self, at: MonoTime, while_unwatched: bool) {
+        if self.removed_at.is_none() {
+            self.removed_at = Some(at);
+            self.removed_while_unwatched = while_unwatched;
+        }
+        self.touch(at);
+    }
+
+    /// Whether the quiet period has passed at `now`.
+    pub fn is_quiet(&self, now: MonoTime, quiet: std::time::Duration) -> bool {
+        self.removed_at.is_some() && now.saturating_since(self.last_activity) >= quiet
+    }
+
+    /// The reason a quiet close reports.
+    pub fn quiet_reason(&self) -> CloseReason {
+        if self.removed_while_unwatched {
+            CloseReason::RemovedWhileUnwatched
+        } else {
+            CloseReason::Quiet
+        }
+    }
+
+    /// Recomputes propagation_gap, control_plane_lag and dataplane_lag.
+    fn derive(&mut self) {
+        let r = &mut self.record;
+        let t0 = r.deletion_seen;
+        // No connect after deletion: the ingress stopped in time, gap 0.
+        r.propagation_gap_ns = Some(r.last_connect.map_or(0, |last| last.signed_since(t0)));
+        r.control_plane_lag_ns = r.endpoint_not_ready.map(|t| t.signed_since(t0));
+        r.dataplane_lag_ns = match (r.last_connect, r.endpoint_not_ready) {
+            (Some(last), Some(not_ready)) => Some(last.signed_since(not_ready)),
+            _ => None,
+        };
+    }
+
+    /// Ends the window and returns the final record.
+    pub fn close(mut self, reason: CloseReason) -> (PodTermination, PodConfig) {
+        self.derive();
+        self.record.closed = Some(reason);
+        (self.record, self.config)
+    }
+
+    pub fn ips(&self) -> &[IpAddr] {
+        &self.record.ips
+    }
+}

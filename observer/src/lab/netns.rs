@@ -1,0 +1,349 @@
+//! The lab's network: an "ingress" namespace holding a bridge, and one
+//! namespace per pod joined to that bridge by a veth pair. Nothing is added
+//! to the host's own namespace, so the lab's traffic stays between
+//! namespaces it made (and their loopbacks).
+//!
+//! Every namespace is registered in a [`Registry`] the moment it exists and
+//! removed when its [`Netns`] drops; the registry's [`CleanupGuard`] removes
+//! whatever is left (processes first, since a namespace lives on while a
+//! process is in it). [`sweep`] removes leftovers of a killed run by name
+//! prefix, so a second run right after works.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{LabError, Result};
+
+/// Runs `ip` (iproute2) with `args`, failing with its stderr.
+pub fn ip(args: &[&str]) -> Result<()> {
+    run("ip", args)
+}
+
+/// Runs a command, failing with its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(LabError::io(format!("running {program}")))?;
+    if !output.status.success() {
+        return Err(LabError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Everything the lab made that must go away: namespaces and processes.
+#[derive(Debug, Default)]
+struct Owned {
+    namespaces: BTreeSet<String>,
+    pids: BTreeSet<i32>,
+}
+
+/// A shared record of what the lab made. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    owned: Arc<Mutex<Owned>>,
+}
+
+impl Registry {
+    fn owned(&self) -> MutexGuard<'_, Owned> {
+        // Clean-up must work even after a panic elsewhere.
+        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add_pid(&self, pid: i32) {
+        self.owned().pids.insert(pid);
+    }
+
+    pub fn forget_pid(&self, pid: i32) {
+        self.owned().pids.remove(&pid);
+    }
+
+    fn add_namespace(&self, name: &str) {
+        self.owned().namespaces.insert(name.to_string());
+    }
+
+    fn forget_namespace(&self, name: &str) {
+        self.owned().namespaces.remove(name);
+    }
+
+    /// Namespaces still registered.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.owned().namespaces.iter().cloned().collect()
+    }
+
+    /// Kills every registered process and deletes every registered namespace.
+    pub fn clean_all(&self) {
+        let (pids, namespaces) = {
+            let mut owned = self.owned();
+            (
+                std::mem::take(&mut owned.pids),
+                std::mem::take(&mut owned.namespaces),
+            )
+        };
+        for pid in pids {
+            kill(pid);
+        }
+        for name in namespaces {
+            delete_namespace(&name);
+        }
+    }
+
+    /// A guard that cleans everything up when dropped (also while unwinding).
+    pub fn guard(&self) -> CleanupGuard {
+        CleanupGuard {
+            registry: self.clone(),
+        }
+    }
+}
+
+/// Cleans the registry up on drop.
+#[derive(Debug)]
+pub struct CleanupGuard {
+    registry: Registry,
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        self.registry.clean_all();
+    }
+}
+
+fn kill(pid: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) has no memory preconditions; `pid` is a process
+        // this lab started (a positive id, never a group or -1).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Kills every process inside `name`, then deletes the namespace.
+fn delete_namespace(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse() {
+                kill(pid);
+            }
+        }
+    }
+    // Deleting the namespace also destroys its veth ends and the bridge.
+    let _ = Command::new("ip").args(["netns", "del", name]).output();
+}
+
+/// Removes namespaces whose name starts with `prefix` (a killed run's).
+pub fn sweep(prefix: &str) -> Result<usize> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map_err(LabError::io("running ip netns list"))?;
+    let mut removed = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        if name.starts_with(prefix) {
+            tracing::info!(namespace = name, "lab: removing a leftover namespace");
+            delete_namespace(name);
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// A network namespace the lab made; deleted (with its processes) on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    registry: Registry,
+}
+
+impl Netns {
+    /// Creates `name` with loopback up.
+    pub fn create(name: &str, registry: &Registry) -> Result<Netns> {
+        ip(&["netns", "add", name])?;
+        registry.add_namespace(name);
+        let ns = Netns {
+            name: name.to_string(),
+            registry: registry.clone(),
+        };
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n <this> args…`.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// Runs `f` on a new thread (named `thread_name`) inside this namespace.
+    /// Sockets the thread creates belong to the namespace.
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        thread_name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<Result<T>>> {
+        let path = format!("/var/run/netns/{}", self.name);
+        let file = File::open(&path).map_err(LabError::io(format!("opening {path}")))?;
+        std::thread::Builder::new()
+            .name(thread_name.to_string())
+            .spawn(move || {
+                // SAFETY: `file` is an open namespace file that outlives the
+                // call; setns only changes this thread's network namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(LabError::Io {
+                        what: "setns".into(),
+                        source: std::io::Error::last_os_error(),
+                    });
+                }
+                Ok(f())
+            })
+            .map_err(LabError::io("spawning a thread"))
+    }
+
+    /// Runs `f` inside this namespace and waits for it.
+    pub fn run_in<T: Send + 'static>(
+        &self,
+        thread_name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        self.spawn_in(thread_name, f)?
+            .join()
+            .map_err(|_| LabError::Invalid(format!("thread {thread_name} panicked")))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        delete_namespace(&self.name);
+        self.registry.forget_namespace(&self.name);
+    }
+}
+
+/// The bridge every pod's veth joins, inside the ingress namespace.
+pub const BRIDGE: &str = "br0";
+
+/// A pod CIDR parsed into the gateway (the first host, which the
+/// simulator never hands to a pod) and the prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodSubnet {
+    pub gateway: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl PodSubnet {
+    pub fn parse(cidr: &str) -> Result<PodSubnet> {
+        let bad = || LabError::Invalid(format!("pod CIDR {cidr:?}"));
+        let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let prefix_len: u8 = len.parse().map_err(|_| bad())?;
+        let gateway = match addr {
+            IpAddr::V4(a) if prefix_len <= 30 => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(prefix_len))
+                    .unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask | 1).into())
+            }
+            IpAddr::V6(a) if prefix_len <= 126 => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(prefix_len))
+                    .unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask | 1).into())
+            }
+            _ => return Err(bad()),
+        };
+        Ok(PodSubnet {
+            gateway,
+            prefix_len,
+        })
+    }
+
+    fn with_len(&self, ip: IpAddr) -> String {
+        format!("{ip}/{}", self.prefix_len)
+    }
+}
+
+/// The ingress namespace with its bridge; pods are added with [`Self::add_pod`].
+#[derive(Debug)]
+pub struct LabNet {
+    pub ingress: Netns,
+    pub subnet: PodSubnet,
+    prefix: String,
+    registry: Registry,
+}
+
+impl LabNet {
+    /// Removes leftovers named `<prefix>*`, then creates `<prefix>-ingress`
+    /// with a bridge holding the subnet's gateway address.
+    pub fn create(prefix: &str, cidr: &str, registry: &Registry) -> Result<LabNet> {
+        let subnet = PodSubnet::parse(cidr)?;
+        sweep(prefix)?;
+        let ingress = Netns::create(&format!("{prefix}-ingress"), registry)?;
+        ingress.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        let gw = subnet.with_len(subnet.gateway);
+        if subnet.gateway.is_ipv6() {
+            ingress.ip(&["-6", "addr", "add", &gw, "dev", BRIDGE, "nodad"])?;
+        } else {
+            ingress.ip(&["addr", "add", &gw, "dev", BRIDGE])?;
+        }
+        ingress.ip(&["link", "set", BRIDGE, "up"])?;
+        Ok(LabNet {
+            ingress,
+            subnet,
+            prefix: prefix.to_string(),
+            registry: registry.clone(),
+        })
+    }
+
+    /// Creates pod namespace number `index` with `ip` on its `eth0`, joined
+    /// to the bridge. A stale neighbour entry for `ip` (a previous holder's
+    /// MAC, when IPs are reused) is removed so the new pod is reachable.
+    pub fn add_pod(&self, index: u32, ip: IpAddr) -> Result<Netns> {
+        let ns = Netns::create(&format!("{}-p{index}", self.prefix), &self.registry)?;
+        let host_end = format!("vp{index}");
+        self.ingress.ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
+        self.ingress
+            .ip(&["link", "set", &host_end, "master", BRIDGE, "up"])?;
+        let addr = self.subnet.with_len(ip);
+        if ip.is_ipv6() {
+            ns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+        } else {
+            ns.ip(&["addr", "add", &addr, "dev", "eth0"])?;
+        }
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        let _ = self
+            .ingress
+            .ip(&["neigh", "del", &ip.to_string(), "dev", BRIDGE]);
+        Ok(ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_is_the_first_host() {
+        let v4 = PodSubnet::parse("10.247.3.0/24").unwrap();
+        assert_eq!(v4.gateway, "10.247.3.1".parse::<IpAddr>().unwrap());
+        assert_eq!(v4.prefix_len, 24);
+        let v6 = PodSubnet::parse("fd00:247:3::/120").unwrap();
+        assert_eq!(v6.gateway, "fd00:247:3::1".parse::<IpAddr>().unwrap());
+        assert!(PodSubnet::parse("10.0.0.0/32").is_err());
+        assert!(PodSubnet::parse("nonsense").is_err());
+    }
+}

@@ -1,0 +1,335 @@
+//! The lab's report: the scenario, per termination the truth next to the
+//! measurement, what the users saw, the recommendation, and (with
+//! `--verify`) what remained with the recommended preStop. Serialized as
+//! JSON; [`render_summary`] gives the same as a table for people.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::probe::FailureClass;
+
+/// The scenario as reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScenarioSummary {
+    pub pods: u32,
+    pub rollouts: u32,
+    pub propagation_delay_ms: u64,
+    pub jitter_ms: u64,
+    pub prestop_ms: u64,
+    pub drain_ms: u64,
+    pub qps: u32,
+    pub seed: u64,
+    /// "ipv4" or "ipv6".
+    pub ip_family: String,
+    pub reuse_ips: bool,
+}
+
+/// Failed connects by the kernel's class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureCounts {
+    pub refused: u64,
+    pub host_unreachable: u64,
+    pub net_unreachable: u64,
+    pub timed_out: u64,
+    pub aborted: u64,
+    pub reset: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub other: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl FailureCounts {
+    pub fn add(&mut self, class: FailureClass) {
+        let slot = match class {
+            FailureClass::Refused => &mut self.refused,
+            FailureClass::HostUnreachable => &mut self.host_unreachable,
+            FailureClass::NetUnreachable => &mut self.net_unreachable,
+            FailureClass::TimedOut => &mut self.timed_out,
+            FailureClass::Aborted => &mut self.aborted,
+            FailureClass::Reset => &mut self.reset,
+            FailureClass::Other => &mut self.other,
+        };
+        *slot += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.refused
+            + self.host_unreachable
+            + self.net_unreachable
+            + self.timed_out
+            + self.aborted
+            + self.reset
+            + self.other
+    }
+
+    pub fn merge(&mut self, other: &FailureCounts) {
+        self.refused += other.refused;
+        self.host_unreachable += other.host_unreachable;
+        self.net_unreachable += other.net_unreachable;
+        self.timed_out += other.timed_out;
+        self.aborted += other.aborted;
+        self.reset += other.reset;
+        self.other += other.other;
+    }
+}
+
+/// One terminated pod: truth next to measurement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TerminationReport {
+    pub pod: String,
+    pub ip: IpAddr,
+    /// From nginx's access log; null when nginx sent nothing after deletion.
+    pub truth_gap_ms: Option<f64>,
+    /// From the measurement; null when it saw no connect after deletion.
+    pub measured_gap_ms: Option<f64>,
+    pub failures: FailureCounts,
+}
+
+impl TerminationReport {
+    /// |measured − truth| in ms; a gap both sides call empty is 0 apart,
+    /// one side empty and the other not is None.
+    pub fn error_ms(&self) -> Option<f64> {
+        match (self.truth_gap_ms, self.measured_gap_ms) {
+            (Some(t), Some(m)) => Some((m - t).abs()),
+            (None, None) => Some(0.0),
+            _ => None,
+        }
+    }
+}
+
+/// What the users saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientReport {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// The preStop and grace period to configure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub prestop_seconds: u64,
+    pub termination_grace_period_seconds: u64,
+}
+
+impl Recommendation {
+    /// The largest gap rounded up to whole seconds plus one second of margin,
+    /// and a grace period that leaves the default 30 s for the app's own
+    /// shutdown after the sleep.
+    pub fn from_max_gap(max_gap: Duration) -> Recommendation {
+        let prestop_seconds = max_gap.as_millis().div_ceil(1000) as u64 + 1;
+        Recommendation {
+            prestop_seconds,
+            termination_grace_period_seconds: prestop_seconds + 30,
+        }
+    }
+}
+
+/// The rerun with the recommended preStop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub prestop_seconds: u64,
+    pub failed_connects: u64,
+    pub client_errors: u64,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabReport {
+    pub scenario: ScenarioSummary,
+    pub terminations: Vec<TerminationReport>,
+    pub client: ClientReport,
+    pub recommendation: Option<Recommendation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyReport>,
+}
+
+impl LabReport {
+    /// Failed connects over every termination.
+    pub fn failed_connects(&self) -> u64 {
+        self.terminations.iter().map(|t| t.failures.total()).sum()
+    }
+
+    /// The largest |measured − truth| over terminations where both exist.
+    pub fn max_error_ms(&self) -> Option<f64> {
+        self.terminations
+            .iter()
+            .filter_map(TerminationReport::error_ms)
+            .reduce(f64::max)
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
+}
+
+/// A table for people: one row per termination, then the totals.
+pub fn render_summary(report: &LabReport) -> String {
+    let s = &report.scenario;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "lab: {} pods, {} rollouts, propagation delay {} ms ± {} ms, preStop {} ms, drain {} ms, {} qps, {}{}",
+        s.pods,
+        s.rollouts,
+        s.propagation_delay_ms,
+        s.jitter_ms,
+        s.prestop_ms,
+        s.drain_ms,
+        s.qps,
+        s.ip_family,
+        if s.reuse_ips { ", IPs reused" } else { "" },
+    );
+    let _ = writeln!(
+        out,
+        "{:<28} {:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "POD", "IP", "TRUTH ms", "MEASURED", "ERR ms", "REFUSED", "UNREACH", "OTHER"
+    );
+    for t in &report.terminations {
+        let f = &t.failures;
+        let _ = writeln!(
+            out,
+            "{:<28} {:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            t.pod,
+            t.ip.to_string(),
+            ms(t.truth_gap_ms),
+            ms(t.measured_gap_ms),
+            ms(t.error_ms()),
+            f.refused,
+            f.host_unreachable + f.net_unreachable,
+            f.timed_out + f.aborted + f.reset + f.other,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "client: {} requests, {} errors; failed connects: {}; largest error: {} ms",
+        report.client.requests,
+        report.client.errors,
+        report.failed_connects(),
+        ms(report.max_error_ms()),
+    );
+    match &report.recommendation {
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "recommendation: preStop sleep {} s, terminationGracePeriodSeconds {}",
+                r.prestop_seconds, r.termination_grace_period_seconds
+            );
+        }
+        None => out.push_str("recommendation: none (no termination measured)\n"),
+    }
+    if let Some(v) = &report.verify {
+        let _ = writeln!(
+            out,
+            "verify with preStop {} s: {} failed connects, {} client errors",
+            v.prestop_seconds, v.failed_connects, v.client_errors
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LabReport {
+        LabReport {
+            scenario: ScenarioSummary {
+                pods: 2,
+                rollouts: 1,
+                propagation_delay_ms: 1000,
+                jitter_ms: 0,
+                prestop_ms: 0,
+                drain_ms: 0,
+                qps: 100,
+                seed: 1,
+                ip_family: "ipv4".into(),
+                reuse_ips: false,
+            },
+            terminations: vec![
+                TerminationReport {
+                    pod: "web-1".into(),
+                    ip: "10.247.1.2".parse().unwrap(),
+                    truth_gap_ms: Some(1010.0),
+                    measured_gap_ms: Some(1012.5),
+                    failures: FailureCounts {
+                        refused: 40,
+                        host_unreachable: 2,
+                        ..Default::default()
+                    },
+                },
+                TerminationReport {
+                    pod: "web-2".into(),
+                    ip: "10.247.1.3".parse().unwrap(),
+                    truth_gap_ms: None,
+                    measured_gap_ms: None,
+                    failures: FailureCounts::default(),
+                },
+            ],
+            client: ClientReport {
+                requests: 900,
+                errors: 3,
+            },
+            recommendation: Some(Recommendation::from_max_gap(Duration::from_millis(1012))),
+            verify: None,
+        }
+    }
+
+    #[test]
+    fn recommendation_rounds_up_and_adds_margin() {
+        let r = Recommendation::from_max_gap(Duration::from_millis(2050));
+        assert_eq!(r.prestop_seconds, 4);
+        assert_eq!(r.termination_grace_period_seconds, 34);
+        assert_eq!(
+            Recommendation::from_max_gap(Duration::ZERO).prestop_seconds,
+            1
+        );
+        assert_eq!(
+            Recommendation::from_max_gap(Duration::from_secs(2)).prestop_seconds,
+            3
+        );
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let v = serde_json::to_value(sample()).unwrap();
+        assert_eq!(v["scenario"]["ip_family"], "ipv4");
+        assert_eq!(v["scenario"]["propagation_delay_ms"], 1000);
+        assert_eq!(v["terminations"][0]["failures"]["refused"], 40);
+        assert_eq!(v["terminations"][0]["failures"]["timed_out"], 0);
+        assert!(v["terminations"][0]["failures"].get("other").is_none());
+        assert!(v["terminations"][1]["truth_gap_ms"].is_null());
+        assert_eq!(v["client"]["errors"], 3);
+        assert_eq!(v["recommendation"]["prestop_seconds"], 3);
+        assert!(v.get("verify").is_none(), "verify only when run");
+        let back: LabReport = serde_json::from_value(v).unwrap();
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn summary_shows_rows_errors_and_totals() {
+        let mut report = sample();
+        report.verify = Some(VerifyReport {
+            prestop_seconds: 3,
+            failed_connects: 0,
+            client_errors: 0,
+        });
+        let text = render_summary(&report);
+        assert!(text.contains("2 pods, 1 rollouts, propagation delay 1000 ms"));
+        let row = text.lines().find(|l| l.starts_with("web-1")).unwrap();
+        assert!(row.contains("1010.0") && row.contains("1012.5") && row.contains("2.5"));
+        assert!(row.contains("40"));
+        let empty = text.lines().find(|l| l.starts_with("web-2")).unwrap();
+        assert!(empty.contains(" - ") || empty.contains("0.0"));
+        assert!(text.contains("failed connects: 42"));
+        assert!(text.contains("largest error: 2.5 ms"));
+        assert!(text.contains("preStop sleep 3 s, terminationGracePeriodSeconds 33"));
+        assert!(text.contains("verify with preStop 3 s: 0 failed connects, 0 client errors"));
+        assert_eq!(report.failed_connects(), 42);
+    }
+}

@@ -1,0 +1,373 @@
+//! One lab run, end to end: network, nginx, the simulator with the lab's pod
+//! runtime, the ingress controller, load, `rollouts` rolling updates, a
+//! quiet period, then truth against measurement. [`run_lab`] adds the
+//! `--verify` rerun with the recommended preStop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ingress::{IngressConfig, IngressController};
+use super::load::{LoadClient, LoadConfig};
+use super::measure::{LabContext, LabMeasure, Measurements};
+use super::netns::{LabNet, Registry};
+use super::nginx::{Nginx, NginxPaths, parse_access_line};
+use super::pod::{LabPods, PodBehaviour};
+use super::report::{
+    ClientReport, FailureCounts, LabReport, ScenarioSummary, TerminationReport, VerifyReport,
+};
+use super::truth::{PodTruth, TimelineRecorder, WallToMono, compute_truth};
+use super::{LabError, Result};
+use crate::sim::{Cluster, ClusterConfig, DeploymentSpec, ServicePort, SimServer};
+
+const NAMESPACE: &str = "lab";
+const DEPLOYMENT: &str = "web";
+const POD_PORT: u16 = 8080;
+/// nginx's address inside the ingress namespace.
+const NGINX_LISTEN: &str = "127.0.0.1:8000";
+
+/// What to run. `Default` gives the documented defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabScenario {
+    pub pods: u32,
+    pub rollouts: u32,
+    /// How long the ingress takes to apply an EndpointSlice change.
+    pub propagation_delay: Duration,
+    /// ± this much, uniformly, per change (seeded by `seed`).
+    pub jitter: Duration,
+    /// The pods' preStop sleep.
+    pub prestop: Duration,
+    /// How long the app keeps serving after SIGTERM (zero: it stops at once).
+    pub drain: Duration,
+    pub qps: u32,
+    pub seed: u64,
+    pub ipv6: bool,
+    /// Hand a freed pod IP to the next pod.
+    pub reuse_ips: bool,
+    /// After the last rollout, before load stops; None for
+    /// `propagation_delay + jitter + 6 s` (nginx's 5 s connect timeout must
+    /// have run out for late failures to be classified).
+    pub quiet_period: Option<Duration>,
+    /// From the app's exit to the removal of the pod's namespace.
+    pub sandbox_linger: Duration,
+    /// Keeps concurrent labs apart: namespaces are `obslab<id>-…` and the
+    /// pod CIDR is 10.247.<id>.0/24 or fd00:247:<id>::/120.
+    pub lab_id: u8,
+}
+
+impl Default for LabScenario {
+    fn default() -> Self {
+        Self {
+            pods: 3,
+            rollouts: 2,
+            propagation_delay: Duration::from_secs(2),
+            jitter: Duration::ZERO,
+            prestop: Duration::ZERO,
+            drain: Duration::ZERO,
+            qps: 200,
+            seed: 1,
+            ipv6: false,
+            reuse_ips: false,
+            quiet_period: None,
+            sandbox_linger: PodBehaviour::default().sandbox_linger,
+            lab_id: 0,
+        }
+    }
+}
+
+impl LabScenario {
+    /// The prefix of every namespace this lab makes.
+    pub fn name_prefix(&self) -> String {
+        format!("obslab{}", self.lab_id)
+    }
+
+    pub fn pod_cidr(&self) -> String {
+        if self.ipv6 {
+            format!("fd00:247:{:x}::/120", self.lab_id)
+        } else {
+            format!("10.247.{}.0/24", self.lab_id)
+        }
+    }
+
+    pub fn quiet(&self) -> Duration {
+        self.quiet_period
+            .unwrap_or(self.propagation_delay + self.jitter + Duration::from_secs(6))
+    }
+
+    pub fn summary(&self) -> ScenarioSummary {
+        ScenarioSummary {
+            pods: self.pods,
+            rollouts: self.rollouts,
+            propagation_delay_ms: self.propagation_delay.as_millis() as u64,
+            jitter_ms: self.jitter.as_millis() as u64,
+            prestop_ms: self.prestop.as_millis() as u64,
+            drain_ms: self.drain.as_millis() as u64,
+            qps: self.qps,
+            seed: self.seed,
+            ip_family: if self.ipv6 { "ipv6" } else { "ipv4" }.into(),
+            reuse_ips: self.reuse_ips,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.pods == 0 || self.qps == 0 {
+            return Err(LabError::Invalid("pods and qps must be at least 1".into()));
+        }
+        if self.pods > 200 {
+            return Err(LabError::Invalid("at most 200 pods".into()));
+        }
+        Ok(())
+    }
+
+    /// The longest a rollout may take before the lab gives up.
+    fn rollout_bound(&self) -> Duration {
+        Duration::from_secs(30)
+            + Duration::from_secs(2) * self.pods
+            + self.prestop
+            + self.drain
+            + self.sandbox_linger
+    }
+}
+
+/// Runs the scenario, then (with `verify`) reruns it with the recommended
+/// preStop and reports the failures that remain. `make_measure` gives a
+/// fresh measurement for each run.
+pub async fn run_lab<M: LabMeasure>(
+    scenario: &LabScenario,
+    verify: bool,
+    mut make_measure: impl FnMut() -> M,
+) -> Result<LabReport> {
+    let mut report = run_scenario(scenario, make_measure()).await?;
+    if verify {
+        let Some(rec) = report.recommendation else {
+            return Err(LabError::Measure(
+                "nothing was measured, so there is no preStop to verify".into(),
+            ));
+        };
+        let again = LabScenario {
+            prestop: Duration::from_secs(rec.prestop_seconds),
+            ..scenario.clone()
+        };
+        let rerun = run_scenario(&again, make_measure()).await?;
+        report.verify = Some(VerifyReport {
+            prestop_seconds: rec.prestop_seconds,
+            failed_connects: rerun.failed_connects(),
+            client_errors: rerun.client.errors,
+        });
+    }
+    Ok(report)
+}
+
+/// Runs one scenario with `measure` and reports truth against measurement.
+/// Everything the lab made is removed when this returns, fails, panics or
+/// is interrupted with Ctrl-C.
+pub async fn run_scenario(scenario: &LabScenario, measure: impl LabMeasure) -> Result<LabReport> {
+    scenario.validate()?;
+    let registry = Registry::default();
+    let _cleanup = registry.guard();
+    let interrupted = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = run(scenario, measure, &registry) => r,
+        _ = interrupted => Err(LabError::Interrupted),
+    }
+}
+
+/// Runs a blocking step (iproute2, nginx) off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LabError::Invalid(format!("blocking lab step: {e}")))?
+}
+
+/// Removes the lab's directory on drop.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn run(
+    scenario: &LabScenario,
+    mut measure: impl LabMeasure,
+    registry: &Registry,
+) -> Result<LabReport> {
+    let prefix = scenario.name_prefix();
+    let cidr = scenario.pod_cidr();
+    let dir = WorkDir(std::env::temp_dir().join(format!("{prefix}-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0)
+        .map_err(LabError::io(format!("creating {}", dir.0.display())))?;
+
+    let net = {
+        let (prefix, cidr, registry) = (prefix.clone(), cidr.clone(), registry.clone());
+        Arc::new(blocking(move || LabNet::create(&prefix, &cidr, &registry)).await?)
+    };
+    let listen: SocketAddr = NGINX_LISTEN
+        .parse()
+        .map_err(|_| LabError::Invalid(NGINX_LISTEN.into()))?;
+    let nginx = {
+        let (net, paths, registry) = (net.clone(), NginxPaths::new(&dir.0), registry.clone());
+        Arc::new(blocking(move || Nginx::start(&net.ingress, paths, listen, &registry)).await?)
+    };
+
+    let server = SimServer::start().await?;
+    let kubeconfig = dir.0.join("sim.kubeconfig");
+    server.write_kubeconfig(&kubeconfig)?;
+    let client = server.client().await?;
+    let pods = Arc::new(LabPods::new(
+        net.clone(),
+        PodBehaviour {
+            drain: scenario.drain,
+            sandbox_linger: scenario.sandbox_linger,
+        },
+    ));
+    let cluster = Cluster::with_runtime(
+        server.store().clone(),
+        ClusterConfig {
+            namespace: NAMESPACE.into(),
+            pod_cidr: cidr.clone(),
+            ip_reuse: scenario.reuse_ips,
+            ready_delay: Duration::from_millis(200),
+            ..ClusterConfig::default()
+        },
+        pods.clone(),
+    )?;
+    let timelines = TimelineRecorder::start(cluster.events());
+    let mut ingress = IngressController::start(
+        client.clone(),
+        nginx.clone(),
+        IngressConfig {
+            namespace: NAMESPACE.into(),
+            service: DEPLOYMENT.into(),
+            propagation_delay: scenario.propagation_delay,
+            jitter: scenario.jitter,
+            seed: scenario.seed,
+        },
+    );
+
+    let mut spec = DeploymentSpec::new(DEPLOYMENT, scenario.pods);
+    spec.ports = vec![ServicePort {
+        name: Some("http".into()),
+        port: i32::from(POD_PORT),
+    }];
+    spec.pre_stop = scenario.prestop;
+    spec.termination_grace = scenario.prestop + scenario.drain + Duration::from_secs(30);
+    cluster.apply_deployment(spec)?;
+    wait_rollout(&cluster, scenario.rollout_bound(), "the first rollout").await?;
+    let want = scenario.pods as usize;
+    let ingress_bound = scenario.propagation_delay + scenario.jitter + Duration::from_secs(15);
+    tokio::time::timeout(ingress_bound, ingress.wait_applied(|s| s.len() == want))
+        .await
+        .map_err(|_| LabError::Timeout("nginx to get the first pods".into()))?;
+
+    let ctx = LabContext {
+        client: client.clone(),
+        kubeconfig,
+        namespace: NAMESPACE.into(),
+        pod_cidr: cidr,
+    };
+    measure.start(&ctx).await?;
+    // Let the measurement's watchers list the cluster before anything ends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let clock = WallToMono::measure();
+    let run_bound = (scenario.rollout_bound() + scenario.propagation_delay) * scenario.rollouts
+        + scenario.quiet()
+        + Duration::from_secs(60);
+    let load = LoadClient::start(
+        &net.ingress,
+        LoadConfig {
+            target: listen,
+            qps: scenario.qps,
+            max_duration: run_bound,
+            request_timeout: Duration::from_secs(20),
+            max_in_flight: 4096,
+        },
+    )?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in 0..scenario.rollouts {
+        cluster.rollout(DEPLOYMENT)?;
+        wait_rollout(
+            &cluster,
+            scenario.rollout_bound(),
+            &format!("rollout {}", n + 1),
+        )
+        .await?;
+        tracing::info!(rollout = n + 1, "lab: rollout complete");
+    }
+    tokio::time::sleep(scenario.quiet()).await;
+    let client_stats = load.stop().await?;
+    let measured = measure.finish().await?;
+
+    let log_path = nginx.paths().access_log();
+    let log = std::fs::read_to_string(&log_path)
+        .map_err(LabError::io(format!("reading {}", log_path.display())))?;
+    let entries: Vec<_> = log.lines().filter_map(parse_access_line).collect();
+    let mut truth = compute_truth(&timelines.timelines(), &entries, clock);
+    truth.sort_by_key(|t| t.deletion);
+
+    // Tear down in order: the controllers first, then pods and nginx.
+    drop(ingress);
+    drop(cluster);
+    server.shutdown().await;
+    let pods_done = pods.clone();
+    blocking(move || {
+        pods_done.shutdown();
+        Ok(())
+    })
+    .await?;
+    drop((nginx, net));
+
+    Ok(build_report(
+        scenario,
+        &truth,
+        &measured,
+        ClientReport {
+            requests: client_stats.requests,
+            errors: client_stats.errors,
+        },
+    ))
+}
+
+async fn wait_rollout(cluster: &Cluster, bound: Duration, what: &str) -> Result<()> {
+    tokio::time::timeout(bound, cluster.wait_rollout(DEPLOYMENT))
+        .await
+        .map_err(|_| LabError::Timeout(what.into()))??;
+    Ok(())
+}
+
+/// Joins truth and measurement by pod name, in deletion order.
+pub fn build_report(
+    scenario: &LabScenario,
+    truth: &[PodTruth],
+    measured: &Measurements,
+    client: ClientReport,
+) -> LabReport {
+    let terminations = truth
+        .iter()
+        .map(|t| {
+            let m = measured.pods.iter().find(|m| m.pod == t.pod);
+            TerminationReport {
+                pod: t.pod.clone(),
+                ip: t.ip,
+                truth_gap_ms: t.truth_gap_ms,
+                measured_gap_ms: m.and_then(|m| m.measured_gap_ms),
+                failures: m.map(|m| m.failures).unwrap_or_else(FailureCounts::default),
+            }
+        })
+        .collect();
+    LabReport {
+        scenario: scenario.summary(),
+        terminations,
+        client,
+        recommendation: measured.recommendation,
+        verify: None,
+    }
+}

@@ -1,0 +1,346 @@
+//! Ground truth, independent of the probe: when the lab deleted each pod
+//! (the kubelet's PodTerminating, stamped on CLOCK_MONOTONIC as it happens)
+//! and when nginx last started a try at that pod's IP (from nginx's access
+//! log). `truth_gap = last try − deletion`.
+//!
+//! nginx logs wall-clock times with millisecond resolution; they are
+//! converted to CLOCK_MONOTONIC with an offset measured once per run. A try
+//! belongs to a pod from its deletion until another pod takes its IP (IP
+//! reuse), never by IP alone.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use super::nginx::AccessEntry;
+use crate::clock::MonoTime;
+use crate::sim::LifecycleEvent;
+
+/// Converts CLOCK_REALTIME nanoseconds to CLOCK_MONOTONIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallToMono {
+    /// realtime − monotonic, in nanoseconds.
+    offset_ns: i64,
+}
+
+fn realtime_ns() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_REALTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+impl WallToMono {
+    /// Reads both clocks back to back, keeping the tightest of a few pairs.
+    pub fn measure() -> WallToMono {
+        let mut best: Option<(i64, i64)> = None;
+        for _ in 0..5 {
+            let before = MonoTime::now().as_nanos() as i64;
+            let wall = realtime_ns();
+            let after = MonoTime::now().as_nanos() as i64;
+            let width = after - before;
+            let offset = wall - (before + width / 2);
+            if best.is_none_or(|(w, _)| width < w) {
+                best = Some((width, offset));
+            }
+        }
+        WallToMono {
+            offset_ns: best.map_or(0, |(_, o)| o),
+        }
+    }
+
+    pub fn from_offset_ns(offset_ns: i64) -> WallToMono {
+        WallToMono { offset_ns }
+    }
+
+    pub fn to_mono(self, wall_ns: u64) -> MonoTime {
+        MonoTime((wall_ns as i64 - self.offset_ns).max(0) as u64)
+    }
+}
+
+/// One pod's life as the lab saw it, in CLOCK_MONOTONIC.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PodTimeline {
+    pub name: String,
+    pub ip: Option<IpAddr>,
+    pub starting: Option<MonoTime>,
+    pub ready: Option<MonoTime>,
+    /// The kubelet saw the deletion: preStop begins.
+    pub terminating: Option<MonoTime>,
+    pub sigterm: Option<MonoTime>,
+    pub deleted: Option<MonoTime>,
+}
+
+/// Follows the cluster's lifecycle events and stamps each as it arrives.
+pub struct TimelineRecorder {
+    pods: Arc<Mutex<Vec<PodTimeline>>>,
+    task: JoinHandle<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TimelineRecorder {
+    pub fn start(mut events: broadcast::Receiver<LifecycleEvent>) -> TimelineRecorder {
+        let pods: Arc<Mutex<Vec<PodTimeline>>> = Arc::default();
+        let shared = pods.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => record(&mut lock(&shared), event, MonoTime::now()),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "lab: lifecycle events were missed");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        TimelineRecorder { pods, task }
+    }
+
+    pub fn timelines(&self) -> Vec<PodTimeline> {
+        lock(&self.pods).clone()
+    }
+}
+
+impl Drop for TimelineRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Applies one lifecycle event stamped `at`.
+pub fn record(pods: &mut Vec<PodTimeline>, event: LifecycleEvent, at: MonoTime) {
+    let (name, ip) = match &event {
+        LifecycleEvent::PodCreated { name } => (name, None),
+        LifecycleEvent::PodStarting { name, ip }
+        | LifecycleEvent::PodReady { name, ip }
+        | LifecycleEvent::PodTerminating { name, ip }
+        | LifecycleEvent::PodSigterm { name, ip }
+        | LifecycleEvent::PodKilled { name, ip } => (name, Some(*ip)),
+        LifecycleEvent::PodDeleted { name, ip } => (name, *ip),
+        LifecycleEvent::EndpointsUpdated { .. } => return,
+    };
+    let index = match pods.iter().position(|p| &p.name == name) {
+        Some(i) => i,
+        None => {
+            pods.push(PodTimeline {
+                name: name.clone(),
+                ..Default::default()
+            });
+            pods.len() - 1
+        }
+    };
+    let pod = &mut pods[index];
+    if ip.is_some() {
+        pod.ip = ip;
+    }
+    let slot = match event {
+        LifecycleEvent::PodStarting { .. } => &mut pod.starting,
+        LifecycleEvent::PodReady { .. } => &mut pod.ready,
+        LifecycleEvent::PodTerminating { .. } => &mut pod.terminating,
+        LifecycleEvent::PodSigterm { .. } => &mut pod.sigterm,
+        LifecycleEvent::PodDeleted { .. } => &mut pod.deleted,
+        _ => return,
+    };
+    slot.get_or_insert(at);
+}
+
+/// The truth for one terminated pod.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PodTruth {
+    pub pod: String,
+    pub ip: IpAddr,
+    pub deletion: MonoTime,
+    /// The last try nginx started at the pod after its deletion.
+    pub last_try: Option<MonoTime>,
+    /// `last_try − deletion` in milliseconds; None when nginx sent nothing
+    /// after the deletion.
+    pub truth_gap_ms: Option<f64>,
+    pub tries_after_deletion: u64,
+    /// Tries after the deletion that nginx logged as failed (502/504).
+    pub failed_tries: u64,
+}
+
+/// Computes each terminated pod's truth from its timeline and the log.
+pub fn compute_truth(
+    pods: &[PodTimeline],
+    log: &[AccessEntry],
+    clock: WallToMono,
+) -> Vec<PodTruth> {
+    let mut out = Vec::new();
+    for pod in pods {
+        let (Some(ip), Some(deletion)) = (pod.ip, pod.terminating) else {
+            continue;
+        };
+        // The window ends when another pod starts on the same IP.
+        let end = pods
+            .iter()
+            .filter(|o| o.name != pod.name && o.ip == Some(ip))
+            .filter_map(|o| o.starting)
+            .filter(|&s| s > deletion)
+            .min();
+        let mut truth = PodTruth {
+            pod: pod.name.clone(),
+            ip,
+            deletion,
+            last_try: None,
+            truth_gap_ms: None,
+            tries_after_deletion: 0,
+            failed_tries: 0,
+        };
+        for try_ in log.iter().flat_map(|e| &e.tries) {
+            if try_.addr.ip() != ip {
+                continue;
+            }
+            let at = clock.to_mono(try_.start_wall_ns);
+            if at < deletion || end.is_some_and(|end| at >= end) {
+                continue;
+            }
+            truth.tries_after_deletion += 1;
+            if matches!(try_.status, Some(502 | 504) | None) {
+                truth.failed_tries += 1;
+            }
+            truth.last_try = truth.last_try.max(Some(at));
+        }
+        truth.truth_gap_ms = truth
+            .last_try
+            .map(|t| t.signed_since(deletion) as f64 / 1e6);
+        out.push(truth);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::nginx::UpstreamTry;
+
+    const MS: u64 = 1_000_000;
+
+    fn entry(tries: &[(&str, u64, u16)]) -> AccessEntry {
+        AccessEntry {
+            end_wall_ns: 0,
+            status: 200,
+            tries: tries
+                .iter()
+                .map(|(a, t, s)| UpstreamTry {
+                    addr: a.parse().unwrap(),
+                    start_wall_ns: *t,
+                    status: Some(*s),
+                })
+                .collect(),
+        }
+    }
+
+    fn timeline(name: &str, ip: &str, starting: u64, terminating: Option<u64>) -> PodTimeline {
+        PodTimeline {
+            name: name.into(),
+            ip: Some(ip.parse().unwrap()),
+            starting: Some(MonoTime(starting)),
+            terminating: terminating.map(MonoTime),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn gap_is_last_try_after_deletion() {
+        // Wall clock runs 1000 s ahead of the monotonic one.
+        let clock = WallToMono::from_offset_ns(1_000_000 * MS as i64);
+        let wall = |mono_ms: u64| (1_000_000 + mono_ms) * MS;
+        let pods = vec![
+            timeline("a", "10.0.0.2", 0, Some(5_000 * MS)),
+            timeline("b", "10.0.0.3", 0, None),
+        ];
+        let log = vec![
+            entry(&[("10.0.0.2:8080", wall(4_000), 200)]),
+            entry(&[
+                ("10.0.0.2:8080", wall(6_000), 502),
+                ("10.0.0.3:8080", wall(6_000), 200),
+            ]),
+            entry(&[("10.0.0.2:8080", wall(7_250), 502)]),
+            entry(&[("10.0.0.3:8080", wall(9_000), 200)]),
+        ];
+        let truth = compute_truth(&pods, &log, clock);
+        assert_eq!(truth.len(), 1, "only terminated pods have a truth");
+        assert_eq!(truth[0].pod, "a");
+        assert_eq!(truth[0].truth_gap_ms, Some(2_250.0));
+        assert_eq!(truth[0].tries_after_deletion, 2);
+        assert_eq!(truth[0].failed_tries, 2);
+    }
+
+    #[test]
+    fn reused_ip_ends_the_window() {
+        let clock = WallToMono::from_offset_ns(0);
+        let pods = vec![
+            timeline("old", "10.0.0.2", 0, Some(1_000 * MS)),
+            timeline("new", "10.0.0.2", 3_000 * MS, None),
+        ];
+        let log = vec![
+            entry(&[("10.0.0.2:8080", 2_000 * MS, 502)]),
+            entry(&[("10.0.0.2:8080", 4_000 * MS, 200)]),
+        ];
+        let truth = compute_truth(&pods, &log, clock);
+        assert_eq!(truth[0].truth_gap_ms, Some(1_000.0));
+        assert_eq!(truth[0].tries_after_deletion, 1);
+    }
+
+    #[test]
+    fn no_try_after_deletion_has_no_gap() {
+        let pods = vec![timeline("a", "10.0.0.2", 0, Some(1_000 * MS))];
+        let log = vec![entry(&[("10.0.0.2:8080", 500 * MS, 200)])];
+        let truth = compute_truth(&pods, &log, WallToMono::from_offset_ns(0));
+        assert_eq!(truth[0].truth_gap_ms, None);
+    }
+
+    #[test]
+    fn events_fill_the_timeline() {
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut pods = Vec::new();
+        let name = || "a".to_string();
+        record(
+            &mut pods,
+            LifecycleEvent::PodCreated { name: name() },
+            MonoTime(1),
+        );
+        record(
+            &mut pods,
+            LifecycleEvent::PodStarting { name: name(), ip },
+            MonoTime(2),
+        );
+        record(
+            &mut pods,
+            LifecycleEvent::PodTerminating { name: name(), ip },
+            MonoTime(3),
+        );
+        record(
+            &mut pods,
+            LifecycleEvent::PodDeleted {
+                name: name(),
+                ip: Some(ip),
+            },
+            MonoTime(4),
+        );
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods[0].ip, Some(ip));
+        assert_eq!(pods[0].starting, Some(MonoTime(2)));
+        assert_eq!(pods[0].terminating, Some(MonoTime(3)));
+        assert_eq!(pods[0].deleted, Some(MonoTime(4)));
+    }
+
+    #[test]
+    fn wall_to_mono_round_trips_now() {
+        let clock = WallToMono::measure();
+        let mono = MonoTime::now();
+        let wall = realtime_ns() as u64;
+        let back = clock.to_mono(wall);
+        assert!(back.signed_since(mono).abs() < 5_000_000);
+    }
+}
