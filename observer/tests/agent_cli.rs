@@ -11,6 +11,11 @@ use std::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_observer");
 
+use observer::sim::{
+    SimServer,
+    k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice},
+};
+
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::Write as _;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
@@ -60,21 +65,104 @@ fn assert_valid_exposition(text: &str) {
     }
 }
 
+const POD_IP: &str = "127.0.0.5";
+const POD_PORT: u16 = 18_080;
+
+fn pod() -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-1", "namespace": "shop", "uid": "uid-web-1",
+                     "labels": {"app": "web"}},
+        "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": 30,
+                 "containers": [{"name": "app", "image": "web",
+                                 "ports": [{"containerPort": POD_PORT, "protocol": "TCP"}]}]},
+        "status": {"phase": "Running", "podIP": POD_IP, "podIPs": [{"ip": POD_IP}],
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .expect("pod JSON")
+}
+
+fn slice(uid: &str, ready: bool, listed: bool) -> EndpointSlice {
+    let endpoints = if listed {
+        serde_json::json!([{"addresses": [POD_IP],
+            "conditions": {"ready": ready, "serving": true, "terminating": !ready},
+            "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-1", "uid": uid}}])
+    } else {
+        serde_json::json!([])
+    };
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-abc12", "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": POD_PORT, "protocol": "TCP"}]
+    }))
+    .expect("slice JSON")
+}
+
+fn knock(times: usize) {
+    let dst: SocketAddr = format!("{POD_IP}:{POD_PORT}").parse().expect("addr");
+    for _ in 0..times {
+        let err = TcpStream::connect_timeout(&dst, Duration::from_millis(500))
+            .expect_err("nothing listens");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    }
+}
+
+/// Kills the agent if the test fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
-fn agent_measures_serves_metrics_flushes_on_sigterm_and_replays_identically() {
+fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_identically() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
         0,
         "run the test suite as root (`sudo ./x test`)"
     );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let sim = runtime.block_on(SimServer::start()).expect("simulator");
     let dir = std::env::temp_dir().join(format!("observer-agent-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let created = sim.store().create(pod()).expect("create pod");
+    // The API server assigns the uid; the slice's targetRef names it.
+    let uid = created.metadata.uid.clone().expect("uid");
+    sim.store()
+        .create(slice(&uid, true, true))
+        .expect("create slice");
+
     let live = dir.join("live.ndjson");
     let recording = dir.join("inputs.rec");
-    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 19_990));
-    let mut agent = Command::new(BIN)
-        .args(["agent", "--no-kube", "--listen", &listen.to_string()])
+    // A port that was free a moment ago.
+    let listen = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let agent = Command::new(BIN)
+        .args([
+            "agent",
+            "--quiet-period",
+            "1s",
+            "--listen",
+            &listen.to_string(),
+        ])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
         .arg("--output")
         .arg(&live)
         .arg("--record")
@@ -83,51 +171,76 @@ fn agent_measures_serves_metrics_flushes_on_sigterm_and_replays_identically() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start observer agent");
+    let mut agent = KillOnDrop(agent);
+    wait_for(
+        "agent ready (probe attached, watches listed)",
+        Duration::from_secs(30),
+        || matches!(http_get(listen, "/readyz"), Some((200, _))),
+    );
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((200, _)) = http_get(listen, "/readyz") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "agent not ready within 30 s");
+    // A failed connect to a ready pod: counted, and its own finding.
+    knock(1);
+    // The pod starts terminating; the ingress keeps connecting for a while.
+    let deleted_at = Instant::now();
+    sim.store()
+        .delete::<Pod>("shop", "web-1", Some(30))
+        .expect("graceful delete");
+    std::thread::sleep(Duration::from_millis(400));
+    knock(3);
+    let last_knock = Instant::now();
+    sim.store()
+        .update(slice(&uid, false, true))
+        .expect("endpoint not ready");
+    std::thread::sleep(Duration::from_millis(100));
+    sim.store()
+        .update(slice(&uid, false, false))
+        .expect("endpoint removed");
+    sim.store()
+        .delete::<Pod>("shop", "web-1", Some(0))
+        .expect("pod gone");
+
+    let mut snapshot = String::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !snapshot.contains("\"recent\":[{") {
+        assert!(
+            Instant::now() < deadline,
+            "the termination closes after the quiet period: {snapshot}"
+        );
         std::thread::sleep(Duration::from_millis(100));
+        snapshot = http_get(listen, "/api/v1/snapshot")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
     }
-    // Refused connects to a closed loopback port, which no pod owns.
-    let closed = SocketAddr::from((Ipv4Addr::LOCALHOST, 918));
-    for _ in 0..3 {
-        let _ = TcpStream::connect_timeout(&closed, Duration::from_millis(200));
-    }
-    let mut metrics = String::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let (status, body) = http_get(listen, "/metrics").expect("GET /metrics");
-        assert_eq!(status, 200);
-        metrics = body;
-        if metrics.contains("class=\"refused\"") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (status, metrics) = http_get(listen, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200);
     assert_valid_exposition(&metrics);
     assert!(
-        metrics.contains("observer_failed_connects_total"),
+        metrics.contains(
+            "observer_failed_connects_total{class=\"refused\",pod_state=\"terminating\"} 3"
+        ),
         "{metrics}"
     );
-    assert!(metrics.contains("class=\"refused\""), "{metrics}");
     assert!(
-        metrics.contains("observer_ringbuf_drops_total"),
+        metrics.contains("observer_failed_connects_total{class=\"refused\",pod_state=\"ready\"} 1"),
         "{metrics}"
     );
-    let (status, snapshot) = http_get(listen, "/api/v1/snapshot").expect("GET snapshot");
-    assert_eq!(status, 200);
-    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).expect("snapshot JSON");
-    assert!(snapshot.get("recommendations").is_some(), "{snapshot}");
+    assert!(
+        metrics.contains(
+            "observer_propagation_gap_seconds_count{namespace=\"shop\",service=\"web\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("observer_recommended_prestop_seconds{namespace=\"shop\",service=\"web\"}"),
+        "{metrics}"
+    );
 
     // SAFETY: kill with the pid of a child we spawned.
-    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = agent.try_wait().expect("wait") {
+        if let Some(status) = agent.0.try_wait().expect("wait") {
             break status;
         }
         assert!(
@@ -139,19 +252,32 @@ fn agent_measures_serves_metrics_flushes_on_sigterm_and_replays_identically() {
     assert!(status.success(), "exit status {status}");
 
     let live_out = std::fs::read_to_string(&live).expect("live NDJSON");
-    let refused_lines = live_out
+    let termination: serde_json::Value = live_out
         .lines()
-        .filter(|l| l.contains("\"class\":\"refused\"") && l.contains("127.0.0.1:918"))
-        .count();
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("termination").cloned())
+        .unwrap_or_else(|| panic!("a termination line:\n{live_out}"));
+    assert_eq!(termination["pod"], "web-1");
+    assert_eq!(termination["failures"]["refused"], 3, "{termination}");
+    let gap_ms = termination["propagation_gap_ns"].as_i64().expect("a gap") as f64 / 1e6;
+    let upper_ms = last_knock.duration_since(deleted_at).as_secs_f64() * 1e3;
     assert!(
-        refused_lines >= 3,
-        "the refused connects were flushed:\n{live_out}"
+        gap_ms > 150.0 && gap_ms <= upper_ms,
+        "gap {gap_ms} ms, knocks ended {upper_ms} ms after the delete"
+    );
+    let findings = live_out
+        .lines()
+        .filter(|l| l.starts_with("{\"finding\""))
+        .count();
+    assert_eq!(
+        findings, 4,
+        "one finding per failed connect to the pod:\n{live_out}"
     );
 
     let replay = |name: &str| {
         let out = dir.join(name);
         let status = Command::new(BIN)
-            .arg("replay")
+            .args(["replay", "--quiet-period", "1s"])
             .arg(&recording)
             .arg("--output")
             .arg(&out)
@@ -169,4 +295,5 @@ fn agent_measures_serves_metrics_flushes_on_sigterm_and_replays_identically() {
         "replay reproduces the live output"
     );
     let _ = std::fs::remove_dir_all(&dir);
+    runtime.block_on(sim.shutdown());
 }

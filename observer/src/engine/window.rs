@@ -116,6 +116,11 @@ impl Window {
             }
         }
         let endpoints = model.endpoints_of_pod(&uid);
+        if endpoints.is_empty() {
+            // The pod has left the model (and its addresses with it): keep
+            // what was learned while it was there.
+            return;
+        }
         let mut services: Vec<String> = endpoints.iter().map(|r| r.key.service.clone()).collect();
         services.sort_unstable();
         services.dedup();

@@ -8,8 +8,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    engine::{Finding, PodState, PodTermination, Recommendation},
-    probe::{FailureClass, ProbeCounters},
+    engine::{PodState, PodTermination, Recommendation},
+    probe::ProbeCounters,
 };
 
 /// Gap buckets, seconds: 50 ms to 60 s, dense where preStop values live.
@@ -46,6 +46,7 @@ pub struct Metrics {
     last_ringbuf_drops: u64,
     last_watch_restarts: u64,
     last_watch_errors: u64,
+    last_failures: std::collections::BTreeMap<String, u64>,
 }
 
 impl Default for Metrics {
@@ -130,6 +131,7 @@ impl Metrics {
             last_ringbuf_drops: 0,
             last_watch_restarts: 0,
             last_watch_errors: 0,
+            last_failures: std::collections::BTreeMap::new(),
         }
     }
 
@@ -156,18 +158,24 @@ impl Metrics {
         }
     }
 
-    pub fn record_failure(&self, class: FailureClass, state: PodState) {
-        self.failed_connects
-            .get_or_create(&FailureLabels {
-                class: class.as_str().to_string(),
-                pod_state: pod_state_label(state).to_string(),
-            })
-            .inc();
-    }
-
-    pub fn record_finding(&self, finding: &Finding) {
-        if let Some(class) = finding.record.failure_class() {
-            self.record_failure(class, finding.pod_state);
+    /// Folds in the engine's running failure totals (keyed
+    /// `"<pod state>/<class>"`), which count every failed connect, not only
+    /// the notable ones that become findings.
+    pub fn set_failures(&mut self, totals: &std::collections::BTreeMap<String, u64>) {
+        for (key, total) in totals {
+            let Some((state, class)) = key.split_once('/') else {
+                continue;
+            };
+            let last = self.last_failures.get(key).copied().unwrap_or(0);
+            if *total > last {
+                self.failed_connects
+                    .get_or_create(&FailureLabels {
+                        class: class.to_string(),
+                        pod_state: state.to_string(),
+                    })
+                    .inc_by(total - last);
+                self.last_failures.insert(key.clone(), *total);
+            }
         }
     }
 

@@ -72,7 +72,10 @@ impl AgentState {
     }
 
     pub fn set_snapshot(&self, snapshot: Snapshot) {
-        self.with_metrics(|m| m.set_recommendations(&snapshot.recommendations));
+        self.with_metrics(|m| {
+            m.set_recommendations(&snapshot.recommendations);
+            m.set_failures(&snapshot.counters.failures_by_state);
+        });
         match self.inner.snapshot.write() {
             Ok(mut guard) => *guard = snapshot,
             Err(poisoned) => *poisoned.into_inner() = snapshot,
@@ -88,7 +91,6 @@ impl AgentState {
     }
 
     pub fn publish_finding(&self, finding: &Finding) {
-        self.with_metrics(|m| m.record_finding(finding));
         let _ = self.inner.updates.send(Update::Finding(finding).to_line());
     }
 
