@@ -57,11 +57,8 @@ fn assert_accurate(report: &LabReport, expected_terminations: usize) {
             "{}: nginx sent nothing after the deletion",
             t.pod
         );
-        let error = t
-            .error_ms()
-            .unwrap_or_else(|| panic!("{}: measured {:?}", t.pod, t.measured_gap_ms));
         assert!(
-            error <= TOLERANCE_MS,
+            t.error_ms() <= TOLERANCE_MS,
             "{}: truth {:?} ms, measured {:?} ms",
             t.pod,
             t.truth_gap_ms,
@@ -135,7 +132,10 @@ async fn reused_ips_are_attributed_by_time() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let scenario = LabScenario {
         pods: 2,
-        rollouts: 2,
+        // With maxSurge 1 a rollout's new pods start while the old ones
+        // still hold their IPs, so the IPs freed by rollout 1 go to the pods
+        // of rollout 2, which rollout 3 terminates.
+        rollouts: 3,
         propagation_delay: Duration::from_secs(1),
         qps: 100,
         reuse_ips: true,
@@ -152,5 +152,5 @@ async fn reused_ips_are_attributed_by_time() {
     );
     // A connect to the IP's next holder counted for the old pod would make
     // its gap run into the next pod's life, far from the truth.
-    assert_accurate(&report, 4);
+    assert_accurate(&report, 6);
 }
