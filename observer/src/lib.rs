@@ -12,3 +12,4 @@ pub mod lab;
 pub mod probe;
 pub mod sim;
 pub mod trace;
+pub mod tui;
