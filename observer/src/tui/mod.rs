@@ -30,6 +30,8 @@ mod app_tests;
 #[cfg(test)]
 mod fixtures;
 #[cfg(test)]
+mod remote_tests;
+#[cfg(test)]
 mod render_tests;
 
 pub use app::{Action, App, DataUpdate, Effect, Key, Screen, SortKey, SourceEvent};
