@@ -63,6 +63,12 @@ impl LabMeasure for EngineMeasure {
         Ok(())
     }
 
+    /// A window closes only after the engine's quiet period without a
+    /// connect; one closed at shutdown does not feed recommendations.
+    fn settle_time(&self) -> Duration {
+        self.config.quiet_period + Duration::from_secs(1)
+    }
+
     async fn finish(&mut self) -> Result<Measurements> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
