@@ -10,7 +10,9 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use observer::lab::{LabReport, LabScenario, ProbeOnlyMeasure, render_summary, run_lab};
+use observer::lab::{
+    EngineMeasure, LabReport, LabScenario, ProbeOnlyMeasure, render_summary, run_lab,
+};
 use observer_tests::require_root;
 
 /// One lab at a time: the runs are timing measurements.
@@ -153,4 +155,25 @@ async fn reused_ips_are_attributed_by_time() {
     // A connect to the IP's next holder counted for the old pod would make
     // its gap run into the next pod's life, far from the truth.
     assert_accurate(&report, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_gap_matches_nginx_truth() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let scenario = LabScenario {
+        pods: 2,
+        rollouts: 1,
+        propagation_delay: Duration::from_secs(1),
+        qps: 100,
+        lab_id: 15,
+        ..LabScenario::default()
+    };
+    let report = run_lab(&scenario, false, EngineMeasure::default)
+        .await
+        .expect("lab run");
+    println!("{}", render_summary(&report));
+    assert_accurate(&report, 2);
+    assert!(report.failed_connects() > 0, "failures are measured");
+    assert!(report.recommendation.is_some(), "the engine recommends");
 }
