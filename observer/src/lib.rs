@@ -15,3 +15,4 @@ pub mod lab;
 pub mod probe;
 pub mod sim;
 pub mod trace;
+pub mod tui;

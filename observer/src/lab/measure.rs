@@ -58,6 +58,11 @@ pub struct Measurements {
 /// any termination), finished after the quiet period.
 pub trait LabMeasure: Send {
     fn start(&mut self, ctx: &LabContext) -> impl Future<Output = Result<()>> + Send;
+    /// Extra time the measurement needs after the lab's quiet period before
+    /// [`Self::finish`] (e.g. for its own measurement windows to close).
+    fn settle_time(&self) -> Duration {
+        Duration::ZERO
+    }
     fn finish(&mut self) -> impl Future<Output = Result<Measurements>> + Send;
 }
 

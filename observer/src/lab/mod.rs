@@ -15,6 +15,7 @@
 //! [`netns::Registry`] and removed on success, error, panic and Ctrl-C.
 //! See docs/LAB.md.
 
+pub mod engine_measure;
 pub mod ingress;
 pub mod load;
 pub mod measure;
@@ -25,6 +26,7 @@ pub mod report;
 pub mod scenario;
 pub mod truth;
 
+pub use engine_measure::EngineMeasure;
 pub use measure::{LabContext, LabMeasure, Measurements, PodMeasurement, ProbeOnlyMeasure};
 pub use report::{LabReport, render_summary};
 pub use scenario::{LabScenario, run_lab, run_scenario};

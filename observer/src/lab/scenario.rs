@@ -302,7 +302,7 @@ async fn run(
         .await?;
         tracing::info!(rollout = n + 1, "lab: rollout complete");
     }
-    tokio::time::sleep(scenario.quiet()).await;
+    tokio::time::sleep(scenario.quiet() + measure.settle_time()).await;
     let client_stats = load.stop().await?;
     let measured = measure.finish().await?;
 

@@ -1,0 +1,165 @@
+//! The agent's own pipeline as a lab measurement: the kernel probe and the
+//! kube watchers feed the correlation engine, which asks for pod IPs to be
+//! watched and closes one termination record per pod. What the lab checks
+//! against its truth is then exactly what `observer` reports on a node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::measure::{LabContext, LabMeasure, Measurements, PodMeasurement};
+use super::report::{FailureCounts, Recommendation};
+use super::{LabError, Result};
+use crate::clock::MonoTime;
+use crate::cluster::{WatchConfig, WatchCounters, stamped_events};
+use crate::engine::{Engine, EngineConfig, Output, PodTermination};
+use crate::probe::{FailureClass, Probe, ProbeOptions};
+
+/// Runs [`Engine`] on the probe's records and the watchers' events.
+pub struct EngineMeasure {
+    config: EngineConfig,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<Measurements>>>,
+}
+
+impl EngineMeasure {
+    pub fn new(config: EngineConfig) -> EngineMeasure {
+        EngineMeasure {
+            config,
+            stop: None,
+            task: None,
+        }
+    }
+}
+
+impl Default for EngineMeasure {
+    fn default() -> Self {
+        EngineMeasure::new(EngineConfig::default())
+    }
+}
+
+impl LabMeasure for EngineMeasure {
+    async fn start(&mut self, ctx: &LabContext) -> Result<()> {
+        let mut probe = Probe::load(&ProbeOptions::default())
+            .map_err(|e| LabError::Measure(format!("loading the probe: {e}")))?;
+        let reader = probe
+            .event_reader()
+            .map_err(|e| LabError::Measure(format!("probe events: {e}")))?;
+        let events = stamped_events(
+            &ctx.client,
+            &WatchConfig {
+                namespace: Some(ctx.namespace.clone()),
+                ..WatchConfig::default()
+            },
+            Arc::new(WatchCounters::default()),
+        );
+        let (stop, stopped) = oneshot::channel();
+        self.stop = Some(stop);
+        let engine = Engine::new(self.config.clone());
+        self.task = Some(tokio::spawn(drive(engine, probe, reader, events, stopped)));
+        Ok(())
+    }
+
+    /// A window closes only after the engine's quiet period without a
+    /// connect; one closed at shutdown does not feed recommendations.
+    fn settle_time(&self) -> Duration {
+        self.config.quiet_period + Duration::from_secs(1)
+    }
+
+    async fn finish(&mut self) -> Result<Measurements> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task
+            .take()
+            .ok_or_else(|| LabError::Measure("finish before start".into()))?
+            .await
+            .map_err(|e| LabError::Measure(format!("engine task: {e}")))?
+    }
+}
+
+/// Carries out the engine's outputs; keeps the closed terminations.
+fn handle(probe: &mut Probe, out: &mut Vec<Output>, closed: &mut Vec<PodTermination>) {
+    for output in out.drain(..) {
+        let result = match output {
+            Output::Watch(ip) => probe.watch(ip),
+            Output::Unwatch(ip) => probe.unwatch(ip),
+            Output::TerminationClosed(t) => {
+                closed.push(t);
+                Ok(())
+            }
+            Output::TerminationOpened(_) | Output::Finding(_) => Ok(()),
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "lab engine measure: watch map update failed");
+        }
+    }
+}
+
+async fn drive(
+    mut engine: Engine,
+    mut probe: Probe,
+    mut reader: crate::probe::EventReader,
+    events: impl futures::Stream<Item = crate::cluster::StampedEvent> + Send + 'static,
+    mut stopped: oneshot::Receiver<()>,
+) -> Result<Measurements> {
+    futures::pin_mut!(events);
+    let mut out = Vec::new();
+    let mut closed = Vec::new();
+    let mut batch = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            r = reader.next_batch(Duration::from_millis(50), &mut batch) => {
+                r.map_err(|e| LabError::Measure(format!("reading probe events: {e}")))?;
+                for record in batch.drain(..) {
+                    engine.on_connect(&record, &mut out);
+                }
+            }
+            Some(event) = events.next() => engine.on_cluster(event, &mut out),
+            _ = tick.tick() => engine.on_tick(MonoTime::now(), &mut out),
+        }
+        handle(&mut probe, &mut out, &mut closed);
+    }
+    reader.finish(&mut batch);
+    for record in batch.drain(..) {
+        engine.on_connect(&record, &mut out);
+    }
+    engine.finish(MonoTime::now(), &mut out);
+    handle(&mut probe, &mut out, &mut closed);
+    let recommendation = engine
+        .recommendations()
+        .iter()
+        .map(|r| Recommendation {
+            prestop_seconds: r.recommended_prestop_seconds,
+            termination_grace_period_seconds: r.recommended_termination_grace_period_seconds,
+        })
+        .max_by_key(|r| r.prestop_seconds);
+    Ok(Measurements {
+        pods: closed.iter().filter_map(to_measurement).collect(),
+        recommendation,
+    })
+}
+
+fn to_measurement(t: &PodTermination) -> Option<PodMeasurement> {
+    let f = &t.failures;
+    let failures = FailureCounts {
+        refused: f.get(FailureClass::Refused),
+        host_unreachable: f.get(FailureClass::HostUnreachable),
+        net_unreachable: f.get(FailureClass::NetUnreachable),
+        timed_out: f.get(FailureClass::TimedOut),
+        aborted: f.get(FailureClass::Aborted),
+        reset: f.get(FailureClass::Reset),
+        other: f.get(FailureClass::Other),
+    };
+    Some(PodMeasurement {
+        pod: t.pod.clone(),
+        ip: *t.ips.first()?,
+        measured_gap_ms: t.propagation_gap_ns.map(|ns| ns as f64 / 1e6),
+        failures,
+    })
+}

@@ -1,0 +1,208 @@
+//! The engine's output -> the TUI's view model.
+//!
+//! Monotonic times become offsets here, on the side of the clock that
+//! produced them: an agent's `MonoTime`s are only comparable with each
+//! other, so the view carries ms after `deletion_seen` and wall times.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::app::{DataUpdate, SourceEvent};
+use super::view::{
+    ConnectorView, FailureRow, FailureTally, ServiceRow, SourceData, TerminationView,
+};
+use crate::clock::MonoTime;
+use crate::engine::{
+    CloseReason, FailureCounts, Finding, PodTermination, Recommendation, Snapshot,
+};
+use crate::probe::{FailureClass, Outcome};
+
+/// One reading of the monotonic and the wall clock, taken together, so a
+/// monotonic timestamp can be shown as a time of day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClockPair {
+    pub mono: MonoTime,
+    pub unix_ms: u64,
+}
+
+impl ClockPair {
+    /// Reads both clocks now (the in-process engine's case: exact).
+    pub fn now() -> ClockPair {
+        ClockPair {
+            mono: MonoTime::now(),
+            unix_ms: unix_ms_now(),
+        }
+    }
+
+    /// Wall time of `at`, a time on the same monotonic clock as `self.mono`.
+    pub fn unix_ms_of(&self, at: MonoTime) -> u64 {
+        let delta_ms = at.signed_since(self.mono) / 1_000_000;
+        self.unix_ms.saturating_add_signed(delta_ms)
+    }
+}
+
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn tally(counts: &FailureCounts) -> FailureTally {
+    let mut out = FailureTally::default();
+    for class in FailureClass::ALL {
+        out.add(class, counts.get(class));
+    }
+    out
+}
+
+fn ns_to_ms(ns: i64) -> i64 {
+    ns / 1_000_000
+}
+
+pub fn close_reason(reason: CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Quiet => "quiet",
+        CloseReason::IpReused => "IP reused",
+        CloseReason::RemovedWhileUnwatched => "removed while unwatched",
+        CloseReason::Shutdown => "shutdown",
+    }
+}
+
+pub fn termination_view(t: &PodTermination, now: MonoTime) -> TerminationView {
+    let since = |at: Option<MonoTime>| at.map(|at| ns_to_ms(at.signed_since(t.deletion_seen)));
+    TerminationView {
+        source: String::new(),
+        namespace: t.namespace.clone(),
+        pod: t.pod.clone(),
+        uid: t.uid.clone(),
+        ips: t.ips.clone(),
+        node: t.node.clone(),
+        workload: t.workload.clone(),
+        services: t.services.clone(),
+        configured_prestop_ms: t.configured_prestop_ms,
+        grace_s: t.termination_grace_period_seconds,
+        age_ms: now.saturating_since(t.deletion_seen).as_millis() as u64,
+        received_at_ms: 0,
+        deletion_observed_late: t.deletion_observed_late,
+        endpoint_not_ready_ms: since(t.endpoint_not_ready),
+        endpoint_removed_ms: since(t.endpoint_removed),
+        last_connect_ms: since(t.last_connect),
+        first_failure_ms: since(t.first_failure),
+        last_failure_ms: since(t.last_failure),
+        connects_after_deletion: t.connects_after_deletion,
+        failures: tally(&t.failures),
+        failure_marks: t
+            .failure_times
+            .iter()
+            .map(|(at, class)| (ns_to_ms(at.signed_since(t.deletion_seen)), *class))
+            .collect(),
+        gap_ms: t.propagation_gap_ns.map(ns_to_ms),
+        control_plane_lag_ms: t.control_plane_lag_ns.map(ns_to_ms),
+        dataplane_lag_ms: t.dataplane_lag_ns.map(ns_to_ms),
+        connectors: t
+            .connectors
+            .iter()
+            .map(|c| ConnectorView {
+                pid: c.pid,
+                comm: c.comm.clone(),
+                connects: c.connects,
+            })
+            .collect(),
+        closed: t.closed.map(|r| close_reason(r).to_string()),
+    }
+}
+
+pub fn service_row(r: &Recommendation) -> ServiceRow {
+    ServiceRow {
+        namespace: r.namespace.clone(),
+        name: r
+            .service
+            .clone()
+            .or_else(|| r.workload.clone())
+            .unwrap_or_else(|| "-".to_string()),
+        workload: r.workload.clone(),
+        samples: r.samples as u64,
+        p50_ms: r.p50_ms,
+        p99_ms: r.p99_ms,
+        max_ms: r.max_ms,
+        failures: tally(&r.failed_connects),
+        configured_prestop_s: r.configured_prestop_seconds,
+        recommended_prestop_s: r.recommended_prestop_seconds,
+        configured_grace_s: r.configured_termination_grace_period_seconds,
+        recommended_grace_s: r.recommended_termination_grace_period_seconds,
+        verdict: r.verdict.clone(),
+        yaml: r.yaml.clone(),
+        sources: Vec::new(),
+    }
+}
+
+pub fn source_data(snapshot: &Snapshot) -> SourceData {
+    SourceData {
+        services: snapshot.recommendations.iter().map(service_row).collect(),
+        terminations: snapshot
+            .open
+            .iter()
+            .chain(snapshot.recent.iter())
+            .map(|t| termination_view(t, snapshot.now))
+            .collect(),
+        connects_total: snapshot.counters.connects_seen,
+        failures_total: snapshot.counters.failures_by_state.values().sum(),
+    }
+}
+
+/// A failed connect for the log; `None` for findings that are not
+/// failures (the log lists failures only).
+pub fn failure_row(f: &Finding, clock: &ClockPair) -> Option<FailureRow> {
+    let Outcome::Failed {
+        class, waited_ns, ..
+    } = f.record.outcome
+    else {
+        return None;
+    };
+    let kind = serde_json::to_value(f.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    Some(FailureRow {
+        source: String::new(),
+        at_unix_ms: clock.unix_ms_of(f.at),
+        pid: f.record.pid,
+        comm: f.record.comm.clone(),
+        src: f.record.src,
+        dst: f.record.dst,
+        namespace: f.namespace.clone(),
+        pod: f.pod.clone(),
+        service: f.service.clone(),
+        class,
+        waited_ms: waited_ns as f64 / 1e6,
+        pod_state: f.pod_state.as_str().to_string(),
+        kind,
+    })
+}
+
+pub fn snapshot_update(source: &str, snapshot: &Snapshot) -> DataUpdate {
+    DataUpdate {
+        source: source.to_string(),
+        event: SourceEvent::Snapshot(source_data(snapshot)),
+    }
+}
+
+/// The failures among `findings`, or `None` when there are none.
+pub fn findings_update(
+    source: &str,
+    findings: &[Finding],
+    clock: &ClockPair,
+) -> Option<DataUpdate> {
+    let rows: Vec<FailureRow> = findings
+        .iter()
+        .filter_map(|f| failure_row(f, clock))
+        .map(|mut row| {
+            row.source = source.to_string();
+            row
+        })
+        .collect();
+    (!rows.is_empty()).then(|| DataUpdate {
+        source: source.to_string(),
+        event: SourceEvent::Failures(rows),
+    })
+}

@@ -1,0 +1,363 @@
+//! Test data: engine output for a small rollout (two Services terminating
+//! pods, one workload without a Service), and an `App` fed with it at a
+//! fixed clock, so rendered screens are reproducible.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use crate::clock::MonoTime;
+use crate::engine::{
+    CloseReason, Connector, EngineCounters, FailureCounts, Finding, FindingKind, PodState,
+    PodTermination, Recommendation, Snapshot,
+};
+use crate::probe::{ConnectRecord, FailureClass, Outcome};
+use crate::tui::adapt::{ClockPair, findings_update, snapshot_update};
+use crate::tui::app::{Action, App};
+
+pub const NOW: MonoTime = MonoTime(1_000_000_000_000);
+/// 2026-01-01T12:00:00Z: the wall time that goes with [`NOW`].
+pub const NOW_UNIX_MS: u64 = 1_767_268_800_000;
+pub const CLOCK: ClockPair = ClockPair {
+    mono: NOW,
+    unix_ms: NOW_UNIX_MS,
+};
+/// The TUI clock when the fixture snapshot arrives.
+pub const RECEIVED_MS: u64 = 60_000;
+
+fn at(ms_before_now: u64) -> MonoTime {
+    MonoTime(NOW.0 - ms_before_now * 1_000_000)
+}
+
+fn after(start: MonoTime, ms: u64) -> MonoTime {
+    MonoTime(start.0 + ms * 1_000_000)
+}
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1, last))
+}
+
+struct Pod {
+    ns: &'static str,
+    name: &'static str,
+    service: Option<&'static str>,
+    workload: &'static str,
+    ip: u8,
+    age_ms: u64,
+}
+
+fn termination(pod: Pod) -> PodTermination {
+    PodTermination {
+        namespace: pod.ns.into(),
+        pod: pod.name.into(),
+        uid: format!("uid-{}", pod.name),
+        ips: vec![ip(pod.ip)],
+        node: Some("node-b".into()),
+        workload: Some(pod.workload.into()),
+        services: pod.service.into_iter().map(String::from).collect(),
+        configured_prestop_ms: Some(2000),
+        termination_grace_period_seconds: Some(30),
+        deletion_seen: at(pod.age_ms),
+        deletion_observed_late: false,
+        endpoint_not_ready: None,
+        endpoint_removed: None,
+        last_connect: None,
+        first_failure: None,
+        last_failure: None,
+        connects_after_deletion: 0,
+        failures: FailureCounts::default(),
+        propagation_gap_ns: None,
+        control_plane_lag_ns: None,
+        dataplane_lag_ns: None,
+        connectors: Vec::new(),
+        failure_times: Vec::new(),
+        closed: None,
+    }
+}
+
+/// Fills in the timeline from offsets (ms after deletion_seen).
+fn timeline(
+    mut t: PodTermination,
+    not_ready: Option<u64>,
+    removed: Option<u64>,
+    last_connect: Option<u64>,
+    failures: &[(u64, FailureClass)],
+) -> PodTermination {
+    let t0 = t.deletion_seen;
+    t.endpoint_not_ready = not_ready.map(|ms| after(t0, ms));
+    t.endpoint_removed = removed.map(|ms| after(t0, ms));
+    t.last_connect = last_connect.map(|ms| after(t0, ms));
+    t.propagation_gap_ns = Some(last_connect.unwrap_or(0) as i64 * 1_000_000);
+    t.control_plane_lag_ns = not_ready.map(|ms| ms as i64 * 1_000_000);
+    t.dataplane_lag_ns = match (not_ready, last_connect) {
+        (Some(n), Some(l)) => Some((l as i64 - n as i64) * 1_000_000),
+        _ => None,
+    };
+    for (ms, class) in failures {
+        t.failures.add(*class);
+        t.failure_times.push((after(t0, *ms), *class));
+    }
+    t.first_failure = failures.first().map(|(ms, _)| after(t0, *ms));
+    t.last_failure = failures.last().map(|(ms, _)| after(t0, *ms));
+    if last_connect.is_some() {
+        t.connects_after_deletion = 42;
+        t.connectors = vec![
+            Connector {
+                pid: 812,
+                comm: "nginx".into(),
+                connects: 40,
+            },
+            Connector {
+                pid: 813,
+                comm: "nginx".into(),
+                connects: 2,
+            },
+        ];
+    }
+    t
+}
+
+pub fn open_terminations() -> Vec<PodTermination> {
+    use FailureClass::Refused;
+    let cart = termination(Pod {
+        ns: "shop",
+        name: "cart-7d9f8-abcde",
+        service: Some("cart"),
+        workload: "cart",
+        ip: 17,
+        age_ms: 3_400,
+    });
+    let checkout = termination(Pod {
+        ns: "shop",
+        name: "checkout-5c6b-xk2lp",
+        service: Some("checkout"),
+        workload: "checkout",
+        ip: 23,
+        age_ms: 1_200,
+    });
+    let mut checkout = timeline(checkout, Some(380), None, None, &[]);
+    checkout.propagation_gap_ns = None;
+    vec![
+        timeline(
+            cart,
+            Some(620),
+            None,
+            Some(3_100),
+            &[(2_900, Refused), (3_000, Refused), (3_050, Refused)],
+        ),
+        checkout,
+    ]
+}
+
+pub fn recent_terminations() -> Vec<PodTermination> {
+    let cart = termination(Pod {
+        ns: "shop",
+        name: "cart-7d9f8-qwert",
+        service: Some("cart"),
+        workload: "cart",
+        ip: 12,
+        age_ms: 40_000,
+    });
+    let mut cart = timeline(
+        cart,
+        Some(700),
+        Some(1_500),
+        Some(4_300),
+        &[
+            (4_100, FailureClass::TimedOut),
+            (4_200, FailureClass::TimedOut),
+        ],
+    );
+    cart.closed = Some(CloseReason::Quiet);
+    let login = termination(Pod {
+        ns: "auth",
+        name: "login-66f-zzq",
+        service: Some("login"),
+        workload: "login",
+        ip: 31,
+        age_ms: 90_000,
+    });
+    let mut login = timeline(login, Some(150), Some(900), Some(1_100), &[]);
+    login.configured_prestop_ms = Some(5000);
+    login.closed = Some(CloseReason::Quiet);
+    vec![cart, login]
+}
+
+fn recommendation(
+    ns: &str,
+    service: Option<&str>,
+    workload: &str,
+    gaps: (f64, f64, f64),
+    recommended: u64,
+    configured: Option<f64>,
+    verdict: &str,
+) -> Recommendation {
+    let (p50, p99, max) = gaps;
+    let name = service.unwrap_or(workload);
+    Recommendation {
+        namespace: ns.into(),
+        service: service.map(String::from),
+        workload: Some(workload.into()),
+        samples: 12,
+        p50_ms: p50,
+        p90_ms: (p50 + p99) / 2.0,
+        p99_ms: p99,
+        max_ms: max,
+        quantile: 0.99,
+        margin_ms: 1000,
+        used_max: false,
+        recommended_prestop_seconds: recommended,
+        recommended_termination_grace_period_seconds: recommended + 30,
+        configured_prestop_seconds: configured,
+        configured_termination_grace_period_seconds: Some(30),
+        failed_connects: FailureCounts::default(),
+        verdict: vec![verdict.into()],
+        yaml: format!(
+            "# {ns}/{name}\nspec:\n  terminationGracePeriodSeconds: {}\n  containers:\n  - name: {name}\n    lifecycle:\n      preStop:\n        sleep:\n          seconds: {recommended}\n",
+            recommended + 30
+        ),
+    }
+}
+
+pub fn recommendations() -> Vec<Recommendation> {
+    let mut cart = recommendation(
+        "shop",
+        Some("cart"),
+        "cart",
+        (3_200.0, 4_600.0, 4_800.0),
+        6,
+        Some(2.0),
+        "preStop 2s is 4s short of p99 4600ms + 1000ms margin: connects are refused during rollouts",
+    );
+    cart.failed_connects.refused = 31;
+    cart.failed_connects.timed_out = 4;
+    let mut login = recommendation(
+        "auth",
+        Some("login"),
+        "login",
+        (900.0, 1_400.0, 1_500.0),
+        3,
+        Some(5.0),
+        "preStop 5s covers p99 1400ms + margin",
+    );
+    login.samples = 30;
+    let mut ledger = recommendation(
+        "payments",
+        None,
+        "ledger",
+        (7_000.0, 9_800.0, 9_800.0),
+        11,
+        None,
+        "no preStop: in-flight requests are reset while the ingress still connects",
+    );
+    ledger.samples = 2;
+    ledger.failed_connects.reset = 7;
+    vec![cart, login, ledger]
+}
+
+pub fn snapshot(connects_seen: u64, failures: u64) -> Snapshot {
+    let mut counters = EngineCounters {
+        connects_seen,
+        ..EngineCounters::default()
+    };
+    counters
+        .failures_by_state
+        .insert("terminating/refused".into(), failures);
+    Snapshot {
+        now: NOW,
+        open: open_terminations(),
+        recent: recent_terminations(),
+        recommendations: recommendations(),
+        counters,
+    }
+}
+
+pub fn finding(
+    ms_before_now: u64,
+    dst: (u8, u16),
+    class: FailureClass,
+    pod: Option<&str>,
+) -> Finding {
+    let kind = if pod.is_some() {
+        FindingKind::ToTerminatingPod
+    } else {
+        FindingKind::StaleEndpoint
+    };
+    Finding {
+        at: at(ms_before_now),
+        record: ConnectRecord {
+            ts: at(ms_before_now),
+            syn: Some(at(ms_before_now + 1)),
+            src: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)), 40_000),
+            dst: SocketAddr::new(ip(dst.0), dst.1),
+            pid: 812,
+            tid: 815,
+            comm: "nginx".into(),
+            cgroup_id: 1,
+            watched: true,
+            outcome: Outcome::Failed {
+                class,
+                errno: 111,
+                waited_ns: 1_250_000,
+                synchronous: false,
+            },
+        },
+        pod_state: if pod.is_some() {
+            PodState::Terminating
+        } else {
+            PodState::Unknown
+        },
+        namespace: pod.map(|_| "shop".to_string()),
+        pod: pod.map(String::from),
+        service: pod.map(|_| "cart".to_string()),
+        kind,
+    }
+}
+
+pub fn findings() -> Vec<Finding> {
+    use FailureClass::*;
+    let cart = Some("cart-7d9f8-abcde");
+    vec![
+        finding(36_000, (12, 8080), TimedOut, Some("cart-7d9f8-qwert")),
+        finding(35_900, (12, 8080), TimedOut, Some("cart-7d9f8-qwert")),
+        finding(9_000, (99, 8080), HostUnreachable, None),
+        finding(500, (17, 8080), Refused, cart),
+        finding(400, (17, 8080), Refused, cart),
+        finding(350, (17, 8080), Refused, cart),
+    ]
+}
+
+/// An app fed with the fixture at a fixed clock, with 40 seconds of rates.
+pub fn app_with_data() -> App {
+    let mut app = App::new("observer-recommendations.yaml".into());
+    let (mut connects, mut failures) = (10_000, 0);
+    for second in 0..40u64 {
+        app.update(Action::Tick {
+            now_ms: RECEIVED_MS - 40_000 + second * 1000,
+        });
+        connects += 100 + (second * 37) % 50;
+        if (30..35).contains(&second) {
+            failures += second % 4;
+        }
+        app.update(Action::Data(snapshot_update(
+            "local",
+            &snapshot(connects, failures),
+        )));
+    }
+    app.update(Action::Tick {
+        now_ms: RECEIVED_MS,
+    });
+    app.update(Action::Data(snapshot_update(
+        "local",
+        &snapshot(connects, failures),
+    )));
+    if let Some(update) = findings_update("local", &findings(), &CLOCK) {
+        app.update(Action::Data(update));
+    }
+    app
+}
+
+/// An app that has heard nothing yet from one local source.
+pub fn empty_app() -> App {
+    let mut app = App::new("observer-recommendations.yaml".into());
+    app.add_source("local");
+    app
+}

@@ -1,0 +1,307 @@
+//! The TUI's own view model: what the screens show, already reduced to
+//! display units (milliseconds relative to the pod's `deletion_seen`, wall
+//! times, strings). The render functions take only these types, so they are
+//! tested without an engine, and every data source (the in-process engine,
+//! remote agents) is converted into them once, by `adapt`.
+//!
+//! Monotonic timestamps never cross into the view: each agent has its own
+//! CLOCK_MONOTONIC, so offsets are taken on the agent's side of the wire and
+//! only offsets and wall times are compared here.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::probe::FailureClass;
+
+/// Failed connects by class, in [`FailureClass::ALL`] order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailureTally(pub [u64; 7]);
+
+impl FailureTally {
+    fn index(class: FailureClass) -> usize {
+        FailureClass::ALL
+            .iter()
+            .position(|c| *c == class)
+            .unwrap_or(FailureClass::ALL.len() - 1)
+    }
+
+    pub fn get(&self, class: FailureClass) -> u64 {
+        self.0[Self::index(class)]
+    }
+
+    pub fn add(&mut self, class: FailureClass, n: u64) {
+        self.0[Self::index(class)] += n;
+    }
+
+    pub fn merge(&mut self, other: &FailureTally) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Non-zero classes, largest first (ties in class order).
+    pub fn nonzero(&self) -> Vec<(FailureClass, u64)> {
+        let mut out: Vec<(FailureClass, u64)> = FailureClass::ALL
+            .iter()
+            .map(|c| (*c, self.get(*c)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        out.sort_by_key(|a| std::cmp::Reverse(a.1));
+        out
+    }
+}
+
+/// One Service (or workload, when the pods back no Service) on the
+/// Overview: what its terminations measured and what preStop they need.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceRow {
+    pub namespace: String,
+    /// The Service name; the workload name when there is no Service.
+    pub name: String,
+    pub workload: Option<String>,
+    /// Terminations measured (samples behind the quantiles).
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub failures: FailureTally,
+    pub configured_prestop_s: Option<f64>,
+    pub recommended_prestop_s: u64,
+    pub configured_grace_s: Option<i64>,
+    pub recommended_grace_s: u64,
+    pub verdict: Vec<String>,
+    /// The pod-spec fragment to apply.
+    pub yaml: String,
+    /// The agents whose measurements this row combines.
+    pub sources: Vec<String>,
+}
+
+impl ServiceRow {
+    /// How many seconds the configured preStop falls short of the
+    /// recommendation (no preStop counts as zero seconds).
+    pub fn shortfall_s(&self) -> f64 {
+        self.recommended_prestop_s as f64 - self.configured_prestop_s.unwrap_or(0.0)
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A point on a termination's timeline, as milliseconds after
+/// `deletion_seen` (negative when the endpoint change arrived first: the
+/// pod and slice watches are not ordered against each other).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Milestone {
+    DeletionSeen,
+    EndpointNotReady,
+    EndpointRemoved,
+    FirstFailure,
+    LastFailure,
+    LastConnect,
+}
+
+impl Milestone {
+    pub fn label(self) -> &'static str {
+        match self {
+            Milestone::DeletionSeen => "deletion seen",
+            Milestone::EndpointNotReady => "endpoint not ready",
+            Milestone::EndpointRemoved => "endpoint removed",
+            Milestone::FirstFailure => "first failure",
+            Milestone::LastFailure => "last failure",
+            Milestone::LastConnect => "last connect",
+        }
+    }
+}
+
+/// A process that connected to the pod after its deletion was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectorView {
+    pub pid: u32,
+    pub comm: String,
+    pub connects: u64,
+}
+
+/// One pod's termination as one agent (ingress node) saw it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TerminationView {
+    /// The agent that measured it; set by the merge.
+    pub source: String,
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    pub ips: Vec<IpAddr>,
+    /// The node the pod ran on.
+    pub node: Option<String>,
+    pub workload: Option<String>,
+    pub services: Vec<String>,
+    pub configured_prestop_ms: Option<u64>,
+    pub grace_s: Option<i64>,
+    /// now − deletion_seen when the agent took its snapshot.
+    pub age_ms: u64,
+    /// The TUI's clock (ms) when that snapshot arrived; set by the merge,
+    /// so an open window's bar keeps growing between snapshots.
+    pub received_at_ms: u64,
+    pub deletion_observed_late: bool,
+    pub endpoint_not_ready_ms: Option<i64>,
+    pub endpoint_removed_ms: Option<i64>,
+    pub last_connect_ms: Option<i64>,
+    pub first_failure_ms: Option<i64>,
+    pub last_failure_ms: Option<i64>,
+    pub connects_after_deletion: u64,
+    pub failures: FailureTally,
+    /// Where failures happened on the timeline (bounded by the agent).
+    pub failure_marks: Vec<(i64, FailureClass)>,
+    pub gap_ms: Option<i64>,
+    pub control_plane_lag_ms: Option<i64>,
+    pub dataplane_lag_ms: Option<i64>,
+    pub connectors: Vec<ConnectorView>,
+    /// Why the measurement window closed; `None` while it is open.
+    pub closed: Option<String>,
+}
+
+impl TerminationView {
+    pub fn is_open(&self) -> bool {
+        self.closed.is_none()
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.namespace, self.pod)
+    }
+
+    /// The Service this pod counts under on the Overview.
+    pub fn group_name(&self) -> Option<&str> {
+        self.services
+            .first()
+            .map(String::as_str)
+            .or(self.workload.as_deref())
+    }
+
+    /// Every known milestone with its offset, in time order.
+    pub fn milestones(&self) -> Vec<(Milestone, i64)> {
+        let mut out = vec![(Milestone::DeletionSeen, 0)];
+        let optional = [
+            (Milestone::EndpointNotReady, self.endpoint_not_ready_ms),
+            (Milestone::EndpointRemoved, self.endpoint_removed_ms),
+            (Milestone::FirstFailure, self.first_failure_ms),
+            (Milestone::LastFailure, self.last_failure_ms),
+            (Milestone::LastConnect, self.last_connect_ms),
+        ];
+        out.extend(optional.iter().filter_map(|(m, t)| t.map(|t| (*m, t))));
+        out.sort_by_key(|(_, t)| *t);
+        out
+    }
+
+    /// The window's length at TUI time `clock_ms`: open windows grow,
+    /// closed ones end at the last thing that happened.
+    pub fn span_ms(&self, clock_ms: u64) -> i64 {
+        if self.is_open() {
+            let grown = clock_ms.saturating_sub(self.received_at_ms);
+            (self.age_ms + grown) as i64
+        } else {
+            self.measured_end_ms()
+        }
+    }
+
+    /// Where the measured part of a closed window ends: the latest thing
+    /// that happened. Open windows end at their live age instead.
+    pub fn measured_end_ms(&self) -> i64 {
+        self.milestones()
+            .iter()
+            .map(|(_, t)| *t)
+            .chain(self.failure_marks.iter().map(|(t, _)| *t))
+            .max()
+            .unwrap_or(0)
+    }
+
+    pub fn matches(&self, needle: &str) -> bool {
+        contains_ci(&self.namespace, needle)
+            || contains_ci(&self.pod, needle)
+            || self.services.iter().any(|s| contains_ci(s, needle))
+            || self
+                .workload
+                .as_deref()
+                .is_some_and(|w| contains_ci(w, needle))
+    }
+}
+
+/// One failed connect in the Failures log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FailureRow {
+    /// The agent that saw it.
+    pub source: String,
+    /// Wall-clock time (Unix ms), derived from the agent's monotonic clock.
+    pub at_unix_ms: u64,
+    pub pid: u32,
+    pub comm: String,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub service: Option<String>,
+    pub class: FailureClass,
+    /// How long the connect waited before it failed.
+    pub waited_ms: f64,
+    /// The destination pod's state at that moment.
+    pub pod_state: String,
+    /// What the agent concluded (e.g. `to_terminating_pod`).
+    pub kind: String,
+}
+
+impl FailureRow {
+    pub fn matches(&self, needle: &str) -> bool {
+        [&self.namespace, &self.pod, &self.service]
+            .iter()
+            .any(|f| f.as_deref().is_some_and(|v| contains_ci(v, needle)))
+            || contains_ci(&self.comm, needle)
+    }
+}
+
+/// What one agent currently reports (replaced wholesale by each snapshot).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceData {
+    pub services: Vec<ServiceRow>,
+    pub terminations: Vec<TerminationView>,
+    /// Cumulative connects the agent has seen (for connects per second).
+    pub connects_total: u64,
+    /// Cumulative failed connects the agent has seen.
+    pub failures_total: u64,
+}
+
+/// One per-second bucket of the Failures sparklines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RatePoint {
+    pub connects: u64,
+    pub failures: u64,
+}
+
+/// Case-insensitive substring match (the filter is typed by a human).
+pub fn contains_ci(haystack: &str, needle: &str) -> bool {
+    needle.is_empty() || haystack.to_lowercase().contains(&needle.to_lowercase())
+}
+
+impl ServiceRow {
+    pub fn matches(&self, needle: &str) -> bool {
+        contains_ci(&self.namespace, needle)
+            || contains_ci(&self.name, needle)
+            || self
+                .workload
+                .as_deref()
+                .is_some_and(|w| contains_ci(w, needle))
+    }
+}
+
+/// Everything the Detail screen shows for one pod or one Service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetailView {
+    /// The termination in focus (absent when a Service was opened and none
+    /// of its pods has terminated yet).
+    pub termination: Option<TerminationView>,
+    /// The Service the pod counts under, with its recommendation.
+    pub service: Option<ServiceRow>,
+    /// Other terminations of the same Service, newest first.
+    pub related: Vec<TerminationView>,
+}

@@ -1,0 +1,179 @@
+//! The lab end to end: real namespaces, real nginx, the simulator, the
+//! kernel probe. Each test runs a short rolling update and checks the
+//! measurement against the lab's ground truth (nginx's access log), then
+//! that the lab left nothing behind.
+//!
+//! The tests share two cores with the rest of the suite, so they run one at
+//! a time (a lock), each in its own lab id (names and pod CIDR).
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use observer::lab::{
+    EngineMeasure, LabReport, LabScenario, ProbeOnlyMeasure, render_summary, run_lab,
+};
+use observer_tests::require_root;
+
+/// One lab at a time: the runs are timing measurements.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// How far a measured gap may be from the truth.
+const TOLERANCE_MS: f64 = 50.0;
+
+fn leftovers(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+async fn run(scenario: &LabScenario, verify: bool) -> LabReport {
+    let report = run_lab(scenario, verify, ProbeOnlyMeasure::new)
+        .await
+        .expect("lab run");
+    println!("{}", render_summary(&report));
+    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    // Namespace names are `obslab<id>-…`; the trailing dash keeps lab 1
+    // apart from lab 11.
+    let prefix = format!("{}-", scenario.name_prefix());
+    assert!(
+        leftovers(&prefix).is_empty(),
+        "the lab left namespaces behind: {:?}",
+        leftovers(&prefix)
+    );
+    report
+}
+
+fn assert_accurate(report: &LabReport, expected_terminations: usize) {
+    assert_eq!(report.terminations.len(), expected_terminations);
+    for t in &report.terminations {
+        assert!(
+            t.truth_gap_ms.is_some(),
+            "{}: nginx sent nothing after the deletion",
+            t.pod
+        );
+        assert!(
+            t.error_ms() <= TOLERANCE_MS,
+            "{}: truth {:?} ms, measured {:?} ms",
+            t.pod,
+            t.truth_gap_ms,
+            t.measured_gap_ms
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measured_gap_matches_nginx_truth() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let scenario = LabScenario {
+        pods: 2,
+        rollouts: 1,
+        propagation_delay: Duration::from_secs(1),
+        qps: 100,
+        lab_id: 11,
+        ..LabScenario::default()
+    };
+    let report = run(&scenario, false).await;
+    assert_accurate(&report, 2);
+    // Without preStop the naive app refuses while nginx still sends to it.
+    assert!(report.failed_connects() > 0, "failures are measured");
+    assert!(report.client.requests > 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_gap_matches_nginx_truth() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let scenario = LabScenario {
+        pods: 2,
+        rollouts: 1,
+        propagation_delay: Duration::from_secs(1),
+        qps: 100,
+        ipv6: true,
+        lab_id: 12,
+        ..LabScenario::default()
+    };
+    let report = run(&scenario, false).await;
+    assert_eq!(report.scenario.ip_family, "ipv6");
+    assert_accurate(&report, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommended_prestop_removes_the_failures() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let scenario = LabScenario {
+        pods: 2,
+        rollouts: 1,
+        propagation_delay: Duration::from_secs(2),
+        qps: 100,
+        lab_id: 13,
+        ..LabScenario::default()
+    };
+    let report = run(&scenario, true).await;
+    assert!(report.failed_connects() > 0, "no preStop: failed connects");
+    let rec = report.recommendation.expect("a recommendation");
+    assert!(rec.prestop_seconds >= 3, "covers a 2 s delay: {rec:?}");
+    let verify = report.verify.expect("verify ran");
+    assert_eq!(verify.prestop_seconds, rec.prestop_seconds);
+    assert_eq!(verify.failed_connects, 0, "failures remain: {verify:?}");
+    assert_eq!(verify.client_errors, 0, "users saw errors: {verify:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_ips_are_attributed_by_time() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let scenario = LabScenario {
+        pods: 2,
+        // With maxSurge 1 a rollout's new pods start while the old ones
+        // still hold their IPs, so the IPs freed by rollout 1 go to the pods
+        // of rollout 2, which rollout 3 terminates.
+        rollouts: 3,
+        propagation_delay: Duration::from_secs(1),
+        qps: 100,
+        reuse_ips: true,
+        lab_id: 14,
+        ..LabScenario::default()
+    };
+    let report = run(&scenario, false).await;
+    let mut ips: Vec<_> = report.terminations.iter().map(|t| t.ip).collect();
+    ips.sort();
+    ips.dedup();
+    assert!(
+        ips.len() < report.terminations.len(),
+        "an IP was reused by a later pod that was also terminated"
+    );
+    // A connect to the IP's next holder counted for the old pod would make
+    // its gap run into the next pod's life, far from the truth.
+    assert_accurate(&report, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_gap_matches_nginx_truth() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let scenario = LabScenario {
+        pods: 2,
+        rollouts: 1,
+        propagation_delay: Duration::from_secs(1),
+        qps: 100,
+        lab_id: 15,
+        ..LabScenario::default()
+    };
+    let report = run_lab(&scenario, false, EngineMeasure::default)
+        .await
+        .expect("lab run");
+    println!("{}", render_summary(&report));
+    assert_accurate(&report, 2);
+    assert!(report.failed_connects() > 0, "failures are measured");
+    assert!(report.recommendation.is_some(), "the engine recommends");
+}
