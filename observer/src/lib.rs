@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod cli_agent;
+pub mod cli_lab;
 pub mod clock;
 pub mod cluster;
 pub mod engine;

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use observer::{
     agent,
     cli_agent::{AgentArgs, RecordArgs, ReplayArgs},
+    cli_lab::{self, LabArgs},
     trace::{self, TraceArgs},
 };
 use tracing_subscriber::EnvFilter;
@@ -14,6 +15,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "observer", version, about, long_about = None)]
 #[command(after_help = "Examples:\n  \
+    sudo observer lab                        # a rolling update here: measured gaps and recommended preStop\n  \
+    sudo observer lab --prestop 3s --verify  # check a preStop, then the recommended one\n  \
     sudo observer trace                      # failed connects on this node, as they happen\n  \
     sudo observer trace --watch 10.1.2.3     # also every connect to one pod IP\n  \
     sudo observer trace --json --failures-only --port 8080\n  \
@@ -27,6 +30,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a real rolling update on this machine (pods are network
+    /// namespaces, the ingress is nginx, the control plane a simulator),
+    /// measure it with the probe, and print the gaps and the recommended
+    /// preStop next to the lab's own ground truth. Needs root.
+    Lab(LabArgs),
     /// Print TCP connect outcomes as they happen (failures on every
     /// destination; successes for --watch addresses). Needs root or
     /// CAP_BPF + CAP_PERFMON.
@@ -65,6 +73,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Lab(args) => cli_lab::run(args).await,
             Command::Trace(args) => trace::run(args).await,
             Command::Agent(args) => agent::run_agent(args.options(), None).await,
             Command::Record(args) => agent::run_agent(args.options(), None).await,

@@ -1,0 +1,105 @@
+//! `observer lab`: a real rolling update on this machine, measured by the
+//! real probe and engine, checked against the lab's own ground truth.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::{
+    lab::{self, EngineMeasure, LabScenario},
+    trace::parse_duration,
+};
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Replicas of the lab Deployment.
+    #[arg(long, default_value_t = 3)]
+    pub pods: u32,
+    /// Rolling updates to perform, one after the other.
+    #[arg(long, default_value_t = 2)]
+    pub rollouts: u32,
+    /// How long the lab ingress waits before applying an EndpointSlice
+    /// change to nginx (the propagation delay being measured).
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub propagation_delay: Duration,
+    /// Random extra delay, 0..JITTER, per change (seeded by --seed).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub jitter: Duration,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The pods' preStop sleep.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub prestop: Duration,
+    /// How long a pod's app keeps serving after SIGTERM (0: exits at once).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain: Duration,
+    /// Requests per second sent through the ingress for the whole run.
+    #[arg(long, default_value_t = 200)]
+    pub qps: u32,
+    /// Pods get IPv6 addresses.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// Hand freed pod IPs to the next pods (attribution must still be right).
+    #[arg(long)]
+    pub reuse_ips: bool,
+    /// Rerun the scenario with the recommended preStop and report what
+    /// failures remain.
+    #[arg(long)]
+    pub verify: bool,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+impl LabArgs {
+    pub fn scenario(&self) -> LabScenario {
+        LabScenario {
+            pods: self.pods,
+            rollouts: self.rollouts,
+            propagation_delay: self.propagation_delay,
+            jitter: self.jitter,
+            seed: self.seed,
+            prestop: self.prestop,
+            drain: self.drain,
+            qps: self.qps,
+            ipv6: self.ipv6,
+            reuse_ips: self.reuse_ips,
+            ..LabScenario::default()
+        }
+    }
+}
+
+pub async fn run(args: LabArgs) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "the lab creates network namespaces, runs nginx and loads the eBPF probe: run it as root (sudo)"
+        );
+    }
+    let scenario = args.scenario();
+    eprintln!(
+        "lab: {} pods, {} rollouts, propagation delay {:?} (jitter {:?}), preStop {:?}, {} qps{}",
+        scenario.pods,
+        scenario.rollouts,
+        scenario.propagation_delay,
+        scenario.jitter,
+        scenario.prestop,
+        scenario.qps,
+        if args.verify {
+            ", then a verify run"
+        } else {
+            ""
+        }
+    );
+    let report = lab::run_lab(&scenario, args.verify, EngineMeasure::default)
+        .await
+        .context("the lab run failed (everything it created has been removed)")?;
+    print!("{}", lab::render_summary(&report));
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report).context("encoding the report")?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("lab: report written to {}", path.display());
+    }
+    Ok(())
+}
