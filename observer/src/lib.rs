@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod cli_agent;
 pub mod cli_lab;
+pub mod cli_tui;
 pub mod clock;
 pub mod cluster;
 pub mod engine;

@@ -5,6 +5,7 @@ use observer::{
     agent,
     cli_agent::{AgentArgs, RecordArgs, ReplayArgs},
     cli_lab::{self, LabArgs},
+    cli_tui::{self, TuiArgs},
     trace::{self, TraceArgs},
 };
 use tracing_subscriber::EnvFilter;
@@ -43,6 +44,9 @@ enum Command {
     /// pod termination, export NDJSON, Prometheus /metrics and a JSON API.
     /// Runs until SIGTERM, then flushes and exits 0.
     Agent(AgentArgs),
+    /// Watch rollouts live: on this node (probe, watchers and engine in
+    /// this process), or across agents with --agents URL[,URL...].
+    Tui(TuiArgs),
     /// Capture the raw inputs (probe events, watch events) to a file.
     Record(RecordArgs),
     /// Run a recording through the engine; the NDJSON output is the same,
@@ -60,7 +64,10 @@ fn init_logging() {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The TUI owns the terminal: it sends logs to a file instead.
+    if !matches!(cli.command, Command::Tui(_)) {
+        init_logging();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -75,8 +82,9 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Lab(args) => cli_lab::run(args).await,
             Command::Trace(args) => trace::run(args).await,
-            Command::Agent(args) => agent::run_agent(args.options(), None).await,
-            Command::Record(args) => agent::run_agent(args.options(), None).await,
+            Command::Agent(args) => agent::run_agent(args.options(), None, None).await,
+            Command::Record(args) => agent::run_agent(args.options(), None, None).await,
+            Command::Tui(args) => cli_tui::run(args).await,
             Command::Replay(args) => agent::replay(
                 &args.file,
                 args.output.as_ref(),

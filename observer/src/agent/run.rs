@@ -22,6 +22,7 @@ use crate::{
     engine::{Engine, EngineConfig, Output},
     export::{AgentState, HttpServer, Update},
     probe::{Probe, ProbeOptions},
+    tui::feed::LocalFeed,
 };
 
 /// How the agent runs.
@@ -169,6 +170,34 @@ fn route(
     Ok(())
 }
 
+/// Like [`process`], also handing findings to an in-process TUI.
+fn process_feeding(
+    engine: &mut Engine,
+    input: Input,
+    sinks: &mut Sinks,
+    probe: &mut Probe,
+    outputs: &mut Vec<Output>,
+    feed: &mut LocalFeed,
+) -> anyhow::Result<()> {
+    if let Some(rec) = sinks.recording.as_mut() {
+        write_input(rec, &input)?;
+    }
+    if let Input::Connect(record) = &input {
+        engine.on_connect(record, outputs);
+    }
+    let findings: Vec<_> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Finding(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect();
+    if !findings.is_empty() {
+        feed.findings(&findings);
+    }
+    route(outputs, sinks, Some(probe))
+}
+
 /// Closes every open window and writes what remains.
 pub fn finish(
     engine: &mut Engine,
@@ -270,6 +299,7 @@ async fn start_sources(
 pub async fn run_agent(
     options: AgentOptions,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    mut feed: Option<LocalFeed>,
 ) -> anyhow::Result<()> {
     let mut probe = Probe::load(&options.probe).context("cannot start the probe")?;
     probe.forward_kernel_logs();
@@ -309,12 +339,23 @@ pub async fn run_agent(
             input = rx.recv() => {
                 let Some(input) = input else { break };
                 processed += 1;
-                process(&mut engine, input, &mut sinks, Some(&mut probe), &mut outputs)?;
+                if let (Some(feed), Input::Connect(_)) = (feed.as_mut(), &input) {
+                    process_feeding(&mut engine, input, &mut sinks, &mut probe, &mut outputs, feed)?;
+                } else {
+                    process(&mut engine, input, &mut sinks, Some(&mut probe), &mut outputs)?;
+                }
             }
             _ = tick.tick() => {
                 let now = MonoTime::now();
                 process(&mut engine, Input::Tick(now), &mut sinks, Some(&mut probe), &mut outputs)?;
-                state.set_snapshot(engine.snapshot(now));
+                let snapshot = engine.snapshot(now);
+                if let Some(feed) = feed.as_mut() {
+                    feed.snapshot(&snapshot);
+                    if feed.is_closed() {
+                        break;
+                    }
+                }
+                state.set_snapshot(snapshot);
                 let (restarts, errors, synced) = match &watch_counters {
                     Some(c) => {
                         let (p, s) = (c.pods.snapshot(), c.endpoint_slices.snapshot());

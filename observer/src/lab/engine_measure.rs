@@ -111,9 +111,21 @@ async fn drive(
     let mut closed = Vec::new();
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // After the stop request, keep measuring until every window has closed
+    // on its own (bounded): windows closed at shutdown feed no
+    // recommendation.
+    let mut draining_until: Option<MonoTime> = None;
     loop {
+        if let Some(deadline) = draining_until {
+            let now = MonoTime::now();
+            if engine.snapshot(now).open.is_empty() || now >= deadline {
+                break;
+            }
+        }
         tokio::select! {
-            _ = &mut stopped => break,
+            _ = &mut stopped, if draining_until.is_none() => {
+                draining_until = Some(MonoTime::now().saturating_add(Duration::from_secs(30)));
+            }
             r = reader.next_batch(Duration::from_millis(50), &mut batch) => {
                 r.map_err(|e| LabError::Measure(format!("reading probe events: {e}")))?;
                 for record in batch.drain(..) {

@@ -1,0 +1,59 @@
+//! `observer tui`: the interactive view, in-process on a node or remote
+//! across agents.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::{
+    agent::{self, AgentOptions},
+    cli_agent::{EngineArgs, KubeArgs},
+    tui::{self, TuiOptions},
+};
+
+#[derive(Debug, Args)]
+pub struct TuiArgs {
+    /// Read these agents' HTTP APIs (e.g. http://10.0.0.7:9990) instead of
+    /// running the probe here; a lost agent is shown and reconnected.
+    #[arg(long, value_delimiter = ',', value_name = "URL[,URL...]")]
+    pub agents: Vec<String>,
+    /// Where logs go while the TUI owns the terminal.
+    #[arg(long, default_value = "observer-tui.log", value_name = "FILE")]
+    pub log_file: PathBuf,
+    /// Where `e` writes the current recommendations.
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<PathBuf>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+pub async fn run(args: TuiArgs) -> anyhow::Result<()> {
+    tui::log_to_file(&args.log_file)
+        .with_context(|| format!("sending logs to {}", args.log_file.display()))?;
+    let mut options = TuiOptions::default();
+    if let Some(path) = &args.export {
+        options.export_path = path.clone();
+    }
+    if !args.agents.is_empty() {
+        return tui::run_remote(&args.agents, options).await;
+    }
+    let (feed, updates) = tui::feed::local_channel();
+    let agent_options = AgentOptions {
+        kube: args.kube.client_source(),
+        watch: args.kube.watch_config(),
+        engine: args.engine.engine_config(),
+        ..AgentOptions::default()
+    };
+    let agent = tokio::spawn(agent::run_agent(agent_options, None, Some(feed)));
+    let shown = tui::run_tui(updates, options).await;
+    // The agent stops once the TUI's channel closes.
+    match agent.await {
+        Ok(Err(error)) => return Err(error.context("the in-process agent failed")),
+        Err(join) => anyhow::bail!("the in-process agent panicked: {join}"),
+        Ok(Ok(())) => {}
+    }
+    shown
+}
