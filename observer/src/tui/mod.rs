@@ -38,4 +38,4 @@ pub use app::{Action, App, DataUpdate, Effect, Key, Screen, SortKey, SourceEvent
 pub use feed::LocalFeed;
 pub use remote::{RemoteError, spawn_agents};
 pub use runtime::{TuiOptions, run_remote, run_tui};
-pub use terminal::{TerminalGuard, log_to_file};
+pub use terminal::{DEFAULT_LOG_FILE, TerminalGuard, log_to_file};
