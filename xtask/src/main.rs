@@ -1,6 +1,7 @@
 //! Project tasks. Run through `./x` (which installs the pinned toolchain
 //! first) or `cargo xtask`.
 
+mod bench_engine;
 mod bench_probe;
 mod cmd;
 mod docs;
@@ -50,6 +51,9 @@ enum Task {
 enum Bench {
     /// Connects/s on loopback with no tracer, with observer, with bpftrace.
     Probe,
+    /// Events/s and memory of the correlation engine on a synthetic
+    /// recording of ten million events (one thread).
+    Engine,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +66,19 @@ fn main() -> anyhow::Result<()> {
             let table = bench_probe::run("target/release/observer")?;
             println!("{table}");
             docs::write_section("probe", &table)
+        }
+        Task::Bench {
+            what: Bench::Engine,
+        } => {
+            // Figures from an unoptimized build would mean nothing.
+            if cfg!(debug_assertions) {
+                return run(cargo().args([
+                    "run", "--release", "--quiet", "-p", "xtask", "--", "bench", "engine",
+                ]));
+            }
+            let table = bench_engine::run()?;
+            println!("{table}");
+            docs::write_section("engine", &table)
         }
         Task::Observer { args } => {
             setup::setup()?;

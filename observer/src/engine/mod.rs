@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use crate::clock::MonoTime;
 use crate::cluster::{ChangeKind, ClusterChange, ClusterModel, PodRef, StampedEvent};
-use crate::probe::decode::ConnectRecord;
+use crate::probe::decode::{ConnectRecord, FailureClass};
 
 use connect::ConnectFact;
 use findings::{RecentlyReady, RetiredIps, classify};
@@ -85,16 +85,34 @@ impl Engine {
         self.latest = self.latest.max(fact.ts);
         self.replay.push(fact, self.latest);
         // Attribution by tenure: whoever held the address when it happened.
+        let mut in_window = false;
         if let Some(pod) = self.model.pod_for_ip_at(fact.ip, fact.at)
             && let Some(window) = self.windows.get_mut(&pod.uid)
         {
             window.touch(fact.ts);
             if window.accepts(&fact) {
                 window.apply(&fact);
+                in_window = true;
             }
         }
-        if let Some(class) = fact.failure {
+        let Some(class) = fact.failure else {
+            return;
+        };
+        if in_window {
+            // Counted in the termination record; not a finding of its own.
+            self.count_failure(PodState::Terminating, class);
+        } else {
             self.on_failure(record, &fact, class, out);
+        }
+    }
+
+    fn count_failure(&mut self, state: PodState, class: FailureClass) {
+        let key = record::failure_key_str(state, class);
+        match self.counters.failures_by_state.get_mut(key) {
+            Some(n) => *n += 1,
+            None => {
+                self.counters.failures_by_state.insert(key.to_owned(), 1);
+            }
         }
     }
 
@@ -102,15 +120,11 @@ impl Engine {
         &mut self,
         record: &ConnectRecord,
         fact: &ConnectFact,
-        class: crate::probe::decode::FailureClass,
+        class: FailureClass,
         out: &mut Vec<Output>,
     ) {
         let found = classify(&self.model, &self.retired, &self.ready, fact.ip, fact.at);
-        *self
-            .counters
-            .failures_by_state
-            .entry(EngineCounters::failure_key(found.state, class))
-            .or_default() += 1;
+        self.count_failure(found.state, class);
         if found.state == PodState::Unknown {
             self.counters.unknown_ip_failures += 1;
         }

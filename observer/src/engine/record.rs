@@ -212,12 +212,12 @@ pub struct EngineCounters {
 impl EngineCounters {
     /// The `failures_by_state` key of a state and class.
     pub fn failure_key(state: PodState, class: FailureClass) -> String {
-        format!("{}/{}", state.as_str(), class.as_str())
+        failure_key_str(state, class).to_owned()
     }
 
     pub fn failures(&self, state: PodState, class: FailureClass) -> u64 {
         self.failures_by_state
-            .get(&Self::failure_key(state, class))
+            .get(failure_key_str(state, class))
             .copied()
             .unwrap_or(0)
     }
@@ -232,4 +232,59 @@ pub struct Snapshot {
     pub recent: Vec<PodTermination>,
     pub recommendations: Vec<Recommendation>,
     pub counters: EngineCounters,
+}
+
+/// Every `failures_by_state` key, so counting a failure allocates nothing.
+const FAILURE_KEYS: [[&str; 7]; 4] = [
+    [
+        "terminating/refused",
+        "terminating/host_unreachable",
+        "terminating/net_unreachable",
+        "terminating/timed_out",
+        "terminating/aborted",
+        "terminating/reset",
+        "terminating/other",
+    ],
+    [
+        "not_ready/refused",
+        "not_ready/host_unreachable",
+        "not_ready/net_unreachable",
+        "not_ready/timed_out",
+        "not_ready/aborted",
+        "not_ready/reset",
+        "not_ready/other",
+    ],
+    [
+        "ready/refused",
+        "ready/host_unreachable",
+        "ready/net_unreachable",
+        "ready/timed_out",
+        "ready/aborted",
+        "ready/reset",
+        "ready/other",
+    ],
+    [
+        "unknown/refused",
+        "unknown/host_unreachable",
+        "unknown/net_unreachable",
+        "unknown/timed_out",
+        "unknown/aborted",
+        "unknown/reset",
+        "unknown/other",
+    ],
+];
+
+/// `"<pod state>/<class>"`, e.g. `"terminating/refused"`.
+pub fn failure_key_str(state: PodState, class: FailureClass) -> &'static str {
+    let row = match state {
+        PodState::Terminating => 0,
+        PodState::NotReady => 1,
+        PodState::Ready => 2,
+        PodState::Unknown => 3,
+    };
+    let column = FailureClass::ALL
+        .iter()
+        .position(|c| *c == class)
+        .unwrap_or(FailureClass::ALL.len() - 1);
+    FAILURE_KEYS[row][column]
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`view`]: the TUI's own view model; everything else renders from it.
 //! - [`adapt`]: engine `Snapshot`/`Finding` -> view model.
+//! - [`action`]: screens, keys, actions in, effects out.
 //! - [`app`]: the state and its pure `update(Action) -> Option<Effect>`.
 //! - [`rows`]: filtered, sorted rows; Detail contents; the export file.
 //! - [`render`]: pure drawing of `&App` into a ratatui `Frame`.
@@ -13,6 +14,7 @@
 //! - [`terminal`]: terminal guard, panic hook, logging to a file.
 //! - [`runtime`]: `run_tui`, the event loop that owns the terminal.
 
+pub mod action;
 pub mod adapt;
 pub mod app;
 pub mod feed;
@@ -38,4 +40,4 @@ pub use app::{Action, App, DataUpdate, Effect, Key, Screen, SortKey, SourceEvent
 pub use feed::LocalFeed;
 pub use remote::{RemoteError, spawn_agents};
 pub use runtime::{TuiOptions, run_remote, run_tui};
-pub use terminal::{TerminalGuard, log_to_file};
+pub use terminal::{DEFAULT_LOG_FILE, TerminalGuard, log_to_file};

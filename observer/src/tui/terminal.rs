@@ -16,6 +16,9 @@ use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use thiserror::Error;
 
+/// Where TUI commands log unless told otherwise.
+pub const DEFAULT_LOG_FILE: &str = "observer-tui.log";
+
 #[derive(Debug, Error)]
 pub enum TerminalError {
     #[error("cannot set up the terminal: {0}")]

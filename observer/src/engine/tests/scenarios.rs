@@ -93,10 +93,8 @@ fn termination_with_connects_after_deletion_has_exact_gap_and_lags() {
 
     let all: Vec<Output> = out.iter().chain(out2.iter()).cloned().collect();
     assert_eq!(watch_ops(&all), ["watch 10.0.0.1", "unwatch 10.0.0.1"]);
-    let f = findings(&all);
-    assert_eq!(f.len(), 1);
-    assert_eq!(f[0].kind, FindingKind::ToTerminatingPod);
-    assert_eq!(f[0].service.as_deref(), Some("web"));
+    // Failures inside a window are in its record, not separate findings.
+    assert!(findings(&all).is_empty());
     assert_eq!(engine.counters().terminations_closed, 1);
     assert_eq!(
         engine
@@ -400,7 +398,30 @@ fn failures_are_counted_by_class() {
             "{class:?}"
         );
     }
-    assert_eq!(findings(&out).len(), 7);
+    assert!(findings(&out).is_empty());
+    // The same failure on a port the Service does not advertise is outside
+    // the window: a finding of its own.
+    let out = run(
+        &mut engine,
+        vec![Step::Connect(failed(
+            "10.0.0.1:9999",
+            13_000,
+            1,
+            Refused,
+            false,
+        ))],
+    );
+    let f = findings(&out);
+    assert_eq!(f.len(), 1);
+    assert_eq!(
+        (f[0].kind, f[0].pod_state),
+        (FindingKind::ToTerminatingPod, PodState::Terminating)
+    );
+    assert_eq!(f[0].service.as_deref(), Some("web"));
+    assert_eq!(
+        engine.counters().failures(PodState::Terminating, Refused),
+        2
+    );
 }
 
 #[test]
