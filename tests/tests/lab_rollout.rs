@@ -7,7 +7,6 @@
 //! a time (a lock), each in its own lab id (names and pod CIDR).
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use observer::lab::{
@@ -16,7 +15,7 @@ use observer::lab::{
 use observer_tests::require_root;
 
 /// One lab at a time: the runs are timing measurements.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How far a measured gap may be from the truth.
 const TOLERANCE_MS: f64 = 50.0;
@@ -72,7 +71,7 @@ fn assert_accurate(report: &LabReport, expected_terminations: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn measured_gap_matches_nginx_truth() {
     require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let scenario = LabScenario {
         pods: 2,
         rollouts: 1,
@@ -91,7 +90,7 @@ async fn measured_gap_matches_nginx_truth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_gap_matches_nginx_truth() {
     require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let scenario = LabScenario {
         pods: 2,
         rollouts: 1,
@@ -109,7 +108,7 @@ async fn ipv6_gap_matches_nginx_truth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recommended_prestop_removes_the_failures() {
     require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let scenario = LabScenario {
         pods: 2,
         rollouts: 1,
@@ -131,7 +130,7 @@ async fn recommended_prestop_removes_the_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_ips_are_attributed_by_time() {
     require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let scenario = LabScenario {
         pods: 2,
         // With maxSurge 1 a rollout's new pods start while the old ones
@@ -160,7 +159,7 @@ async fn reused_ips_are_attributed_by_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_gap_matches_nginx_truth() {
     require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let scenario = LabScenario {
         pods: 2,
         rollouts: 1,

@@ -73,7 +73,14 @@ fn main() -> anyhow::Result<()> {
             // Figures from an unoptimized build would mean nothing.
             if cfg!(debug_assertions) {
                 return run(cargo().args([
-                    "run", "--release", "--quiet", "-p", "xtask", "--", "bench", "engine",
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "xtask",
+                    "--",
+                    "bench",
+                    "engine",
                 ]));
             }
             let table = bench_engine::run()?;
