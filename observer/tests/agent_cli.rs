@@ -265,13 +265,16 @@ fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_id
         gap_ms > 150.0 && gap_ms <= upper_ms,
         "gap {gap_ms} ms, knocks ended {upper_ms} ms after the delete"
     );
-    let findings = live_out
+    // The failure before the deletion is a finding of its own (a ready
+    // pod refusing); those inside the termination window are in its record.
+    let findings: Vec<&str> = live_out
         .lines()
         .filter(|l| l.starts_with("{\"finding\""))
-        .count();
-    assert_eq!(
-        findings, 4,
-        "one finding per failed connect to the pod:\n{live_out}"
+        .collect();
+    assert_eq!(findings.len(), 1, "{live_out}");
+    assert!(
+        findings[0].contains("\"pod_state\":\"ready\""),
+        "{live_out}"
     );
 
     let replay = |name: &str| {
