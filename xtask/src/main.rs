@@ -4,6 +4,7 @@
 mod bench_engine;
 mod bench_probe;
 mod cmd;
+mod dist;
 mod docs;
 mod setup;
 
@@ -39,6 +40,9 @@ enum Task {
         #[command(subcommand)]
         what: Bench,
     },
+    /// Setup, then the static (musl) observer binary and the OCI image
+    /// localhost/observer:latest from deploy/Containerfile (podman).
+    Dist,
     /// Setup, then formatting, lints, and every test (privileged: root).
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -86,6 +90,10 @@ fn main() -> anyhow::Result<()> {
             let table = bench_engine::run()?;
             println!("{table}");
             docs::write_section("engine", &table)
+        }
+        Task::Dist => {
+            setup::setup()?;
+            dist::dist()
         }
         Task::Observer { args } => {
             setup::setup()?;

@@ -1,0 +1,541 @@
+//! The manifests in deploy/: every kustomization renders, every object is
+//! a valid Kubernetes object with no unknown field, the DaemonSet is as
+//! unprivileged as the agent allows, and the ClusterRole grants exactly
+//! what the agent's watchers ask the API for.
+
+mod deploy_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy_support::{
+    KUSTOMIZATIONS, added_capabilities, agent_container, daemonset, find, host_mounts, render,
+    workspace_root,
+};
+use observer::cluster::{WatchConfig, WatchCounters, stamped_events};
+use observer::sim::futures::StreamExt;
+use observer::sim::k8s_openapi::api::apps::v1::DaemonSet;
+use observer::sim::k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use observer::sim::k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use observer::sim::k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use observer::sim::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use observer::sim::{Cluster, ClusterConfig, DeploymentSpec, RequestRecord, SimConfig, SimServer};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The agent's HTTP port, as `observer agent --listen` defaults to it.
+const PORT: i32 = 9990;
+
+/// Deserializes `doc` as `T` and serializes it back: any field `T` does not
+/// know (a typo, a wrong indentation level, a field of another version) is
+/// lost on the way and the two differ.
+fn strictly<T: DeserializeOwned + Serialize>(doc: &Value) -> T {
+    let typed: T = serde_json::from_value(doc.clone()).unwrap_or_else(|error| {
+        panic!(
+            "{} {}: {error}",
+            doc["kind"],
+            doc["metadata"]["name"].as_str().unwrap_or("?")
+        )
+    });
+    let back = serde_json::to_value(&typed).expect("serializes");
+    assert_eq!(
+        &back, doc,
+        "{} {} has fields its type does not know (left: as typed, right: as written)",
+        doc["kind"], doc["metadata"]["name"]
+    );
+    typed
+}
+
+/// The Prometheus Operator's ServiceMonitor, the fields deploy/ uses, as
+/// monitoring.coreos.com/v1 names them. No crate types it; unknown fields
+/// are refused so a misspelt one fails here rather than being ignored by
+/// the operator.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitor {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    spec: ServiceMonitorSpec,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ServiceMonitorSpec {
+    selector: LabelSelector,
+    namespace_selector: NamespaceSelector,
+    endpoints: Vec<ScrapeEndpoint>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct NamespaceSelector {
+    match_names: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ScrapeEndpoint {
+    port: String,
+    path: String,
+    interval: String,
+    relabelings: Vec<Relabeling>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Relabeling {
+    source_labels: Vec<String>,
+    target_label: String,
+}
+
+#[test]
+fn every_kustomization_renders_into_known_types_with_no_unknown_field() {
+    for dir in KUSTOMIZATIONS {
+        let docs = render(dir);
+        let mut kinds = BTreeSet::new();
+        for doc in &docs {
+            let kind = doc["kind"].as_str().expect("every object has a kind");
+            kinds.insert(kind.to_string());
+            match kind {
+                "Namespace" => drop(strictly::<Namespace>(doc)),
+                "ServiceAccount" => drop(strictly::<ServiceAccount>(doc)),
+                "ClusterRole" => drop(strictly::<ClusterRole>(doc)),
+                "ClusterRoleBinding" => drop(strictly::<ClusterRoleBinding>(doc)),
+                "Service" => drop(strictly::<Service>(doc)),
+                "DaemonSet" => drop(strictly::<DaemonSet>(doc)),
+                "ServiceMonitor" => {
+                    let monitor = strictly::<ServiceMonitor>(doc);
+                    assert_eq!(monitor.api_version, "monitoring.coreos.com/v1");
+                }
+                other => panic!("{dir}: no check for kind {other}"),
+            }
+            if kind != "Namespace" && !kind.starts_with("Cluster") {
+                assert_eq!(
+                    doc["metadata"]["namespace"], "observer",
+                    "{dir}: {kind} in the observer namespace"
+                );
+            }
+        }
+        let mut expected: BTreeSet<String> = [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Service",
+            "DaemonSet",
+        ]
+        .map(String::from)
+        .into();
+        if dir.ends_with("prometheus-operator") {
+            expected.insert("ServiceMonitor".into());
+        }
+        assert_eq!(kinds, expected, "{dir}");
+    }
+}
+
+#[test]
+fn base_daemonset_grants_only_what_the_probe_needs() {
+    let docs = render("deploy");
+    let ds = daemonset(&docs);
+    let pod = ds.spec.template.spec.clone().expect("pod spec");
+    let agent = agent_container(&ds);
+    let security = agent.security_context.clone().expect("securityContext");
+    assert_ne!(
+        security.privileged,
+        Some(true),
+        "not privileged in the base"
+    );
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        security.capabilities.as_ref().and_then(|c| c.drop.clone()),
+        Some(vec!["ALL".to_string()]),
+        "every capability dropped first"
+    );
+    assert_eq!(added_capabilities(&agent), ["CAP_BPF", "CAP_PERFMON"]);
+    assert_eq!(
+        security.seccomp_profile.map(|p| p.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    assert_ne!(pod.host_network, Some(true), "no host network");
+    assert_ne!(pod.host_pid, Some(true), "no host PID namespace");
+    let mounts = host_mounts(&ds);
+    assert_eq!(
+        mounts,
+        [(
+            "/sys/kernel/tracing".to_string(),
+            "/sys/kernel/tracing".to_string(),
+            true
+        )],
+        "tracefs, read-only, and no other host path"
+    );
+
+    let privileged = daemonset(&render("deploy/overlays/privileged"));
+    let security = agent_container(&privileged)
+        .security_context
+        .expect("securityContext");
+    assert_eq!(security.privileged, Some(true), "the privileged overlay");
+
+    let unconfined = daemonset(&render("deploy/overlays/unconfined-seccomp"));
+    let agent = agent_container(&unconfined);
+    let security = agent.security_context.clone().expect("securityContext");
+    assert_eq!(
+        security.seccomp_profile.map(|p| p.type_).as_deref(),
+        Some("Unconfined")
+    );
+    assert_ne!(security.privileged, Some(true));
+    assert_eq!(
+        added_capabilities(&agent),
+        ["CAP_BPF", "CAP_PERFMON"],
+        "seccomp is all the unconfined overlay changes"
+    );
+}
+
+#[test]
+fn daemonset_updates_without_a_gap_and_probes_the_agent() {
+    let docs = render("deploy");
+    let ds = daemonset(&docs);
+    let spec = &ds.spec;
+    let update = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|u| u.rolling_update.as_ref())
+        .expect("a rolling update");
+    assert_eq!(update.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(update.max_unavailable, Some(IntOrString::Int(0)));
+
+    let pod = spec.template.spec.as_ref().expect("pod spec");
+    let grace = pod
+        .termination_grace_period_seconds
+        .expect("a grace period");
+    assert!(
+        (10..=60).contains(&grace),
+        "room to flush on SIGTERM: {grace}"
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some("observer"));
+
+    let agent = agent_container(&ds);
+    assert_eq!(agent.image.as_deref(), Some("localhost/observer:latest"));
+    assert_eq!(
+        agent.args.clone().unwrap_or_default(),
+        ["agent", "--listen", "0.0.0.0:9990"]
+    );
+    let ports = agent.ports.clone().unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.name.as_deref() == Some("http") && p.container_port == PORT)
+    );
+    let probe_path = |probe: Option<&observer::sim::k8s_openapi::api::core::v1::Probe>| {
+        let get = probe
+            .and_then(|p| p.http_get.clone())
+            .expect("an HTTP probe");
+        assert_eq!(get.port, IntOrString::String("http".into()));
+        get.path.unwrap_or_default()
+    };
+    assert_eq!(probe_path(agent.readiness_probe.as_ref()), "/readyz");
+    assert_eq!(probe_path(agent.liveness_probe.as_ref()), "/healthz");
+
+    let node_name = agent
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == "NODE_NAME")
+        .and_then(|e| e.value_from)
+        .and_then(|v| v.field_ref)
+        .map(|f| f.field_path);
+    assert_eq!(node_name.as_deref(), Some("spec.nodeName"));
+
+    let resources = agent.resources.clone().expect("resources");
+    for name in ["cpu", "memory"] {
+        assert!(
+            resources
+                .requests
+                .as_ref()
+                .is_some_and(|r| r.contains_key(name)),
+            "a {name} request"
+        );
+    }
+    assert!(
+        resources
+            .limits
+            .as_ref()
+            .is_some_and(|l| l.contains_key("memory")),
+        "a memory limit"
+    );
+
+    let annotations = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        annotations.get("prometheus.io/scrape").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        annotations.get("prometheus.io/port").map(String::as_str),
+        Some("9990")
+    );
+}
+
+#[test]
+fn node_selection_and_tolerations_live_in_one_file() {
+    // Only base/ingress-nodes.yaml may set them, so there is one place to
+    // adapt to a cluster's ingress nodes.
+    let base = workspace_root().join("deploy/base");
+    for entry in std::fs::read_dir(&base).expect("deploy/base") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let sets_placement = text.lines().any(|line| {
+            let line = line.trim_start();
+            !line.starts_with('#')
+                && (line.starts_with("nodeSelector:")
+                    || line.starts_with("tolerations:")
+                    || line.starts_with("affinity:"))
+        });
+        let is_the_place = path.file_name().is_some_and(|n| n == "ingress-nodes.yaml");
+        assert_eq!(
+            sets_placement,
+            is_the_place,
+            "{}: node placement belongs in ingress-nodes.yaml",
+            path.display()
+        );
+    }
+    let ds = daemonset(&render("deploy"));
+    let pod = ds.spec.template.spec.expect("pod spec");
+    assert_eq!(
+        pod.node_selector
+            .unwrap_or_default()
+            .get("kubernetes.io/os")
+            .map(String::as_str),
+        Some("linux")
+    );
+}
+
+#[test]
+fn headless_service_and_service_monitor_reach_the_agent_port() {
+    let docs = render("deploy/overlays/prometheus-operator");
+    let service: Service = serde_json::from_value(find(&docs, "Service").clone()).expect("Service");
+    let spec = service.spec.clone().expect("spec");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"), "headless");
+    let ports = spec.ports.clone().unwrap_or_default();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, PORT);
+    assert_eq!(ports[0].name.as_deref(), Some("http"));
+
+    let ds = daemonset(&docs);
+    let pod_labels = ds
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let selector = spec.selector.clone().unwrap_or_default();
+    assert!(!selector.is_empty());
+    for (key, value) in &selector {
+        assert_eq!(
+            pod_labels.get(key),
+            Some(value),
+            "Service selects the agent"
+        );
+    }
+
+    let monitor: ServiceMonitor =
+        serde_json::from_value(find(&docs, "ServiceMonitor").clone()).expect("ServiceMonitor");
+    let service_labels = service.metadata.labels.clone().unwrap_or_default();
+    for (key, value) in monitor
+        .spec
+        .selector
+        .match_labels
+        .clone()
+        .unwrap_or_default()
+    {
+        assert_eq!(
+            service_labels.get(&key),
+            Some(&value),
+            "ServiceMonitor selects the Service"
+        );
+    }
+    assert_eq!(monitor.spec.namespace_selector.match_names, ["observer"]);
+    assert!(monitor.spec.endpoints.iter().all(|e| e.port == "http"));
+}
+
+#[test]
+fn grafana_dashboard_charts_every_agent_metric() {
+    let path = workspace_root().join("deploy/grafana/observer.json");
+    let text = std::fs::read_to_string(&path).expect("deploy/grafana/observer.json");
+    let dashboard: Value = serde_json::from_str(&text).expect("valid JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    for metric in [
+        "observer_propagation_gap_seconds_bucket",
+        "observer_failed_connects_total",
+        "observer_recommended_prestop_seconds",
+        "observer_ringbuf_drops_total",
+        "observer_watch_restarts_total",
+        "observer_events_processed_total",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(metric)),
+            "no panel queries {metric}"
+        );
+    }
+    assert!(dashboard["uid"].is_string() && dashboard["title"].is_string());
+}
+
+fn collect_exprs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(expr)) = map.get("expr") {
+                out.push(expr.clone());
+            }
+            map.values().for_each(|v| collect_exprs(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// (API group, resource) → verbs.
+type Grants = BTreeMap<(String, String), BTreeSet<String>>;
+
+fn role_grants(role: &ClusterRole) -> Grants {
+    let mut grants = Grants::new();
+    for rule in role.rules.clone().unwrap_or_default() {
+        assert!(
+            rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
+            "plain resource rules only"
+        );
+        for group in rule.api_groups.clone().unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                assert!(
+                    group != "*" && resource != "*" && !rule.verbs.iter().any(|v| v == "*"),
+                    "no wildcards"
+                );
+                grants
+                    .entry((group.clone(), resource))
+                    .or_default()
+                    .extend(rule.verbs.iter().cloned());
+            }
+        }
+    }
+    grants
+}
+
+/// The RBAC verb, API group and resource of one request to the API, as the
+/// API server's authorizer sees it.
+fn rbac_request(record: &RequestRecord) -> (String, String, String) {
+    let segments: Vec<&str> = record.path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => (group.to_string(), rest),
+        _ => panic!("not a resource path: {}", record.path),
+    };
+    let (resource, name) = match rest {
+        ["namespaces", _ns, resource] => (resource, None),
+        ["namespaces", _ns, resource, name] => (resource, Some(name)),
+        [resource] => (resource, None),
+        [resource, name] => (resource, Some(name)),
+        _ => panic!("unexpected resource path: {}", record.path),
+    };
+    let verb = match (record.method.as_str(), record.watch, name) {
+        ("GET", true, _) => "watch",
+        ("GET", false, None) => "list",
+        ("GET", false, Some(_)) => "get",
+        (method, _, _) => panic!("the agent only reads, but sent {method} {}", record.path),
+    };
+    (verb.to_string(), group, resource.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_role_allows_exactly_what_the_watchers_request() {
+    let docs = render("deploy");
+    let role: ClusterRole =
+        serde_json::from_value(find(&docs, "ClusterRole").clone()).expect("ClusterRole");
+    let grants = role_grants(&role);
+
+    let server = SimServer::start_with(SimConfig {
+        bookmark_interval: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator starts");
+    let cluster =
+        Cluster::start(server.store().clone(), ClusterConfig::default()).expect("cluster starts");
+    cluster
+        .apply_deployment(DeploymentSpec::new("web", 3))
+        .expect("deployment");
+    cluster.wait_rollout("web").await.expect("rolled out");
+    let client = server.client().await.expect("client");
+
+    // Cluster-wide as the DaemonSet runs it, and scoped to a namespace as
+    // `observer agent -n` does: both must be covered by the one role.
+    let configs = [
+        WatchConfig::default(),
+        WatchConfig {
+            namespace: Some(ClusterConfig::default().namespace),
+            pod_label_selector: Some("app=web".into()),
+            ..Default::default()
+        },
+    ];
+    let mut watchers = Vec::new();
+    let mut all_counters = Vec::new();
+    for config in &configs {
+        let counters = Arc::new(WatchCounters::default());
+        let events = stamped_events(&client, config, counters.clone());
+        all_counters.push(counters);
+        watchers.push(tokio::spawn(events.for_each(|_| async {})));
+    }
+
+    // A rollout while watching, then a watch that cannot resume (history
+    // compacted): the watchers relist, so every kind of request they make
+    // appears in the log.
+    cluster.rollout("web").expect("rollout");
+    cluster.wait_rollout("web").await.expect("rolled out again");
+    server.compact();
+    server.faults().drop_watches();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !all_counters
+        .iter()
+        .all(|c| c.pods.snapshot().restarts > 0 && c.endpoint_slices.snapshot().restarts > 0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "watchers relisted after 410"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the relisted watches open too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for watcher in &watchers {
+        watcher.abort();
+    }
+
+    let records = server.requests().records();
+    assert!(!records.is_empty());
+    let mut seen = Grants::new();
+    for record in &records {
+        let (verb, group, resource) = rbac_request(record);
+        let allowed = grants
+            .get(&(group.clone(), resource.clone()))
+            .is_some_and(|verbs| verbs.contains(&verb));
+        assert!(
+            allowed,
+            "the ClusterRole does not allow {verb} {group}/{resource} ({} {}?{})",
+            record.method, record.path, record.query
+        );
+        seen.entry((group, resource)).or_default().insert(verb);
+    }
+    assert_eq!(
+        grants, seen,
+        "the ClusterRole grants exactly what the watchers use (left: granted, right: used)"
+    );
+    server.shutdown().await;
+}
