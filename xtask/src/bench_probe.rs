@@ -169,6 +169,10 @@ fn start(tracer: Tracer, observer_bin: &str) -> anyhow::Result<Tracing> {
 fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<f64> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a listener")?;
     let open = listener.local_addr()?;
+    // std listens with a backlog of 128; a storm overflows it and the
+    // dropped SYNs' 1 s retransmits would swamp the measurement.
+    // SAFETY: a valid listening socket fd; listen() only resizes its backlog.
+    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
     // A port that was bound and released: nothing listens there.
     let closed = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
