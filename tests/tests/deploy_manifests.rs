@@ -494,21 +494,36 @@ async fn cluster_role_allows_exactly_what_the_watchers_request() {
         watchers.push(tokio::spawn(events.for_each(|_| async {})));
     }
 
-    // A rollout while watching, then dropped streams after a compaction:
-    // the watchers list, watch, resume or relist — whatever they do must be
-    // in the role. (Whether a resume meets 410 depends on bookmark timing.)
+    let listed = |c: &Arc<WatchCounters>| {
+        c.pods.snapshot().lists > 0 && c.endpoint_slices.snapshot().lists > 0
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !all_counters.iter().all(listed) {
+        assert!(tokio::time::Instant::now() < deadline, "watchers listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A rollout while watching; then the watches are cut, the cluster
+    // changes while the agent cannot reach the API, and history is
+    // compacted past what the watchers saw, so they cannot resume and
+    // relist: every kind of request they make appears in the log.
     cluster.rollout("web").expect("rollout");
     cluster.wait_rollout("web").await.expect("rolled out again");
-    server.compact();
+    server
+        .faults()
+        .refuse_connections(Duration::from_millis(1500));
     server.faults().drop_watches();
+    cluster.rollout("web").expect("rollout while unreachable");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.compact();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !all_counters
         .iter()
-        .all(|c| c.pods.snapshot().lists > 0 && c.endpoint_slices.snapshot().lists > 0)
+        .all(|c| c.pods.snapshot().restarts > 0 && c.endpoint_slices.snapshot().restarts > 0)
     {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "watchers listed within 30 s"
+            "watchers relisted after 410"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
