@@ -1,4 +1,4 @@
-//! `cargo xtask bench engine`: events per second through the pure
+//! Run by `cargo xtask bench engine` (release build): events per second through the pure
 //! correlation engine on one thread, and its memory as events accumulate.
 //!
 //! The recording is synthetic and deterministic: a few hundred pods behind
@@ -342,7 +342,13 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-pub fn run() -> anyhow::Result<String> {
+/// Prints the markdown table of figures on stdout.
+fn main() -> anyhow::Result<()> {
+    print!("{}", run()?);
+    Ok(())
+}
+
+fn run() -> anyhow::Result<String> {
     let mut recording = Recording::new();
     let mut engine = Engine::new(EngineConfig::default());
     let mut chunk: Vec<Input> = Vec::with_capacity(CHUNK + 64);
