@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::cmd::{describe, run, succeeds};
+use crate::cmd::{describe, run};
 
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 pub const IMAGE: &str = "localhost/observer:latest";
@@ -94,7 +94,7 @@ fn install_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
         .map(|(package, _)| *package)
-        .filter(|package| !dpkg_installed(package))
+        .filter(|package| !crate::setup::dpkg_installed(package))
         .collect();
     if missing.is_empty() {
         println!("dist: Debian packages present");
@@ -103,32 +103,7 @@ fn install_packages() -> anyhow::Result<()> {
     for (package, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
         println!("dist: installing {package} ({why})");
     }
-    if !succeeds(Command::new("apt-get").arg("--version")) {
-        bail!(
-            "missing packages {} and no apt-get to install them: install them with your \
-             package manager",
-            missing.join(" ")
-        );
-    }
-    crate::cmd::require_root("installing Debian packages")?;
-    run(Command::new("apt-get")
-        .args(["update", "-q"])
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-}
-
-fn dpkg_installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .map(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
-        })
-        .unwrap_or(false)
+    crate::setup::apt_install(&missing)
 }
 
 /// Builds the release binary for musl and strips it into target/dist/.

@@ -100,7 +100,7 @@ fn ebpf_toolchain() -> anyhow::Result<()> {
     ]))
 }
 
-fn dpkg_installed(package: &str) -> bool {
+pub(crate) fn dpkg_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()
@@ -122,7 +122,9 @@ fn bpf_linker_ok() -> bool {
         .unwrap_or(false)
 }
 
-fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+/// Installs Debian packages (after one `apt-get update`), or says which
+/// are missing when there is no apt-get.
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     if !succeeds(Command::new("apt-get").arg("--version")) {
         bail!(
             "missing packages {} and no apt-get to install them: install them with your \
