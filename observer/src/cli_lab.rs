@@ -6,9 +6,13 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::Args;
 
+use tokio::sync::mpsc;
+
 use crate::{
-    lab::{self, EngineMeasure, LabScenario},
+    engine::EngineConfig,
+    lab::{self, EngineMeasure, LabReport, LabScenario},
     trace::parse_duration,
+    tui::{self, LocalFeed, TuiOptions},
 };
 
 #[derive(Debug, Args)]
@@ -50,6 +54,13 @@ pub struct LabArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Watch the run in the interactive TUI; `q` leaves it (and stops the
+    /// lab if it is still running). The summary is printed afterwards.
+    #[arg(long)]
+    pub tui: bool,
+    /// Where logs go while the TUI owns the terminal (with --tui).
+    #[arg(long, default_value = "observer-lab.log", value_name = "FILE")]
+    pub log_file: PathBuf,
 }
 
 impl LabArgs {
@@ -69,6 +80,48 @@ impl LabArgs {
         }
     }
 }
+
+const LAB_FAILED: &str = "the lab run failed (everything it created has been removed)";
+
+/// Runs the lab with the TUI on screen until the user quits. `None` when
+/// the user quit before the lab ended (the lab is then cleaned up as on
+/// Ctrl-C).
+async fn run_with_tui(scenario: &LabScenario, args: &LabArgs) -> anyhow::Result<Option<LabReport>> {
+    tui::log_to_file(&args.log_file)
+        .with_context(|| format!("sending logs to {}", args.log_file.display()))?;
+    let (tx, updates) = mpsc::channel(tui::feed::DEFAULT_CAPACITY);
+    // The verify run shows up as a second source next to the first run.
+    let mut runs = 0;
+    let make_measure = move || {
+        runs += 1;
+        let source = if runs == 1 { LAB_SOURCE } else { VERIFY_SOURCE };
+        EngineMeasure::with_feed(EngineConfig::default(), LocalFeed::new(source, tx.clone()))
+    };
+    let options = TuiOptions {
+        sources: vec![LAB_SOURCE.to_string()],
+        ended_message: "lab finished: press q for the summary".to_string(),
+        ..TuiOptions::default()
+    };
+    let lab = lab::run_lab(scenario, args.verify, make_measure);
+    let shown = tui::run_tui(updates, options);
+    tokio::pin!(lab, shown);
+    tokio::select! {
+        report = &mut lab => {
+            // Keep the final picture on screen until the user leaves.
+            let shown = shown.await;
+            let report = report.context(LAB_FAILED)?;
+            shown?;
+            Ok(Some(report))
+        }
+        shown = &mut shown => {
+            shown?;
+            Ok(None)
+        }
+    }
+}
+
+const LAB_SOURCE: &str = "lab";
+const VERIFY_SOURCE: &str = "lab verify";
 
 pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -92,9 +145,21 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    let report = lab::run_lab(&scenario, args.verify, EngineMeasure::default)
-        .await
-        .context("the lab run failed (everything it created has been removed)")?;
+    let report = if args.tui {
+        match run_with_tui(&scenario, &args).await? {
+            Some(report) => report,
+            None => {
+                eprintln!(
+                    "lab: stopped from the TUI before the run ended; everything it created has been removed"
+                );
+                return Ok(());
+            }
+        }
+    } else {
+        lab::run_lab(&scenario, args.verify, EngineMeasure::default)
+            .await
+            .context(LAB_FAILED)?
+    };
     print!("{}", lab::render_summary(&report));
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report).context("encoding the report")?;

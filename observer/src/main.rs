@@ -18,6 +18,7 @@ use tracing_subscriber::EnvFilter;
 #[command(after_help = "Examples:\n  \
     sudo observer lab                        # a rolling update here: measured gaps and recommended preStop\n  \
     sudo observer lab --prestop 3s --verify  # check a preStop, then the recommended one\n  \
+    sudo observer lab --tui                  # the same, watched live in the TUI\n  \
     sudo observer trace                      # failed connects on this node, as they happen\n  \
     sudo observer trace --watch 10.1.2.3     # also every connect to one pod IP\n  \
     sudo observer trace --json --failures-only --port 8080\n  \
@@ -65,7 +66,12 @@ fn init_logging() {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The TUI owns the terminal: it sends logs to a file instead.
-    if !matches!(cli.command, Command::Tui(_)) {
+    let tui_owns_terminal = match &cli.command {
+        Command::Tui(_) => true,
+        Command::Lab(args) => args.tui,
+        _ => false,
+    };
+    if !tui_owns_terminal {
         init_logging();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

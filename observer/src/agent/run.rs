@@ -185,16 +185,7 @@ fn process_feeding(
     if let Input::Connect(record) = &input {
         engine.on_connect(record, outputs);
     }
-    let findings: Vec<_> = outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Finding(f) => Some(f.clone()),
-            _ => None,
-        })
-        .collect();
-    if !findings.is_empty() {
-        feed.findings(&findings);
-    }
+    feed.findings_in(outputs);
     route(outputs, sinks, Some(probe))
 }
 

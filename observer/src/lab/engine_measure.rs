@@ -17,10 +17,15 @@ use crate::clock::MonoTime;
 use crate::cluster::{WatchConfig, WatchCounters, stamped_events};
 use crate::engine::{Engine, EngineConfig, Output, PodTermination};
 use crate::probe::{FailureClass, Probe, ProbeOptions};
+use crate::tui::LocalFeed;
+
+/// How often an attached TUI gets a fresh snapshot.
+const FEED_SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
 
 /// Runs [`Engine`] on the probe's records and the watchers' events.
 pub struct EngineMeasure {
     config: EngineConfig,
+    feed: Option<LocalFeed>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<Measurements>>>,
 }
@@ -29,8 +34,17 @@ impl EngineMeasure {
     pub fn new(config: EngineConfig) -> EngineMeasure {
         EngineMeasure {
             config,
+            feed: None,
             stop: None,
             task: None,
+        }
+    }
+
+    /// Also shows the engine's state live in a TUI (`observer lab --tui`).
+    pub fn with_feed(config: EngineConfig, feed: LocalFeed) -> EngineMeasure {
+        EngineMeasure {
+            feed: Some(feed),
+            ..EngineMeasure::new(config)
         }
     }
 }
@@ -59,7 +73,10 @@ impl LabMeasure for EngineMeasure {
         let (stop, stopped) = oneshot::channel();
         self.stop = Some(stop);
         let engine = Engine::new(self.config.clone());
-        self.task = Some(tokio::spawn(drive(engine, probe, reader, events, stopped)));
+        let feed = self.feed.take();
+        self.task = Some(tokio::spawn(drive(
+            engine, probe, reader, events, stopped, feed,
+        )));
         Ok(())
     }
 
@@ -105,6 +122,7 @@ async fn drive(
     mut reader: crate::probe::EventReader,
     events: impl futures::Stream<Item = crate::cluster::StampedEvent> + Send + 'static,
     mut stopped: oneshot::Receiver<()>,
+    mut feed: Option<LocalFeed>,
 ) -> Result<Measurements> {
     futures::pin_mut!(events);
     let mut out = Vec::new();
@@ -115,6 +133,7 @@ async fn drive(
     // on its own (bounded): windows closed at shutdown feed no
     // recommendation.
     let mut draining_until: Option<MonoTime> = None;
+    let mut last_fed = MonoTime::from_nanos(0);
     loop {
         if let Some(deadline) = draining_until {
             let now = MonoTime::now();
@@ -133,7 +152,19 @@ async fn drive(
                 }
             }
             Some(event) = events.next() => engine.on_cluster(event, &mut out),
-            _ = tick.tick() => engine.on_tick(MonoTime::now(), &mut out),
+            _ = tick.tick() => {
+                let now = MonoTime::now();
+                engine.on_tick(now, &mut out);
+                if let Some(feed) = feed.as_mut()
+                    && now.saturating_since(last_fed) >= FEED_SNAPSHOT_EVERY
+                {
+                    feed.snapshot(&engine.snapshot(now));
+                    last_fed = now;
+                }
+            }
+        }
+        if let Some(feed) = feed.as_mut() {
+            feed.findings_in(&out);
         }
         handle(&mut probe, &mut out, &mut closed);
     }
@@ -141,7 +172,12 @@ async fn drive(
     for record in batch.drain(..) {
         engine.on_connect(&record, &mut out);
     }
-    engine.finish(MonoTime::now(), &mut out);
+    let now = MonoTime::now();
+    engine.finish(now, &mut out);
+    if let Some(feed) = feed.as_mut() {
+        feed.findings_in(&out);
+        feed.snapshot(&engine.snapshot(now));
+    }
     handle(&mut probe, &mut out, &mut closed);
     let recommendation = engine
         .recommendations()

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::adapt::{ClockPair, findings_update, snapshot_update};
 use super::app::DataUpdate;
-use crate::engine::{Finding, Snapshot};
+use crate::engine::{Finding, Output, Snapshot};
 
 /// The name the in-process engine appears under in the status line.
 pub const LOCAL_SOURCE: &str = "local";
@@ -50,6 +50,20 @@ impl LocalFeed {
     pub fn findings(&mut self, findings: &[Finding]) {
         if let Some(update) = findings_update(&self.source, findings, &ClockPair::now()) {
             self.send(update);
+        }
+    }
+
+    /// Sends the failed connects among the engine's `outputs`.
+    pub fn findings_in(&mut self, outputs: &[Output]) {
+        let findings: Vec<Finding> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Finding(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        if !findings.is_empty() {
+            self.findings(&findings);
         }
     }
 

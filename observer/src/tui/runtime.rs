@@ -31,6 +31,8 @@ pub struct TuiOptions {
     pub tick: Duration,
     /// Sources to list as "connecting" before they send anything.
     pub sources: Vec<String>,
+    /// Shown in the status line once every data source has ended.
+    pub ended_message: String,
 }
 
 impl Default for TuiOptions {
@@ -39,6 +41,7 @@ impl Default for TuiOptions {
             export_path: PathBuf::from("observer-recommendations.yaml"),
             tick: Duration::from_millis(250),
             sources: Vec::new(),
+            ended_message: "data source ended".to_string(),
         }
     }
 }
@@ -128,7 +131,7 @@ pub async fn run_tui(
                 Some(update) => Action::Data(update),
                 None => {
                     updates_open = false;
-                    app.message = Some("data source ended".to_string());
+                    app.message = Some(options.ended_message.clone());
                     continue;
                 }
             },
