@@ -176,3 +176,43 @@ async fn engine_gap_matches_nginx_truth() {
     assert!(report.failed_connects() > 0, "failures are measured");
     assert!(report.recommendation.is_some(), "the engine recommends");
 }
+
+/// The edges of the accuracy target at the default rate (200 qps): the
+/// shortest delay with jitter over IPv6, the longest with jitter over IPv4.
+/// `cargo xtask bench lab` sweeps the points in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_jittered_delay_over_ipv6_matches_truth() {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let scenario = LabScenario {
+        pods: 2,
+        rollouts: 1,
+        propagation_delay: Duration::from_millis(500),
+        jitter: Duration::from_millis(250),
+        seed: 7,
+        ipv6: true,
+        lab_id: 16,
+        ..LabScenario::default()
+    };
+    let report = run(&scenario, false).await;
+    assert_eq!(report.scenario.qps, 200, "the default rate");
+    assert_accurate(&report, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_jittered_delay_matches_truth() {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let scenario = LabScenario {
+        pods: 2,
+        rollouts: 1,
+        propagation_delay: Duration::from_secs(10),
+        jitter: Duration::from_secs(2),
+        seed: 3,
+        lab_id: 17,
+        ..LabScenario::default()
+    };
+    let report = run(&scenario, false).await;
+    assert_eq!(report.scenario.jitter_ms, 2_000);
+    assert_accurate(&report, 2);
+}
