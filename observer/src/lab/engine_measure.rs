@@ -11,12 +11,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::measure::{LabContext, LabMeasure, Measurements, PodMeasurement};
-use super::report::{FailureCounts, Recommendation};
+use super::report::Recommendation;
 use super::{LabError, Result};
 use crate::clock::MonoTime;
 use crate::cluster::{WatchConfig, WatchCounters, stamped_events};
 use crate::engine::{Engine, EngineConfig, Output, PodTermination};
-use crate::probe::{FailureClass, Probe, ProbeOptions};
+use crate::probe::{Probe, ProbeOptions};
 use crate::tui::LocalFeed;
 
 /// How often an attached TUI gets a fresh snapshot.
@@ -194,20 +194,10 @@ async fn drive(
 }
 
 fn to_measurement(t: &PodTermination) -> Option<PodMeasurement> {
-    let f = &t.failures;
-    let failures = FailureCounts {
-        refused: f.get(FailureClass::Refused),
-        host_unreachable: f.get(FailureClass::HostUnreachable),
-        net_unreachable: f.get(FailureClass::NetUnreachable),
-        timed_out: f.get(FailureClass::TimedOut),
-        aborted: f.get(FailureClass::Aborted),
-        reset: f.get(FailureClass::Reset),
-        other: f.get(FailureClass::Other),
-    };
     Some(PodMeasurement {
         pod: t.pod.clone(),
         ip: *t.ips.first()?,
         measured_gap_ms: t.propagation_gap_ns.map(|ns| ns as f64 / 1e6),
-        failures,
+        failures: t.failures,
     })
 }
