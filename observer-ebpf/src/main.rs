@@ -30,6 +30,7 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_ktime_get_ns, bpf_probe_read_user,
     },
+    EbpfContext as _,
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
@@ -49,6 +50,8 @@ const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
 const ENETUNREACH: i32 = 101;
 const ETIMEDOUT: i32 = 110;
+const ECONNRESET: i32 = 104;
+const EPIPE: i32 = 32;
 
 /// An error reported before the close (older kernels) is only joined with a
 /// close that follows within this window, so a stale entry for a reused
@@ -247,6 +250,36 @@ fn fill_from_sock(event: &mut ConnectEvent, info: &SockInfo) {
     }
 }
 
+/// Reads a field of the tracepoint record. Tracepoint programs may load
+/// from their context directly, which costs a fraction of the
+/// `bpf_probe_read_kernel` helper call; every offset here is a constant from
+/// the event's format, naturally aligned for `T` (1, 2, 4 or 8 bytes).
+#[inline(always)]
+fn load<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: the verifier checks each constant-offset context load against
+    // the record's size and alignment; `T` is a plain integer.
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+/// An IPv4 address at a 4-aligned offset of the record.
+#[inline(always)]
+fn load_addr4(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&load::<u32>(ctx, offset).to_ne_bytes());
+    addr
+}
+
+/// An IPv6 address at a 4-aligned offset, as four aligned 4-byte loads.
+#[inline(always)]
+fn load_addr16(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&load::<u32>(ctx, offset).to_ne_bytes());
+    addr[4..8].copy_from_slice(&load::<u32>(ctx, offset + 4).to_ne_bytes());
+    addr[8..12].copy_from_slice(&load::<u32>(ctx, offset + 8).to_ne_bytes());
+    addr[12..].copy_from_slice(&load::<u32>(ctx, offset + 12).to_ne_bytes());
+    addr
+}
+
 /// Reads family and both addresses (canonicalised) from a tracepoint record.
 // Inlined: BPF calls take at most five arguments.
 #[inline(always)]
@@ -258,24 +291,12 @@ fn read_addrs(
     saddr6_at: usize,
     daddr6_at: usize,
 ) -> Result<(u16, [u8; 16], [u8; 16]), i32> {
-    // SAFETY: offsets come from the tracepoint's format; read_at uses
-    // bpf_probe_read_kernel, which fails cleanly on a bad address.
-    let family: u16 = unsafe { ctx.read_at(family_at)? };
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
+    let family: u16 = load(ctx, family_at);
     if family == AF_INET {
-        // SAFETY: as above.
-        let s: [u8; 4] = unsafe { ctx.read_at(saddr_at)? };
-        // SAFETY: as above.
-        let d: [u8; 4] = unsafe { ctx.read_at(daddr_at)? };
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
-        Ok((family, saddr, daddr))
+        Ok((family, load_addr4(ctx, saddr_at), load_addr4(ctx, daddr_at)))
     } else if family == AF_INET6 {
-        // SAFETY: as above.
-        saddr = unsafe { ctx.read_at(saddr6_at)? };
-        // SAFETY: as above.
-        daddr = unsafe { ctx.read_at(daddr6_at)? };
+        let saddr = load_addr16(ctx, saddr6_at);
+        let daddr = load_addr16(ctx, daddr6_at);
         let (fam_s, s) = canonical(family, saddr);
         let (fam_d, d) = canonical(family, daddr);
         if fam_s == fam_d {
@@ -297,17 +318,13 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     use tp::set_state as f;
-    // SAFETY: offsets from the tracepoint's format (see `tp`).
-    let protocol: u16 = unsafe { ctx.read_at(f::PROTOCOL)? };
+    let protocol: u16 = load(ctx, f::PROTOCOL);
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    // SAFETY: as above.
-    let oldstate: i32 = unsafe { ctx.read_at(f::OLDSTATE)? };
-    // SAFETY: as above.
-    let newstate: i32 = unsafe { ctx.read_at(f::NEWSTATE)? };
-    // SAFETY: as above.
-    let skaddr: u64 = unsafe { ctx.read_at(f::SKADDR)? };
+    let oldstate: i32 = load(ctx, f::OLDSTATE);
+    let newstate: i32 = load(ctx, f::NEWSTATE);
+    let skaddr: u64 = load(ctx, f::SKADDR);
     match (oldstate, newstate) {
         (TCP_CLOSE, TCP_SYN_SENT) => on_syn_sent(ctx, skaddr),
         (TCP_SYN_SENT, TCP_ESTABLISHED) => on_established(ctx, skaddr),
@@ -325,8 +342,7 @@ fn on_syn_sent(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let (family, saddr, daddr) =
         read_addrs(ctx, f::FAMILY, f::SADDR, f::DADDR, f::SADDR_V6, f::DADDR_V6)?;
-    // SAFETY: offset from the tracepoint's format.
-    let dport: u16 = unsafe { ctx.read_at(f::DPORT)? };
+    let dport: u16 = load(ctx, f::DPORT);
     let pid_tgid = bpf_get_current_pid_tgid();
     // This connect() reached SYN_SENT: it is not a synchronous failure.
     let _ = CONNECT_ARGS.remove(&pid_tgid);
@@ -376,8 +392,7 @@ fn on_established(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
     };
     // SAFETY: a valid pointer to a map value returned by the kernel.
     let info = unsafe { &mut *ptr };
-    // SAFETY: offset from the tracepoint's format.
-    info.sport = unsafe { ctx.read_at(tp::set_state::SPORT)? };
+    info.sport = load(ctx, tp::set_state::SPORT);
     info.established = 1;
     let key = DestKey {
         family: info.family,
@@ -407,8 +422,7 @@ fn on_syn_closed(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
         return Ok(());
     };
     let _ = SOCKS.remove(&skaddr);
-    // SAFETY: offset from the tracepoint's format.
-    info.sport = unsafe { ctx.read_at(f::SPORT)? };
+    info.sport = load(ctx, f::SPORT);
     let tuple = TupleKey {
         family: info.family,
         sport: info.sport,
@@ -469,18 +483,22 @@ pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
 
 fn try_inet_sk_error_report(ctx: &TracePointContext) -> Result<(), i32> {
     use tp::error_report as f;
-    // SAFETY: offsets from the tracepoint's format (see `tp`).
-    let protocol: u16 = unsafe { ctx.read_at(f::PROTOCOL)? };
+    let protocol: u16 = load(ctx, f::PROTOCOL);
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
+    let errno: i32 = load(ctx, f::ERROR);
+    // Resets (and the EPIPE that follows one) end established connections,
+    // which `tcp_receive_reset` reports; a connect the application aborts
+    // with a zero-linger close is reported this way too, and is classified
+    // as aborted by its missing error. Returning before any map work keeps
+    // the common close-with-RST path cheap.
+    if errno == ECONNRESET || errno == EPIPE {
+        return Ok(());
+    }
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: as above.
-    let errno: i32 = unsafe { ctx.read_at(f::ERROR)? };
-    // SAFETY: as above.
-    let sport: u16 = unsafe { ctx.read_at(f::SPORT)? };
-    // SAFETY: as above.
-    let dport: u16 = unsafe { ctx.read_at(f::DPORT)? };
+    let sport: u16 = load(ctx, f::SPORT);
+    let dport: u16 = load(ctx, f::DPORT);
     let (family, saddr, daddr) =
         read_addrs(ctx, f::FAMILY, f::SADDR, f::DADDR, f::SADDR_V6, f::DADDR_V6)?;
     let tuple = TupleKey {
@@ -527,8 +545,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 }
 
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: offset from the tracepoint's format.
-    let skaddr: u64 = unsafe { ctx.read_at(tp::receive_reset::SKADDR)? };
+    let skaddr: u64 = load(ctx, tp::receive_reset::SKADDR);
     // SAFETY: the value is copied out immediately.
     let Some(info) = (unsafe { SOCKS.get(&skaddr) }).copied() else {
         return Ok(());
@@ -564,8 +581,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i32> {
-    // SAFETY: offset from the syscall tracepoint's format.
-    let uservaddr: u64 = unsafe { ctx.read_at(tp::sys_connect::USERVADDR)? };
+    let uservaddr: u64 = load(ctx, tp::sys_connect::USERVADDR);
     let ptr = uservaddr as *const u8;
     // SAFETY: reads user memory through the helper, which fails cleanly.
     let family: u16 = unsafe { bpf_probe_read_user(ptr.cast::<u16>())? };
@@ -612,8 +628,7 @@ fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     let _ = CONNECT_ARGS.remove(&pid_tgid);
-    // SAFETY: offset from the syscall tracepoint's format.
-    let ret: i64 = unsafe { ctx.read_at(tp::sys_connect::RET)? };
+    let ret: i64 = load(ctx, tp::sys_connect::RET);
     let errno = (-ret) as i32;
     if errno != ENETUNREACH && errno != EHOSTUNREACH {
         return Ok(());
