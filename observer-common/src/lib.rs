@@ -177,6 +177,35 @@ pub mod capacity {
     pub const CONNECT_ARGS: u32 = 16_384;
 }
 
+/// Where the fields the probe reads live in the running kernel's
+/// `struct sock`, in bytes from the start of the socket. User space finds
+/// them in the kernel's BTF at load time and writes them into the kernel
+/// object's `SOCK_OFFSETS` global, so the same object reads sockets
+/// correctly on every kernel whose layout differs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `__sk_common.skc_daddr` (IPv4, network order).
+    pub daddr: u32,
+    /// `__sk_common.skc_rcv_saddr` (IPv4, network order).
+    pub rcv_saddr: u32,
+    /// `__sk_common.skc_dport` (network order).
+    pub dport: u32,
+    /// `__sk_common.skc_num`: the local port (host order).
+    pub num: u32,
+    /// `__sk_common.skc_family`.
+    pub family: u32,
+    /// `__sk_common.skc_v6_daddr`.
+    pub v6_daddr: u32,
+    /// `__sk_common.skc_v6_rcv_saddr`.
+    pub v6_rcv_saddr: u32,
+    /// `sk_protocol` (a u16 since Linux 5.6).
+    pub protocol: u32,
+    /// `sk_err` (an int).
+    pub err: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 36);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::align_of::<ConnectEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
@@ -199,4 +228,6 @@ mod pod {
     unsafe impl aya::Pod for TupleKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DestStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockOffsets {}
 }

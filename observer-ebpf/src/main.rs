@@ -6,11 +6,14 @@
 //!   `sys_exit_connect`.
 //! - `inet_sock_set_state` CLOSE -> SYN_SENT runs in the connecting task:
 //!   pid, comm and cgroup are recorded in `SOCKS`, keyed by socket address.
+//!   The socket tracepoints are attached raw and read `struct sock` at
+//!   offsets user space found in the kernel's BTF (`SOCK_OFFSETS`).
 //! - SYN_SENT -> ESTABLISHED: a success; sent to user space only for watched
 //!   destinations.
 //! - SYN_SENT -> CLOSE: a failure; always sent (`SYN_CLOSED`). The error the
-//!   kernel reports for it (`inet_sk_error_report`, joined by 4-tuple) is sent
-//!   as an `ERROR` event. No error means the application gave up (aborted).
+//!   kernel reports for it (`inet_sk_error_report`, joined by 4-tuple within
+//!   50 ms) is sent as an `ERROR` event. No error means the application gave
+//!   up (aborted).
 //! - `tcp_receive_reset` on a socket this node established: an in-flight
 //!   connection cut off.
 //!
@@ -26,19 +29,19 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
-    EbpfContext as _,
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    AF_INET, AF_INET6, AddrKey, ConnectEvent, DestKey, DestStats, TASK_COMM_LEN, TupleKey,
-    capacity, counter, flags, kind,
+    AF_INET, AF_INET6, AddrKey, ConnectEvent, DestKey, DestStats, SockOffsets, TASK_COMM_LEN,
+    TupleKey, capacity, counter, flags, kind,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -53,10 +56,11 @@ const ETIMEDOUT: i32 = 110;
 const ECONNRESET: i32 = 104;
 const EPIPE: i32 = 32;
 
-/// An error reported before the close (older kernels) is only joined with a
-/// close that follows within this window, so a stale entry for a reused
-/// 4-tuple cannot classify a later connect.
-const EARLY_ERROR_WINDOW_NS: u64 = 50_000_000;
+/// An error report and the close of the same connect are joined only when
+/// they are this close in time (either order: older kernels report before
+/// the close), so a stale entry for a reused 4-tuple cannot classify a
+/// later connect.
+const JOIN_WINDOW_NS: u64 = 50_000_000;
 
 /// What the kernel remembers about a socket this node is connecting with.
 #[repr(C)]
@@ -128,36 +132,68 @@ static CONNECT_ARGS: LruHashMap<u64, ConnectArgs> =
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
-// Offsets from /sys/kernel/tracing/events/<group>/<event>/format; stable
-// since the tracepoints were introduced (4.16 / 5.15).
+/// Where `struct sock`'s fields are on this kernel: written by user space
+/// from the kernel's BTF before the object is loaded (zeros here only
+/// until then; the loader refuses to run without them).
+#[unsafe(no_mangle)]
+static SOCK_OFFSETS: SockOffsets = SockOffsets {
+    daddr: 0,
+    rcv_saddr: 0,
+    dport: 0,
+    num: 0,
+    family: 0,
+    v6_daddr: 0,
+    v6_rcv_saddr: 0,
+    protocol: 0,
+    err: 0,
+};
+
+#[inline(always)]
+fn offsets() -> SockOffsets {
+    // SAFETY: a read of a global the loader initialised; volatile so the
+    // compiler does not fold in the zeros it was declared with.
+    unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
+}
+
+/// Reads a `T` at `offset` bytes into the socket at `sk`.
+#[inline(always)]
+fn sk_read<T>(sk: u64, offset: u32) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
+    unsafe { bpf_probe_read_kernel((sk + u64::from(offset)) as *const T) }.map_err(|e| e as i32)
+}
+
+/// The socket's family, addresses (canonicalised) and ports (host order;
+/// the local port is 0 until the kernel has picked one).
+#[inline(always)]
+fn sk_endpoints(sk: u64) -> Result<(u16, [u8; 16], [u8; 16], u16, u16), i32> {
+    let off = offsets();
+    let family: u16 = sk_read(sk, off.family)?;
+    let dport = u16::from_be(sk_read::<u16>(sk, off.dport)?);
+    let sport: u16 = sk_read(sk, off.num)?;
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        saddr[..4].copy_from_slice(&sk_read::<[u8; 4]>(sk, off.rcv_saddr)?);
+        daddr[..4].copy_from_slice(&sk_read::<[u8; 4]>(sk, off.daddr)?);
+        Ok((family, saddr, daddr, sport, dport))
+    } else if family == AF_INET6 {
+        saddr = sk_read(sk, off.v6_rcv_saddr)?;
+        daddr = sk_read(sk, off.v6_daddr)?;
+        let (fam_s, s) = canonical(family, saddr);
+        let (fam_d, d) = canonical(family, daddr);
+        if fam_s == fam_d {
+            Ok((fam_d, s, d, sport, dport))
+        } else {
+            Ok((family, saddr, daddr, sport, dport))
+        }
+    } else {
+        Err(0)
+    }
+}
+
+// The syscall tracepoints' record offsets, from
+// /sys/kernel/tracing/events/syscalls/sys_{enter,exit}_connect/format.
 mod tp {
-    pub mod set_state {
-        pub const SKADDR: usize = 8;
-        pub const OLDSTATE: usize = 16;
-        pub const NEWSTATE: usize = 20;
-        pub const SPORT: usize = 24;
-        pub const DPORT: usize = 26;
-        pub const FAMILY: usize = 28;
-        pub const PROTOCOL: usize = 30;
-        pub const SADDR: usize = 32;
-        pub const DADDR: usize = 36;
-        pub const SADDR_V6: usize = 40;
-        pub const DADDR_V6: usize = 56;
-    }
-    pub mod error_report {
-        pub const ERROR: usize = 8;
-        pub const SPORT: usize = 12;
-        pub const DPORT: usize = 14;
-        pub const FAMILY: usize = 16;
-        pub const PROTOCOL: usize = 18;
-        pub const SADDR: usize = 20;
-        pub const DADDR: usize = 24;
-        pub const SADDR_V6: usize = 28;
-        pub const DADDR_V6: usize = 44;
-    }
-    pub mod receive_reset {
-        pub const SKADDR: usize = 8;
-    }
     pub mod sys_connect {
         pub const USERVADDR: usize = 24;
         pub const RET: usize = 16;
@@ -261,74 +297,27 @@ fn load<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
-/// An IPv4 address at a 4-aligned offset of the record.
-#[inline(always)]
-fn load_addr4(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&load::<u32>(ctx, offset).to_ne_bytes());
-    addr
-}
-
-/// An IPv6 address at a 4-aligned offset, as four aligned 4-byte loads.
-#[inline(always)]
-fn load_addr16(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&load::<u32>(ctx, offset).to_ne_bytes());
-    addr[4..8].copy_from_slice(&load::<u32>(ctx, offset + 4).to_ne_bytes());
-    addr[8..12].copy_from_slice(&load::<u32>(ctx, offset + 8).to_ne_bytes());
-    addr[12..].copy_from_slice(&load::<u32>(ctx, offset + 12).to_ne_bytes());
-    addr
-}
-
-/// Reads family and both addresses (canonicalised) from a tracepoint record.
-// Inlined: BPF calls take at most five arguments.
-#[inline(always)]
-fn read_addrs(
-    ctx: &TracePointContext,
-    family_at: usize,
-    saddr_at: usize,
-    daddr_at: usize,
-    saddr6_at: usize,
-    daddr6_at: usize,
-) -> Result<(u16, [u8; 16], [u8; 16]), i32> {
-    let family: u16 = load(ctx, family_at);
-    if family == AF_INET {
-        Ok((family, load_addr4(ctx, saddr_at), load_addr4(ctx, daddr_at)))
-    } else if family == AF_INET6 {
-        let saddr = load_addr16(ctx, saddr6_at);
-        let daddr = load_addr16(ctx, daddr6_at);
-        let (fam_s, s) = canonical(family, saddr);
-        let (fam_d, d) = canonical(family, daddr);
-        if fam_s == fam_d {
-            Ok((fam_d, s, d))
-        } else {
-            Ok((family, saddr, daddr))
-        }
-    } else {
-        Err(0)
-    }
-}
-
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+// The socket tracepoints are attached raw: the program gets the
+// tracepoint's arguments (the socket pointer, the states) without the
+// kernel first formatting a trace record it would not use, which is most of
+// a classic tracepoint's cost on a path that runs for every socket.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     match try_inet_sock_set_state(&ctx) {
         Ok(()) | Err(_) => 0,
     }
 }
 
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
-    use tp::set_state as f;
-    let protocol: u16 = load(ctx, f::PROTOCOL);
-    if protocol != IPPROTO_TCP {
-        return Ok(());
-    }
-    let oldstate: i32 = load(ctx, f::OLDSTATE);
-    let newstate: i32 = load(ctx, f::NEWSTATE);
-    let skaddr: u64 = load(ctx, f::SKADDR);
+fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    let skaddr: u64 = ctx.arg(0);
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
     match (oldstate, newstate) {
         (TCP_CLOSE, TCP_SYN_SENT) => on_syn_sent(ctx, skaddr),
-        (TCP_SYN_SENT, TCP_ESTABLISHED) => on_established(ctx, skaddr),
-        (TCP_SYN_SENT, TCP_CLOSE) => on_syn_closed(ctx, skaddr),
+        // Only TCP sockets are in SOCKS, so these need no protocol check.
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => on_established(skaddr),
+        (TCP_SYN_SENT, TCP_CLOSE) => on_syn_closed(skaddr),
         (_, TCP_CLOSE) => {
             let _ = SOCKS.remove(&skaddr);
             Ok(())
@@ -337,12 +326,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     }
 }
 
-fn on_syn_sent(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
-    use tp::set_state as f;
+fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(), i32> {
+    let protocol: u16 = sk_read(skaddr, offsets().protocol)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
     let now = unsafe { bpf_ktime_get_ns() };
-    let (family, saddr, daddr) =
-        read_addrs(ctx, f::FAMILY, f::SADDR, f::DADDR, f::SADDR_V6, f::DADDR_V6)?;
-    let dport: u16 = load(ctx, f::DPORT);
+    let (family, saddr, daddr, _, dport) = sk_endpoints(skaddr)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     // This connect() reached SYN_SENT: it is not a synchronous failure.
     let _ = CONNECT_ARGS.remove(&pid_tgid);
@@ -385,14 +375,14 @@ fn on_syn_sent(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
     Ok(())
 }
 
-fn on_established(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
+fn on_established(skaddr: u64) -> Result<(), i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(ptr) = SOCKS.get_ptr_mut(&skaddr) else {
         return Ok(());
     };
     // SAFETY: a valid pointer to a map value returned by the kernel.
     let info = unsafe { &mut *ptr };
-    info.sport = load(ctx, tp::set_state::SPORT);
+    info.sport = sk_read(skaddr, offsets().num)?;
     info.established = 1;
     let key = DestKey {
         family: info.family,
@@ -414,15 +404,14 @@ fn on_established(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
     Ok(())
 }
 
-fn on_syn_closed(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
-    use tp::set_state as f;
+fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a map value is copied out before the entry is removed.
     let Some(mut info) = (unsafe { SOCKS.get(&skaddr) }).copied() else {
         return Ok(());
     };
     let _ = SOCKS.remove(&skaddr);
-    info.sport = load(ctx, f::SPORT);
+    info.sport = sk_read(skaddr, offsets().num).unwrap_or(0);
     let tuple = TupleKey {
         family: info.family,
         sport: info.sport,
@@ -439,7 +428,7 @@ fn on_syn_closed(ctx: &TracePointContext, skaddr: u64) -> Result<(), i32> {
     // SAFETY: the value is copied out immediately.
     let early = unsafe { EARLY_ERRORS.get(&tuple) }.copied();
     let errno = match early {
-        Some(e) if now.saturating_sub(e.ts_ns) <= EARLY_ERROR_WINDOW_NS => {
+        Some(e) if now.saturating_sub(e.ts_ns) <= JOIN_WINDOW_NS => {
             let _ = EARLY_ERRORS.remove(&tuple);
             e.errno
         }
@@ -474,33 +463,32 @@ fn count_error(stats: &mut DestStats, errno: i32) {
     }
 }
 
-#[tracepoint]
-pub fn inet_sk_error_report(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     match try_inet_sk_error_report(&ctx) {
         Ok(()) | Err(_) => 0,
     }
 }
 
-fn try_inet_sk_error_report(ctx: &TracePointContext) -> Result<(), i32> {
-    use tp::error_report as f;
-    let protocol: u16 = load(ctx, f::PROTOCOL);
+fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(), i32> {
+    // TP_PROTO(const struct sock *sk)
+    let sk: u64 = ctx.arg(0);
+    let off = offsets();
+    let errno: i32 = sk_read(sk, off.err)?;
+    // No error, nothing to classify. Resets (and the EPIPE that follows
+    // one) end established connections, which `tcp_receive_reset` reports;
+    // a connect the application aborts with a zero-linger close is reported
+    // this way too, and is classified as aborted by its missing error.
+    // Returning before any map work keeps the close-with-RST path cheap.
+    if errno == 0 || errno == ECONNRESET || errno == EPIPE {
+        return Ok(());
+    }
+    let protocol: u16 = sk_read(sk, off.protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let errno: i32 = load(ctx, f::ERROR);
-    // Resets (and the EPIPE that follows one) end established connections,
-    // which `tcp_receive_reset` reports; a connect the application aborts
-    // with a zero-linger close is reported this way too, and is classified
-    // as aborted by its missing error. Returning before any map work keeps
-    // the common close-with-RST path cheap.
-    if errno == ECONNRESET || errno == EPIPE {
-        return Ok(());
-    }
     let now = unsafe { bpf_ktime_get_ns() };
-    let sport: u16 = load(ctx, f::SPORT);
-    let dport: u16 = load(ctx, f::DPORT);
-    let (family, saddr, daddr) =
-        read_addrs(ctx, f::FAMILY, f::SADDR, f::DADDR, f::SADDR_V6, f::DADDR_V6)?;
+    let (family, saddr, daddr, sport, dport) = sk_endpoints(sk)?;
     let tuple = TupleKey {
         family,
         sport,
@@ -509,7 +497,17 @@ fn try_inet_sk_error_report(ctx: &TracePointContext) -> Result<(), i32> {
         saddr,
         daddr,
     };
-    if CLOSED_TUPLES.remove(&tuple).is_ok() {
+    // SAFETY: the value is copied out immediately.
+    let closed_at = unsafe { CLOSED_TUPLES.get(&tuple) }.copied();
+    if closed_at.is_some() {
+        let _ = CLOSED_TUPLES.remove(&tuple);
+    }
+    // The report follows its close within the same kernel call chain. An
+    // older entry belongs to a connect that was aborted long ago, whose
+    // 4-tuple a later socket happens to reuse: joining it would report a
+    // failure for a connect that already ended.
+    let fresh = closed_at.is_some_and(|t| now.saturating_sub(t) <= JOIN_WINDOW_NS);
+    if fresh {
         let key = DestKey {
             family,
             port: dport,
@@ -537,15 +535,16 @@ fn try_inet_sk_error_report(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-#[tracepoint]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
     match try_tcp_receive_reset(&ctx) {
         Ok(()) | Err(_) => 0,
     }
 }
 
-fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
-    let skaddr: u64 = load(ctx, tp::receive_reset::SKADDR);
+fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
+    // TP_PROTO(struct sock *sk)
+    let skaddr: u64 = ctx.arg(0);
     // SAFETY: the value is copied out immediately.
     let Some(info) = (unsafe { SOCKS.get(&skaddr) }).copied() else {
         return Ok(());

@@ -54,6 +54,10 @@ pub struct LabArgs {
     /// Write the JSON report here.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Copy nginx's access and error logs (the ground truth's raw
+    /// material) into this directory at the end of each run.
+    #[arg(long, value_name = "DIR")]
+    pub keep_logs: Option<PathBuf>,
     /// Watch the run in the interactive TUI; `q` leaves it (and stops the
     /// lab if it is still running). The summary is printed afterwards.
     #[arg(long)]
@@ -76,6 +80,7 @@ impl LabArgs {
             qps: self.qps,
             ipv6: self.ipv6,
             reuse_ips: self.reuse_ips,
+            keep_logs: self.keep_logs.clone(),
             ..LabScenario::default()
         }
     }

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const RUN: Duration = Duration::from_secs(3);
 const CLIENT_THREADS: usize = 2;
 
@@ -48,8 +48,17 @@ enum Storm {
     Refused,
 }
 
+/// One run: the rate, and the CPU time each connect cost the storm's own
+/// threads plus the tracer's process (steal time on a shared machine does
+/// not count, so this is the steadier figure).
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    connects_per_sec: f64,
+    cpu_us_per_connect: f64,
+}
+
 struct ProbeBench {
-    rows: Vec<(Storm, [f64; 3])>,
+    rows: Vec<(Storm, [Sample; 3])>,
 }
 
 pub fn run(observer_bin: &str) -> anyhow::Result<String> {
@@ -57,21 +66,29 @@ pub fn run(observer_bin: &str) -> anyhow::Result<String> {
     let mut rows = Vec::new();
     for storm in [Storm::Established, Storm::Refused] {
         let mut rates: [Vec<f64>; 3] = Default::default();
+        let mut cpu: [Vec<f64>; 3] = Default::default();
         for round in 0..ROUNDS {
             for (i, tracer) in [Tracer::None, Tracer::Observer, Tracer::Bpftrace]
                 .iter()
                 .enumerate()
             {
-                let rate = measure(*tracer, storm, observer_bin)
+                let sample = measure(*tracer, storm, observer_bin)
                     .with_context(|| format!("{storm:?} storm with {tracer:?}"))?;
                 println!(
-                    "bench probe: round {} {storm:?} {tracer:?}: {rate:.0} connects/s",
-                    round + 1
+                    "bench probe: round {} {storm:?} {tracer:?}: {:.0} connects/s, {:.2} µs CPU per connect",
+                    round + 1,
+                    sample.connects_per_sec,
+                    sample.cpu_us_per_connect,
                 );
-                rates[i].push(rate);
+                rates[i].push(sample.connects_per_sec);
+                cpu[i].push(sample.cpu_us_per_connect);
             }
         }
-        rows.push((storm, rates.map(|r| median(&r))));
+        let sample = |i: usize| Sample {
+            connects_per_sec: median(&rates[i]),
+            cpu_us_per_connect: median(&cpu[i]),
+        };
+        rows.push((storm, [sample(0), sample(1), sample(2)]));
     }
     Ok(render(&ProbeBench { rows }))
 }
@@ -84,22 +101,71 @@ fn median(values: &[f64]) -> f64 {
 
 fn render(bench: &ProbeBench) -> String {
     let mut out = String::from(
-        "| storm | no tracer (connects/s) | observer | bpftrace | observer cost | bpftrace cost |\n\
+        "| storm | no tracer | observer | bpftrace | observer cost | bpftrace cost |\n\
          |---|---|---|---|---|---|\n",
     );
     for (storm, [none, observer, bpftrace]) in &bench.rows {
-        let cost = |with: f64| (1.0 - with / none) * 100.0;
+        let rate_cost =
+            |with: &Sample| (1.0 - with.connects_per_sec / none.connects_per_sec) * 100.0;
+        let cpu_cost =
+            |with: &Sample| (with.cpu_us_per_connect / none.cpu_us_per_connect - 1.0) * 100.0;
+        let cell = |s: &Sample| {
+            format!(
+                "{:.0} /s, {:.2} µs",
+                s.connects_per_sec, s.cpu_us_per_connect
+            )
+        };
         out.push_str(&format!(
-            "| {} | {none:.0} | {observer:.0} | {bpftrace:.0} | {:.1} % | {:.1} % |\n",
+            "| {} | {} | {} | {} | {:.1} % rate, {:.1} % CPU | {:.1} % rate, {:.1} % CPU |\n",
             match storm {
                 Storm::Established => "connect + RST close (success path)",
                 Storm::Refused => "connect to a closed port (failure path)",
             },
-            cost(*observer),
-            cost(*bpftrace),
+            cell(none),
+            cell(observer),
+            cell(bpftrace),
+            rate_cost(observer),
+            cpu_cost(observer),
+            rate_cost(bpftrace),
+            cpu_cost(bpftrace),
         ));
     }
+    out.push_str(
+        "\nCells: connects per second, and CPU time per connect (the storm's threads plus \
+         the tracer's process). Costs: the rate lost, and the CPU added per connect.\n",
+    );
     out
+}
+
+/// CPU time (user + system) of the calling thread, in microseconds.
+fn thread_cpu_us() -> u64 {
+    // SAFETY: an all-zero rusage is valid; getrusage writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_THREAD with a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(usage.ru_utime) + us(usage.ru_stime)
+}
+
+/// CPU time (user + system) of a process, in microseconds, from
+/// /proc/PID/stat; 0 when it cannot be read.
+fn process_cpu_us(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the `(comm)`, which may contain spaces: utime is the
+    // 14th field of the line, stime the 15th.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000 / hz
 }
 
 struct Tracing(Option<Child>);
@@ -166,7 +232,7 @@ fn start(tracer: Tracer, observer_bin: &str) -> anyhow::Result<Tracing> {
     Ok(Tracing(Some(child)))
 }
 
-fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<f64> {
+fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<Sample> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a listener")?;
     let open = listener.local_addr()?;
     // std listens with a backlog of 128; a storm overflows it and the
@@ -179,6 +245,8 @@ fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<f
     let accept_stop = stop.clone();
     // A blocking accept keeps the backlog drained: a full backlog drops
     // SYNs, and their 1 s retransmit would swamp the measurement.
+    let cpu_us = Arc::new(AtomicU64::new(0));
+    let acceptor_cpu = cpu_us.clone();
     let acceptor = std::thread::spawn(move || {
         for conn in listener.incoming() {
             drop(conn);
@@ -186,18 +254,24 @@ fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<f
                 break;
             }
         }
+        acceptor_cpu.fetch_add(thread_cpu_us(), Ordering::Relaxed);
     });
     let _tracing = start(tracer, observer_bin)?;
     let target = match storm {
         Storm::Established => open,
         Storm::Refused => closed,
     };
+    let tracer_pid = _tracing.0.as_ref().map(Child::id);
+    let tracer_cpu_before = tracer_pid.map_or(0, process_cpu_us);
     let count = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENT_THREADS)
         .map(|_| {
-            let (stop, count) = (stop.clone(), count.clone());
-            std::thread::spawn(move || storm_loop(target, &stop, &count))
+            let (stop, count, cpu_us) = (stop.clone(), count.clone(), cpu_us.clone());
+            std::thread::spawn(move || {
+                storm_loop(target, &stop, &count);
+                cpu_us.fetch_add(thread_cpu_us(), Ordering::Relaxed);
+            })
         })
         .collect();
     std::thread::sleep(RUN);
@@ -206,10 +280,17 @@ fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<f
         let _ = client.join();
     }
     let elapsed = started.elapsed();
+    let tracer_cpu = tracer_pid
+        .map_or(0, process_cpu_us)
+        .saturating_sub(tracer_cpu_before);
     // Wake the acceptor so it sees `stop`.
     let _ = TcpStream::connect(open);
     let _ = acceptor.join();
-    Ok(count.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+    let connects = count.load(Ordering::Relaxed).max(1) as f64;
+    Ok(Sample {
+        connects_per_sec: connects / elapsed.as_secs_f64(),
+        cpu_us_per_connect: (cpu_us.load(Ordering::Relaxed) + tracer_cpu) as f64 / connects,
+    })
 }
 
 fn storm_loop(target: SocketAddr, stop: &AtomicBool, count: &AtomicU64) {

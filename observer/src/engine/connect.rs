@@ -43,7 +43,14 @@ impl ConnectFact {
                 class: FailureClass::Reset,
                 ..
             } => (record.ts, false, false),
-            Outcome::Failed { .. } => (record.syn.unwrap_or(record.ts), true, !record.watched),
+            Outcome::Failed { .. } => match record.syn {
+                Some(syn) => (syn, true, !record.watched),
+                // An error report whose close was never seen (lost to a full
+                // ring): the failure counts, but when its SYN left is
+                // unknown, so it cannot move last_connect (its report time
+                // would date the connect seconds late).
+                None => (record.ts, false, !record.watched),
+            },
         };
         let bytes = record.comm.as_bytes();
         let len = bytes.len().min(COMM_LEN);

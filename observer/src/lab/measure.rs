@@ -107,14 +107,16 @@ pub fn gaps_from_records(pods: &[SeenPod], records: &[ConnectRecord]) -> Vec<Pod
                     }
                 }
                 ref outcome => {
-                    let syn = r.syn.unwrap_or(r.ts);
-                    if !in_window(syn) {
+                    // Without its SYN time (an error report whose close was
+                    // lost) a failure counts but does not date a connect.
+                    let syn = r.syn;
+                    if !in_window(syn.unwrap_or(r.ts)) {
                         continue;
                     }
                     if let Outcome::Failed { class, .. } = outcome {
                         failures.add(*class);
                     }
-                    last = last.max(Some(syn));
+                    last = last.max(syn);
                 }
             }
         }

@@ -54,6 +54,10 @@ pub struct LabScenario {
     /// Keeps concurrent labs apart: namespaces are `obslab<id>-…` and the
     /// pod CIDR is 10.247.<id>.0/24 or fd00:247:<id>::/120.
     pub lab_id: u8,
+    /// Copy nginx's access and error logs here at the end of the run (the
+    /// raw material of the truth), named `<prefix>-access.log` and
+    /// `<prefix>-error.log`.
+    pub keep_logs: Option<std::path::PathBuf>,
 }
 
 impl Default for LabScenario {
@@ -72,6 +76,7 @@ impl Default for LabScenario {
             quiet_period: None,
             sandbox_linger: PodBehaviour::default().sandbox_linger,
             lab_id: 0,
+            keep_logs: None,
         }
     }
 }
@@ -309,6 +314,9 @@ async fn run(
     let log_path = nginx.paths().access_log();
     let log = std::fs::read_to_string(&log_path)
         .map_err(LabError::io(format!("reading {}", log_path.display())))?;
+    if let Some(dir) = &scenario.keep_logs {
+        keep_logs(dir, &scenario.name_prefix(), nginx.paths())?;
+    }
     let entries: Vec<_> = log.lines().filter_map(parse_access_line).collect();
     let mut truth = compute_truth(&timelines.timelines(), &entries, clock);
     truth.sort_by_key(|t| t.deletion);
@@ -334,6 +342,19 @@ async fn run(
             errors: client_stats.errors,
         },
     ))
+}
+
+fn keep_logs(dir: &std::path::Path, prefix: &str, paths: &super::nginx::NginxPaths) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
+    for (from, name) in [(paths.access_log(), "access"), (paths.error_log(), "error")] {
+        let to = dir.join(format!("{prefix}-{name}.log"));
+        std::fs::copy(&from, &to).map_err(LabError::io(format!(
+            "copying {} to {}",
+            from.display(),
+            to.display()
+        )))?;
+    }
+    Ok(())
 }
 
 async fn wait_rollout(cluster: &Cluster, bound: Duration, what: &str) -> Result<()> {

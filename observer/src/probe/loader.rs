@@ -11,13 +11,14 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use observer_common::{AF_INET, AF_INET6, AddrKey, DestKey, DestStats, counter};
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 
 use super::{
+    btf::{self, BtfError},
     decode::{ConnectRecord, DecodeError, OutcomeJoiner, RawEvent, decode_event},
     preflight::{self, PreflightError},
 };
@@ -26,11 +27,15 @@ use crate::clock::MonoTime;
 /// The kernel object built by build.rs from observer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
-/// Tracepoints the probe attaches to: (program, category, event).
-const TRACEPOINTS: [(&str, &str, &str); 5] = [
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("inet_sk_error_report", "sock", "inet_sk_error_report"),
-    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+/// Socket tracepoints, attached raw (program name = tracepoint name).
+const RAW_TRACEPOINTS: [&str; 3] = [
+    "inet_sock_set_state",
+    "inet_sk_error_report",
+    "tcp_receive_reset",
+];
+
+/// Syscall tracepoints, attached through tracefs: (program, category, event).
+const TRACEPOINTS: [(&str, &str, &str); 2] = [
     ("sys_enter_connect", "syscalls", "sys_enter_connect"),
     ("sys_exit_connect", "syscalls", "sys_exit_connect"),
 ];
@@ -44,6 +49,8 @@ pub enum ProbeError {
          without it (`cargo xtask setup` installs what the build needs)"
     )]
     NotEmbedded,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("program {name}: {source}")]
@@ -98,11 +105,26 @@ impl Probe {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NotEmbedded);
         }
+        let offsets = btf::sock_offsets_from(std::path::Path::new(btf::VMLINUX_BTF))?;
         let mut loader = EbpfLoader::new();
+        loader.override_global("SOCK_OFFSETS", &offsets, true);
         if let Some(bytes) = options.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+        for name in RAW_TRACEPOINTS {
+            let program: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            program
+                .attach(name)
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
         for (name, category, event) in TRACEPOINTS {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)

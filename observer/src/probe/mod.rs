@@ -3,6 +3,7 @@
 //! The kernel/user contract (event layout, map names, what is aggregated in
 //! the kernel and what is sent) is described in docs/ARCHITECTURE.md.
 
+pub mod btf;
 pub mod decode;
 pub mod loader;
 pub mod preflight;

@@ -475,3 +475,39 @@ fn windows_close_after_the_quiet_period_or_at_shutdown() {
         "shutdown windows are not samples"
     );
 }
+
+#[test]
+fn an_error_report_without_its_close_counts_but_does_not_extend_the_gap() {
+    let mut engine = Engine::new(EngineConfig::default());
+    let mut steps = web1_listed();
+    steps.extend([
+        Step::Pod(10_000, Event::Apply(pod("web-1", "u1", WEB1, true, true))),
+        Step::Connect(syn(WEB1_HTTP, 11_000)),
+        // The close of a connect was lost; its error report arrives 3 s
+        // after its SYN, with no SYN time of its own.
+        Step::Connect(record(
+            WEB1_HTTP,
+            14_000,
+            None,
+            false,
+            Outcome::Failed {
+                class: FailureClass::HostUnreachable,
+                errno: libc::EHOSTUNREACH,
+                waited_ns: 0,
+                synchronous: false,
+            },
+        )),
+        Step::Pod(15_000, Event::Delete(pod("web-1", "u1", WEB1, false, true))),
+        Step::Slice(15_500, Event::Apply(slice(&[]))),
+        Step::Tick(30_000),
+    ]);
+    let out = run(&mut engine, steps);
+    let t = only(closed(&out));
+    assert_eq!(
+        t.last_connect,
+        Some(ms(11_000)),
+        "the report is not a connect"
+    );
+    assert_eq!(t.propagation_gap_ns, Some(1_000 * MS as i64));
+    assert_eq!(t.failures.host_unreachable, 1, "the failure still counts");
+}
