@@ -174,7 +174,7 @@ pub mod capacity {
     pub const SOCKETS: u32 = 131_072;
     pub const TUPLES: u32 = 16_384;
     pub const WATCH: u32 = 16_384;
-    pub const CONNECT_ARGS: u32 = 16_384;
+    pub const CONNECTING_TASKS: u32 = 16_384;
 }
 
 /// Where the fields the probe reads live in the running kernel's

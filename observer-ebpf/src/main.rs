@@ -1,9 +1,9 @@
 //! observer's kernel programs: TCP connect outcomes from tracepoints.
 //!
 //! A connect's life, as these programs see it:
-//! - `sys_enter_connect` remembers the destination the task asked for, so a
-//!   connect() that fails before any SYN (no route) can be reported from
-//!   `sys_exit_connect`.
+//! - `sys_exit` (raw) catches a connect() that fails before any SYN (no
+//!   route) by its return value, and reads the destination back from the
+//!   caller's registers and memory.
 //! - `inet_sock_set_state` CLOSE -> SYN_SENT runs in the connecting task:
 //!   pid, comm and cgroup are recorded in `SOCKS`, keyed by socket address.
 //!   The socket tracepoints are attached raw and read `struct sock` at
@@ -29,14 +29,13 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::RawTracePointContext,
 };
 use aya_log_ebpf::warn;
 use observer_common::{
@@ -81,17 +80,14 @@ struct SockInfo {
 }
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 80);
 
-/// The destination a task passed to connect(), until the syscall returns.
+/// A socket that left SYN_SENT without an error yet.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct ConnectArgs {
+struct ClosedSyn {
     ts_ns: u64,
-    family: u16,
-    port: u16,
-    _pad: u32,
-    addr: [u8; 16],
+    /// The task that connected.
+    pid_tgid: u64,
 }
-const _: () = assert!(core::mem::size_of::<ConnectArgs>() == 32);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -113,7 +109,20 @@ static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(capacity:
 
 /// 4-tuples of sockets that just left SYN_SENT, awaiting their error report.
 #[map]
-static CLOSED_TUPLES: LruHashMap<TupleKey, u64> = LruHashMap::with_max_entries(capacity::TUPLES, 0);
+static CLOSED_TUPLES: LruHashMap<TupleKey, ClosedSyn> =
+    LruHashMap::with_max_entries(capacity::TUPLES, 0);
+
+/// When each task last entered connect() (raw `sys_enter`).
+#[map]
+static CONNECT_START: LruHashMap<u64, u64> =
+    LruHashMap::with_max_entries(capacity::CONNECTING_TASKS, 0);
+
+/// When a connect of each task was last reported unreachable by the
+/// network (after its SYN): a blocking connect() then returns the same
+/// errno, which is not a failure before the SYN.
+#[map]
+static UNREACH_REPORTED: LruHashMap<u64, u64> =
+    LruHashMap::with_max_entries(capacity::CONNECTING_TASKS, 0);
 
 /// Errors reported before the socket's close (kernels before 6.10 do this
 /// for timeouts and ICMP errors).
@@ -124,10 +133,6 @@ static EARLY_ERRORS: LruHashMap<TupleKey, EarlyError> =
 /// Destinations user space wants every connect to (terminating pods).
 #[map]
 static WATCH: HashMap<AddrKey, u8> = HashMap::with_max_entries(capacity::WATCH, 0);
-
-#[map]
-static CONNECT_ARGS: LruHashMap<u64, ConnectArgs> =
-    LruHashMap::with_max_entries(capacity::CONNECT_ARGS, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -155,9 +160,9 @@ fn offsets() -> SockOffsets {
     unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
 }
 
-/// Reads a `T` at `offset` bytes into the socket at `sk`.
+/// Reads a `T` at `offset` bytes into the kernel object at `sk`.
 #[inline(always)]
-fn sk_read<T>(sk: u64, offset: u32) -> Result<T, i32> {
+fn read_kernel<T>(sk: u64, offset: u32) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
     unsafe { bpf_probe_read_kernel((sk + u64::from(offset)) as *const T) }.map_err(|e| e as i32)
 }
@@ -167,18 +172,18 @@ fn sk_read<T>(sk: u64, offset: u32) -> Result<T, i32> {
 #[inline(always)]
 fn sk_endpoints(sk: u64) -> Result<(u16, [u8; 16], [u8; 16], u16, u16), i32> {
     let off = offsets();
-    let family: u16 = sk_read(sk, off.family)?;
-    let dport = u16::from_be(sk_read::<u16>(sk, off.dport)?);
-    let sport: u16 = sk_read(sk, off.num)?;
+    let family: u16 = read_kernel(sk, off.family)?;
+    let dport = u16::from_be(read_kernel::<u16>(sk, off.dport)?);
+    let sport: u16 = read_kernel(sk, off.num)?;
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     if family == AF_INET {
-        saddr[..4].copy_from_slice(&sk_read::<[u8; 4]>(sk, off.rcv_saddr)?);
-        daddr[..4].copy_from_slice(&sk_read::<[u8; 4]>(sk, off.daddr)?);
+        saddr[..4].copy_from_slice(&read_kernel::<[u8; 4]>(sk, off.rcv_saddr)?);
+        daddr[..4].copy_from_slice(&read_kernel::<[u8; 4]>(sk, off.daddr)?);
         Ok((family, saddr, daddr, sport, dport))
     } else if family == AF_INET6 {
-        saddr = sk_read(sk, off.v6_rcv_saddr)?;
-        daddr = sk_read(sk, off.v6_daddr)?;
+        saddr = read_kernel(sk, off.v6_rcv_saddr)?;
+        daddr = read_kernel(sk, off.v6_daddr)?;
         let (fam_s, s) = canonical(family, saddr);
         let (fam_d, d) = canonical(family, daddr);
         if fam_s == fam_d {
@@ -188,15 +193,6 @@ fn sk_endpoints(sk: u64) -> Result<(u16, [u8; 16], [u8; 16], u16, u16), i32> {
         }
     } else {
         Err(0)
-    }
-}
-
-// The syscall tracepoints' record offsets, from
-// /sys/kernel/tracing/events/syscalls/sys_{enter,exit}_connect/format.
-mod tp {
-    pub mod sys_connect {
-        pub const USERVADDR: usize = 24;
-        pub const RET: usize = 16;
     }
 }
 
@@ -286,17 +282,6 @@ fn fill_from_sock(event: &mut ConnectEvent, info: &SockInfo) {
     }
 }
 
-/// Reads a field of the tracepoint record. Tracepoint programs may load
-/// from their context directly, which costs a fraction of the
-/// `bpf_probe_read_kernel` helper call; every offset here is a constant from
-/// the event's format, naturally aligned for `T` (1, 2, 4 or 8 bytes).
-#[inline(always)]
-fn load<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    // SAFETY: the verifier checks each constant-offset context load against
-    // the record's size and alignment; `T` is a plain integer.
-    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
-}
-
 // The socket tracepoints are attached raw: the program gets the
 // tracepoint's arguments (the socket pointer, the states) without the
 // kernel first formatting a trace record it would not use, which is most of
@@ -327,15 +312,13 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
 }
 
 fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(), i32> {
-    let protocol: u16 = sk_read(skaddr, offsets().protocol)?;
+    let protocol: u16 = read_kernel(skaddr, offsets().protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let (family, saddr, daddr, _, dport) = sk_endpoints(skaddr)?;
     let pid_tgid = bpf_get_current_pid_tgid();
-    // This connect() reached SYN_SENT: it is not a synchronous failure.
-    let _ = CONNECT_ARGS.remove(&pid_tgid);
     let watched = is_watched(family, &daddr);
     let info = SockInfo {
         syn_ns: now,
@@ -382,7 +365,7 @@ fn on_established(skaddr: u64) -> Result<(), i32> {
     };
     // SAFETY: a valid pointer to a map value returned by the kernel.
     let info = unsafe { &mut *ptr };
-    info.sport = sk_read(skaddr, offsets().num)?;
+    info.sport = read_kernel(skaddr, offsets().num)?;
     info.established = 1;
     let key = DestKey {
         family: info.family,
@@ -411,7 +394,7 @@ fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
         return Ok(());
     };
     let _ = SOCKS.remove(&skaddr);
-    info.sport = sk_read(skaddr, offsets().num).unwrap_or(0);
+    info.sport = read_kernel(skaddr, offsets().num).unwrap_or(0);
     let tuple = TupleKey {
         family: info.family,
         sport: info.sport,
@@ -441,8 +424,15 @@ fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
             count_error(stats, errno);
         }
     });
+    let pid_tgid = (u64::from(info.tgid) << 32) | u64::from(info.pid);
     if errno == 0 {
-        let _ = CLOSED_TUPLES.insert(&tuple, &now, 0);
+        let closed = ClosedSyn {
+            ts_ns: now,
+            pid_tgid,
+        };
+        let _ = CLOSED_TUPLES.insert(&tuple, &closed, 0);
+    } else {
+        note_unreachable(pid_tgid, errno, now);
     }
     emit(|event| {
         fill_from_sock(event, &info);
@@ -451,6 +441,27 @@ fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
         event.kind = kind::SYN_CLOSED;
     });
     Ok(())
+}
+
+/// Remembers that a connect of `pid_tgid` failed unreachable after its SYN.
+#[inline(always)]
+fn note_unreachable(pid_tgid: u64, errno: i32, now: u64) {
+    if errno != EHOSTUNREACH && errno != ENETUNREACH {
+        return;
+    }
+    set_time(&UNREACH_REPORTED, pid_tgid, now);
+}
+
+/// `map[key] = now`, in place when the key exists (no allocation).
+#[inline(always)]
+fn set_time(map: &LruHashMap<u64, u64>, key: u64, now: u64) {
+    match map.get_ptr_mut(&key) {
+        // SAFETY: a valid pointer to a map value returned by the kernel.
+        Some(ptr) => unsafe { *ptr = now },
+        None => {
+            let _ = map.insert(&key, &now, 0);
+        }
+    }
 }
 
 fn count_error(stats: &mut DestStats, errno: i32) {
@@ -474,7 +485,7 @@ fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(), i32> {
     // TP_PROTO(const struct sock *sk)
     let sk: u64 = ctx.arg(0);
     let off = offsets();
-    let errno: i32 = sk_read(sk, off.err)?;
+    let errno: i32 = read_kernel(sk, off.err)?;
     // No error, nothing to classify. Resets (and the EPIPE that follows
     // one) end established connections, which `tcp_receive_reset` reports;
     // a connect the application aborts with a zero-linger close is reported
@@ -483,7 +494,7 @@ fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(), i32> {
     if errno == 0 || errno == ECONNRESET || errno == EPIPE {
         return Ok(());
     }
-    let protocol: u16 = sk_read(sk, off.protocol)?;
+    let protocol: u16 = read_kernel(sk, off.protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
@@ -498,16 +509,17 @@ fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(), i32> {
         daddr,
     };
     // SAFETY: the value is copied out immediately.
-    let closed_at = unsafe { CLOSED_TUPLES.get(&tuple) }.copied();
-    if closed_at.is_some() {
+    let closed = unsafe { CLOSED_TUPLES.get(&tuple) }.copied();
+    if closed.is_some() {
         let _ = CLOSED_TUPLES.remove(&tuple);
     }
     // The report follows its close within the same kernel call chain. An
     // older entry belongs to a connect that was aborted long ago, whose
     // 4-tuple a later socket happens to reuse: joining it would report a
     // failure for a connect that already ended.
-    let fresh = closed_at.is_some_and(|t| now.saturating_sub(t) <= JOIN_WINDOW_NS);
-    if fresh {
+    let fresh = closed.filter(|c| now.saturating_sub(c.ts_ns) <= JOIN_WINDOW_NS);
+    if let Some(closed) = fresh {
+        note_unreachable(closed.pid_tgid, errno, now);
         let key = DestKey {
             family,
             port: dport,
@@ -572,90 +584,128 @@ fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-#[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    match try_sys_enter_connect(&ctx) {
+/// Where a syscall's number and its second argument (connect's `uservaddr`)
+/// are in the `struct pt_regs` the `sys_exit` tracepoint passes.
+#[cfg(bpf_target_arch = "x86_64")]
+mod syscall_regs {
+    pub const NR_CONNECT: i64 = 42;
+    /// `orig_ax`.
+    pub const NR: u64 = 120;
+    /// `si`.
+    pub const ARG2: u64 = 104;
+}
+#[cfg(bpf_target_arch = "aarch64")]
+mod syscall_regs {
+    pub const NR_CONNECT: i64 = 203;
+    /// `syscallno` (after `regs[31]`, `sp`, `pc`, `pstate`, `orig_x0`).
+    pub const NR: u64 = 280;
+    /// `regs[1]`.
+    pub const ARG2: u64 = 8;
+}
+
+/// Notes when each task enters connect(), so `sys_exit` can tell a failure
+/// before the SYN from a blocking connect() that failed after it.
+#[cfg(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64"))]
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long id)
+    let id: i64 = ctx.arg(1);
+    if id == syscall_regs::NR_CONNECT {
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        set_time(&CONNECT_START, bpf_get_current_pid_tgid(), now);
+    }
+    0
+}
+
+/// A connect() that failed before any SYN left (no route) never changes a
+/// socket's state; only its return value tells. `sys_exit` is the one
+/// tracepoint that sees it, raw: the program costs a compare on every other
+/// syscall's return and reads the destination back from the caller's
+/// registers only for connect()'s ENETUNREACH and EHOSTUNREACH.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    match try_sys_exit(&ctx) {
         Ok(()) | Err(_) => 0,
     }
 }
 
-fn try_sys_enter_connect(ctx: &TracePointContext) -> Result<(), i32> {
-    let uservaddr: u64 = load(ctx, tp::sys_connect::USERVADDR);
+#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+fn try_sys_exit(_ctx: &RawTracePointContext) -> Result<(), i32> {
+    // Register layouts are only known for x86_64 and aarch64.
+    Ok(())
+}
+
+#[cfg(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64"))]
+fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i32> {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let ret: i64 = ctx.arg(1);
+    if ret != -i64::from(ENETUNREACH) && ret != -i64::from(EHOSTUNREACH) {
+        return Ok(());
+    }
+    let regs: u64 = ctx.arg(0);
+    let nr: i64 = if cfg!(bpf_target_arch = "aarch64") {
+        i64::from(read_kernel::<i32>(regs, syscall_regs::NR as u32)?)
+    } else {
+        read_kernel::<i64>(regs, syscall_regs::NR as u32)?
+    };
+    if nr != syscall_regs::NR_CONNECT {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out immediately.
+    let started = unsafe { CONNECT_START.get(&pid_tgid) }.copied();
+    // SAFETY: as above.
+    let reported = unsafe { UNREACH_REPORTED.get(&pid_tgid) }.copied();
+    if let (Some(started), Some(reported)) = (started, reported)
+        && reported >= started
+    {
+        // This connect's SYN left and its failure was reported already.
+        return Ok(());
+    }
+    let uservaddr: u64 = read_kernel(regs, syscall_regs::ARG2 as u32)?;
     let ptr = uservaddr as *const u8;
     // SAFETY: reads user memory through the helper, which fails cleanly.
     let family: u16 = unsafe { bpf_probe_read_user(ptr.cast::<u16>())? };
-    let mut args = ConnectArgs {
-        // SAFETY: helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        family,
-        port: 0,
-        _pad: 0,
-        addr: [0; 16],
-    };
     // SAFETY: sockaddr_in / sockaddr_in6 layouts: port at 2, address at 4
     // (IPv4) or 8 (IPv6); read through the helper.
-    let port_be: u16 = unsafe { bpf_probe_read_user(ptr.add(2).cast::<u16>())? };
-    args.port = u16::from_be(port_be);
-    if family == AF_INET {
+    let port = u16::from_be(unsafe { bpf_probe_read_user(ptr.add(2).cast::<u16>())? });
+    let mut addr = [0u8; 16];
+    let family = if family == AF_INET {
         // SAFETY: as above.
         let a: [u8; 4] = unsafe { bpf_probe_read_user(ptr.add(4).cast::<[u8; 4]>())? };
-        args.addr[..4].copy_from_slice(&a);
+        addr[..4].copy_from_slice(&a);
+        AF_INET
     } else if family == AF_INET6 {
         // SAFETY: as above.
         let a: [u8; 16] = unsafe { bpf_probe_read_user(ptr.add(8).cast::<[u8; 16]>())? };
         let (fam, canon) = canonical(family, a);
-        args.family = fam;
-        args.addr = canon;
+        addr = canon;
+        fam
     } else {
         return Ok(());
-    }
-    let _ = CONNECT_ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0);
-    Ok(())
-}
-
-#[tracepoint]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    match try_sys_exit_connect(&ctx) {
-        Ok(()) | Err(_) => 0,
-    }
-}
-
-fn try_sys_exit_connect(ctx: &TracePointContext) -> Result<(), i32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before removal.
-    let Some(args) = (unsafe { CONNECT_ARGS.get(&pid_tgid) }).copied() else {
-        return Ok(());
     };
-    let _ = CONNECT_ARGS.remove(&pid_tgid);
-    let ret: i64 = load(ctx, tp::sys_connect::RET);
     let errno = (-ret) as i32;
-    if errno != ENETUNREACH && errno != EHOSTUNREACH {
-        return Ok(());
-    }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = DestKey {
-        family: args.family,
-        port: args.port,
-        addr: args.addr,
-    };
+    let key = DestKey { family, port, addr };
     with_stats(&key, |stats| {
         add(&mut stats.connects);
         add(&mut stats.sync_failed);
         stats.last_failure_ns = now;
     });
-    let watched = is_watched(args.family, &args.addr);
+    let watched = is_watched(family, &addr);
     emit(|event| {
         event.ts_ns = now;
-        event.syn_ns = args.ts_ns;
+        event.syn_ns = started.unwrap_or(now);
         // SAFETY: helper without arguments.
         event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         event.tgid = (pid_tgid >> 32) as u32;
         event.pid = pid_tgid as u32;
         event.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
-        event.daddr = args.addr;
-        event.family = args.family;
-        event.dport = args.port;
+        event.daddr = addr;
+        event.family = family;
+        event.dport = port;
         event.errno = errno;
         event.kind = kind::SYNC_FAILED;
         if watched {

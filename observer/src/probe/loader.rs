@@ -11,7 +11,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::RawTracePoint,
 };
 use observer_common::{AF_INET, AF_INET6, AddrKey, DestKey, DestStats, counter};
 use thiserror::Error;
@@ -27,17 +27,15 @@ use crate::clock::MonoTime;
 /// The kernel object built by build.rs from observer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
-/// Socket tracepoints, attached raw (program name = tracepoint name).
-const RAW_TRACEPOINTS: [&str; 3] = [
+/// Tracepoints the probe attaches to, all raw (the program is named after
+/// its tracepoint): no trace record is formatted for them, and no tracefs
+/// is needed.
+const RAW_TRACEPOINTS: [&str; 5] = [
     "inet_sock_set_state",
     "inet_sk_error_report",
     "tcp_receive_reset",
-];
-
-/// Syscall tracepoints, attached through tracefs: (program, category, event).
-const TRACEPOINTS: [(&str, &str, &str); 2] = [
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
-    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    "sys_enter",
+    "sys_exit",
 ];
 
 #[derive(Debug, Error)]
@@ -100,7 +98,6 @@ impl Probe {
     /// Checks privileges, loads the object, and attaches every tracepoint.
     pub fn load(options: &ProbeOptions) -> Result<Probe, ProbeError> {
         preflight::check_capabilities()?;
-        preflight::ensure_tracefs()?;
         preflight::raise_memlock_limit();
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NotEmbedded);
@@ -123,19 +120,6 @@ impl Probe {
                 .map_err(|source| ProbeError::Program { name, source })?;
             program
                 .attach(name)
-                .map_err(|source| ProbeError::Program { name, source })?;
-        }
-        for (name, category, event) in TRACEPOINTS {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            program
-                .attach(category, event)
                 .map_err(|source| ProbeError::Program { name, source })?;
         }
         Ok(Probe { ebpf })
