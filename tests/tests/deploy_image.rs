@@ -117,6 +117,8 @@ struct Grants {
     seccomp_runtime_default: bool,
     grace: Duration,
     memory_request_bytes: u64,
+    /// Hide the kernel's BTF (/sys/kernel/btf) from the container.
+    mask_btf: bool,
 }
 
 fn daemonset_grants() -> Grants {
@@ -146,6 +148,7 @@ fn daemonset_grants() -> Grants {
                 .expect("terminationGracePeriodSeconds") as u64,
         ),
         memory_request_bytes: parse_binary_quantity(&memory),
+        mask_btf: false,
     }
 }
 
@@ -229,6 +232,9 @@ fn run_flags(grants: &Grants, name: &str, netns: &Netns) -> Vec<String> {
     for (host, container, read_only) in &grants.mounts {
         let mode = if *read_only { ":ro" } else { "" };
         flags.push(format!("--volume={host}:{container}{mode}"));
+    }
+    if grants.mask_btf {
+        flags.push("--security-opt=mask=/sys/kernel/btf".into());
     }
     if grants.read_only_root {
         flags.push("--read-only".into());
@@ -606,20 +612,18 @@ fn each_grant_is_needed() {
     let _serial = serial();
     let grants = daemonset_grants();
     let netns = Netns::create("obs-deploy-less").expect("namespace");
-    // Without each capability in turn, and without the tracefs mount, the
-    // agent refuses to start and says what is missing.
+    // Without each capability in turn, and without the kernel's BTF (which
+    // the container sees in /sys without any mount), the agent refuses to
+    // start and says what is missing.
     let mut cases: Vec<(Grants, String)> = Vec::new();
     for cap in &grants.capabilities {
         let mut fewer = daemonset_grants();
         fewer.capabilities.retain(|c| c != cap);
         cases.push((fewer, cap.clone()));
     }
-    let mut no_tracefs = daemonset_grants();
-    no_tracefs
-        .mounts
-        .retain(|(host, _, _)| host != "/sys/kernel/tracing");
-    assert_eq!(no_tracefs.mounts.len() + 1, grants.mounts.len());
-    cases.push((no_tracefs, "tracefs".into()));
+    let mut no_btf = daemonset_grants();
+    no_btf.mask_btf = true;
+    cases.push((no_btf, "CONFIG_DEBUG_INFO_BTF".into()));
     for (fewer, missing) in cases {
         let container = Container::start(
             &run_flags(&fewer, "observer-deploy-less", &netns),

@@ -57,6 +57,12 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("attaching to the `{name}` tracepoint: {source}. observer needs Linux 5.15 or newer")]
+    Attach {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
     #[error("map {0} is missing from the eBPF object")]
@@ -120,7 +126,7 @@ impl Probe {
                 .map_err(|source| ProbeError::Program { name, source })?;
             program
                 .attach(name)
-                .map_err(|source| ProbeError::Program { name, source })?;
+                .map_err(|source| ProbeError::Attach { name, source })?;
         }
         Ok(Probe { ebpf })
     }

@@ -1,38 +1,22 @@
 //! Checks, before loading anything, that this process may load and attach
 //! the probe, and says exactly what is missing and how to grant it.
 
-use std::{fs, path::Path};
+use std::fs;
 
 use thiserror::Error;
 
-pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
-
-const TRACEFS_PATHS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-/// A tracepoint the probe attaches to; its presence proves tracefs works.
-const PROBE_EVENT: &str = "events/sock/inet_sock_set_state/id";
 
 #[derive(Debug, Error)]
 pub enum PreflightError {
     #[error(
         "missing capabilities: {missing}. observer loads eBPF programs (CAP_BPF) and attaches \
          them to tracepoints (CAP_PERFMON). Run it as root, or grant them: \
-         `sudo setcap cap_bpf,cap_perfmon,cap_sys_admin+ep $(command -v observer)`; \
+         `sudo setcap cap_bpf,cap_perfmon+ep $(command -v observer)`; \
          in Kubernetes add them to securityContext.capabilities.add"
     )]
     Capabilities { missing: String },
-    #[error(
-        "tracefs is not mounted and could not be mounted ({reason}). Mount it with \
-         `mount -t tracefs nodev /sys/kernel/tracing`; in Kubernetes mount the host's \
-         /sys/kernel/tracing into the pod (hostPath)"
-    )]
-    Tracefs { reason: String },
-    #[error(
-        "this kernel has no `sock:inet_sock_set_state` tracepoint at {path}; observer needs \
-         Linux 5.15 or newer"
-    )]
-    Kernel { path: String },
 }
 
 /// The effective capability set of this process.
@@ -73,52 +57,6 @@ pub fn check_capabilities() -> Result<(), PreflightError> {
         Err(PreflightError::Capabilities {
             missing: missing.join(", "),
         })
-    }
-}
-
-/// Finds tracefs, mounting it at /sys/kernel/tracing when it is absent
-/// (hosts often mount it lazily; the mount needs CAP_SYS_ADMIN).
-pub fn ensure_tracefs() -> Result<&'static str, PreflightError> {
-    if let Some(found) = TRACEFS_PATHS
-        .iter()
-        .find(|root| Path::new(root).join(PROBE_EVENT).exists())
-    {
-        return Ok(found);
-    }
-    let target = TRACEFS_PATHS[0];
-    mount_tracefs(target).map_err(|reason| PreflightError::Tracefs { reason })?;
-    if Path::new(target).join(PROBE_EVENT).exists() {
-        Ok(target)
-    } else {
-        Err(PreflightError::Kernel {
-            path: format!("{target}/{PROBE_EVENT}"),
-        })
-    }
-}
-
-fn mount_tracefs(target: &str) -> Result<(), String> {
-    let c_target = std::ffi::CString::new(target).map_err(|e| e.to_string())?;
-    // SAFETY: all pointers are valid NUL-terminated strings that outlive the
-    // call; a NULL data argument is allowed for tracefs.
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            c_target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        tracing::info!(target, "mounted tracefs");
-        Ok(())
-    } else {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EPERM) {
-            Err(format!("{err}; mounting needs CAP_SYS_ADMIN"))
-        } else {
-            Err(err.to_string())
-        }
     }
 }
 
