@@ -136,8 +136,9 @@ fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_id
     );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let sim = runtime.block_on(SimServer::start()).expect("simulator");
-    let dir = std::env::temp_dir().join(format!("observer-agent-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    // Removed on drop, so also when an assertion fails.
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = temp.path().to_path_buf();
     let kubeconfig = dir.join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
     let created = sim.store().create(pod()).expect("create pod");
@@ -297,6 +298,5 @@ fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_id
         live_out,
         "replay reproduces the live output"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     runtime.block_on(sim.shutdown());
 }
