@@ -602,10 +602,17 @@ mod syscall_regs {
     /// `regs[1]`.
     pub const ARG2: u64 = 8;
 }
+/// Other architectures: register layouts unknown, so connect()'s failures
+/// before a SYN are not reported there (no syscall number is -1).
+#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+mod syscall_regs {
+    pub const NR_CONNECT: i64 = -1;
+    pub const NR: u64 = 0;
+    pub const ARG2: u64 = 0;
+}
 
 /// Notes when each task enters connect(), so `sys_exit` can tell a failure
 /// before the SYN from a blocking connect() that failed after it.
-#[cfg(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64"))]
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long id)
@@ -630,13 +637,6 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     }
 }
 
-#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
-fn try_sys_exit(_ctx: &RawTracePointContext) -> Result<(), i32> {
-    // Register layouts are only known for x86_64 and aarch64.
-    Ok(())
-}
-
-#[cfg(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64"))]
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i32> {
     // TP_PROTO(struct pt_regs *regs, long ret)
     let ret: i64 = ctx.arg(1);

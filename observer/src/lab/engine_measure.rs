@@ -16,7 +16,7 @@ use super::{LabError, Result};
 use crate::clock::MonoTime;
 use crate::cluster::{WatchConfig, WatchCounters, stamped_events};
 use crate::engine::{Engine, EngineConfig, Output, PodTermination};
-use crate::probe::{Probe, ProbeOptions};
+use crate::probe::Probe;
 use crate::tui::LocalFeed;
 
 /// How often an attached TUI gets a fresh snapshot.
@@ -57,11 +57,7 @@ impl Default for EngineMeasure {
 
 impl LabMeasure for EngineMeasure {
     async fn start(&mut self, ctx: &LabContext) -> Result<()> {
-        let mut probe = Probe::load(&ProbeOptions::default())
-            .map_err(|e| LabError::Measure(format!("loading the probe: {e}")))?;
-        let reader = probe
-            .event_reader()
-            .map_err(|e| LabError::Measure(format!("probe events: {e}")))?;
+        let (probe, reader) = super::measure::load_probe()?;
         let events = stamped_events(
             &ctx.client,
             &WatchConfig {

@@ -25,7 +25,7 @@ use super::netns::PodSubnet;
 use super::report::{FailureCounts, Recommendation};
 use super::{LabError, Result};
 use crate::clock::MonoTime;
-use crate::probe::{ConnectRecord, FailureClass, Outcome, Probe, ProbeOptions};
+use crate::probe::{ConnectRecord, EventReader, FailureClass, Outcome, Probe, ProbeOptions};
 
 /// What a measurement gets to watch the lab's cluster.
 #[derive(Clone)]
@@ -145,6 +145,16 @@ fn recommend(pods: &[PodMeasurement]) -> Option<Recommendation> {
 
 type Collected = (Vec<SeenPod>, Vec<ConnectRecord>);
 
+/// Loads the probe and opens its event ring, for a measurement.
+pub(super) fn load_probe() -> Result<(Probe, EventReader)> {
+    let mut probe = Probe::load(&ProbeOptions::default())
+        .map_err(|e| LabError::Measure(format!("loading the probe: {e}")))?;
+    let reader = probe
+        .event_reader()
+        .map_err(|e| LabError::Measure(format!("probe events: {e}")))?;
+    Ok((probe, reader))
+}
+
 /// The probe and a Pod watcher, correlated directly (no engine).
 #[derive(Default)]
 pub struct ProbeOnlyMeasure {
@@ -160,11 +170,7 @@ impl ProbeOnlyMeasure {
 
 impl LabMeasure for ProbeOnlyMeasure {
     async fn start(&mut self, ctx: &LabContext) -> Result<()> {
-        let mut probe = Probe::load(&ProbeOptions::default())
-            .map_err(|e| LabError::Measure(format!("loading the probe: {e}")))?;
-        let reader = probe
-            .event_reader()
-            .map_err(|e| LabError::Measure(format!("probe events: {e}")))?;
+        let (probe, reader) = load_probe()?;
         let subnet = Subnet::parse(&ctx.pod_cidr)?;
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
         let (stop, stopped) = oneshot::channel();
