@@ -17,8 +17,9 @@ const LAB_PREFIX: &str = "obslab0-";
 /// Both tests run the same lab (same namespaces): one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A private tmux server running one session; killed on drop, so a failed
-/// assertion leaves no server (and no lab: the lab cleans up on SIGHUP).
+/// A private tmux server running one session. On drop (also when an
+/// assertion failed) it first asks a still-running lab to stop with `q`,
+/// which removes its namespaces, then kills the server.
 struct Tmux {
     socket: String,
 }
@@ -89,6 +90,13 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
+        if !lab_namespaces().is_empty() {
+            let _ = self.run(&["send-keys", "-t", "main", "q"]);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !lab_namespaces().is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
         let _ = self.run(&["kill-server"]);
     }
 }
