@@ -9,7 +9,7 @@ use crate::{
     agent::AgentOptions,
     cluster::{ClientSource, WatchConfig},
     engine::{EngineConfig, RecommendConfig},
-    probe::ProbeOptions,
+    probe::{ProbeOptions, SyncFailureHook},
     trace::parse_duration,
 };
 
@@ -102,6 +102,12 @@ pub struct AgentArgs {
     /// Size of the kernel's event ring in bytes (power of two).
     #[arg(long, value_name = "BYTES")]
     pub ring_bytes: Option<u32>,
+    /// How connect()'s failures before a SYN (no route) are seen: `auto`
+    /// uses the exits of tcp_v4_connect/tcp_v6_connect (fexit) and falls
+    /// back to the syscall tracepoints where the kernel cannot attach them;
+    /// `syscalls` costs every process on the node a slower syscall path.
+    #[arg(long, value_enum, default_value_t = SyncFailureHook::Auto, value_name = "HOOK")]
+    pub sync_failure_hook: SyncFailureHook,
     #[command(flatten)]
     pub kube: KubeArgs,
     #[command(flatten)]
@@ -119,6 +125,8 @@ impl AgentArgs {
             engine: self.engine.engine_config(),
             probe: ProbeOptions {
                 ring_bytes: self.ring_bytes,
+                sync_failure_hook: self.sync_failure_hook,
+                hooks_only: false,
             },
             duration: self.duration,
             ..AgentOptions::default()

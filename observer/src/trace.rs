@@ -11,7 +11,7 @@ use clap::Args;
 
 use crate::{
     clock::MonoTime,
-    probe::{ConnectRecord, Outcome, Probe, ProbeOptions},
+    probe::{ConnectRecord, Outcome, Probe, ProbeOptions, SyncFailureHook},
 };
 
 #[derive(Debug, Args)]
@@ -38,6 +38,17 @@ pub struct TraceArgs {
     /// Size of the kernel's event ring in bytes (power of two, >= 4096).
     #[arg(long, value_name = "BYTES")]
     pub ring_bytes: Option<u32>,
+    /// How connect()'s failures before a SYN (no route) are seen: `auto`
+    /// uses the exits of tcp_v4_connect/tcp_v6_connect (fexit) and falls
+    /// back to the syscall tracepoints where the kernel cannot attach them;
+    /// `syscalls` costs every process on the node a slower syscall path.
+    #[arg(long, value_enum, default_value_t = SyncFailureHook::Auto, value_name = "HOOK")]
+    pub sync_failure_hook: SyncFailureHook,
+    /// Attach every hook with programs that return at once (prints
+    /// nothing): what `cargo xtask bench probe` uses to measure the hooks'
+    /// own cost.
+    #[arg(long, hide = true)]
+    pub hooks_only: bool,
 }
 
 /// Parses `500ms`, `2s`, `1.5s`, `3m`, `1h`; a bare number is seconds.
@@ -159,6 +170,8 @@ fn wanted(args: &TraceArgs, record: &ConnectRecord) -> bool {
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut probe = Probe::load(&ProbeOptions {
         ring_bytes: args.ring_bytes,
+        sync_failure_hook: args.sync_failure_hook,
+        hooks_only: args.hooks_only,
     })
     .context("cannot start the probe")?;
     probe.forward_kernel_logs();
@@ -180,17 +193,21 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
             _ = &mut ctrl_c => break,
             result = reader.next_batch(Duration::from_millis(100), &mut batch) => result?,
         }
-        let mut out = stdout.lock();
+        // One write per batch, not per line: stdout alone flushes at every
+        // newline, a syscall per event under a storm of failures.
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
         for record in batch.drain(..) {
             if !wanted(&args, &record) {
                 continue;
             }
-            let line = if args.json {
-                serde_json::to_string(&record).context("encoding event")?
+            let written = if args.json {
+                serde_json::to_writer(&mut out, &record)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| writeln!(out))
             } else {
-                format_line(&clock, &record)
+                writeln!(out, "{}", format_line(&clock, &record))
             };
-            if let Err(error) = writeln!(out, "{line}") {
+            if let Err(error) = written {
                 if error.kind() == std::io::ErrorKind::BrokenPipe {
                     break 'outer;
                 }
@@ -201,7 +218,10 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
                 break 'outer;
             }
         }
-        out.flush().context("writing to stdout")?;
+        match out.flush() {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => break,
+            flushed => flushed.context("writing to stdout")?,
+        }
         if deadline.is_some_and(|d| MonoTime::now() >= d) {
             break;
         }
@@ -276,6 +296,8 @@ mod tests {
             count: None,
             duration: None,
             ring_bytes: None,
+            sync_failure_hook: SyncFailureHook::Auto,
+            hooks_only: false,
         };
         let mut record = refused();
         assert!(wanted(&args, &record));

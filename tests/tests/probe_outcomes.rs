@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use observer::probe::{ConnectRecord, FailureClass, Outcome, Probe, ProbeOptions};
+use observer::probe::{ConnectRecord, FailureClass, Outcome, Probe, ProbeOptions, SyncFailureHook};
 use observer_common::DestStats;
 use observer_tests::{Link, require_root};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -231,7 +231,7 @@ fn matches(record: &ConnectRecord, attempt: &Attempt) -> bool {
     }
 }
 
-fn scenario(tag: &str, subnet: u8, v6: bool) {
+fn scenario(tag: &str, subnet: u8, v6: bool, hook: SyncFailureHook) {
     require_root();
     let link = Link::create(tag, subnet).expect("namespaces");
     let server_ip = if v6 { link.server_v6 } else { link.server_v4 };
@@ -243,7 +243,17 @@ fn scenario(tag: &str, subnet: u8, v6: bool) {
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let _guard = runtime.enter();
-    let mut probe = Probe::load(&ProbeOptions::default()).expect("the probe must load here");
+    let options = ProbeOptions {
+        sync_failure_hook: hook,
+        ..ProbeOptions::default()
+    };
+    let mut probe = Probe::load(&options).expect("the probe must load here");
+    match hook {
+        // Whichever it chose on this kernel is what the no-route connects
+        // below exercise.
+        SyncFailureHook::Auto => assert_ne!(probe.sync_failure_hook(), SyncFailureHook::Auto),
+        forced => assert_eq!(probe.sync_failure_hook(), forced),
+    }
     probe.watch(server_ip).expect("watch");
     let mut reader = probe.event_reader().expect("reader");
 
@@ -368,10 +378,17 @@ fn scenario(tag: &str, subnet: u8, v6: bool) {
 
 #[test]
 fn every_outcome_class_ipv4() {
-    scenario("pv4", 11, false);
+    scenario("pv4", 11, false, SyncFailureHook::Auto);
 }
 
 #[test]
 fn every_outcome_class_ipv6() {
-    scenario("pv6", 12, true);
+    scenario("pv6", 12, true, SyncFailureHook::Auto);
+}
+
+/// The syscall hooks are the fallback where the connect exits cannot be
+/// attached; forced here so they stay covered on kernels where they can.
+#[test]
+fn every_outcome_class_with_syscall_hooks() {
+    scenario("psys", 13, false, SyncFailureHook::Syscalls);
 }

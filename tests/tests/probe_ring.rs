@@ -25,6 +25,7 @@ fn overflowing_ring_counts_every_drop() {
     // One page: room for about 39 records of 96 bytes plus headers.
     let options = ProbeOptions {
         ring_bytes: Some(4096),
+        ..ProbeOptions::default()
     };
     let mut probe = Probe::load(&options).expect("the probe must load here");
     let mut reader = probe.event_reader().expect("reader");

@@ -36,9 +36,19 @@ tracepoint:syscalls:sys_exit_connect { printf("connected %d %d\n", pid, args->re
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Tracer {
     None,
+    /// observer's hooks attached, every program returning at once: what
+    /// the tracepoints themselves cost, whatever a program does.
+    HooksOnly,
     Observer,
     Bpftrace,
 }
+
+const TRACERS: [Tracer; 4] = [
+    Tracer::None,
+    Tracer::HooksOnly,
+    Tracer::Observer,
+    Tracer::Bpftrace,
+];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Storm {
@@ -58,20 +68,18 @@ struct Sample {
 }
 
 struct ProbeBench {
-    rows: Vec<(Storm, [Sample; 3])>,
+    rows: Vec<(Storm, [Sample; 4])>,
 }
 
 pub fn run(observer_bin: &str) -> anyhow::Result<String> {
     crate::cmd::require_root("the probe benchmark")?;
+    ensure_tracefs()?;
     let mut rows = Vec::new();
     for storm in [Storm::Established, Storm::Refused] {
-        let mut rates: [Vec<f64>; 3] = Default::default();
-        let mut cpu: [Vec<f64>; 3] = Default::default();
+        let mut rates: [Vec<f64>; 4] = Default::default();
+        let mut cpu: [Vec<f64>; 4] = Default::default();
         for round in 0..ROUNDS {
-            for (i, tracer) in [Tracer::None, Tracer::Observer, Tracer::Bpftrace]
-                .iter()
-                .enumerate()
-            {
+            for (i, tracer) in TRACERS.iter().enumerate() {
                 let sample = measure(*tracer, storm, observer_bin)
                     .with_context(|| format!("{storm:?} storm with {tracer:?}"))?;
                 println!(
@@ -88,9 +96,27 @@ pub fn run(observer_bin: &str) -> anyhow::Result<String> {
             connects_per_sec: median(&rates[i]),
             cpu_us_per_connect: median(&cpu[i]),
         };
-        rows.push((storm, [sample(0), sample(1), sample(2)]));
+        rows.push((storm, [sample(0), sample(1), sample(2), sample(3)]));
     }
     Ok(render(&ProbeBench { rows }))
+}
+
+/// bpftrace attaches classic tracepoints, which it finds in tracefs
+/// (observer needs none: its tracepoints are raw).
+fn ensure_tracefs() -> anyhow::Result<()> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    if std::path::Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    println!("bench probe: mounting tracefs at {TRACEFS} for bpftrace");
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", TRACEFS])
+        .status()
+        .context("running mount")?;
+    if !status.success() {
+        bail!("mounting tracefs at {TRACEFS} failed ({status}); bpftrace needs it");
+    }
+    Ok(())
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -101,10 +127,10 @@ fn median(values: &[f64]) -> f64 {
 
 fn render(bench: &ProbeBench) -> String {
     let mut out = String::from(
-        "| storm | no tracer | observer | bpftrace | observer cost | bpftrace cost |\n\
-         |---|---|---|---|---|---|\n",
+        "| storm | no tracer | observer's hooks alone | observer | bpftrace | hooks-alone cost | observer cost | bpftrace cost |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
-    for (storm, [none, observer, bpftrace]) in &bench.rows {
+    for (storm, [none, hooks, observer, bpftrace]) in &bench.rows {
         let rate_cost =
             |with: &Sample| (1.0 - with.connects_per_sec / none.connects_per_sec) * 100.0;
         let cpu_cost =
@@ -115,24 +141,27 @@ fn render(bench: &ProbeBench) -> String {
                 s.connects_per_sec, s.cpu_us_per_connect
             )
         };
+        let cost = |s: &Sample| format!("{:.1} % rate, {:.1} % CPU", rate_cost(s), cpu_cost(s));
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} % rate, {:.1} % CPU | {:.1} % rate, {:.1} % CPU |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             match storm {
                 Storm::Established => "connect + RST close (success path)",
                 Storm::Refused => "connect to a closed port (failure path)",
             },
             cell(none),
+            cell(hooks),
             cell(observer),
             cell(bpftrace),
-            rate_cost(observer),
-            cpu_cost(observer),
-            rate_cost(bpftrace),
-            cpu_cost(bpftrace),
+            cost(hooks),
+            cost(observer),
+            cost(bpftrace),
         ));
     }
     out.push_str(
         "\nCells: connects per second, and CPU time per connect (the storm's threads plus \
-         the tracer's process). Costs: the rate lost, and the CPU added per connect.\n",
+         the tracer's process). Costs: the rate lost, and the CPU added per connect. \
+         \"Hooks alone\": observer's programs attached where observer attaches them, each \
+         returning at once (`observer trace --hooks-only`).\n",
     );
     out
 }
@@ -186,9 +215,12 @@ impl Drop for Tracing {
 fn start(tracer: Tracer, observer_bin: &str) -> anyhow::Result<Tracing> {
     let (mut cmd, ready_on_stderr, marker) = match tracer {
         Tracer::None => return Ok(Tracing(None)),
-        Tracer::Observer => {
+        Tracer::HooksOnly | Tracer::Observer => {
             let mut cmd = Command::new(observer_bin);
             cmd.args(["trace", "--json"]);
+            if tracer == Tracer::HooksOnly {
+                cmd.arg("--hooks-only");
+            }
             (cmd, true, "tracing TCP connect outcomes")
         }
         Tracer::Bpftrace => {

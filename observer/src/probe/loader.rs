@@ -11,7 +11,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::RawTracePoint,
+    programs::{FExit, RawTracePoint},
 };
 use observer_common::{AF_INET, AF_INET6, AddrKey, DestKey, DestStats, counter};
 use thiserror::Error;
@@ -27,16 +27,41 @@ use crate::clock::MonoTime;
 /// The kernel object built by build.rs from observer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
-/// Tracepoints the probe attaches to, all raw (the program is named after
-/// its tracepoint): no trace record is formatted for them, and no tracefs
-/// is needed.
-const RAW_TRACEPOINTS: [&str; 5] = [
+/// Socket tracepoints the probe always attaches to, raw (the program is
+/// named after its tracepoint): no trace record is formatted for them, and
+/// no tracefs is needed.
+const SOCKET_TRACEPOINTS: [&str; 3] = [
     "inet_sock_set_state",
     "inet_sk_error_report",
     "tcp_receive_reset",
-    "sys_enter",
-    "sys_exit",
 ];
+
+/// The fexit programs that see connects failing before their SYN, and the
+/// kernel functions they attach to.
+const CONNECT_EXITS: [(&str, &str); 2] = [
+    ("tcp_v4_connect_exit", "tcp_v4_connect"),
+    ("tcp_v6_connect_exit", "tcp_v6_connect"),
+];
+
+/// The fallback for the same job: raw syscall tracepoints.
+const SYSCALL_TRACEPOINTS: [&str; 2] = ["sys_enter", "sys_exit"];
+
+/// How the probe sees a connect() that fails before any SYN leaves (no
+/// route to the destination).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncFailureHook {
+    /// The exits of `tcp_v4_connect` and `tcp_v6_connect`, falling back to
+    /// the syscall tracepoints where the kernel cannot attach them.
+    #[default]
+    Auto,
+    /// fexit on `tcp_v4_connect`/`tcp_v6_connect` (Linux 5.5 on x86_64, 6.0
+    /// on arm64, with IPv6 built in): costs nothing outside TCP connects.
+    ConnectExits,
+    /// Raw `sys_enter`/`sys_exit`: works on every kernel, but switches every
+    /// task onto the kernel's slower syscall path while the probe runs.
+    Syscalls,
+}
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -63,6 +88,11 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("attaching to the exit of `{function}`: {reason}")]
+    ConnectExit {
+        function: &'static str,
+        reason: String,
+    },
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
     #[error("map {0} is missing from the eBPF object")]
@@ -83,6 +113,11 @@ pub struct ProbeOptions {
     /// Size of the event ring in bytes (a power of two, a multiple of the
     /// page size); the kernel object's default when `None`.
     pub ring_bytes: Option<u32>,
+    /// How connect()'s failures before a SYN are seen.
+    pub sync_failure_hook: SyncFailureHook,
+    /// Attach every hook but make each program return at once: no events,
+    /// no counters. Only for measuring what the hooks alone cost.
+    pub hooks_only: bool,
 }
 
 /// The probe's own health, summed over CPUs.
@@ -98,6 +133,7 @@ pub struct ProbeCounters {
 /// The loaded, attached probe. Dropping it detaches every program.
 pub struct Probe {
     ebpf: Ebpf,
+    sync_failure_hook: SyncFailureHook,
 }
 
 impl Probe {
@@ -109,26 +145,42 @@ impl Probe {
             return Err(ProbeError::NotEmbedded);
         }
         let offsets = btf::sock_offsets_from(std::path::Path::new(btf::VMLINUX_BTF))?;
+        let hooks_only = u8::from(options.hooks_only);
         let mut loader = EbpfLoader::new();
         loader.override_global("SOCK_OFFSETS", &offsets, true);
+        loader.override_global("HOOKS_ONLY", &hooks_only, true);
         if let Some(bytes) = options.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(ProbeError::Load)?;
-        for name in RAW_TRACEPOINTS {
-            let program: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| ProbeError::Program { name, source })?;
-            program
-                .attach(name)
-                .map_err(|source| ProbeError::Attach { name, source })?;
+        for name in SOCKET_TRACEPOINTS {
+            attach_raw(&mut ebpf, name)?;
         }
-        Ok(Probe { ebpf })
+        let sync_failure_hook = match options.sync_failure_hook {
+            SyncFailureHook::Syscalls => attach_syscalls(&mut ebpf)?,
+            SyncFailureHook::ConnectExits => attach_connect_exits(&mut ebpf)?,
+            SyncFailureHook::Auto => match attach_connect_exits(&mut ebpf) {
+                Ok(hook) => hook,
+                Err(error) => {
+                    tracing::info!(
+                        %error,
+                        "connect failures before a SYN are seen through the syscall \
+                         tracepoints instead (slower for every process on the node)"
+                    );
+                    attach_syscalls(&mut ebpf)?
+                }
+            },
+        };
+        tracing::debug!(?sync_failure_hook, "probe attached");
+        Ok(Probe {
+            ebpf,
+            sync_failure_hook,
+        })
+    }
+
+    /// How this probe sees connect()'s failures before a SYN (never `Auto`).
+    pub fn sync_failure_hook(&self) -> SyncFailureHook {
+        self.sync_failure_hook
     }
 
     /// Starts forwarding the kernel's aya-log records to `tracing`. Needs a
@@ -168,6 +220,7 @@ impl Probe {
             ring,
             joiner: OutcomeJoiner::default(),
             decode_errors: 0,
+            last_busy_read: None,
         })
     }
 
@@ -254,6 +307,76 @@ impl Probe {
     }
 }
 
+fn attach_raw(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| ProbeError::Program { name, source })?;
+    program
+        .load()
+        .map_err(|source| ProbeError::Program { name, source })?;
+    program
+        .attach(name)
+        .map_err(|source| ProbeError::Attach { name, source })?;
+    Ok(())
+}
+
+fn attach_syscalls(ebpf: &mut Ebpf) -> Result<SyncFailureHook, ProbeError> {
+    for name in SYSCALL_TRACEPOINTS {
+        attach_raw(ebpf, name)?;
+    }
+    Ok(SyncFailureHook::Syscalls)
+}
+
+/// Attaches both connect exits, or neither: a failed attach detaches the
+/// one already attached (by unloading it), so a fallback never counts a
+/// failure twice.
+fn attach_connect_exits(ebpf: &mut Ebpf) -> Result<SyncFailureHook, ProbeError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::ConnectExit {
+        function: "tcp_v4_connect",
+        reason: format!("reading the kernel's BTF: {e}"),
+    })?;
+    let mut attached = Vec::new();
+    for (name, function) in CONNECT_EXITS {
+        if let Err(reason) = attach_fexit(ebpf, name, function, &btf) {
+            for done in attached {
+                let program: Result<&mut FExit, _> = ebpf
+                    .program_mut(done)
+                    .ok_or(ProbeError::MissingProgram(done))
+                    .and_then(|p| {
+                        p.try_into()
+                            .map_err(|source| ProbeError::Program { name: done, source })
+                    });
+                if let Ok(program) = program
+                    && let Err(error) = program.unload()
+                {
+                    tracing::warn!(%error, program = done, "unloading");
+                }
+            }
+            return Err(ProbeError::ConnectExit { function, reason });
+        }
+        attached.push(name);
+    }
+    Ok(SyncFailureHook::ConnectExits)
+}
+
+fn attach_fexit(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    function: &str,
+    btf: &aya::Btf,
+) -> Result<(), String> {
+    let program: &mut FExit = ebpf
+        .program_mut(name)
+        .ok_or_else(|| ProbeError::MissingProgram(name).to_string())?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    program.load(function, btf).map_err(|e| e.to_string())?;
+    program.attach().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Registers an owned BPF map fd with the tokio reactor.
 fn register_readable<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: `inner` owns its file descriptor (an aya map) and keeps it
@@ -298,7 +421,12 @@ pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
     joiner: OutcomeJoiner,
     decode_errors: u64,
+    /// When the last read that found events ended.
+    last_busy_read: Option<std::time::Instant>,
 }
+
+/// The shortest time between two reads while events keep coming.
+const BUSY_READ_INTERVAL: Duration = Duration::from_millis(10);
 
 impl EventReader {
     /// Records the reader could not decode (a kernel/user version mismatch).
@@ -313,6 +441,19 @@ impl EventReader {
         max_wait: Duration,
         out: &mut Vec<ConnectRecord>,
     ) -> Result<(), ProbeError> {
+        // Under a storm of events, reading as soon as the ring is readable
+        // means a wakeup (and a cross-thread hand-off) for nearly every
+        // event. Once a read found events, the next one waits a little so
+        // they accumulate: a few wakeups a second instead of thousands,
+        // at the price of a few milliseconds of delay (the events carry
+        // their kernel timestamps, so no measurement moves).
+        if let Some(last) = self.last_busy_read {
+            let since = last.elapsed();
+            if since < BUSY_READ_INTERVAL {
+                tokio::time::sleep(BUSY_READ_INTERVAL - since).await;
+            }
+        }
+        let before = out.len();
         if let Ok(ready) = tokio::time::timeout(max_wait, self.ring.readable_mut()).await {
             let mut guard = ready.map_err(ProbeError::AsyncFd)?;
             drain_ring(
@@ -325,6 +466,7 @@ impl EventReader {
         }
         // Also catch records that arrived between the wakeup and the drain.
         self.drain_now(out);
+        self.last_busy_read = (out.len() > before).then(std::time::Instant::now);
         Ok(())
     }
 

@@ -9,4 +9,4 @@ pub mod loader;
 pub mod preflight;
 
 pub use decode::{ConnectRecord, FailureClass, Outcome, OutcomeJoiner};
-pub use loader::{EventReader, Probe, ProbeCounters, ProbeError, ProbeOptions};
+pub use loader::{EventReader, Probe, ProbeCounters, ProbeError, ProbeOptions, SyncFailureHook};
