@@ -53,7 +53,8 @@ enum Task {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Connects/s on loopback with no tracer, with observer, with bpftrace.
+    /// Connects/s on loopback with no tracer, with observer's hooks alone,
+    /// with observer, with bpftrace (root; about 3 minutes).
     Probe,
     /// Events/s and memory of the correlation engine on a synthetic
     /// recording of ten million events (one thread).
