@@ -236,6 +236,15 @@ fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_id
             .contains("observer_recommended_prestop_seconds{namespace=\"shop\",service=\"web\"}"),
         "{metrics}"
     );
+    let hooks_in_use: Vec<&str> = ["connect_exits", "syscalls"]
+        .into_iter()
+        .filter(|hook| {
+            metrics.contains(&format!(
+                "observer_probe_sync_failure_hook{{hook=\"{hook}\"}} 1"
+            ))
+        })
+        .collect();
+    assert_eq!(hooks_in_use.len(), 1, "one hook in use: {metrics}");
 
     // SAFETY: kill with the pid of a child we spawned.
     unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };

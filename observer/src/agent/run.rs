@@ -297,6 +297,7 @@ pub async fn run_agent(
     let mut engine = Engine::new(options.engine.clone());
     let state = AgentState::new(engine.snapshot(MonoTime::now()));
     state.set_probe_attached(true);
+    state.with_metrics(|m| m.set_sync_failure_hook(probe.sync_failure_hook()));
     let http = match options.listen {
         Some(addr) => Some(HttpServer::start(addr, Arc::new(state.clone())).await?),
         None => None,

@@ -9,7 +9,7 @@ use prometheus_client::{
 
 use crate::{
     engine::{PodState, PodTermination, Recommendation},
-    probe::ProbeCounters,
+    probe::{ProbeCounters, SyncFailureHook},
 };
 
 /// Gap buckets, seconds: 50 ms to 60 s, dense where preStop values live.
@@ -21,6 +21,11 @@ pub const GAP_BUCKETS: [f64; 16] = [
 pub struct ServiceLabels {
     pub namespace: String,
     pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub hook: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +46,7 @@ pub struct Metrics {
     terminations: Counter,
     events_processed: Counter,
     ringbuf_drops: Counter,
+    sync_failure_hook: Family<HookLabels, Gauge>,
     watch_restarts: Counter,
     watch_errors: Counter,
     last_ringbuf_drops: u64,
@@ -106,6 +112,13 @@ impl Metrics {
             "Probe events lost because the kernel ring buffer was full",
             ringbuf_drops.clone(),
         );
+        let sync_failure_hook = Family::<HookLabels, Gauge>::default();
+        registry.register(
+            "probe_sync_failure_hook",
+            "How the probe sees connects that fail before their SYN (1 for the hook in use): \
+             connect_exits (fexit), or syscalls (the fallback, slower for every process)",
+            sync_failure_hook.clone(),
+        );
         let watch_restarts = Counter::default();
         registry.register(
             "watch_restarts",
@@ -126,6 +139,7 @@ impl Metrics {
             terminations,
             events_processed,
             ringbuf_drops,
+            sync_failure_hook,
             watch_restarts,
             watch_errors,
             last_ringbuf_drops: 0,
@@ -195,6 +209,15 @@ impl Metrics {
 
     pub fn add_events(&self, n: u64) {
         self.events_processed.inc_by(n);
+    }
+
+    pub fn set_sync_failure_hook(&self, hook: SyncFailureHook) {
+        self.sync_failure_hook.clear();
+        self.sync_failure_hook
+            .get_or_create(&HookLabels {
+                hook: hook.name().to_string(),
+            })
+            .set(1);
     }
 
     /// Folds cumulative source counters in as counter increments.

@@ -63,6 +63,17 @@ pub enum SyncFailureHook {
     Syscalls,
 }
 
+impl SyncFailureHook {
+    /// The name `--sync-failure-hook` and the metrics use.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncFailureHook::Auto => "auto",
+            SyncFailureHook::ConnectExits => "connect_exits",
+            SyncFailureHook::Syscalls => "syscalls",
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ProbeError {
     #[error(transparent)]
