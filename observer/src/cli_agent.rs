@@ -105,7 +105,8 @@ pub struct AgentArgs {
     /// How connect()'s failures before a SYN (no route) are seen: `auto`
     /// uses the exits of tcp_v4_connect/tcp_v6_connect (fexit) and falls
     /// back to the syscall tracepoints where the kernel cannot attach them;
-    /// `syscalls` costs every process on the node a slower syscall path.
+    /// `syscalls` costs every process on the node a slower syscall path;
+    /// `off` does not see them at all.
     #[arg(long, value_enum, default_value_t = SyncFailureHook::Auto, value_name = "HOOK")]
     pub sync_failure_hook: SyncFailureHook,
     #[command(flatten)]

@@ -11,7 +11,7 @@ use std::{
 
 use observer::probe::{ConnectRecord, FailureClass, Outcome, Probe, ProbeOptions, SyncFailureHook};
 use observer_common::DestStats;
-use observer_tests::{Link, require_root};
+use observer_tests::{Link, Netns, require_root};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 const CLIENT_COMM: &str = "obs-client";
@@ -391,4 +391,60 @@ fn every_outcome_class_ipv6() {
 #[test]
 fn every_outcome_class_with_syscall_hooks() {
     scenario("psys", 13, false, SyncFailureHook::Syscalls);
+}
+
+/// With the pre-SYN hooks off, a connect with no route goes unseen (the
+/// documented price of that choice), while the socket hooks still see and
+/// count a refused one.
+#[test]
+fn sync_failure_hook_off_sees_socket_outcomes_only() {
+    require_root();
+    let ns = Netns::create("obs-nosync").expect("namespace");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _guard = runtime.enter();
+    let options = ProbeOptions {
+        sync_failure_hook: SyncFailureHook::Off,
+        ..ProbeOptions::default()
+    };
+    let mut probe = Probe::load(&options).expect("the probe must load here");
+    assert_eq!(probe.sync_failure_hook(), SyncFailureHook::Off);
+    let mut reader = probe.event_reader().expect("reader");
+
+    let unroutable: SocketAddr = "10.202.0.9:80".parse().expect("address");
+    let refused: SocketAddr = "127.0.0.1:9".parse().expect("address");
+    ns.run_in(CLIENT_COMM, move || {
+        let err = std::net::TcpStream::connect_timeout(&unroutable, Duration::from_secs(1))
+            .expect_err("no route in a namespace with only loopback");
+        assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
+        let err = std::net::TcpStream::connect_timeout(&refused, Duration::from_secs(1))
+            .expect_err("nothing listens on port 9");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    })
+    .expect("client thread");
+
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !records.iter().any(|r: &ConnectRecord| r.dst == refused) && Instant::now() < deadline {
+        runtime
+            .block_on(reader.next_batch(Duration::from_millis(100), &mut records))
+            .expect("read events");
+    }
+    assert!(
+        records.iter().any(|r| r.dst == refused
+            && matches!(
+                r.outcome,
+                Outcome::Failed {
+                    class: FailureClass::Refused,
+                    ..
+                }
+            )),
+        "the refused connect is seen: {records:#?}"
+    );
+    assert!(
+        !records.iter().any(|r| r.dst == unroutable),
+        "no hook sees the no-route connect: {records:#?}"
+    );
+    let stats = probe.dest_stats().expect("counters");
+    assert_eq!(stats.get(&refused).map(|s| s.refused), Some(1), "{stats:?}");
+    assert!(!stats.contains_key(&unroutable), "{stats:?}");
 }

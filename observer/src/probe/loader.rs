@@ -61,6 +61,11 @@ pub enum SyncFailureHook {
     /// Raw `sys_enter`/`sys_exit`: works on every kernel, but switches every
     /// task onto the kernel's slower syscall path while the probe runs.
     Syscalls,
+    /// Not seen at all: connects that fail for want of a route go
+    /// uncounted. For kernels without fexit where the syscall path's cost
+    /// matters more than those failures (rare on an ingress: a pod IP the
+    /// node has no route to).
+    Off,
 }
 
 impl SyncFailureHook {
@@ -70,6 +75,7 @@ impl SyncFailureHook {
             SyncFailureHook::Auto => "auto",
             SyncFailureHook::ConnectExits => "connect_exits",
             SyncFailureHook::Syscalls => "syscalls",
+            SyncFailureHook::Off => "off",
         }
     }
 }
@@ -168,6 +174,7 @@ impl Probe {
             attach_raw(&mut ebpf, name)?;
         }
         let sync_failure_hook = match options.sync_failure_hook {
+            SyncFailureHook::Off => SyncFailureHook::Off,
             SyncFailureHook::Syscalls => attach_syscalls(&mut ebpf)?,
             SyncFailureHook::ConnectExits => attach_connect_exits(&mut ebpf)?,
             SyncFailureHook::Auto => match attach_connect_exits(&mut ebpf) {
