@@ -49,10 +49,10 @@ mod syscall_regs {
 /// before the SYN from a blocking connect() that failed after it.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    // TP_PROTO(struct pt_regs *regs, long id)
     if hooks_only() {
         return 0;
     }
+    // TP_PROTO(struct pt_regs *regs, long id)
     let id: i64 = ctx.arg(1);
     if id == syscall_regs::NR_CONNECT {
         // SAFETY: helper without arguments.

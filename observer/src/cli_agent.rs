@@ -9,8 +9,7 @@ use crate::{
     agent::AgentOptions,
     cluster::{ClientSource, WatchConfig},
     engine::{EngineConfig, RecommendConfig},
-    probe::{ProbeOptions, SyncFailureHook},
-    trace::parse_duration,
+    trace::{ProbeArgs, parse_duration},
 };
 
 /// Where the Kubernetes API is and what to watch.
@@ -99,16 +98,8 @@ pub struct AgentArgs {
     /// Stop by itself after this long.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
-    /// Size of the kernel's event ring in bytes (power of two).
-    #[arg(long, value_name = "BYTES")]
-    pub ring_bytes: Option<u32>,
-    /// How connect()'s failures before a SYN (no route) are seen: `auto`
-    /// uses the exits of tcp_v4_connect/tcp_v6_connect (fexit) and falls
-    /// back to the syscall tracepoints where the kernel cannot attach them;
-    /// `syscalls` costs every process on the node a slower syscall path;
-    /// `off` does not see them at all.
-    #[arg(long, value_enum, default_value_t = SyncFailureHook::Auto, value_name = "HOOK")]
-    pub sync_failure_hook: SyncFailureHook,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
     #[command(flatten)]
     pub kube: KubeArgs,
     #[command(flatten)]
@@ -124,11 +115,7 @@ impl AgentArgs {
             kube: self.kube.client_source(),
             watch: self.kube.watch_config(),
             engine: self.engine.engine_config(),
-            probe: ProbeOptions {
-                ring_bytes: self.ring_bytes,
-                sync_failure_hook: self.sync_failure_hook,
-                hooks_only: false,
-            },
+            probe: self.probe.options(),
             duration: self.duration,
             ..AgentOptions::default()
         }

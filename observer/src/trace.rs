@@ -35,21 +35,34 @@ pub struct TraceArgs {
     /// Exit after this long, e.g. `30s`, `5m`.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
-    /// Size of the kernel's event ring in bytes (power of two, >= 4096).
-    #[arg(long, value_name = "BYTES")]
-    pub ring_bytes: Option<u32>,
-    /// How connect()'s failures before a SYN (no route) are seen: `auto`
-    /// uses the exits of tcp_v4_connect/tcp_v6_connect (fexit) and falls
-    /// back to the syscall tracepoints where the kernel cannot attach them;
-    /// `syscalls` costs every process on the node a slower syscall path;
-    /// `off` does not see them at all.
-    #[arg(long, value_enum, default_value_t = SyncFailureHook::Auto, value_name = "HOOK")]
-    pub sync_failure_hook: SyncFailureHook,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
     /// Attach every hook with programs that return at once (prints
     /// nothing): what `cargo xtask bench probe` uses to measure the hooks'
     /// own cost.
     #[arg(long, hide = true)]
     pub hooks_only: bool,
+}
+
+/// The probe's settings, shared by `trace` and `agent`.
+#[derive(Debug, Default, Args)]
+pub struct ProbeArgs {
+    /// Size of the kernel's event ring in bytes (power of two, >= 4096).
+    #[arg(long, value_name = "BYTES")]
+    pub ring_bytes: Option<u32>,
+    /// How connect()'s failures before a SYN (no route) are seen.
+    #[arg(long, value_enum, default_value_t = SyncFailureHook::Auto, value_name = "HOOK")]
+    pub sync_failure_hook: SyncFailureHook,
+}
+
+impl ProbeArgs {
+    pub fn options(&self) -> ProbeOptions {
+        ProbeOptions {
+            ring_bytes: self.ring_bytes,
+            sync_failure_hook: self.sync_failure_hook,
+            hooks_only: false,
+        }
+    }
 }
 
 /// Parses `500ms`, `2s`, `1.5s`, `3m`, `1h`; a bare number is seconds.
@@ -170,9 +183,8 @@ fn wanted(args: &TraceArgs, record: &ConnectRecord) -> bool {
 
 pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut probe = Probe::load(&ProbeOptions {
-        ring_bytes: args.ring_bytes,
-        sync_failure_hook: args.sync_failure_hook,
         hooks_only: args.hooks_only,
+        ..args.probe.options()
     })
     .context("cannot start the probe")?;
     probe.forward_kernel_logs();
@@ -296,8 +308,7 @@ mod tests {
             port: vec![8080],
             count: None,
             duration: None,
-            ring_bytes: None,
-            sync_failure_hook: SyncFailureHook::Auto,
+            probe: ProbeArgs::default(),
             hooks_only: false,
         };
         let mut record = refused();

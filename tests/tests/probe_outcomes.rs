@@ -448,3 +448,34 @@ fn sync_failure_hook_off_sees_socket_outcomes_only() {
     assert_eq!(stats.get(&refused).map(|s| s.refused), Some(1), "{stats:?}");
     assert!(!stats.contains_key(&unroutable), "{stats:?}");
 }
+
+/// The benchmark's floor (`observer trace --hooks-only`): every program is
+/// attached but does nothing, so a refused connect leaves no event and no
+/// counter behind.
+#[test]
+fn hooks_only_probe_records_nothing() {
+    require_root();
+    let ns = Netns::create("obs-hooks").expect("namespace");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _guard = runtime.enter();
+    let options = ProbeOptions {
+        hooks_only: true,
+        ..ProbeOptions::default()
+    };
+    let probe = Probe::load(&options).expect("the probe must load here");
+    ns.run_in(CLIENT_COMM, || {
+        let refused: SocketAddr = "127.0.0.1:9".parse().expect("address");
+        let err = std::net::TcpStream::connect_timeout(&refused, Duration::from_secs(1))
+            .expect_err("nothing listens on port 9");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    })
+    .expect("client thread");
+    let counters = probe.counters().expect("counters");
+    assert_eq!(
+        counters.events_sent + counters.ringbuf_drops,
+        0,
+        "{counters:?}"
+    );
+    let stats = probe.dest_stats().expect("counters");
+    assert!(stats.is_empty(), "{stats:?}");
+}

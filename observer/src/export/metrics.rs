@@ -116,7 +116,7 @@ impl Metrics {
         registry.register(
             "probe_sync_failure_hook",
             "How the probe sees connects that fail before their SYN (1 for the hook in use): \
-             connect_exits (fexit), or syscalls (the fallback, slower for every process)",
+             connect_exits (fexit), syscalls (the fallback, slower for every process), or off",
             sync_failure_hook.clone(),
         );
         let watch_restarts = Counter::default();

@@ -48,8 +48,7 @@ const SYSCALL_TRACEPOINTS: [&str; 2] = ["sys_enter", "sys_exit"];
 
 /// How the probe sees a connect() that fails before any SYN leaves (no
 /// route to the destination).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncFailureHook {
     /// The exits of `tcp_v4_connect` and `tcp_v6_connect`, falling back to
     /// the syscall tracepoints where the kernel cannot attach them.
@@ -69,7 +68,8 @@ pub enum SyncFailureHook {
 }
 
 impl SyncFailureHook {
-    /// The name `--sync-failure-hook` and the metrics use.
+    /// Its name in logs and metrics (`--sync-failure-hook` spells
+    /// `connect_exits` as `connect-exits`).
     pub fn name(self) -> &'static str {
         match self {
             SyncFailureHook::Auto => "auto",
@@ -355,44 +355,38 @@ fn attach_connect_exits(ebpf: &mut Ebpf) -> Result<SyncFailureHook, ProbeError> 
         function: "tcp_v4_connect",
         reason: format!("reading the kernel's BTF: {e}"),
     })?;
-    let mut attached = Vec::new();
-    for (name, function) in CONNECT_EXITS {
-        if let Err(reason) = attach_fexit(ebpf, name, function, &btf) {
-            for done in attached {
-                let program: Result<&mut FExit, _> = ebpf
-                    .program_mut(done)
-                    .ok_or(ProbeError::MissingProgram(done))
-                    .and_then(|p| {
-                        p.try_into()
-                            .map_err(|source| ProbeError::Program { name: done, source })
-                    });
-                if let Ok(program) = program
-                    && let Err(error) = program.unload()
-                {
+    for (index, (name, function)) in CONNECT_EXITS.into_iter().enumerate() {
+        let attached = fexit_program(ebpf, name).and_then(|program| {
+            program
+                .load(function, &btf)
+                .and_then(|()| program.attach().map(drop))
+                .map_err(|source| ProbeError::Program { name, source })
+        });
+        if let Err(error) = attached {
+            for &(done, _) in &CONNECT_EXITS[..index] {
+                let unloaded = fexit_program(ebpf, done).and_then(|program| {
+                    program
+                        .unload()
+                        .map_err(|source| ProbeError::Program { name: done, source })
+                });
+                if let Err(error) = unloaded {
                     tracing::warn!(%error, program = done, "unloading");
                 }
             }
-            return Err(ProbeError::ConnectExit { function, reason });
+            return Err(ProbeError::ConnectExit {
+                function,
+                reason: error.to_string(),
+            });
         }
-        attached.push(name);
     }
     Ok(SyncFailureHook::ConnectExits)
 }
 
-fn attach_fexit(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    function: &str,
-    btf: &aya::Btf,
-) -> Result<(), String> {
-    let program: &mut FExit = ebpf
-        .program_mut(name)
-        .ok_or_else(|| ProbeError::MissingProgram(name).to_string())?
+fn fexit_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut FExit, ProbeError> {
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::MissingProgram(name))?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    program.load(function, btf).map_err(|e| e.to_string())?;
-    program.attach().map_err(|e| e.to_string())?;
-    Ok(())
+        .map_err(|source| ProbeError::Program { name, source })
 }
 
 /// Registers an owned BPF map fd with the tokio reactor.
