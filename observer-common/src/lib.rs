@@ -191,8 +191,11 @@ pub struct SockOffsets {
     pub rcv_saddr: u32,
     /// `__sk_common.skc_dport` (network order).
     pub dport: u32,
-    /// `__sk_common.skc_num`: the local port (host order).
-    pub num: u32,
+    /// `inet_sock.inet_sport`: the local port (network order). Unlike
+    /// `__sk_common.skc_num`, it survives the close: the kernel releases an
+    /// ephemeral port (zeroing `skc_num`) before the state-change
+    /// tracepoint fires.
+    pub sport: u32,
     /// `__sk_common.skc_family`.
     pub family: u32,
     /// `__sk_common.skc_v6_daddr`.

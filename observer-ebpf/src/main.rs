@@ -148,7 +148,7 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     daddr: 0,
     rcv_saddr: 0,
     dport: 0,
-    num: 0,
+    sport: 0,
     family: 0,
     v6_daddr: 0,
     v6_rcv_saddr: 0,
@@ -189,7 +189,7 @@ fn sk_endpoints(sk: u64) -> Result<(u16, [u8; 16], [u8; 16], u16, u16), i32> {
     let off = offsets();
     let family: u16 = read_kernel(sk, off.family)?;
     let dport = u16::from_be(read_kernel::<u16>(sk, off.dport)?);
-    let sport: u16 = read_kernel(sk, off.num)?;
+    let sport = u16::from_be(read_kernel::<u16>(sk, off.sport)?);
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     if family == AF_INET {
@@ -383,7 +383,7 @@ fn on_established(skaddr: u64) -> Result<(), i32> {
     };
     // SAFETY: a valid pointer to a map value returned by the kernel.
     let info = unsafe { &mut *ptr };
-    info.sport = read_kernel(skaddr, offsets().num)?;
+    info.sport = u16::from_be(read_kernel::<u16>(skaddr, offsets().sport)?);
     info.established = 1;
     let key = DestKey {
         family: info.family,
@@ -412,7 +412,7 @@ fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
         return Ok(());
     };
     let _ = SOCKS.remove(&skaddr);
-    info.sport = read_kernel(skaddr, offsets().num).unwrap_or(0);
+    info.sport = read_kernel::<u16>(skaddr, offsets().sport).map_or(0, u16::from_be);
     let tuple = TupleKey {
         family: info.family,
         sport: info.sport,

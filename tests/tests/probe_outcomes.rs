@@ -444,6 +444,17 @@ fn sync_failure_hook_off_sees_socket_outcomes_only() {
         !records.iter().any(|r| r.dst == unroutable),
         "no hook sees the no-route connect: {records:#?}"
     );
+    // Not bound: the kernel picked an ephemeral port, and released it
+    // before the close was traced; the record still names it.
+    let refused_record = records
+        .iter()
+        .find(|r| r.dst == refused)
+        .expect("seen above");
+    let (low, high) = ephemeral_port_range(&ns);
+    assert!(
+        (low..=high).contains(&refused_record.src.port()),
+        "source port of {refused_record:?} in {low}..={high}"
+    );
     let stats = probe.dest_stats().expect("counters");
     assert_eq!(stats.get(&refused).map(|s| s.refused), Some(1), "{stats:?}");
     assert!(!stats.contains_key(&unroutable), "{stats:?}");
@@ -478,4 +489,16 @@ fn hooks_only_probe_records_nothing() {
     );
     let stats = probe.dest_stats().expect("counters");
     assert!(stats.is_empty(), "{stats:?}");
+}
+
+/// The namespace's `net.ipv4.ip_local_port_range`.
+fn ephemeral_port_range(ns: &Netns) -> (u16, u16) {
+    let range = ns
+        .run_in("obs-sysctl", || {
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        })
+        .expect("thread")
+        .expect("ip_local_port_range");
+    let mut ports = range.split_whitespace().map(|p| p.parse().expect("a port"));
+    (ports.next().expect("low"), ports.next().expect("high"))
 }

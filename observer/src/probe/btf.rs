@@ -43,7 +43,7 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         daddr: common("skc_daddr")?,
         rcv_saddr: common("skc_rcv_saddr")?,
         dport: common("skc_dport")?,
-        num: common("skc_num")?,
+        sport: offset_of(btf, "inet_sock", &["inet_sport"])?,
         family: common("skc_family")?,
         v6_daddr: common("skc_v6_daddr")?,
         v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
@@ -136,7 +136,6 @@ mod tests {
         assert_eq!(offsets.daddr, 0);
         assert_eq!(offsets.rcv_saddr, 4);
         assert_eq!(offsets.dport, 12);
-        assert_eq!(offsets.num, 14);
         assert_eq!(offsets.family, 16);
         assert_eq!(offsets.v6_rcv_saddr, offsets.v6_daddr + 16);
     }
@@ -151,6 +150,8 @@ mod tests {
         assert!(offsets.protocol >= common_end, "{offsets:?}");
         assert!(offsets.err >= common_end, "{offsets:?}");
         assert_ne!(offsets.protocol, offsets.err);
+        // inet_sock begins with the whole struct sock.
+        assert!(offsets.sport > offsets.err, "{offsets:?}");
     }
 
     #[test]

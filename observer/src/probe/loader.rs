@@ -29,11 +29,14 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// Socket tracepoints the probe always attaches to, raw (the program is
 /// named after its tracepoint): no trace record is formatted for them, and
-/// no tracefs is needed.
+/// no tracefs is needed. In this order: a failure's error report follows
+/// its close, so with the report program attached first, a connect that
+/// fails while the probe is starting is never reported as aborted for want
+/// of a report program that was not there yet.
 const SOCKET_TRACEPOINTS: [&str; 3] = [
-    "inet_sock_set_state",
     "inet_sk_error_report",
     "tcp_receive_reset",
+    "inet_sock_set_state",
 ];
 
 /// The fexit programs that see connects failing before their SYN, and the
