@@ -50,7 +50,9 @@ pub struct ConnectEvent {
     pub ts_ns: u64,
     /// CLOCK_MONOTONIC ns of the SYN (0 when not known, e.g. `ERROR`).
     pub syn_ns: u64,
-    /// cgroup v2 id of the connecting task (0 when not known).
+    /// cgroup v2 id of the connector: the cgroup the socket was created in
+    /// (the connecting task's where the kernel lacks socket cgroup data);
+    /// 0 when not known.
     pub cgroup_id: u64,
     /// Source address; IPv4 in the first 4 bytes.
     pub saddr: [u8; 16],
@@ -206,9 +208,24 @@ pub struct SockOffsets {
     pub protocol: u32,
     /// `sk_err` (an int).
     pub err: u32,
+    /// `sk_cgrp_data.cgroup`: the cgroup the socket was created in (a
+    /// `struct cgroup *`), or [`SockOffsets::ABSENT`] on kernels without
+    /// socket cgroup data. This is the connector even where the program
+    /// runs in softirq, on behalf of whatever task happens to be current.
+    pub cgroup: u32,
+    /// `cgroup.kn` (a `struct kernfs_node *`).
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`: the cgroup id, the inode number of its directory.
+    pub kn_id: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 36);
+impl SockOffsets {
+    /// An offset the running kernel does not have.
+    pub const ABSENT: u32 = u32::MAX;
+}
+
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 52);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::align_of::<ConnectEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);

@@ -154,6 +154,10 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     v6_rcv_saddr: 0,
     protocol: 0,
     err: 0,
+    cgroup: 0,
+    cgroup_kn: 0,
+    kn_id: 0,
+    _pad: 0,
 };
 
 /// Non-zero: every program returns at once. The benchmark loads the probe
@@ -209,6 +213,26 @@ fn sk_endpoints(sk: u64) -> Result<(u16, [u8; 16], [u8; 16], u16, u16), i32> {
     } else {
         Err(0)
     }
+}
+
+/// The id of the cgroup the socket was created in: the connector, whatever
+/// task (or softirq) the program runs in. `None` where the kernel has no
+/// socket cgroup data or the socket carries none.
+#[inline(always)]
+fn sk_cgroup_id(sk: u64) -> Option<u64> {
+    let off = offsets();
+    if off.cgroup == SockOffsets::ABSENT {
+        return None;
+    }
+    let cgroup: u64 = read_kernel(sk, off.cgroup).ok()?;
+    if cgroup == 0 {
+        return None;
+    }
+    let kn: u64 = read_kernel(cgroup, off.cgroup_kn).ok()?;
+    if kn == 0 {
+        return None;
+    }
+    read_kernel(kn, off.kn_id).ok()
 }
 
 fn bump(index: u32) {
@@ -341,7 +365,7 @@ fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(), i32> {
     let info = SockInfo {
         syn_ns: now,
         // SAFETY: helper without arguments, valid in tracepoint context.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id: sk_cgroup_id(skaddr).unwrap_or_else(|| unsafe { bpf_get_current_cgroup_id() }),
         tgid: (pid_tgid >> 32) as u32,
         pid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]),
@@ -547,8 +571,10 @@ fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(), i32> {
             addr: daddr,
         };
         with_stats(&key, |stats| count_error(stats, errno));
+        let cgroup_id = sk_cgroup_id(sk).unwrap_or(0);
         emit(|event| {
             event.ts_ns = now;
+            event.cgroup_id = cgroup_id;
             event.saddr = saddr;
             event.daddr = daddr;
             event.family = family;

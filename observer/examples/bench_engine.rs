@@ -269,6 +269,8 @@ impl Recording {
             tid: 4243,
             comm: "nginx".into(),
             cgroup_id: 1,
+            pod_uid: None,
+            container_id: None,
             watched,
             outcome,
         }

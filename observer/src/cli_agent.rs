@@ -7,8 +7,9 @@ use clap::Args;
 
 use crate::{
     agent::AgentOptions,
+    cluster::selector::LabelSelector,
     cluster::{ClientSource, WatchConfig},
-    engine::{EngineConfig, RecommendConfig},
+    engine::{EngineConfig, IngressConfig, RecommendConfig},
     trace::{ProbeArgs, parse_duration},
 };
 
@@ -25,9 +26,17 @@ pub struct KubeArgs {
     /// Watch one namespace only (default: all).
     #[arg(long, short = 'n', value_name = "NAMESPACE")]
     pub namespace: Option<String>,
-    /// Watch only pods matching this label selector, e.g. `app=web`.
+    /// Watch only pods matching this label selector, e.g. `app=web`. The
+    /// ingress's own pods must stay watched: their labels say which
+    /// connects are the ingress's.
     #[arg(long, value_name = "SELECTOR")]
     pub pod_selector: Option<String>,
+    /// The node's cgroup v2 hierarchy, which maps each connect to the pod
+    /// that made it. Default: this system's cgroup2 mount. In a container,
+    /// mount the host's /sys/fs/cgroup read-only and point here (the
+    /// DaemonSet uses /host/sys/fs/cgroup).
+    #[arg(long, env = "OBSERVER_CGROUP_ROOT", value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl KubeArgs {
@@ -67,6 +76,39 @@ pub struct EngineArgs {
     /// terminationGracePeriodSeconds).
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub drain: Duration,
+    /// Label selector of the ingress's pods; repeat for several (a pod
+    /// matching any one is the ingress). Only the ingress's connects measure
+    /// the gap: the kubelet's probes, scrapers and other pods are reported
+    /// beside it. Default: the usual labels of ingress-nginx, F5 NGINX,
+    /// Envoy Gateway, Contour, Traefik, HAProxy, Kong and Istio's gateway
+    /// (docs/DEPLOY.md lists them). Giving one replaces the defaults.
+    #[arg(long = "ingress-selector", value_name = "SELECTOR", value_parser = parse_selector)]
+    pub ingress_selectors: Vec<String>,
+    /// A host process that is the ingress, by its name as in
+    /// /proc/PID/comm (a proxy outside Kubernetes); repeatable.
+    #[arg(long = "ingress-comm", value_name = "COMM", value_parser = parse_comm)]
+    pub ingress_comms: Vec<String>,
+    /// This node's name: ingress pods are looked for here. The DaemonSet
+    /// sets NODE_NAME from the downward API.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+}
+
+fn parse_selector(text: &str) -> Result<String, String> {
+    LabelSelector::parse(text)
+        .map(|s| s.to_string())
+        .map_err(|e| format!("{e} (expected e.g. app.kubernetes.io/name=ingress-nginx)"))
+}
+
+fn parse_comm(text: &str) -> Result<String, String> {
+    match text.len() {
+        0 => Err("empty process name".into()),
+        1..=15 => Ok(text.to_owned()),
+        _ => Err(format!(
+            "the kernel keeps the first 15 bytes of a process name: use {:?}",
+            &text[..text.floor_char_boundary(15)]
+        )),
+    }
 }
 
 impl EngineArgs {
@@ -79,6 +121,15 @@ impl EngineArgs {
                 margin: self.margin,
                 drain: self.drain,
                 ..defaults.recommend
+            },
+            ingress: IngressConfig {
+                selectors: if self.ingress_selectors.is_empty() {
+                    defaults.ingress.selectors
+                } else {
+                    self.ingress_selectors.clone()
+                },
+                comms: self.ingress_comms.clone(),
+                node: self.node_name.clone(),
             },
         }
     }
@@ -114,6 +165,7 @@ impl AgentArgs {
             record: self.record.clone(),
             kube: self.kube.client_source(),
             watch: self.kube.watch_config(),
+            cgroup_root: self.kube.cgroup_root.clone(),
             engine: self.engine.engine_config(),
             probe: self.probe.options(),
             duration: self.duration,
@@ -139,6 +191,7 @@ impl RecordArgs {
             record: Some(self.file.clone()),
             kube: self.kube.client_source(),
             watch: self.kube.watch_config(),
+            cgroup_root: self.kube.cgroup_root.clone(),
             duration: self.duration,
             ..AgentOptions::default()
         }

@@ -44,6 +44,7 @@ pub async fn run(args: TuiArgs) -> anyhow::Result<()> {
     let agent_options = AgentOptions {
         kube: args.kube.client_source(),
         watch: args.kube.watch_config(),
+        cgroup_root: args.kube.cgroup_root.clone(),
         engine: args.engine.engine_config(),
         ..AgentOptions::default()
     };

@@ -11,6 +11,7 @@ pub mod cli_lab;
 pub mod cli_tui;
 pub mod clock;
 pub mod cluster;
+pub mod connector;
 pub mod engine;
 pub mod export;
 pub mod lab;

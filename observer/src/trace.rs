@@ -278,6 +278,8 @@ mod tests {
             tid: 42,
             comm: "nginx".into(),
             cgroup_id: 0,
+            pod_uid: None,
+            container_id: None,
             watched: false,
             outcome: Outcome::Failed {
                 class: FailureClass::Refused,

@@ -191,6 +191,8 @@ mod tests {
             tid: 7,
             comm: "nginx".into(),
             cgroup_id: 1,
+            pod_uid: None,
+            container_id: None,
             watched: true,
             outcome: Outcome::Failed {
                 class: FailureClass::Refused,

@@ -19,7 +19,8 @@ use super::input::{Input, read_inputs, write_input};
 use crate::{
     clock::MonoTime,
     cluster::{self, ClientSource, WatchConfig, WatchCounters},
-    engine::{Engine, EngineConfig, Output},
+    connector::CgroupResolver,
+    engine::{Engine, EngineConfig, IngressConfig, Output},
     export::{AgentState, HttpServer, Update},
     probe::{Probe, ProbeOptions},
     tui::feed::LocalFeed,
@@ -42,6 +43,9 @@ pub struct AgentOptions {
     pub duration: Option<Duration>,
     /// How often the engine is ticked and the snapshot refreshed.
     pub tick: Duration,
+    /// The node's cgroup v2 hierarchy (connectors: which pod connected);
+    /// `None` finds this system's mount.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -56,6 +60,7 @@ impl Default for AgentOptions {
             probe: ProbeOptions::default(),
             duration: None,
             tick: Duration::from_millis(250),
+            cgroup_root: None,
         }
     }
 }
@@ -244,6 +249,20 @@ async fn start_sources(
     tx: mpsc::Sender<Input>,
 ) -> anyhow::Result<Option<Arc<WatchCounters>>> {
     let mut reader = probe.event_reader()?;
+    let resolver = match &options.cgroup_root {
+        Some(root) => Ok(CgroupResolver::at(root)),
+        None => CgroupResolver::discover(),
+    };
+    match resolver {
+        Ok(resolver) => {
+            tracing::info!(root = %resolver.root().display(), "connectors from the cgroup hierarchy");
+            reader.resolve_connectors(resolver);
+        }
+        Err(error) => tracing::warn!(
+            %error,
+            "pods cannot be told apart: only --ingress-comm processes count as the ingress"
+        ),
+    }
     let probe_tx = tx.clone();
     tokio::spawn(async move {
         let mut batch = Vec::new();
@@ -285,6 +304,18 @@ async fn start_sources(
     Ok(Some(counters))
 }
 
+/// Said once: without an ingress, no gap is measured here, and the
+/// kubelet's probes must not be mistaken for one.
+fn warn_no_ingress(config: &IngressConfig) {
+    tracing::warn!(
+        node = config.node.as_deref().unwrap_or("(any: NODE_NAME not set)"),
+        selectors = %config.selectors.join(" | "),
+        "no ingress found on this node: no propagation gap will be measured here (other \
+         connectors are still reported). If an ingress runs here, pass --ingress-selector with \
+         its pods' labels (and watch its namespace), or --ingress-comm for a host process"
+    );
+}
+
 /// `observer agent`: runs until SIGTERM/SIGINT (or `duration`), then
 /// detaches the probe, flushes its outputs and returns.
 pub async fn run_agent(
@@ -324,6 +355,7 @@ pub async fn run_agent(
     let mut tick = tokio::time::interval(options.tick);
     let mut outputs = Vec::new();
     let mut processed = 0u64;
+    let mut ingress_warned = false;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -361,6 +393,10 @@ pub async fn run_agent(
                 });
                 processed = 0;
                 state.set_not_ready((!synced).then(|| "Kubernetes watches not listed yet".to_string()));
+                if synced && !ingress_warned && !engine.ingress_status().found() {
+                    ingress_warned = true;
+                    warn_no_ingress(&options.engine.ingress);
+                }
                 sinks.flush()?;
                 if deadline.is_some_and(|d| now >= d) {
                     break;

@@ -12,6 +12,7 @@ pub mod ip_index;
 pub mod model;
 pub mod pod;
 pub mod prestop;
+pub mod selector;
 pub mod watch;
 
 pub use change::{

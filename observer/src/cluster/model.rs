@@ -231,13 +231,23 @@ impl ClusterModel {
             });
         }
         record.node = snapshot.node.or(record.node.take());
+        record.labels = snapshot.labels;
+        record.host_network |= snapshot.host_network;
         record.phase = snapshot.phase.or(record.phase);
         record.ready = snapshot.ready.or(record.ready);
         record.containers = snapshot.containers;
         record.termination_grace_period_seconds = snapshot
             .termination_grace_period_seconds
             .or(record.termination_grace_period_seconds);
-        for ip in snapshot.ips {
+        // A hostNetwork pod's IP is the node's: claiming it would hand the
+        // node's address from one such pod to the next (each closing the
+        // others' windows as reused) and watch the node's own traffic.
+        let ips = if record.host_network {
+            Vec::new()
+        } else {
+            snapshot.ips
+        };
+        for ip in ips {
             if record.ips.contains(&ip) {
                 continue;
             }

@@ -2,6 +2,7 @@
 //! need, so ten thousand of them stay small. Whole objects, annotations and
 //! managedFields are never kept.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -122,7 +123,11 @@ pub struct PodSnapshot {
     pub namespace: String,
     pub name: String,
     pub owner: Option<Owner>,
+    pub labels: BTreeMap<String, String>,
     pub node: Option<String>,
+    /// The pod shares the node's network: its IP is the node's, which it
+    /// never claims (every hostNetwork pod and the node itself use it).
+    pub host_network: bool,
     pub ips: Vec<IpAddr>,
     pub containers: Vec<ContainerInfo>,
     pub termination_grace_period_seconds: Option<i64>,
@@ -139,8 +144,12 @@ pub struct PodRecord {
     pub namespace: String,
     pub name: String,
     pub owner: Option<Owner>,
+    /// What the ingress selectors match against.
+    pub labels: BTreeMap<String, String>,
     pub node: Option<String>,
-    /// Every IP the pod has been seen with (dual-stack: IPv4 and IPv6).
+    pub host_network: bool,
+    /// Every IP the pod has been seen with (dual-stack: IPv4 and IPv6);
+    /// always empty for a hostNetwork pod.
     pub ips: Vec<IpAddr>,
     pub containers: Vec<ContainerInfo>,
     pub termination_grace_period_seconds: Option<i64>,
@@ -186,7 +195,13 @@ impl PodRecord {
 
     /// Rough heap footprint, for the memory figure in metrics and docs.
     pub fn heap_bytes(&self) -> usize {
-        let strings = self.uid.capacity()
+        let labels: usize = self
+            .labels
+            .iter()
+            .map(|(k, v)| k.capacity() + v.capacity() + 3 * size_of::<usize>())
+            .sum();
+        let strings = labels
+            + self.uid.capacity()
             + self.namespace.capacity()
             + self.name.capacity()
             + self
@@ -284,6 +299,8 @@ impl PodSnapshot {
             .map(|c| c.status == "True");
         Ok(PodSnapshot {
             owner: owner_of(pod),
+            labels: meta.labels.clone().unwrap_or_default(),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             node: spec
                 .and_then(|s| s.node_name.clone())
                 .filter(|n| !n.is_empty()),
@@ -318,7 +335,9 @@ impl PodSnapshot {
             namespace: self.namespace,
             name: self.name,
             owner: self.owner,
+            labels: self.labels,
             node: self.node,
+            host_network: self.host_network,
             ips: Vec::new(),
             containers: self.containers,
             termination_grace_period_seconds: self.termination_grace_period_seconds,

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::connector::IngressConfig;
+
 /// How the engine closes measurement windows and recommends preStop.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EngineConfig {
@@ -13,6 +15,8 @@ pub struct EngineConfig {
     /// slow ingresses; shorter frees watch slots sooner.
     pub quiet_period: Duration,
     pub recommend: RecommendConfig,
+    /// Which connectors are the ingress; only theirs measure the gap.
+    pub ingress: IngressConfig,
 }
 
 impl Default for EngineConfig {
@@ -20,6 +24,7 @@ impl Default for EngineConfig {
         EngineConfig {
             quiet_period: Duration::from_secs(5),
             recommend: RecommendConfig::default(),
+            ingress: IngressConfig::default(),
         }
     }
 }

@@ -4,11 +4,9 @@
 
 use std::net::IpAddr;
 
+use super::connector::ConnectorRole;
 use crate::clock::MonoTime;
 use crate::probe::decode::{ConnectRecord, FailureClass, Outcome};
-
-/// Longest process name the kernel reports (TASK_COMM_LEN).
-const COMM_LEN: usize = 16;
 
 /// The part of a connect record the engine keeps (fixed size, no heap), so
 /// buffering recent connects costs no allocation.
@@ -22,18 +20,20 @@ pub struct ConnectFact {
     pub ip: IpAddr,
     pub port: u16,
     pub pid: u32,
-    comm: [u8; COMM_LEN],
-    comm_len: u8,
     /// A new connection attempt (counted once per SYN).
     pub new_attempt: bool,
     /// Counts towards last_connect (a SYN, or a connect() that failed
     /// before any SYN left: the ingress still tried).
     pub is_connect: bool,
     pub failure: Option<FailureClass>,
+    /// Who connected: the ingress or a bystander, and the connector's name
+    /// in the engine's table.
+    pub role: ConnectorRole,
+    pub connector: u16,
 }
 
 impl ConnectFact {
-    pub fn from_record(record: &ConnectRecord) -> ConnectFact {
+    pub fn from_record(record: &ConnectRecord, role: ConnectorRole, connector: u16) -> ConnectFact {
         let (at, is_connect, new_attempt) = match &record.outcome {
             Outcome::Connect => (record.ts, true, true),
             // A watched SYN was already reported as `Connect`; an unwatched
@@ -52,25 +52,17 @@ impl ConnectFact {
                 None => (record.ts, false, !record.watched),
             },
         };
-        let bytes = record.comm.as_bytes();
-        let len = bytes.len().min(COMM_LEN);
-        let mut comm = [0u8; COMM_LEN];
-        comm[..len].copy_from_slice(&bytes[..len]);
         ConnectFact {
             ts: record.ts,
             at,
             ip: record.dst.ip(),
             port: record.dst.port(),
             pid: record.pid,
-            comm,
-            comm_len: len as u8,
             new_attempt,
             is_connect,
             failure: record.failure_class(),
+            role,
+            connector,
         }
-    }
-
-    pub fn comm(&self) -> &[u8] {
-        &self.comm[..usize::from(self.comm_len)]
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod connect;
+pub mod connector;
 pub mod findings;
 pub mod recommend;
 pub mod record;
@@ -27,16 +28,18 @@ use crate::cluster::{ChangeKind, ClusterChange, ClusterModel, PodRef, StampedEve
 use crate::probe::decode::{ConnectRecord, FailureClass};
 
 use connect::ConnectFact;
+use connector::{ConnectorRole, Connectors, IngressStatus};
 use findings::{RecentlyReady, RetiredIps, classify};
 use replay::ReplayBuffer;
 use samples::Samples;
 use window::Window;
 
 pub use config::{EngineConfig, RecommendConfig};
+pub use connector::{DEFAULT_INGRESS_SELECTORS, IngressConfig};
 pub use recommend::Recommendation;
 pub use record::{
-    CloseReason, Connector, EngineCounters, FailureCounts, Finding, FindingKind, Output, PodState,
-    PodTermination, Snapshot,
+    CloseReason, ConnectorActivity, EngineCounters, FailureCounts, Finding, FindingKind, Output,
+    PodState, PodTermination, Snapshot,
 };
 
 /// Closed terminations kept for [`Engine::snapshot`].
@@ -47,6 +50,7 @@ pub const RECENT_CLOSED: usize = 128;
 pub struct Engine {
     config: EngineConfig,
     model: ClusterModel,
+    connectors: Connectors,
     /// Open measurement windows by pod uid.
     windows: BTreeMap<String, Window>,
     /// Addresses this engine asked the kernel to watch.
@@ -64,6 +68,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(config: EngineConfig) -> Engine {
         Engine {
+            connectors: Connectors::new(&config.ingress),
             config,
             model: ClusterModel::new(),
             windows: BTreeMap::new(),
@@ -81,7 +86,8 @@ impl Engine {
     /// Feeds one connect outcome from the probe.
     pub fn on_connect(&mut self, record: &ConnectRecord, out: &mut Vec<Output>) {
         self.counters.connects_seen += 1;
-        let fact = ConnectFact::from_record(record);
+        let (role, connector) = self.connectors.identify(record, &self.model);
+        let fact = ConnectFact::from_record(record, role, connector);
         self.latest = self.latest.max(fact.ts);
         self.replay.push(fact, self.latest);
         // Attribution by tenure: whoever held the address when it happened.
@@ -91,13 +97,20 @@ impl Engine {
         {
             window.touch(fact.ts);
             if window.accepts(&fact) {
-                window.apply(&fact);
+                window.apply(&fact, self.connectors.name(connector));
                 in_window = true;
             }
         }
         let Some(class) = fact.failure else {
             return;
         };
+        if role != ConnectorRole::Ingress {
+            // The kubelet's probes and other bystanders fail against a
+            // terminating pod as a matter of course; they are counted, in
+            // its record when a window is open, never made findings.
+            *self.counters.bystander_failures.entry(role).or_insert(0) += 1;
+            return;
+        }
         if in_window {
             // Counted in the termination record; not a finding of its own.
             self.count_failure(PodState::Terminating, class);
@@ -241,7 +254,7 @@ impl Engine {
             }
             window.touch(fact.ts);
             if window.accepts(fact) {
-                window.apply(fact);
+                window.apply(fact, self.connectors.name(fact.connector));
             }
         }
         out.push(Output::TerminationOpened(window.record.clone()));
@@ -269,10 +282,12 @@ impl Engine {
         let Some(window) = self.windows.remove(uid) else {
             return;
         };
-        let (record, config) = window.close(reason);
+        let ingress_found = self.ingress_status().found();
+        let (record, config) = window.close(reason, ingress_found);
         // Pods that never served (never advertised, nothing connected)
         // would only pull the gap distribution towards zero.
-        if record.usable_for_recommendation()
+        if ingress_found
+            && record.usable_for_recommendation()
             && (config.advertised || record.last_connect.is_some())
         {
             self.samples
@@ -384,7 +399,14 @@ impl Engine {
             recent: self.recent.iter().cloned().collect(),
             recommendations: self.recommendations(),
             counters: self.counters.clone(),
+            ingress: self.ingress_status(),
         }
+    }
+
+    /// What is known of this node's ingress: its pods (by the ingress
+    /// selectors, on this node) and ingress processes seen connecting.
+    pub fn ingress_status(&self) -> IngressStatus {
+        self.connectors.status(&self.model)
     }
 
     pub fn recommendations(&self) -> Vec<Recommendation> {

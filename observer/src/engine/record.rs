@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::connector::{ConnectorRole, IngressStatus};
 use super::recommend::Recommendation;
 use crate::clock::MonoTime;
 use crate::probe::decode::{ConnectRecord, FailureClass};
@@ -92,12 +93,19 @@ pub enum CloseReason {
     Shutdown,
 }
 
-/// A process that connected to a terminating pod after deletion_seen.
+/// One connector's traffic to a terminating pod after deletion_seen: the
+/// ingress's (which measures the gap) or a bystander's (reported beside it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Connector {
-    pub pid: u32,
-    pub comm: String,
+pub struct ConnectorActivity {
+    /// `namespace/name` for a pod, `kubelet`, or a host process's comm.
+    pub name: String,
+    pub role: ConnectorRole,
+    /// New connections (SYNs, and connects that failed before a SYN).
     pub connects: u64,
+    pub failures: u64,
+    pub last_connect: Option<MonoTime>,
+    /// last_connect − deletion_seen: how long it kept connecting.
+    pub until_ns: Option<i64>,
 }
 
 /// One pod's termination as this node saw it. Times are CLOCK_MONOTONIC ns.
@@ -119,20 +127,28 @@ pub struct PodTermination {
     pub deletion_observed_late: bool,
     pub endpoint_not_ready: Option<MonoTime>,
     pub endpoint_removed: Option<MonoTime>,
+    /// The ingress's last connect (only ingress connectors count from here
+    /// to `failures`; the others are in `connectors`).
     pub last_connect: Option<MonoTime>,
     pub first_failure: Option<MonoTime>,
     pub last_failure: Option<MonoTime>,
     pub connects_after_deletion: u64,
     pub failures: FailureCounts,
-    /// last_connect − deletion_seen; 0 when nothing connected after deletion.
+    /// last_connect − deletion_seen; 0 when the ingress connected nothing
+    /// after deletion.
     pub propagation_gap_ns: Option<i64>,
     /// endpoint_not_ready − deletion_seen (signed: the watches are not
     /// ordered against each other).
     pub control_plane_lag_ns: Option<i64>,
     /// last_connect − endpoint_not_ready (signed).
     pub dataplane_lag_ns: Option<i64>,
-    /// Who connected after deletion (bounded).
-    pub connectors: Vec<Connector>,
+    /// An ingress was known on this node when the window closed. Without
+    /// one the gap is `None`: nothing measured it, and bystanders never
+    /// stand in for the ingress.
+    #[serde(default)]
+    pub ingress_found: bool,
+    /// Who connected after deletion, the ingress first (bounded).
+    pub connectors: Vec<ConnectorActivity>,
     /// Failures in time order (bounded: the first ones).
     pub failure_times: Vec<(MonoTime, FailureClass)>,
     /// `None` while the window is open.
@@ -207,6 +223,10 @@ pub struct EngineCounters {
     pub failures_by_state: BTreeMap<String, u64>,
     pub terminations_closed: u64,
     pub unknown_ip_failures: u64,
+    /// Failed connects of connectors that are not the ingress (never
+    /// findings, never in `failures_by_state`), by role.
+    #[serde(default)]
+    pub bystander_failures: BTreeMap<ConnectorRole, u64>,
 }
 
 impl EngineCounters {
@@ -232,6 +252,9 @@ pub struct Snapshot {
     pub recent: Vec<PodTermination>,
     pub recommendations: Vec<Recommendation>,
     pub counters: EngineCounters,
+    /// What is known of this node's ingress.
+    #[serde(default)]
+    pub ingress: IngressStatus,
 }
 
 /// Every `failures_by_state` key, so counting a failure allocates nothing.

@@ -96,10 +96,12 @@ mod tests {
             tid: 1,
             comm: "nginx".into(),
             cgroup_id: 0,
+            pod_uid: None,
+            container_id: None,
             watched: false,
             outcome: Outcome::Connect,
         };
-        ConnectFact::from_record(&record)
+        ConnectFact::from_record(&record, crate::engine::connector::ConnectorRole::Ingress, 0)
     }
 
     #[test]

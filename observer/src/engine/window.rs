@@ -4,11 +4,12 @@
 use std::net::IpAddr;
 
 use super::connect::ConnectFact;
-use super::record::{CloseReason, Connector, FailureCounts, PodTermination};
+use super::connector::ConnectorRole;
+use super::record::{CloseReason, ConnectorActivity, FailureCounts, PodTermination};
 use crate::clock::MonoTime;
 use crate::cluster::{ClusterModel, PodRecord};
 
-/// Distinct connecting processes kept per termination.
+/// Distinct connectors kept per termination.
 pub const MAX_CONNECTORS: usize = 16;
 /// Failures kept with their times per termination (the first ones: the
 /// start of trouble is what a timeline needs).
@@ -77,6 +78,7 @@ impl Window {
             propagation_gap_ns: None,
             control_plane_lag_ns: None,
             dataplane_lag_ns: None,
+            ingress_found: false,
             connectors: Vec::new(),
             failure_times: Vec::new(),
             closed: None,
@@ -153,17 +155,23 @@ impl Window {
             && (self.ports.is_empty() || self.ports.contains(&fact.port))
     }
 
-    /// Adds one connect; the caller checked [`Window::accepts`].
-    pub fn apply(&mut self, fact: &ConnectFact) {
+    /// Adds one connect by `connector`; the caller checked
+    /// [`Window::accepts`]. Only the ingress's connects move the gap and
+    /// the failure counts; every connector's are counted in `connectors`.
+    pub fn apply(&mut self, fact: &ConnectFact, connector: &str) {
+        self.count_connector(fact, connector);
+        self.touch(fact.ts);
+        if fact.role != ConnectorRole::Ingress {
+            self.derive();
+            return;
+        }
         let r = &mut self.record;
         if fact.is_connect {
             r.last_connect = r.last_connect.max(Some(fact.at));
         }
         if fact.new_attempt {
             r.connects_after_deletion += 1;
-            self.count_connector(fact);
         }
-        let r = &mut self.record;
         if let Some(class) = fact.failure {
             r.failures.add(class);
             r.first_failure = Some(r.first_failure.map_or(fact.ts, |t| t.min(fact.ts)));
@@ -174,7 +182,6 @@ impl Window {
                 r.failure_times.insert(at, (fact.ts, class));
             }
         }
-        self.touch(fact.ts);
         self.derive();
     }
 
@@ -183,19 +190,41 @@ impl Window {
         self.last_activity = self.last_activity.max(at);
     }
 
-    fn count_connector(&mut self, fact: &ConnectFact) {
+    fn count_connector(&mut self, fact: &ConnectFact, name: &str) {
         let connectors = &mut self.record.connectors;
-        if let Some(c) = connectors
-            .iter_mut()
-            .find(|c| c.pid == fact.pid && c.comm.as_bytes() == fact.comm())
-        {
-            c.connects += 1;
-        } else if connectors.len() < MAX_CONNECTORS {
-            connectors.push(Connector {
-                pid: fact.pid,
-                comm: String::from_utf8_lossy(fact.comm()).into_owned(),
-                connects: 1,
-            });
+        let position = connectors
+            .iter()
+            .position(|c| c.role == fact.role && c.name == name);
+        let index = match position {
+            Some(index) => index,
+            None if connectors.len() < MAX_CONNECTORS => {
+                // The ingress first, then by name: a stable order for output.
+                let at =
+                    connectors.partition_point(|c| (c.role, c.name.as_str()) < (fact.role, name));
+                connectors.insert(
+                    at,
+                    ConnectorActivity {
+                        name: name.to_owned(),
+                        role: fact.role,
+                        connects: 0,
+                        failures: 0,
+                        last_connect: None,
+                        until_ns: None,
+                    },
+                );
+                at
+            }
+            None => return,
+        };
+        let activity = &mut connectors[index];
+        if fact.new_attempt {
+            activity.connects += 1;
+        }
+        if fact.failure.is_some() {
+            activity.failures += 1;
+        }
+        if fact.is_connect {
+            activity.last_connect = activity.last_connect.max(Some(fact.at));
         }
     }
 
@@ -232,11 +261,24 @@ impl Window {
             (Some(last), Some(not_ready)) => Some(last.signed_since(not_ready)),
             _ => None,
         };
+        for activity in &mut r.connectors {
+            activity.until_ns = activity.last_connect.map(|last| last.signed_since(t0));
+        }
     }
 
-    /// Ends the window and returns the final record.
-    pub fn close(mut self, reason: CloseReason) -> (PodTermination, PodConfig) {
+    /// Ends the window and returns the final record. Without an ingress
+    /// on the node nothing measured the gap, so it stays unknown.
+    pub fn close(
+        mut self,
+        reason: CloseReason,
+        ingress_found: bool,
+    ) -> (PodTermination, PodConfig) {
         self.derive();
+        self.record.ingress_found = ingress_found;
+        if !ingress_found {
+            self.record.propagation_gap_ns = None;
+            self.record.dataplane_lag_ns = None;
+        }
         self.record.closed = Some(reason);
         (self.record, self.config)
     }

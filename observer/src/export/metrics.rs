@@ -8,6 +8,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    engine::connector::{ConnectorRole, IngressStatus},
     engine::{PodState, PodTermination, Recommendation},
     probe::{ProbeCounters, SyncFailureHook},
 };
@@ -26,6 +27,12 @@ pub struct ServiceLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookLabels {
     pub hook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    /// `ingress`, `kubelet`, `pod` or `process`: four values at most.
+    pub role: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -49,6 +56,10 @@ pub struct Metrics {
     sync_failure_hook: Family<HookLabels, Gauge>,
     watch_restarts: Counter,
     watch_errors: Counter,
+    ingress_pods: Gauge,
+    connects_after_deletion: Family<RoleLabels, Counter>,
+    bystander_failures: Family<RoleLabels, Counter>,
+    last_bystander_failures: std::collections::BTreeMap<ConnectorRole, u64>,
     last_ringbuf_drops: u64,
     last_watch_restarts: u64,
     last_watch_errors: u64,
@@ -131,8 +142,34 @@ impl Metrics {
             "Kubernetes watch errors",
             watch_errors.clone(),
         );
+        let ingress_pods = Gauge::default();
+        registry.register(
+            "ingress_pods",
+            "Ingress pods found on this node (by the ingress selectors). 0 with no ingress \
+             process configured means no gap is measured here: the kubelet's probes and other \
+             connectors never stand in for the ingress",
+            ingress_pods.clone(),
+        );
+        let connects_after_deletion = Family::<RoleLabels, Counter>::default();
+        registry.register(
+            "connects_after_deletion",
+            "New connections to terminating pods after deletion_seen, by connector role \
+             (only the ingress's measure the gap)",
+            connects_after_deletion.clone(),
+        );
+        let bystander_failures = Family::<RoleLabels, Counter>::default();
+        registry.register(
+            "bystander_connect_failures",
+            "Failed connects made by connectors other than the ingress (kubelet probes, \
+             other pods, host processes), by role; never findings",
+            bystander_failures.clone(),
+        );
         Metrics {
             registry,
+            ingress_pods,
+            connects_after_deletion,
+            bystander_failures,
+            last_bystander_failures: std::collections::BTreeMap::new(),
             propagation_gap,
             failed_connects,
             recommended_prestop,
@@ -151,6 +188,13 @@ impl Metrics {
 
     pub fn record_termination(&self, termination: &PodTermination) {
         self.terminations.inc();
+        for connector in &termination.connectors {
+            self.connects_after_deletion
+                .get_or_create(&RoleLabels {
+                    role: connector.role.as_str().to_owned(),
+                })
+                .inc_by(connector.connects);
+        }
         let Some(gap_ns) = termination.propagation_gap_ns else {
             return;
         };
@@ -189,6 +233,29 @@ impl Metrics {
                     })
                     .inc_by(total - last);
                 self.last_failures.insert(key.clone(), *total);
+            }
+        }
+    }
+
+    /// What the engine knows of this node's ingress.
+    pub fn set_ingress(&self, ingress: &IngressStatus) {
+        self.ingress_pods.set(ingress.pods.len() as i64);
+    }
+
+    /// Folds in the engine's running bystander failure totals.
+    pub fn set_bystander_failures(
+        &mut self,
+        totals: &std::collections::BTreeMap<ConnectorRole, u64>,
+    ) {
+        for (role, total) in totals {
+            let last = self.last_bystander_failures.get(role).copied().unwrap_or(0);
+            if *total > last {
+                self.bystander_failures
+                    .get_or_create(&RoleLabels {
+                        role: role.as_str().to_owned(),
+                    })
+                    .inc_by(total - last);
+                self.last_bystander_failures.insert(*role, *total);
             }
         }
     }

@@ -75,6 +75,8 @@ impl AgentState {
         self.with_metrics(|m| {
             m.set_recommendations(&snapshot.recommendations);
             m.set_failures(&snapshot.counters.failures_by_state);
+            m.set_bystander_failures(&snapshot.counters.bystander_failures);
+            m.set_ingress(&snapshot.ingress);
         });
         match self.inner.snapshot.write() {
             Ok(mut guard) => *guard = snapshot,

@@ -15,6 +15,7 @@ use super::report::Recommendation;
 use super::{LabError, Result};
 use crate::clock::MonoTime;
 use crate::cluster::{WatchConfig, WatchCounters, stamped_events};
+use crate::connector::CgroupResolver;
 use crate::engine::{Engine, EngineConfig, Output, PodTermination};
 use crate::probe::Probe;
 use crate::tui::LocalFeed;
@@ -57,13 +58,15 @@ impl Default for EngineMeasure {
 
 impl LabMeasure for EngineMeasure {
     async fn start(&mut self, ctx: &LabContext) -> Result<()> {
-        let (probe, reader) = super::measure::load_probe()?;
+        let (probe, mut reader) = super::measure::load_probe()?;
+        let resolver = CgroupResolver::discover()
+            .map_err(|e| LabError::Measure(format!("connectors: {e}")))?;
+        reader.resolve_connectors(resolver);
+        // Every namespace: the ingress's pod, whose labels make its connects
+        // the ingress's, lives outside the workload's namespace.
         let events = stamped_events(
             &ctx.client,
-            &WatchConfig {
-                namespace: Some(ctx.namespace.clone()),
-                ..WatchConfig::default()
-            },
+            &WatchConfig::default(),
             Arc::new(WatchCounters::default()),
         );
         let (stop, stopped) = oneshot::channel();

@@ -309,6 +309,8 @@ mod tests {
             tid: 1,
             comm: "nginx".into(),
             cgroup_id: 0,
+            pod_uid: None,
+            container_id: None,
             watched: true,
             outcome,
         }

@@ -49,7 +49,34 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
         protocol: offset_of(btf, "sock", &["sk_protocol"])?,
         err: offset_of(btf, "sock", &["sk_err"])?,
+        ..socket_cgroup_offsets(btf)
     })
+}
+
+/// Where a socket's cgroup id is: `sk_cgrp_data.cgroup->kn->id`. Kernels
+/// built without socket cgroup data (`CONFIG_SOCK_CGROUP_DATA`) lack the
+/// chain; the probe then falls back to the connecting task's cgroup, which
+/// is the same cgroup wherever the task made the socket it connects with.
+fn socket_cgroup_offsets(btf: &Btf) -> SockOffsets {
+    let chain = (
+        offset_of(btf, "sock", &["sk_cgrp_data", "cgroup"]),
+        offset_of(btf, "cgroup", &["kn"]),
+        offset_of(btf, "kernfs_node", &["id"]),
+    );
+    match chain {
+        (Ok(cgroup), Ok(cgroup_kn), Ok(kn_id)) => SockOffsets {
+            cgroup,
+            cgroup_kn,
+            kn_id,
+            ..SockOffsets::default()
+        },
+        _ => SockOffsets {
+            cgroup: SockOffsets::ABSENT,
+            cgroup_kn: SockOffsets::ABSENT,
+            kn_id: SockOffsets::ABSENT,
+            ..SockOffsets::default()
+        },
+    }
 }
 
 /// The byte offset of `path` (member names, outermost first) inside the
@@ -152,6 +179,14 @@ mod tests {
         assert_ne!(offsets.protocol, offsets.err);
         // inet_sock begins with the whole struct sock.
         assert!(offsets.sport > offsets.err, "{offsets:?}");
+    }
+
+    #[test]
+    fn this_kernel_has_socket_cgroup_data() {
+        let offsets = sock_offsets(&kernel()).expect("offsets");
+        assert_ne!(offsets.cgroup, SockOffsets::ABSENT, "{offsets:?}");
+        // Inside struct sock, which inet_sock begins with.
+        assert!(offsets.cgroup < offsets.sport, "{offsets:?}");
     }
 
     #[test]

@@ -179,6 +179,14 @@ pub struct ConnectRecord {
     pub tid: u32,
     pub comm: String,
     pub cgroup_id: u64,
+    /// The pod whose cgroup made the connect (`metadata.uid`), when the
+    /// cgroup is a pod's; filled in from `cgroup_id` by the connector
+    /// resolver, so recordings replay without the node's cgroups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The container within that pod, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
     pub watched: bool,
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -202,6 +210,8 @@ impl ConnectRecord {
             tid: raw.pid,
             comm: raw.comm.clone(),
             cgroup_id: raw.cgroup_id,
+            pod_uid: None,
+            container_id: None,
             watched: raw.watched,
             outcome,
         }

@@ -23,6 +23,7 @@ use super::{
     preflight::{self, PreflightError},
 };
 use crate::clock::MonoTime;
+use crate::connector::CgroupResolver;
 
 /// The kernel object built by build.rs from observer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
@@ -242,6 +243,7 @@ impl Probe {
             joiner: OutcomeJoiner::default(),
             decode_errors: 0,
             last_busy_read: None,
+            connectors: None,
         })
     }
 
@@ -438,12 +440,28 @@ pub struct EventReader {
     decode_errors: u64,
     /// When the last read that found events ended.
     last_busy_read: Option<std::time::Instant>,
+    /// Names each record's pod from its cgroup, when set.
+    connectors: Option<CgroupResolver>,
 }
 
 /// The shortest time between two reads while events keep coming.
 const BUSY_READ_INTERVAL: Duration = Duration::from_millis(10);
 
 impl EventReader {
+    /// From now on, fills in each record's pod and container from its
+    /// cgroup id (see [`CgroupResolver`]).
+    pub fn resolve_connectors(&mut self, resolver: CgroupResolver) {
+        self.connectors = Some(resolver);
+    }
+
+    fn annotate(&mut self, records: &mut [ConnectRecord]) {
+        if let Some(resolver) = self.connectors.as_mut() {
+            for record in records {
+                resolver.annotate(record);
+            }
+        }
+    }
+
     /// Records the reader could not decode (a kernel/user version mismatch).
     pub fn decode_errors(&self) -> u64 {
         self.decode_errors
@@ -479,6 +497,8 @@ impl EventReader {
             );
             guard.clear_ready();
         }
+        let drained = out.len();
+        self.annotate(&mut out[before..drained]);
         // Also catch records that arrived between the wakeup and the drain.
         self.drain_now(out);
         self.last_busy_read = (out.len() > before).then(std::time::Instant::now);
@@ -487,6 +507,7 @@ impl EventReader {
 
     /// Appends what is available now, without waiting.
     pub fn drain_now(&mut self, out: &mut Vec<ConnectRecord>) {
+        let before = out.len();
         drain_ring(
             self.ring.get_mut(),
             &mut self.joiner,
@@ -494,6 +515,7 @@ impl EventReader {
             out,
         );
         self.joiner.flush(MonoTime::now(), out);
+        self.annotate(&mut out[before..]);
     }
 
     /// Appends the undecoded-but-parsed records available now, without
@@ -511,7 +533,9 @@ impl EventReader {
     /// Reports every close still waiting for its error as `aborted`.
     pub fn finish(&mut self, out: &mut Vec<ConnectRecord>) {
         self.drain_now(out);
+        let before = out.len();
         self.joiner.drain(out);
+        self.annotate(&mut out[before..]);
     }
 }
 

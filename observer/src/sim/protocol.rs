@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use super::selector::{FieldSelector, LabelSelector};
+use super::selector::{FieldSelector, LabelSelector, MatchesObject};
 use super::store::{Change, ChangeType, Expired, Kind, Store, wait_closed};
 
 /// A response body to send whole, with its status.
@@ -116,7 +116,7 @@ impl Filter {
             .namespace
             .as_deref()
             .is_none_or(|ns| v.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns));
-        ns_ok && self.labels.matches(v) && self.fields.matches(v)
+        ns_ok && self.labels.matches_object(v) && self.fields.matches(v)
     }
 }
 

@@ -103,9 +103,11 @@ pub fn termination_view(t: &PodTermination, now: MonoTime) -> TerminationView {
             .connectors
             .iter()
             .map(|c| ConnectorView {
-                pid: c.pid,
-                comm: c.comm.clone(),
+                name: c.name.clone(),
+                role: c.role.as_str().to_owned(),
                 connects: c.connects,
+                failures: c.failures,
+                until_ms: c.until_ns.map(ns_to_ms),
             })
             .collect(),
         closed: t.closed.map(|r| close_reason(r).to_string()),

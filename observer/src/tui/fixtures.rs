@@ -5,8 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::clock::MonoTime;
+use crate::engine::connector::ConnectorRole;
 use crate::engine::{
-    CloseReason, Connector, EngineCounters, FailureCounts, Finding, FindingKind, PodState,
+    CloseReason, ConnectorActivity, EngineCounters, FailureCounts, Finding, FindingKind, PodState,
     PodTermination, Recommendation, Snapshot,
 };
 use crate::probe::{ConnectRecord, FailureClass, Outcome};
@@ -67,6 +68,7 @@ fn termination(pod: Pod) -> PodTermination {
         propagation_gap_ns: None,
         control_plane_lag_ns: None,
         dataplane_lag_ns: None,
+        ingress_found: true,
         connectors: Vec::new(),
         failure_times: Vec::new(),
         closed: None,
@@ -99,16 +101,31 @@ fn timeline(
     t.last_failure = failures.last().map(|(ms, _)| after(t0, *ms));
     if last_connect.is_some() {
         t.connects_after_deletion = 42;
+        let last = last_connect.map(|ms| after(t0, ms));
         t.connectors = vec![
-            Connector {
-                pid: 812,
-                comm: "nginx".into(),
-                connects: 40,
+            ConnectorActivity {
+                name: "ingress-nginx/ingress-nginx-controller-5c8d7".into(),
+                role: ConnectorRole::Ingress,
+                connects: 42,
+                failures: failures.len() as u64,
+                last_connect: last,
+                until_ns: last.map(|l| l.signed_since(t0)),
             },
-            Connector {
-                pid: 813,
-                comm: "nginx".into(),
+            ConnectorActivity {
+                name: "kubelet".into(),
+                role: ConnectorRole::Kubelet,
+                connects: 31,
+                failures: 3,
+                last_connect: Some(after(t0, 31_200)),
+                until_ns: Some(31_200_000_000),
+            },
+            ConnectorActivity {
+                name: "monitoring/prometheus-0".into(),
+                role: ConnectorRole::Pod,
                 connects: 2,
+                failures: 0,
+                last_connect: Some(after(t0, 12_000)),
+                until_ns: Some(12_000_000_000),
             },
         ];
     }
@@ -267,6 +284,7 @@ pub fn snapshot(connects_seen: u64, failures: u64) -> Snapshot {
         recent: recent_terminations(),
         recommendations: recommendations(),
         counters,
+        ingress: Default::default(),
     }
 }
 
@@ -292,6 +310,8 @@ pub fn finding(
             tid: 815,
             comm: "nginx".into(),
             cgroup_id: 1,
+            pod_uid: None,
+            container_id: None,
             watched: true,
             outcome: Outcome::Failed {
                 class,

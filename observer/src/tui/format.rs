@@ -2,16 +2,22 @@
 
 use unicode_width::UnicodeWidthChar;
 
-/// Milliseconds as the screens show them: whole ms up to 100 s, then
-/// seconds with one decimal (so columns stay narrow).
+/// Milliseconds in the unit that fits a narrow column: whole ms below
+/// 10 s (`812ms`), seconds with one decimal below 10 minutes (`11.4s`),
+/// then minutes and seconds (`12m05s`). At most 7 columns with a sign.
 pub fn ms(value: f64) -> String {
     if !value.is_finite() {
         return "-".to_string();
     }
-    if value.abs() >= 100_000.0 {
+    let abs = value.abs();
+    if abs < 9_999.5 {
+        format!("{}ms", value.round() as i64)
+    } else if abs < 599_950.0 {
         format!("{:.1}s", value / 1000.0)
     } else {
-        format!("{}ms", value.round() as i64)
+        let total = (abs / 1000.0).round() as u64;
+        let sign = if value < 0.0 { "-" } else { "" };
+        format!("{sign}{}m{:02}s", total / 60, total % 60)
     }
 }
 
@@ -79,7 +85,11 @@ mod tests {
     #[test]
     fn formats() {
         assert_eq!(ms(4312.4), "4312ms");
+        assert_eq!(ms(9_999.0), "9999ms");
+        assert_eq!(ms(11_400.0), "11.4s");
+        assert_eq!(ms(-12_345.0), "-12.3s");
         assert_eq!(ms(123_456.0), "123.5s");
+        assert_eq!(ms(725_000.0), "12m05s");
         assert_eq!(ms(f64::NAN), "-");
         assert_eq!(offset(812), "+812ms");
         assert_eq!(offset(-40), "-40ms");

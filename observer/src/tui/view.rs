@@ -120,9 +120,14 @@ impl Milestone {
 /// A process that connected to the pod after its deletion was seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectorView {
-    pub pid: u32,
-    pub comm: String,
+    /// `namespace/name`, `kubelet`, or a process name.
+    pub name: String,
+    /// `ingress`, `kubelet`, `pod` or `process`.
+    pub role: String,
     pub connects: u64,
+    pub failures: u64,
+    /// Its last connect, from deletion_seen.
+    pub until_ms: Option<i64>,
 }
 
 /// One pod's termination as one agent (ingress node) saw it.

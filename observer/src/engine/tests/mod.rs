@@ -1,6 +1,7 @@
 //! Scenario tests: API-shaped Pod and EndpointSlice objects and connect
 //! records through the engine, asserting what a user reads in the output.
 
+mod connector_tests;
 mod recommend_tests;
 mod scenarios;
 
@@ -71,6 +72,18 @@ pub fn slice(endpoints: &[Ep]) -> EndpointSlice {
     .expect("valid slice")
 }
 
+/// The engine as these tests run it: the ingress is the host process
+/// `nginx` (the tests' records come from it, from no pod's cgroup).
+pub fn ingress_nginx() -> EngineConfig {
+    EngineConfig {
+        ingress: IngressConfig {
+            comms: vec!["nginx".into()],
+            ..IngressConfig::default()
+        },
+        ..EngineConfig::default()
+    }
+}
+
 /// A connect record from the ingress (pid 100, nginx) to `dst`.
 pub fn record(
     dst: &str,
@@ -88,6 +101,8 @@ pub fn record(
         tid: 101,
         comm: "nginx".into(),
         cgroup_id: 7,
+        pod_uid: None,
+        container_id: None,
         watched,
         outcome,
     }

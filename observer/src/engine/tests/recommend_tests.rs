@@ -265,7 +265,7 @@ fn recommendations_use_the_last_n_terminations_per_service_and_workload() {
             window: 3,
             ..RecommendConfig::default()
         },
-        ..EngineConfig::default()
+        ..ingress_nginx()
     });
     rollout(&mut engine, 5);
     let recs = engine.recommendations();

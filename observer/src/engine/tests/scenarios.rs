@@ -26,7 +26,7 @@ fn only(records: Vec<&PodTermination>) -> &PodTermination {
 
 #[test]
 fn termination_with_connects_after_deletion_has_exact_gap_and_lags() {
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut engine = Engine::new(ingress_nginx());
     let mut steps = web1_listed();
     steps.extend([
         Step::Pod(10_000, Event::Apply(pod("web-1", "u1", WEB1, true, true))),
@@ -82,10 +82,13 @@ fn termination_with_connects_after_deletion_has_exact_gap_and_lags() {
     assert_eq!(t.dataplane_lag_ns, Some(2_700 * MS as i64));
     assert_eq!(
         t.connectors,
-        [Connector {
-            pid: 100,
-            comm: "nginx".into(),
-            connects: 3
+        [ConnectorActivity {
+            name: "nginx".into(),
+            role: connector::ConnectorRole::Ingress,
+            connects: 3,
+            failures: 1,
+            last_connect: Some(ms(13_200)),
+            until_ns: Some(3_200 * MS as i64),
         }]
     );
     assert_eq!(t.failure_times, [(ms(13_201), FailureClass::Refused)]);
@@ -110,7 +113,7 @@ fn termination_with_connects_after_deletion_has_exact_gap_and_lags() {
 
 #[test]
 fn ip_reuse_closes_the_old_window_and_attributes_later_connects_to_the_new_pod() {
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut engine = Engine::new(ingress_nginx());
     let mut steps = web1_listed();
     steps.extend([
         Step::Pod(10_000, Event::Apply(pod("web-1", "u1", WEB1, true, true))),
@@ -140,7 +143,7 @@ fn ip_reuse_closes_the_old_window_and_attributes_later_connects_to_the_new_pod()
 
 #[test]
 fn connects_delivered_before_the_deletion_event_are_replayed_into_the_window() {
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut engine = Engine::new(ingress_nginx());
     let mut steps = web1_listed();
     steps.extend([
         Step::Connect(syn(WEB1_HTTP, 9_500)),
@@ -171,7 +174,7 @@ fn connects_delivered_before_the_deletion_event_are_replayed_into_the_window() {
 
 #[test]
 fn failure_to_an_address_no_pod_owns_is_a_stale_endpoint() {
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut engine = Engine::new(ingress_nginx());
     let mut steps = web1_listed();
     steps.extend([
         Step::Pod(10_000, Event::Apply(pod("web-1", "u1", WEB1, true, true))),
@@ -214,7 +217,7 @@ fn failure_to_an_address_no_pod_owns_is_a_stale_endpoint() {
 
 #[test]
 fn pods_deleted_while_unwatched_are_recorded_but_not_recommended_from() {
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut engine = Engine::new(ingress_nginx());
     let mut steps = listed(
         1_000,
         vec![
@@ -267,7 +270,7 @@ fn pods_deleted_while_unwatched_are_recorded_but_not_recommended_from() {
 
 #[test]
 fn failures_around_readiness_are_findings_by_pod_state() {
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut engine = Engine::new(ingress_nginx());
     let web3 = "10.0.0.3:8080";
     let mut steps = listed(
         1_000,
@@ -340,7 +343,7 @@ fn failures_around_readiness_are_findings_by_pod_state() {
 #[test]
 fn failures_are_counted_by_class() {
     use FailureClass::*;
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut engine = Engine::new(ingress_nginx());
     let mut steps = web1_listed();
     steps.push(Step::Pod(
         10_000,
@@ -426,7 +429,7 @@ fn failures_are_counted_by_class() {
 
 #[test]
 fn windows_close_after_the_quiet_period_or_at_shutdown() {
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut engine = Engine::new(ingress_nginx());
     let mut steps = listed(
         1_000,
         vec![
@@ -478,7 +481,7 @@ fn windows_close_after_the_quiet_period_or_at_shutdown() {
 
 #[test]
 fn an_error_report_without_its_close_counts_but_does_not_extend_the_gap() {
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut engine = Engine::new(ingress_nginx());
     let mut steps = web1_listed();
     steps.extend([
         Step::Pod(10_000, Event::Apply(pod("web-1", "u1", WEB1, true, true))),

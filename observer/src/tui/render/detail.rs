@@ -211,11 +211,17 @@ fn termination_lines(t: &TerminationView, clock: u64, lines: &mut Vec<Line<'stat
     lines.extend(events.into_iter().map(|(_, line)| line));
     if !t.connectors.is_empty() {
         lines.push(Line::from(""));
-        lines.push(Line::styled("Connected after deletion", header_style()));
+        lines.push(Line::styled(
+            "Connected after deletion (only the ingress measures the gap)",
+            header_style(),
+        ));
         for c in &t.connectors {
+            // The name last: a long pod name runs off the edge, the
+            // figures stay in their columns.
+            let until = c.until_ms.map_or_else(|| "-".to_owned(), offset);
             lines.push(Line::from(format!(
-                "  {}[{}]  {} connects",
-                c.comm, c.pid, c.connects
+                "  {:<7} until {:>7} {:>6} conn {:>5} fail  {}",
+                c.role, until, c.connects, c.failures, c.name
             )));
         }
     }
