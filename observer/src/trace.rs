@@ -9,6 +9,7 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::connector::CgroupResolver;
 use crate::{
     clock::MonoTime,
     probe::{ConnectRecord, Outcome, Probe, ProbeOptions, SyncFailureHook},
@@ -152,11 +153,14 @@ pub fn format_line(clock: &WallClock, record: &ConnectRecord) -> String {
             (class.as_str().to_string(), detail)
         }
     };
-    let process = if record.pid == 0 {
+    let mut process = if record.pid == 0 {
         "pid ?".to_string()
     } else {
         format!("pid {} ({})", record.pid, record.comm)
     };
+    if let Some(uid) = &record.pod_uid {
+        process.push_str(&format!(" pod {uid}"));
+    }
     format!(
         "{}  {:<16} {} -> {}  {}  {}",
         clock.format(record.ts),
@@ -192,6 +196,11 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         probe.watch(*ip).with_context(|| format!("watching {ip}"))?;
     }
     let mut reader = probe.event_reader()?;
+    // Best effort: without a cgroup v2 mount, lines carry no pod.
+    match CgroupResolver::discover() {
+        Ok(resolver) => reader.resolve_connectors(resolver),
+        Err(error) => tracing::debug!(%error, "connect lines will name no pod"),
+    }
     let clock = WallClock::now();
     let deadline = args.duration.map(|d| MonoTime::now().saturating_add(d));
     let mut printed = 0u64;

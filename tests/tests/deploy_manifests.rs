@@ -162,9 +162,27 @@ fn base_daemonset_grants_only_what_the_probe_needs() {
     );
     assert_ne!(pod.host_network, Some(true), "no host network");
     assert_ne!(pod.host_pid, Some(true), "no host PID namespace");
-    // The probe needs no host path: raw tracepoints need no tracefs, and
-    // the kernel's BTF is in the container's own /sys.
-    assert_eq!(host_mounts(&ds), [], "no host path");
+    // The probe needs no host path (raw tracepoints need no tracefs, and
+    // the kernel's BTF is in the container's own /sys). The one host path
+    // is the cgroup hierarchy, read-only, where the agent tells the
+    // ingress's connects from the kubelet's and other pods'.
+    assert_eq!(
+        host_mounts(&ds),
+        [(
+            "/sys/fs/cgroup".to_string(),
+            "/host/sys/fs/cgroup".to_string(),
+            true
+        )],
+        "only the cgroup hierarchy, read-only"
+    );
+    let cgroup_root = agent
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == "OBSERVER_CGROUP_ROOT")
+        .and_then(|e| e.value);
+    assert_eq!(cgroup_root.as_deref(), Some("/host/sys/fs/cgroup"));
 
     let privileged = daemonset(&render("deploy/overlays/privileged"));
     let security = agent_container(&privileged)

@@ -92,10 +92,18 @@ pub struct CgroupResolver {
 }
 
 impl CgroupResolver {
-    /// A resolver over the cgroup v2 hierarchy mounted at `root`.
+    /// A resolver over the cgroup v2 hierarchy mounted at `root`. A host's
+    /// whole `/sys/fs/cgroup` may be given: on a hybrid layout (v1
+    /// controllers, v2 at `unified/`) the v2 part is used.
     pub fn at(root: impl Into<PathBuf>) -> CgroupResolver {
+        let mut root: PathBuf = root.into();
+        let unified = root.join("unified");
+        if !root.join("cgroup.controllers").exists() && unified.join("cgroup.controllers").exists()
+        {
+            root = unified;
+        }
         CgroupResolver {
-            root: root.into(),
+            root,
             known: HashMap::new(),
             last_walk: None,
             min_rescan: Duration::from_secs(1),
