@@ -94,6 +94,16 @@ pub struct EngineArgs {
     pub node_name: Option<String>,
 }
 
+impl EngineArgs {
+    /// The ingress was named on the command line (a replay then ignores
+    /// the recording's own ingress configuration).
+    pub fn names_the_ingress(&self) -> bool {
+        !self.ingress_selectors.is_empty()
+            || !self.ingress_comms.is_empty()
+            || self.node_name.is_some()
+    }
+}
+
 fn parse_selector(text: &str) -> Result<String, String> {
     LabelSelector::parse(text)
         .map(|s| s.to_string())

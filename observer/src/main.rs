@@ -95,6 +95,7 @@ fn main() -> std::process::ExitCode {
                 &args.file,
                 args.output.as_ref(),
                 args.engine.engine_config(),
+                args.engine.names_the_ingress(),
             ),
         }
     });

@@ -99,13 +99,29 @@ fn slice(uid: &str, ready: bool, listed: bool) -> EndpointSlice {
     .expect("slice JSON")
 }
 
-fn knock(times: usize) {
+/// The ingress in this test: a host process by that name (`--ingress-comm`).
+const INGRESS_COMM: &str = "edge-proxy";
+
+/// `times` refused connects to the pod from a thread named `comm` (the
+/// kernel reports a thread's name as the connect's comm).
+fn knock_as(comm: &str, times: usize) {
     let dst: SocketAddr = format!("{POD_IP}:{POD_PORT}").parse().expect("addr");
-    for _ in 0..times {
-        let err = TcpStream::connect_timeout(&dst, Duration::from_millis(500))
-            .expect_err("nothing listens");
-        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-    }
+    std::thread::Builder::new()
+        .name(comm.to_owned())
+        .spawn(move || {
+            for _ in 0..times {
+                let err = TcpStream::connect_timeout(&dst, Duration::from_millis(500))
+                    .expect_err("nothing listens");
+                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+            }
+        })
+        .expect("knocking thread")
+        .join()
+        .expect("knocks refused");
+}
+
+fn knock(times: usize) {
+    knock_as(INGRESS_COMM, times);
 }
 
 /// Kills the agent if the test fails before stopping it.
@@ -161,6 +177,8 @@ fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_id
             "1s",
             "--listen",
             &listen.to_string(),
+            "--ingress-comm",
+            INGRESS_COMM,
         ])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
@@ -189,6 +207,10 @@ fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_id
     std::thread::sleep(Duration::from_millis(400));
     knock(3);
     let last_knock = Instant::now();
+    // The kubelet keeps probing after the ingress has stopped: reported,
+    // but it must not move the gap.
+    std::thread::sleep(Duration::from_millis(300));
+    knock_as("kubelet", 2);
     sim.store()
         .update(slice(&uid, false, true))
         .expect("endpoint not ready");
@@ -274,6 +296,24 @@ fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_id
     assert!(
         gap_ms > 150.0 && gap_ms <= upper_ms,
         "gap {gap_ms} ms, knocks ended {upper_ms} ms after the delete"
+    );
+    assert_eq!(termination["ingress_found"], true, "{termination}");
+    let connectors = termination["connectors"].as_array().expect("connectors");
+    let role_of = |name: &str| {
+        connectors
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {termination}"))
+    };
+    assert_eq!(role_of(INGRESS_COMM)["role"], "ingress");
+    assert_eq!(role_of(INGRESS_COMM)["connects"], 3);
+    let kubelet = role_of("kubelet");
+    assert_eq!(kubelet["role"], "kubelet");
+    assert_eq!(kubelet["connects"], 2);
+    let kubelet_until_ms = kubelet["until_ns"].as_i64().expect("kubelet until") as f64 / 1e6;
+    assert!(
+        kubelet_until_ms > gap_ms + 250.0,
+        "the kubelet probed after the ingress stopped: {kubelet_until_ms} ms vs gap {gap_ms} ms"
     );
     // The failure before the deletion is a finding of its own (a ready
     // pod refusing); those inside the termination window are in its record.

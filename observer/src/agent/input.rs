@@ -10,6 +10,10 @@
 //! {"slice":{"at":…,"event":"delete","object":{…EndpointSlice…}}}
 //! {"tick":…}
 //! ```
+//!
+//! A recording starts with the agent's ingress configuration
+//! (`{"ingress":{…}}`): which connectors measured the gap is part of what
+//! was recorded, so a replay without ingress flags uses it.
 
 use std::io::{BufRead, Write};
 
@@ -21,6 +25,7 @@ use thiserror::Error;
 use crate::{
     clock::MonoTime,
     cluster::{ResourceEvent, StampedEvent},
+    engine::IngressConfig,
     probe::ConnectRecord,
 };
 
@@ -70,6 +75,8 @@ pub struct RecordedWatch<K> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordedInput {
+    /// Which connectors are the ingress (the first line of a recording).
+    Ingress(IngressConfig),
     Connect(ConnectRecord),
     Pod(Box<RecordedWatch<Pod>>),
     Slice(Box<RecordedWatch<EndpointSlice>>),
@@ -134,6 +141,7 @@ impl RecordedInput {
     /// without the object it needs.
     pub fn into_input(self) -> Option<Input> {
         Some(match self {
+            RecordedInput::Ingress(_) => return None,
             RecordedInput::Connect(record) => Input::Connect(record),
             RecordedInput::Tick(t) => Input::Tick(t),
             RecordedInput::Pod(w) => Input::Cluster(StampedEvent {
@@ -155,9 +163,26 @@ pub fn write_input(out: &mut impl Write, input: &Input) -> Result<(), RecordingE
     writeln!(out, "{line}").map_err(RecordingError::Write)
 }
 
+/// Writes a recording's first line: the ingress configuration it was made
+/// with.
+pub fn write_ingress(out: &mut impl Write, ingress: &IngressConfig) -> Result<(), RecordingError> {
+    let line = serde_json::to_string(&RecordedInput::Ingress(ingress.clone()))
+        .map_err(RecordingError::Encode)?;
+    writeln!(out, "{line}").map_err(RecordingError::Write)
+}
+
+/// A whole recording: its inputs, and the ingress configuration it was
+/// made with (absent in recordings from before connectors).
+#[derive(Debug)]
+pub struct Recording {
+    pub ingress: Option<IngressConfig>,
+    pub inputs: Vec<Input>,
+}
+
 /// Reads a whole recording. A malformed line is an error naming the line:
 /// a replay that silently skipped input would not be a replay.
-pub fn read_inputs(reader: impl BufRead) -> Result<Vec<Input>, RecordingError> {
+pub fn read_recording(reader: impl BufRead) -> Result<Recording, RecordingError> {
+    let mut ingress = None;
     let mut inputs = Vec::new();
     for (index, line) in reader.lines().enumerate() {
         let line = line.map_err(RecordingError::Read)?;
@@ -169,11 +194,19 @@ pub fn read_inputs(reader: impl BufRead) -> Result<Vec<Input>, RecordingError> {
                 line: index + 1,
                 source,
             })?;
+        if let RecordedInput::Ingress(config) = &recorded {
+            ingress = Some(config.clone());
+        }
         if let Some(input) = recorded.into_input() {
             inputs.push(input);
         }
     }
-    Ok(inputs)
+    Ok(Recording { ingress, inputs })
+}
+
+/// The inputs of a recording (see [`read_recording`]).
+pub fn read_inputs(reader: impl BufRead) -> Result<Vec<Input>, RecordingError> {
+    read_recording(reader).map(|r| r.inputs)
 }
 
 #[cfg(test)]
@@ -246,6 +279,23 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_ingress_configuration_travels_with_the_recording() {
+        let ingress = IngressConfig {
+            comms: vec!["haproxy".into()],
+            node: Some("node-a".into()),
+            ..IngressConfig::default()
+        };
+        let mut bytes = Vec::new();
+        write_ingress(&mut bytes, &ingress).unwrap();
+        write_input(&mut bytes, &Input::Tick(MonoTime(1))).unwrap();
+        let recording = read_recording(bytes.as_slice()).unwrap();
+        assert_eq!(recording.ingress, Some(ingress));
+        assert_eq!(recording.inputs.len(), 1, "the header is not an input");
+        let old = read_recording("{\"tick\":1}\n".as_bytes()).unwrap();
+        assert_eq!(old.ingress, None);
     }
 
     #[test]

@@ -5,5 +5,8 @@
 pub mod input;
 pub mod run;
 
-pub use input::{Input, RecordedInput, RecordingError, read_inputs, write_input};
+pub use input::{
+    Input, RecordedInput, Recording, RecordingError, read_inputs, read_recording, write_ingress,
+    write_input,
+};
 pub use run::{AgentOptions, Sinks, finish, process, replay, run_agent};

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
-use super::input::{Input, read_inputs, write_input};
+use super::input::{Input, Recording, read_recording, write_ingress, write_input};
 use crate::{
     clock::MonoTime,
     cluster::{self, ClientSource, WatchConfig, WatchCounters},
@@ -105,6 +105,14 @@ impl Sinks {
     fn write_line(&mut self, line: &str) -> anyhow::Result<()> {
         if let Some(out) = self.ndjson.as_mut() {
             writeln!(out, "{line}").context("writing NDJSON output")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the recording (if any) with the ingress configuration.
+    pub fn record_ingress(&mut self, ingress: &IngressConfig) -> anyhow::Result<()> {
+        if let Some(rec) = self.recording.as_mut() {
+            write_ingress(rec, ingress)?;
         }
         Ok(())
     }
@@ -209,14 +217,22 @@ pub fn finish(
 }
 
 /// `observer replay FILE`: the recording through the engine, NDJSON out.
+/// The recording's own ingress configuration is used unless
+/// `ingress_from_flags` (the user named the ingress on the command line).
 pub fn replay(
     recording: &PathBuf,
     output: Option<&PathBuf>,
-    config: EngineConfig,
+    mut config: EngineConfig,
+    ingress_from_flags: bool,
 ) -> anyhow::Result<()> {
     let file = File::open(recording).with_context(|| format!("opening {}", recording.display()))?;
-    let inputs = read_inputs(BufReader::new(file))
+    let Recording { ingress, inputs } = read_recording(BufReader::new(file))
         .with_context(|| format!("reading {}", recording.display()))?;
+    if let Some(recorded) = ingress
+        && !ingress_from_flags
+    {
+        config.ingress = recorded;
+    }
     let mut engine = Engine::new(config);
     let stdout = PathBuf::from("-");
     let mut sinks = Sinks::new(
@@ -341,6 +357,7 @@ pub async fn run_agent(
         options.output.as_ref(),
         options.record.as_ref(),
     )?;
+    sinks.record_ingress(&options.engine.ingress)?;
     let (tx, mut rx) = mpsc::channel::<Input>(65_536);
     let watch_counters = start_sources(&options, &mut probe, tx).await?;
     if watch_counters.is_none() {
