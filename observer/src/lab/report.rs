@@ -229,7 +229,7 @@ pub fn render_summary(report: &LabReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "lab: {} pods, {} rollouts, propagation delay {} ms ± {} ms, preStop {} ms, drain {} ms, {} qps, {}{}",
+        "lab: {} pods, {} rollouts, propagation delay {} ms ± {} ms, preStop {} ms, drain {} ms, {} qps, {}{}; probes every {} ms, bystander {} qps",
         s.pods,
         s.rollouts,
         s.propagation_delay_ms,
@@ -239,6 +239,8 @@ pub fn render_summary(report: &LabReport) -> String {
         s.qps,
         s.ip_family,
         if s.reuse_ips { ", IPs reused" } else { "" },
+        s.probe_period_ms,
+        s.bystander_qps,
     );
     let _ = writeln!(
         out,
