@@ -161,7 +161,12 @@ impl Targets {
             Some(addr) => pods.insert(pod.to_string(), addr),
             None => pods.remove(pod),
         };
-        if let Err(error) = self.write(&pods) {
+        // At teardown the lab's directory may already be gone, and with
+        // it the scraper: nothing is left to tell.
+        let gone = self.path.parent().is_some_and(|dir| !dir.exists());
+        if let Err(error) = self.write(&pods)
+            && !gone
+        {
             tracing::warn!(%error, "lab: could not update the scrape targets");
         }
     }
