@@ -62,6 +62,21 @@ pub struct LabArgs {
     /// lab if it is still running). The summary is printed afterwards.
     #[arg(long)]
     pub tui: bool,
+    /// The kubelet's HTTP readiness probe period: every pod is probed
+    /// (GET /) from the node, from start until its container exits —
+    /// through the preStop — and the results are its readiness. 0: no
+    /// probes (pods turn Ready on their own).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub probe_period: Duration,
+    /// Requests a second, in total, from a bystander pod
+    /// (monitoring/prometheus-0) straight to every pod IP, like a metrics
+    /// scraper. 0: no bystander.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub bystander_qps: u32,
+    /// Keeps concurrent labs apart: namespaces obslab<ID>-*, cgroups
+    /// obslab<ID>.slice, pod CIDR 10.247.<ID>.0/24 (fd00:247:<ID>::/120).
+    #[arg(long, default_value_t = 0, value_name = "ID")]
+    pub lab_id: u8,
     /// Where logs go while the TUI owns the terminal (with --tui).
     #[arg(long, default_value = "observer-lab.log", value_name = "FILE")]
     pub log_file: PathBuf,
@@ -81,6 +96,9 @@ impl LabArgs {
             ipv6: self.ipv6,
             reuse_ips: self.reuse_ips,
             keep_logs: self.keep_logs.clone(),
+            probe_period: self.probe_period,
+            bystander_qps: self.bystander_qps,
+            lab_id: self.lab_id,
             ..LabScenario::default()
         }
     }
@@ -137,13 +155,16 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     }
     let scenario = args.scenario();
     eprintln!(
-        "lab: {} pods, {} rollouts, propagation delay {:?} (jitter {:?}), preStop {:?}, {} qps{}",
+        "lab: {} pods, {} rollouts, propagation delay {:?} (jitter {:?}), preStop {:?}, {} qps, \
+         probes every {:?}, bystander {} qps{}",
         scenario.pods,
         scenario.rollouts,
         scenario.propagation_delay,
         scenario.jitter,
         scenario.prestop,
         scenario.qps,
+        scenario.probe_period,
+        scenario.bystander_qps,
         if args.verify {
             ", then a verify run"
         } else {

@@ -21,6 +21,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("nftables", "rejecting and dropping SYNs in the tests"),
     ("nginx", "the lab's ingress"),
+    ("curl", "the lab's bystander pod, scraping pod IPs"),
     ("bpftrace", "the probe benchmark's comparison"),
     ("tmux", "the TUI smoke test"),
 ];

@@ -21,6 +21,8 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::connectors::Connectors;
+pub use super::connectors::{ConnectorsByPod, TerminationConnectors};
 use super::netns::PodSubnet;
 use super::report::{FailureCounts, Recommendation};
 use super::{LabError, Result};
@@ -36,6 +38,23 @@ pub struct LabContext {
     pub kubeconfig: PathBuf,
     pub namespace: String,
     pub pod_cidr: String,
+    /// The node the lab's pods and its ingress run on (the ingress node a
+    /// measurement stands on).
+    pub node_name: String,
+    /// The ingress controller's pod; nginx's connects carry its cgroup.
+    pub ingress_pod: KnownPod,
+    /// The bystander (`monitoring/prometheus-0`), when it runs.
+    pub bystander_pod: Option<KnownPod>,
+}
+
+/// A pod outside the measured Deployment, known by its cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownPod {
+    /// `namespace/name`.
+    pub name: String,
+    pub uid: String,
+    /// The inode of its container's cgroup v2 directory.
+    pub cgroup_id: u64,
 }
 
 /// One terminated pod as measured.
@@ -64,6 +83,12 @@ pub trait LabMeasure: Send {
         Duration::ZERO
     }
     fn finish(&mut self) -> impl Future<Output = Result<Measurements>> + Send;
+    /// Who connected to each terminated pod after its deletion, by pod
+    /// name, once [`Self::finish`] has returned. Empty for a measurement
+    /// that does not tell connectors apart.
+    fn connectors(&self) -> ConnectorsByPod {
+        ConnectorsByPod::new()
+    }
 }
 
 /// A pod as the measurement's own Pod watcher saw it.
@@ -78,8 +103,14 @@ pub struct SeenPod {
 }
 
 /// Per pod: the last SYN to its IP within [deletion_seen, next holder's
-/// first_seen), and the failed connects in that window, by class.
-pub fn gaps_from_records(pods: &[SeenPod], records: &[ConnectRecord]) -> Vec<PodMeasurement> {
+/// first_seen), and the failed connects in that window, by class —
+/// counting only the records `is_ingress` accepts (the ingress's
+/// connects; probes and scrapes never move the gap).
+pub fn gaps_from_records(
+    pods: &[SeenPod],
+    records: &[ConnectRecord],
+    is_ingress: impl Fn(&ConnectRecord) -> bool,
+) -> Vec<PodMeasurement> {
     let mut out = Vec::new();
     for pod in pods {
         let Some(t0) = pod.deletion_seen else {
@@ -93,7 +124,10 @@ pub fn gaps_from_records(pods: &[SeenPod], records: &[ConnectRecord]) -> Vec<Pod
         let mut last: Option<MonoTime> = None;
         let mut failures = FailureCounts::default();
         let in_window = |t: MonoTime| t >= t0 && end.is_none_or(|end| t < end);
-        for r in records.iter().filter(|r| r.dst.ip() == pod.ip) {
+        for r in records
+            .iter()
+            .filter(|r| r.dst.ip() == pod.ip && is_ingress(r))
+        {
             match r.outcome {
                 // A reset cuts off a connection opened earlier: not a new
                 // connect, but a failure of this termination when it falls
@@ -155,11 +189,15 @@ pub(super) fn load_probe() -> Result<(Probe, EventReader)> {
     Ok((probe, reader))
 }
 
-/// The probe and a Pod watcher, correlated directly (no engine).
+/// The probe and a Pod watcher, correlated directly (no engine). Only the
+/// ingress pod's connects (by cgroup) measure the gap; every connector is
+/// reported ([`LabMeasure::connectors`]).
 #[derive(Default)]
 pub struct ProbeOnlyMeasure {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<Collected>>>,
+    known: Option<Connectors>,
+    connectors: ConnectorsByPod,
 }
 
 impl ProbeOnlyMeasure {
@@ -171,6 +209,7 @@ impl ProbeOnlyMeasure {
 impl LabMeasure for ProbeOnlyMeasure {
     async fn start(&mut self, ctx: &LabContext) -> Result<()> {
         let (probe, reader) = load_probe()?;
+        self.known = Some(Connectors::new(ctx));
         let subnet = Subnet::parse(&ctx.pod_cidr)?;
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
         let (stop, stopped) = oneshot::channel();
@@ -190,11 +229,20 @@ impl LabMeasure for ProbeOnlyMeasure {
         let (pods, records) = task
             .await
             .map_err(|e| LabError::Measure(format!("collector: {e}")))??;
-        let pods = gaps_from_records(&pods, &records);
+        let known = self
+            .known
+            .take()
+            .ok_or_else(|| LabError::Measure("finish before start".into()))?;
+        self.connectors = known.by_pod(&pods, &records);
+        let pods = gaps_from_records(&pods, &records, |r| known.is_ingress(r));
         Ok(Measurements {
             recommendation: recommend(&pods),
             pods,
         })
+    }
+
+    fn connectors(&self) -> ConnectorsByPod {
+        self.connectors.clone()
     }
 }
 
@@ -349,7 +397,7 @@ mod tests {
             rec("10.247.1.3:8080", 2_900, refused()),
             rec("10.247.1.2:8080", 5_000, Outcome::Connect),
         ];
-        let gaps = gaps_from_records(&pods, &records);
+        let gaps = gaps_from_records(&pods, &records, |_| true);
         assert_eq!(gaps.len(), 1);
         assert_eq!(gaps[0].pod, "old");
         assert_eq!(gaps[0].measured_gap_ms, Some(1_100.0));

@@ -15,13 +15,17 @@
 //! [`netns::Registry`] and removed on success, error, panic and Ctrl-C.
 //! See docs/LAB.md.
 
+pub mod cgroup;
+pub mod connectors;
 pub mod engine_measure;
 pub mod ingress;
 pub mod load;
 pub mod measure;
+pub mod neighbours;
 pub mod netns;
 pub mod nginx;
 pub mod pod;
+pub mod prober;
 pub mod report;
 pub mod scenario;
 pub mod truth;

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -43,6 +44,8 @@ pub fn run(program: &str, args: &[&str]) -> Result<()> {
 struct Owned {
     namespaces: BTreeSet<String>,
     pids: BTreeSet<i32>,
+    /// (cgroup v2 mount, the lab's parent directory under it).
+    cgroup_trees: BTreeSet<(PathBuf, String)>,
 }
 
 /// A shared record of what the lab made. Cheap to clone.
@@ -65,6 +68,14 @@ impl Registry {
         self.owned().pids.remove(&pid);
     }
 
+    /// `<mount>/<parent>` and everything under it goes at clean-up, its
+    /// processes killed first.
+    pub fn add_cgroup_tree(&self, mount: &Path, parent: &str) {
+        self.owned()
+            .cgroup_trees
+            .insert((mount.to_path_buf(), parent.to_string()));
+    }
+
     fn add_namespace(&self, name: &str) {
         self.owned().namespaces.insert(name.to_string());
     }
@@ -80,11 +91,12 @@ impl Registry {
 
     /// Kills every registered process and deletes every registered namespace.
     pub fn clean_all(&self) {
-        let (pids, namespaces) = {
+        let (pids, namespaces, cgroup_trees) = {
             let mut owned = self.owned();
             (
                 std::mem::take(&mut owned.pids),
                 std::mem::take(&mut owned.namespaces),
+                std::mem::take(&mut owned.cgroup_trees),
             )
         };
         for pid in pids {
@@ -92,6 +104,9 @@ impl Registry {
         }
         for name in namespaces {
             delete_namespace(&name);
+        }
+        for (mount, parent) in cgroup_trees {
+            super::cgroup::sweep(&mount, &parent);
         }
     }
 
@@ -270,6 +285,24 @@ impl PodSubnet {
         })
     }
 
+    /// The `n`-th host from the top of the subnet (n = 1: the last one;
+    /// an IPv4 broadcast address is skipped). The lab keeps the top for
+    /// the node's end and its other non-Deployment members.
+    pub fn from_top(&self, n: u32) -> IpAddr {
+        match self.gateway {
+            IpAddr::V4(g) => {
+                let host_bits = 32 - u32::from(self.prefix_len);
+                let top = u32::from(g) | (u32::MAX >> (32 - host_bits));
+                IpAddr::V4((top - n).into())
+            }
+            IpAddr::V6(g) => {
+                let host_bits = 128 - u32::from(self.prefix_len);
+                let top = u128::from(g) | (u128::MAX >> (128 - host_bits));
+                IpAddr::V6((top - u128::from(n)).into())
+            }
+        }
+    }
+
     fn with_len(&self, ip: IpAddr) -> String {
         format!("{ip}/{}", self.prefix_len)
     }
@@ -279,6 +312,10 @@ impl PodSubnet {
 #[derive(Debug)]
 pub struct LabNet {
     pub ingress: Netns,
+    /// The node's own end of the pod network (`<prefix>-node`, at
+    /// [`LabNet::node_ip`]): host processes such as the lab's kubelet
+    /// reach pods from here, never from the ingress's namespace.
+    pub node: Netns,
     pub subnet: PodSubnet,
     prefix: String,
     registry: Registry,
@@ -299,37 +336,75 @@ impl LabNet {
             ingress.ip(&["addr", "add", &gw, "dev", BRIDGE])?;
         }
         ingress.ip(&["link", "set", BRIDGE, "up"])?;
+        let node = attach(
+            &ingress,
+            prefix,
+            "node",
+            subnet,
+            subnet.from_top(1),
+            registry,
+        )?;
         Ok(LabNet {
             ingress,
+            node,
             subnet,
             prefix: prefix.to_string(),
             registry: registry.clone(),
         })
     }
 
+    /// The node's address on the pod network (the subnet's last host).
+    pub fn node_ip(&self) -> IpAddr {
+        self.subnet.from_top(1)
+    }
+
     /// Creates pod namespace number `index` with `ip` on its `eth0`, joined
     /// to the bridge. A stale neighbour entry for `ip` (a previous holder's
     /// MAC, when IPs are reused) is removed so the new pod is reachable.
     pub fn add_pod(&self, index: u32, ip: IpAddr) -> Result<Netns> {
-        let ns = Netns::create(&format!("{}-p{index}", self.prefix), &self.registry)?;
-        let host_end = format!("vp{index}");
-        self.ingress.ip(&[
-            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ])?;
-        self.ingress
-            .ip(&["link", "set", &host_end, "master", BRIDGE, "up"])?;
-        let addr = self.subnet.with_len(ip);
-        if ip.is_ipv6() {
-            ns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
-        } else {
-            ns.ip(&["addr", "add", &addr, "dev", "eth0"])?;
-        }
-        ns.ip(&["link", "set", "eth0", "up"])?;
-        let _ = self
-            .ingress
-            .ip(&["neigh", "del", &ip.to_string(), "dev", BRIDGE]);
-        Ok(ns)
+        self.add_member(&format!("p{index}"), ip)
     }
+
+    /// Creates namespace `<prefix>-<suffix>` with `ip` on its `eth0`, joined
+    /// to the bridge by veth `v<suffix>` (a pod, or a scraper's pod).
+    pub fn add_member(&self, suffix: &str, ip: IpAddr) -> Result<Netns> {
+        attach(
+            &self.ingress,
+            &self.prefix,
+            suffix,
+            self.subnet,
+            ip,
+            &self.registry,
+        )
+    }
+}
+
+/// Creates `<prefix>-<suffix>` with `ip` on `eth0`, joined to the bridge
+/// in `ingress`. A stale neighbour entry for `ip` (a previous holder's
+/// MAC, when IPs are reused) is removed so the new member is reachable.
+fn attach(
+    ingress: &Netns,
+    prefix: &str,
+    suffix: &str,
+    subnet: PodSubnet,
+    ip: IpAddr,
+    registry: &Registry,
+) -> Result<Netns> {
+    let ns = Netns::create(&format!("{prefix}-{suffix}"), registry)?;
+    let host_end = format!("v{suffix}");
+    ingress.ip(&[
+        "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+    ])?;
+    ingress.ip(&["link", "set", &host_end, "master", BRIDGE, "up"])?;
+    let addr = subnet.with_len(ip);
+    if ip.is_ipv6() {
+        ns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+    } else {
+        ns.ip(&["addr", "add", &addr, "dev", "eth0"])?;
+    }
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    let _ = ingress.ip(&["neigh", "del", &ip.to_string(), "dev", BRIDGE]);
+    Ok(ns)
 }
 
 #[cfg(test)]
@@ -344,6 +419,9 @@ mod tests {
         let v6 = PodSubnet::parse("fd00:247:3::/120").unwrap();
         assert_eq!(v6.gateway, "fd00:247:3::1".parse::<IpAddr>().unwrap());
         assert!(PodSubnet::parse("10.0.0.0/32").is_err());
+        assert_eq!(v4.from_top(1), "10.247.3.254".parse::<IpAddr>().unwrap());
+        assert_eq!(v4.from_top(2), "10.247.3.253".parse::<IpAddr>().unwrap());
+        assert_eq!(v6.from_top(1), "fd00:247:3::fe".parse::<IpAddr>().unwrap());
         assert!(PodSubnet::parse("nonsense").is_err());
     }
 }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::cgroup::place_on_exec;
 use super::netns::{Netns, Registry};
 use super::{LabError, Result};
 
@@ -109,23 +110,33 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Writes a config with no upstream and starts nginx inside `ns`.
+    /// Writes a config with no upstream and starts nginx inside `ns` and,
+    /// with `cgroup`, inside that (an ingress controller pod's): the
+    /// process moves itself there before it execs, so the master and every
+    /// worker it forks connect from the pod's cgroup.
     pub fn start(
         ns: &Netns,
         paths: NginxPaths,
         listen: SocketAddr,
         registry: &Registry,
+        cgroup: Option<&Path>,
     ) -> Result<Nginx> {
         write_config(&paths, &render_config(&paths, listen, &[]))?;
         let conf = paths.conf();
         let prefix = format!("{}/", paths.dir.display());
-        let output = Command::new("ip")
-            .args(["netns", "exec", ns.name(), NGINX_BIN, "-p", &prefix, "-e"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns.name(), NGINX_BIN, "-p", &prefix, "-e"])
             .arg(paths.error_log())
             .arg("-c")
-            .arg(&conf)
+            .arg(&conf);
+        let procs = cgroup
+            .map(|cg| place_on_exec(&mut cmd, cg))
+            .transpose()
+            .map_err(|e| LabError::Nginx(format!("ingress pod cgroup: {e}")))?;
+        let output = cmd
             .output()
             .map_err(LabError::io(format!("running {NGINX_BIN}")))?;
+        drop(procs);
         if !output.status.success() {
             return Err(LabError::Nginx(format!(
                 "start failed: {}",
@@ -157,6 +168,11 @@ impl Nginx {
 
     pub fn paths(&self) -> &NginxPaths {
         &self.paths
+    }
+
+    /// The master's pid.
+    pub fn master(&self) -> i32 {
+        self.master
     }
 
     pub fn listen(&self) -> SocketAddr {

@@ -10,6 +10,11 @@
 //! and then the namespace is removed: connects after that meet a vanished IP
 //! (unreachable, or a timeout). If the kubelet gives up waiting at the grace
 //! deadline (SIGKILL), the teardown happens at once.
+//!
+//! With a probe period, the kubelet's readiness probe ([`super::prober`])
+//! runs from start until the app exits — through the preStop — and its
+//! results are the pod's readiness ([`PodRuntime::readiness`]). With
+//! scrape [`Targets`], each pod is listed there while its sandbox exists.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,17 +28,23 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::neighbours::Targets;
 use super::netns::{LabNet, Netns};
+use super::prober::{ProbeSpec, Prober};
 use super::{LabError, Result};
 use crate::sim::{PodInfo, PodRuntime, RuntimeError};
 
-/// How a pod's app behaves on SIGTERM, and how its sandbox goes away.
+/// How a pod's app behaves on SIGTERM, how its sandbox goes away, and how
+/// the kubelet probes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PodBehaviour {
     /// Keep serving this long after SIGTERM; zero for the naive app.
     pub drain: Duration,
     /// From the app's exit to the namespace's removal.
     pub sandbox_linger: Duration,
+    /// The readiness probe's period; zero for no probe (the simulator then
+    /// marks pods Ready on its own, shortly after start).
+    pub probe_period: Duration,
 }
 
 impl Default for PodBehaviour {
@@ -41,17 +52,23 @@ impl Default for PodBehaviour {
         Self {
             drain: Duration::ZERO,
             sandbox_linger: Duration::from_secs(1),
+            probe_period: Duration::ZERO,
         }
     }
 }
 
 /// A pod whose app is running.
 struct RunningPod {
+    name: String,
     ip: IpAddr,
     ns: Option<Netns>,
     /// Tells the server to stop listening.
     close: watch::Sender<bool>,
     server: JoinHandle<()>,
+    /// The kubelet's readiness probe, until the container exits.
+    prober: Option<Prober>,
+    /// Where scrapers find the pod while its sandbox exists.
+    targets: Option<Arc<Targets>>,
 }
 
 impl RunningPod {
@@ -64,9 +81,13 @@ impl Drop for RunningPod {
     fn drop(&mut self) {
         self.close_listener();
         self.server.abort();
+        drop(self.prober.take());
         // Removing the namespace kills the pod's IP: late connects now fail
         // as they would to a deleted pod.
         drop(self.ns.take());
+        if let Some(targets) = &self.targets {
+            targets.set(&self.name, None);
+        }
     }
 }
 
@@ -74,22 +95,43 @@ impl Drop for RunningPod {
 pub struct LabPods {
     net: Arc<LabNet>,
     behaviour: PodBehaviour,
+    targets: Option<Arc<Targets>>,
     next_index: AtomicU32,
     running: Mutex<HashMap<String, RunningPod>>,
+    /// Probe results of started pods, until the kubelet asks for them.
+    readiness: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    served: Served,
 }
 
+/// Requests answered, by source address.
+type Served = Arc<Mutex<HashMap<IpAddr, u64>>>;
+
 impl LabPods {
-    pub fn new(net: Arc<LabNet>, behaviour: PodBehaviour) -> LabPods {
+    /// With `targets`, each running pod's address is listed there for
+    /// scrapers.
+    pub fn new(
+        net: Arc<LabNet>,
+        behaviour: PodBehaviour,
+        targets: Option<Arc<Targets>>,
+    ) -> LabPods {
         LabPods {
             net,
             behaviour,
+            targets,
             next_index: AtomicU32::new(0),
             running: Mutex::default(),
+            readiness: Mutex::default(),
+            served: Served::default(),
         }
     }
 
+    /// Requests every pod answered so far, by source address.
+    pub fn served_by_source(&self) -> HashMap<IpAddr, u64> {
+        lock(&self.served).clone()
+    }
+
     fn running(&self) -> MutexGuard<'_, HashMap<String, RunningPod>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.running)
     }
 
     /// Pods whose app is running.
@@ -139,27 +181,51 @@ impl LabPods {
         let listener =
             TcpListener::from_std(listener).map_err(LabError::io("registering a listener"))?;
         let (close, closed) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, pod.name.clone(), closed));
+        let server = tokio::spawn(serve(
+            listener,
+            pod.name.clone(),
+            closed,
+            self.served.clone(),
+        ));
+        let target = SocketAddr::new(ip, port);
+        let prober = if self.behaviour.probe_period.is_zero() {
+            None
+        } else {
+            let (ready, readiness) = watch::channel(false);
+            let spec = ProbeSpec::every(self.behaviour.probe_period);
+            let prober = Prober::start(&self.net.node, target, spec, ready)?;
+            lock(&self.readiness).insert(pod.name.clone(), readiness);
+            Some(prober)
+        };
+        if let Some(targets) = &self.targets {
+            targets.set(&pod.name, Some(target));
+        }
         self.running().insert(
             pod.name.clone(),
             RunningPod {
+                name: pod.name.clone(),
                 ip,
                 ns: Some(ns),
                 close,
                 server,
+                prober,
+                targets: self.targets.clone(),
             },
         );
         Ok(())
     }
 
     async fn stop_pod(&self, pod: &PodInfo) {
-        let Some(running) = self.running().remove(&pod.name) else {
+        let Some(mut running) = self.running().remove(&pod.name) else {
             return;
         };
+        lock(&self.readiness).remove(&pod.name);
         // Dropping `running` (here at the end, or earlier if the kubelet
         // abandons this future at the grace deadline) tears the pod down.
         tokio::time::sleep(self.behaviour.drain).await;
         running.close_listener();
+        // The container has exited: the kubelet stops probing it.
+        drop(running.prober.take());
         tokio::time::sleep(self.behaviour.sandbox_linger).await;
         let _ = tokio::task::spawn_blocking(move || drop(running)).await;
     }
@@ -182,17 +248,30 @@ impl PodRuntime for LabPods {
             Ok(())
         })
     }
+
+    fn readiness(&self, pod: &PodInfo) -> Option<watch::Receiver<bool>> {
+        lock(&self.readiness).remove(&pod.name)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Accepts until told to close; each connection gets one response.
-async fn serve(listener: TcpListener, name: String, mut closed: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    name: String,
+    mut closed: watch::Receiver<bool>,
+    served: Served,
+) {
     let body: Arc<str> = Arc::from(format!("{name}\n"));
     loop {
         tokio::select! {
             _ = closed.wait_for(|c| *c) => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(answer(stream, body.clone()));
+                Ok((stream, peer)) => {
+                    tokio::spawn(answer(stream, body.clone(), peer.ip(), served.clone()));
                 }
                 Err(error) => tracing::debug!(%error, pod = %name, "lab pod: accept failed"),
             },
@@ -202,7 +281,7 @@ async fn serve(listener: TcpListener, name: String, mut closed: watch::Receiver<
 }
 
 /// Reads one request head and answers 200 with the pod's name.
-async fn answer(mut stream: TcpStream, body: Arc<str>) {
+async fn answer(mut stream: TcpStream, body: Arc<str>, peer: IpAddr, served: Served) {
     let mut buf = [0u8; 4096];
     let mut seen = 0;
     let read_head = async {
@@ -227,6 +306,8 @@ async fn answer(mut stream: TcpStream, body: Arc<str>) {
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.write_all(response.as_bytes()).await;
+    if stream.write_all(response.as_bytes()).await.is_ok() {
+        *lock(&served).entry(peer).or_default() += 1;
+    }
     let _ = stream.shutdown().await;
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::MonoTime;
+
 /// The scenario as reported.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScenarioSummary {
@@ -23,6 +25,82 @@ pub struct ScenarioSummary {
     /// "ipv4" or "ipv6".
     pub ip_family: String,
     pub reuse_ips: bool,
+    /// The kubelet's readiness probe period; 0: no probes.
+    #[serde(default)]
+    pub probe_period_ms: u64,
+    /// The bystander's requests a second straight to pod IPs; 0: none.
+    #[serde(default)]
+    pub bystander_qps: u32,
+}
+
+/// What kind of connector a connector is. Mirrors the engine's
+/// `ConnectorRole`; only `ingress` measures the gap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorRole {
+    Ingress,
+    Kubelet,
+    Pod,
+    Process,
+}
+
+impl ConnectorRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectorRole::Ingress => "ingress",
+            ConnectorRole::Kubelet => "kubelet",
+            ConnectorRole::Pod => "pod",
+            ConnectorRole::Process => "process",
+        }
+    }
+}
+
+/// One connector's activity toward a terminating pod after its deletion,
+/// with the fields of the engine's `ConnectorActivity` (times absolute).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorActivity {
+    /// "ingress-nginx/ingress-nginx-controller-x", "kubelet",
+    /// "monitoring/prometheus-0", "process curl".
+    pub name: String,
+    pub role: ConnectorRole,
+    pub connects: u64,
+    pub failures: u64,
+    pub last_connect: Option<MonoTime>,
+}
+
+/// A connector as reported: its last connect relative to deletion_seen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnectorReport {
+    pub name: String,
+    pub role: ConnectorRole,
+    pub connects: u64,
+    pub failures: u64,
+    /// last connect − deletion_seen; null when it made none.
+    pub last_connect_ms: Option<f64>,
+}
+
+impl ConnectorReport {
+    pub fn new(a: &ConnectorActivity, deletion_seen: MonoTime) -> ConnectorReport {
+        ConnectorReport {
+            name: a.name.clone(),
+            role: a.role,
+            connects: a.connects,
+            failures: a.failures,
+            last_connect_ms: a
+                .last_connect
+                .map(|t| t.signed_since(deletion_seen) as f64 / 1e6),
+        }
+    }
+}
+
+/// Requests the pods answered, by who sent them: proof that the kubelet
+/// and the bystander really ran next to the ingress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedReport {
+    pub ingress: u64,
+    pub kubelet: u64,
+    pub bystander: u64,
+    pub other: u64,
 }
 
 /// Failed connects by the kernel's class: the engine's own counts.
@@ -38,6 +116,10 @@ pub struct TerminationReport {
     /// From the measurement; null when it saw no connect after deletion.
     pub measured_gap_ms: Option<f64>,
     pub failures: FailureCounts,
+    /// Who connected after the deletion, as the measurement tells them
+    /// apart (empty when it does not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connectors: Vec<ConnectorReport>,
 }
 
 impl TerminationReport {
@@ -89,6 +171,8 @@ pub struct LabReport {
     pub scenario: ScenarioSummary,
     pub terminations: Vec<TerminationReport>,
     pub client: ClientReport,
+    #[serde(default)]
+    pub served: ServedReport,
     pub recommendation: Option<Recommendation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyReport>,
@@ -109,6 +193,32 @@ impl LabReport {
     }
 }
 
+/// Per connector name: its role and its latest last connect over every
+/// termination, relative to that termination's deletion_seen.
+fn render_connectors(out: &mut String, report: &LabReport) {
+    let mut latest: std::collections::BTreeMap<(ConnectorRole, &str), Option<f64>> =
+        Default::default();
+    for c in report.terminations.iter().flat_map(|t| &t.connectors) {
+        let slot = latest.entry((c.role, c.name.as_str())).or_default();
+        *slot = match (*slot, c.last_connect_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    if latest.is_empty() {
+        out.push_str("connectors: none told apart by this measurement\n");
+        return;
+    }
+    out.push_str("connectors:\n");
+    for ((role, name), last) in latest {
+        let until = last.map_or_else(
+            || "no connect after deletion".to_string(),
+            |ms| format!("until {:+.1} s", ms / 1e3),
+        );
+        let _ = writeln!(out, "  {name} ({}) {until}", role.as_str());
+    }
+}
+
 fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
 }
@@ -119,7 +229,7 @@ pub fn render_summary(report: &LabReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "lab: {} pods, {} rollouts, propagation delay {} ms ± {} ms, preStop {} ms, drain {} ms, {} qps, {}{}",
+        "lab: {} pods, {} rollouts, propagation delay {} ms ± {} ms, preStop {} ms, drain {} ms, {} qps, {}{}; probes every {} ms, bystander {} qps",
         s.pods,
         s.rollouts,
         s.propagation_delay_ms,
@@ -129,6 +239,8 @@ pub fn render_summary(report: &LabReport) -> String {
         s.qps,
         s.ip_family,
         if s.reuse_ips { ", IPs reused" } else { "" },
+        s.probe_period_ms,
+        s.bystander_qps,
     );
     let _ = writeln!(
         out,
@@ -158,6 +270,13 @@ pub fn render_summary(report: &LabReport) -> String {
         report.failed_connects(),
         ms(report.max_error_ms()),
     );
+    let sv = &report.served;
+    let _ = writeln!(
+        out,
+        "pods served: {} via the ingress, {} kubelet probes, {} bystander requests, {} other",
+        sv.ingress, sv.kubelet, sv.bystander, sv.other
+    );
+    render_connectors(&mut out, report);
     match &report.recommendation {
         Some(r) => {
             let _ = writeln!(
@@ -195,6 +314,8 @@ mod tests {
                 seed: 1,
                 ip_family: "ipv4".into(),
                 reuse_ips: false,
+                probe_period_ms: 500,
+                bystander_qps: 20,
             },
             terminations: vec![
                 TerminationReport {
@@ -207,6 +328,22 @@ mod tests {
                         host_unreachable: 2,
                         ..Default::default()
                     },
+                    connectors: vec![
+                        ConnectorReport {
+                            name: "ingress-nginx/ingress-nginx-controller-x".into(),
+                            role: ConnectorRole::Ingress,
+                            connects: 90,
+                            failures: 42,
+                            last_connect_ms: Some(1012.5),
+                        },
+                        ConnectorReport {
+                            name: "kubelet".into(),
+                            role: ConnectorRole::Kubelet,
+                            connects: 16,
+                            failures: 0,
+                            last_connect_ms: Some(7950.0),
+                        },
+                    ],
                 },
                 TerminationReport {
                     pod: "web-2".into(),
@@ -214,11 +351,24 @@ mod tests {
                     truth_gap_ms: None,
                     measured_gap_ms: None,
                     failures: FailureCounts::default(),
+                    connectors: vec![ConnectorReport {
+                        name: "kubelet".into(),
+                        role: ConnectorRole::Kubelet,
+                        connects: 17,
+                        failures: 0,
+                        last_connect_ms: Some(8420.0),
+                    }],
                 },
             ],
             client: ClientReport {
                 requests: 900,
                 errors: 3,
+            },
+            served: ServedReport {
+                ingress: 900,
+                kubelet: 40,
+                bystander: 120,
+                other: 0,
             },
             recommendation: Some(Recommendation::from_max_gap(Duration::from_millis(1012))),
             verify: None,
@@ -252,6 +402,11 @@ mod tests {
         assert_eq!(v["client"]["errors"], 3);
         assert_eq!(v["recommendation"]["prestop_seconds"], 3);
         assert!(v.get("verify").is_none(), "verify only when run");
+        assert_eq!(v["scenario"]["probe_period_ms"], 500);
+        assert_eq!(v["served"]["kubelet"], 40);
+        let c = &v["terminations"][0]["connectors"][1];
+        assert_eq!(c["role"], "kubelet");
+        assert_eq!(c["last_connect_ms"], 7950.0);
         let back: LabReport = serde_json::from_value(v).unwrap();
         assert_eq!(back, sample());
     }
@@ -276,5 +431,13 @@ mod tests {
         assert!(text.contains("preStop sleep 3 s, terminationGracePeriodSeconds 33"));
         assert!(text.contains("verify with preStop 3 s: 0 failed connects, 0 client errors"));
         assert_eq!(report.failed_connects(), 42);
+        assert!(
+            text.contains("pods served: 900 via the ingress, 40 kubelet probes, 120 bystander")
+        );
+        assert!(text.contains("  ingress-nginx/ingress-nginx-controller-x (ingress) until +1.0 s"));
+        assert!(
+            text.contains("  kubelet (kubelet) until +8.4 s"),
+            "the latest: {text}"
+        );
     }
 }

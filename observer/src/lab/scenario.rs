@@ -3,19 +3,23 @@
 //! quiet period, then truth against measurement. [`run_lab`] adds the
 //! `--verify` rerun with the recommended preStop.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cgroup;
 use super::ingress::{IngressConfig, IngressController};
 use super::load::{LoadClient, LoadConfig};
-use super::measure::{LabContext, LabMeasure, Measurements};
+use super::measure::{ConnectorsByPod, KnownPod, LabContext, LabMeasure, Measurements};
+use super::neighbours::{self, Bystander, NeighbourPod, Targets};
 use super::netns::{LabNet, Registry};
 use super::nginx::{Nginx, NginxPaths, parse_access_line};
 use super::pod::{LabPods, PodBehaviour};
 use super::report::{
-    ClientReport, FailureCounts, LabReport, ScenarioSummary, TerminationReport, VerifyReport,
+    ClientReport, ConnectorReport, FailureCounts, LabReport, ScenarioSummary, ServedReport,
+    TerminationReport, VerifyReport,
 };
 use super::truth::{PodTruth, TimelineRecorder, WallToMono, compute_truth};
 use super::{LabError, Result};
@@ -58,6 +62,12 @@ pub struct LabScenario {
     /// raw material of the truth), named `<prefix>-access.log` and
     /// `<prefix>-error.log`.
     pub keep_logs: Option<std::path::PathBuf>,
+    /// The kubelet's readiness probe period (GET / on every pod, from the
+    /// node, until the container exits); zero turns probing off.
+    pub probe_period: Duration,
+    /// Requests a second, in total, from the bystander pod
+    /// `monitoring/prometheus-0` straight to the pods' IPs; zero: none.
+    pub bystander_qps: u32,
 }
 
 impl Default for LabScenario {
@@ -77,6 +87,8 @@ impl Default for LabScenario {
             sandbox_linger: PodBehaviour::default().sandbox_linger,
             lab_id: 0,
             keep_logs: None,
+            probe_period: Duration::from_secs(1),
+            bystander_qps: 5,
         }
     }
 }
@@ -85,6 +97,18 @@ impl LabScenario {
     /// The prefix of every namespace this lab makes.
     pub fn name_prefix(&self) -> String {
         format!("obslab{}", self.lab_id)
+    }
+
+    /// The node the lab's pods (and its ingress) run on: `obslab<id>-node`,
+    /// the name of the node end's namespace too.
+    pub fn node_name(&self) -> String {
+        format!("{}-node", self.name_prefix())
+    }
+
+    /// The lab's directory under the cgroup v2 mount, holding its
+    /// kubelet-shaped pod cgroups.
+    pub fn cgroup_parent(&self) -> String {
+        format!("{}.slice", self.name_prefix())
     }
 
     pub fn pod_cidr(&self) -> String {
@@ -112,6 +136,8 @@ impl LabScenario {
             seed: self.seed,
             ip_family: if self.ipv6 { "ipv6" } else { "ipv4" }.into(),
             reuse_ips: self.reuse_ips,
+            probe_period_ms: self.probe_period.as_millis() as u64,
+            bystander_qps: self.bystander_qps,
         }
     }
 
@@ -121,6 +147,14 @@ impl LabScenario {
         }
         if self.pods > 200 {
             return Err(LabError::Invalid("at most 200 pods".into()));
+        }
+        if !self.probe_period.is_zero() && self.probe_period < Duration::from_millis(50) {
+            return Err(LabError::Invalid(
+                "the probe period is 0 (off) or at least 50 ms".into(),
+            ));
+        }
+        if self.bystander_qps > 1000 {
+            return Err(LabError::Invalid("at most 1000 bystander qps".into()));
         }
         Ok(())
     }
@@ -214,29 +248,38 @@ async fn run(
         let (prefix, cidr, registry) = (prefix.clone(), cidr.clone(), registry.clone());
         Arc::new(blocking(move || LabNet::create(&prefix, &cidr, &registry)).await?)
     };
+    let cgroup_mount = cgroup::v2_mount().map_err(|e| LabError::Invalid(e.to_string()))?;
+    let cgroup_parent = scenario.cgroup_parent();
+    // A killed run's pod cgroups go first, as its namespaces did.
+    cgroup::sweep(&cgroup_mount, &cgroup_parent);
+    registry.add_cgroup_tree(&cgroup_mount, &cgroup_parent);
     let listen: SocketAddr = NGINX_LISTEN
         .parse()
         .map_err(|_| LabError::Invalid(NGINX_LISTEN.into()))?;
-    let nginx = {
-        let (net, paths, registry) = (net.clone(), NginxPaths::new(&dir.0), registry.clone());
-        Arc::new(blocking(move || Nginx::start(&net.ingress, paths, listen, &registry)).await?)
-    };
 
     let server = SimServer::start().await?;
     let kubeconfig = dir.0.join("sim.kubeconfig");
     server.write_kubeconfig(&kubeconfig)?;
     let client = server.client().await?;
+    let targets = if scenario.bystander_qps > 0 {
+        Some(Arc::new(Targets::create(dir.0.join("scrape-targets"))?))
+    } else {
+        None
+    };
     let pods = Arc::new(LabPods::new(
         net.clone(),
         PodBehaviour {
             drain: scenario.drain,
             sandbox_linger: scenario.sandbox_linger,
+            probe_period: scenario.probe_period,
         },
+        targets.clone(),
     ));
     let cluster = Cluster::with_runtime(
         server.store().clone(),
         ClusterConfig {
             namespace: NAMESPACE.into(),
+            node_name: scenario.node_name(),
             pod_cidr: cidr.clone(),
             ip_reuse: scenario.reuse_ips,
             ready_delay: Duration::from_millis(200),
@@ -244,6 +287,49 @@ async fn run(
         },
         pods.clone(),
     )?;
+    // The node's end and the bystander hold the top of the pod CIDR.
+    let bystander_ip = net.subnet.from_top(2);
+    let net_ips = NetIps {
+        gateway: net.subnet.gateway,
+        node: net.node_ip(),
+        bystander: bystander_ip,
+    };
+    cluster.reserve_ip(net.node_ip())?;
+    cluster.reserve_ip(bystander_ip)?;
+
+    // The ingress controller's pod exists (with its cgroup) before nginx
+    // starts in it, as a kubelet would have it.
+    let ingress_pod = neighbours::ingress_pod(
+        &cluster,
+        &cgroup_mount,
+        &cgroup_parent,
+        net.subnet.gateway,
+        listen.port(),
+    )?;
+    let nginx = {
+        let (net, paths, registry) = (net.clone(), NginxPaths::new(&dir.0), registry.clone());
+        let cgroup = ingress_pod.cgroup.path();
+        Arc::new(
+            blocking(move || Nginx::start(&net.ingress, paths, listen, &registry, Some(&cgroup)))
+                .await?,
+        )
+    };
+    let bystander = match &targets {
+        Some(targets) => {
+            let net = net.clone();
+            let ns = blocking(move || net.add_member("mon", bystander_ip)).await?;
+            let pod =
+                neighbours::bystander_pod(&cluster, &cgroup_mount, &cgroup_parent, bystander_ip)?;
+            Some(Bystander::start(
+                ns,
+                pod,
+                targets.path(),
+                scenario.bystander_qps,
+                registry,
+            )?)
+        }
+        None => None,
+    };
     let timelines = TimelineRecorder::start(cluster.events());
     let mut ingress = IngressController::start(
         client.clone(),
@@ -277,6 +363,9 @@ async fn run(
         kubeconfig,
         namespace: NAMESPACE.into(),
         pod_cidr: cidr,
+        node_name: scenario.node_name(),
+        ingress_pod: known(&ingress_pod),
+        bystander_pod: bystander.as_ref().map(|b| known(b.pod())),
     };
     measure.start(&ctx).await?;
     // Let the measurement's watchers list the cluster before anything ends.
@@ -310,6 +399,7 @@ async fn run(
     tokio::time::sleep(scenario.quiet() + measure.settle_time()).await;
     let client_stats = load.stop().await?;
     let measured = measure.finish().await?;
+    let connectors = measure.connectors();
 
     let log_path = nginx.paths().access_log();
     let log = std::fs::read_to_string(&log_path)
@@ -331,9 +421,18 @@ async fn run(
         Ok(())
     })
     .await?;
+    drop(bystander);
     drop((nginx, net));
+    // Its cgroup goes last: nothing of nginx is left in it.
+    drop(ingress_pod);
 
-    Ok(build_report(
+    let served = served_report(
+        &pods.served_by_source(),
+        net_ips.gateway,
+        net_ips.node,
+        net_ips.bystander,
+    );
+    let mut report = build_report(
         scenario,
         &truth,
         &measured,
@@ -341,7 +440,62 @@ async fn run(
             requests: client_stats.requests,
             errors: client_stats.errors,
         },
-    ))
+    );
+    report.served = served;
+    add_connectors(&mut report, &connectors);
+    Ok(report)
+}
+
+/// The lab's fixed addresses: nginx's (the bridge), the node's end, the
+/// bystander's.
+struct NetIps {
+    gateway: IpAddr,
+    node: IpAddr,
+    bystander: IpAddr,
+}
+
+fn known(pod: &NeighbourPod) -> KnownPod {
+    KnownPod {
+        name: pod.full_name(),
+        uid: pod.uid.clone(),
+        cgroup_id: pod.cgroup.id(),
+    }
+}
+
+fn served_report(
+    by_source: &HashMap<IpAddr, u64>,
+    gateway: IpAddr,
+    node: IpAddr,
+    bystander: IpAddr,
+) -> ServedReport {
+    let mut served = ServedReport::default();
+    for (&ip, &n) in by_source {
+        let slot = if ip == gateway {
+            &mut served.ingress
+        } else if ip == node {
+            &mut served.kubelet
+        } else if ip == bystander {
+            &mut served.bystander
+        } else {
+            &mut served.other
+        };
+        *slot += n;
+    }
+    served
+}
+
+/// Puts each termination's connectors (from the measurement) into the
+/// report, relative to that termination's deletion_seen.
+pub fn add_connectors(report: &mut LabReport, connectors: &ConnectorsByPod) {
+    for t in &mut report.terminations {
+        if let Some(c) = connectors.get(&t.pod) {
+            t.connectors = c
+                .connectors
+                .iter()
+                .map(|a| ConnectorReport::new(a, c.deletion_seen))
+                .collect();
+        }
+    }
 }
 
 fn keep_logs(dir: &std::path::Path, prefix: &str, paths: &super::nginx::NginxPaths) -> Result<()> {
@@ -381,6 +535,7 @@ pub fn build_report(
                 truth_gap_ms: t.truth_gap_ms,
                 measured_gap_ms: m.and_then(|m| m.measured_gap_ms),
                 failures: m.map(|m| m.failures).unwrap_or_else(FailureCounts::default),
+                connectors: Vec::new(),
             }
         })
         .collect();
@@ -388,6 +543,7 @@ pub fn build_report(
         scenario: scenario.summary(),
         terminations,
         client,
+        served: ServedReport::default(),
         recommendation: measured.recommendation,
         verify: None,
     }

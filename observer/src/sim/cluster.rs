@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::{broadcast, watch};
 
 use super::ipam::IpPool;
+pub use super::standalone::StandalonePod;
 use super::store::{Store, wait_closed};
 use super::{SimError, endpoints, kubelet};
 
@@ -124,6 +125,12 @@ pub trait PodRuntime: Send + Sync + 'static {
     /// SIGTERM after preStop: returns when the workload has exited. The
     /// kubelet stops waiting at the end of the grace period (SIGKILL).
     fn stop<'a>(&'a self, pod: &'a PodInfo) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    /// The pod's readiness as the runtime's prober sees it, from start
+    /// until its container exits (the sender drops). None (the default):
+    /// the kubelet marks the pod Ready `ready_delay` after start.
+    fn readiness(&self, _pod: &PodInfo) -> Option<watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// Runs nothing: pods live only in the API.
@@ -349,6 +356,30 @@ impl Cluster {
             r = complete.wait_for(|c| *c >= target) => r.map(|_| ()).map_err(|_| SimError::Closed),
             _ = self.shared.stopped() => Err(SimError::Closed),
         }
+    }
+
+    /// Takes `ip` out of the pod CIDR's pool: something other than a
+    /// Deployment's pod holds it (see [`Self::add_standalone_pod`]).
+    pub fn reserve_ip(&self, ip: IpAddr) -> Result<(), SimError> {
+        if self.shared.ips().reserve(ip) {
+            Ok(())
+        } else {
+            Err(SimError::InvalidDeployment(format!(
+                "{ip} is already reserved"
+            )))
+        }
+    }
+
+    /// Creates a running, Ready pod that no Deployment owns and no rollout
+    /// touches (an ingress controller, a scraper), on this cluster's node.
+    /// Returns it as stored, with its uid.
+    pub fn add_standalone_pod(&self, pod: StandalonePod) -> Result<Pod, SimError> {
+        super::standalone::create(&self.shared.store, &self.shared.config.node_name, pod)
+    }
+
+    /// The node every pod of this cluster runs on.
+    pub fn node_name(&self) -> &str {
+        &self.shared.config.node_name
     }
 
     /// The Deployment's pods, ordered by name.

@@ -23,6 +23,8 @@ pub struct IpPool {
     next: u128,
     free: VecDeque<IpAddr>,
     in_use: HashSet<IpAddr>,
+    /// Never handed out (see [`Self::reserve`]).
+    reserved: HashSet<IpAddr>,
     reuse: bool,
 }
 
@@ -53,6 +55,7 @@ impl IpPool {
             next: 2,
             free: VecDeque::new(),
             in_use: HashSet::new(),
+            reserved: HashSet::new(),
             reuse,
         })
     }
@@ -73,17 +76,29 @@ impl IpPool {
     /// The next address: a freed one first when reuse is on, else a never
     /// used one while any remain.
     pub fn allocate(&mut self) -> Result<IpAddr, IpPoolError> {
-        let ip = if self.reuse && !self.free.is_empty() {
-            self.free.pop_front()
-        } else if self.next < self.size {
-            self.next += 1;
-            Some(self.addr(self.next - 1))
-        } else {
-            self.free.pop_front()
+        loop {
+            let ip = if self.reuse && !self.free.is_empty() {
+                self.free.pop_front()
+            } else if self.next < self.size {
+                self.next += 1;
+                Some(self.addr(self.next - 1))
+            } else {
+                self.free.pop_front()
+            }
+            .ok_or_else(|| IpPoolError::Exhausted(self.cidr.clone()))?;
+            if self.reserved.contains(&ip) || self.in_use.contains(&ip) {
+                continue;
+            }
+            self.in_use.insert(ip);
+            return Ok(ip);
         }
-        .ok_or_else(|| IpPoolError::Exhausted(self.cidr.clone()))?;
-        self.in_use.insert(ip);
-        Ok(ip)
+    }
+
+    /// Takes `ip` out of the pool for good (an address something other than
+    /// a Deployment's pod holds). False when it is already in use.
+    pub fn reserve(&mut self, ip: IpAddr) -> bool {
+        self.free.retain(|f| *f != ip);
+        self.reserved.insert(ip)
     }
 
     pub fn release(&mut self, ip: IpAddr) {
@@ -120,6 +135,16 @@ mod tests {
         p.release(a);
         assert_eq!(p.allocate().unwrap(), a);
         assert_ne!(p.allocate().unwrap(), b);
+    }
+
+    #[test]
+    fn reserved_addresses_are_never_handed_out() {
+        let mut p = IpPool::new("10.1.2.0/29", false).unwrap();
+        assert!(p.reserve("10.1.2.3".parse().unwrap()));
+        assert!(!p.reserve("10.1.2.3".parse().unwrap()));
+        let got: Vec<IpAddr> = (0..4).map(|_| p.allocate().unwrap()).collect();
+        assert!(!got.contains(&"10.1.2.3".parse().unwrap()));
+        assert!(p.allocate().is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodIP, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
 use super::cluster::{DeploymentSpec, LifecycleEvent, PodInfo, Shared};
@@ -65,7 +66,7 @@ fn set_status(
     }
 }
 
-fn condition(type_: &str, on: bool) -> PodCondition {
+pub(super) fn condition(type_: &str, on: bool) -> PodCondition {
     PodCondition {
         type_: type_.into(),
         status: if on { "True" } else { "False" }.into(),
@@ -83,6 +84,43 @@ fn set_ready(s: &mut PodStatus, ready: bool) {
             Some(c) if (c.status == "True") == ready => {}
             Some(c) => *c = condition(t, ready),
             None => conds.push(condition(t, ready)),
+        }
+    }
+}
+
+/// Aborts the task when dropped (the kubelet's step ended, however).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Mirrors the prober's results into the pod's Ready condition; the first
+/// success is the pod's `PodReady`.
+async fn follow_readiness(
+    shared: Arc<Shared>,
+    ns: String,
+    name: String,
+    ip: IpAddr,
+    mut readiness: watch::Receiver<bool>,
+) {
+    let mut announced = false;
+    loop {
+        let ready = *readiness.borrow_and_update();
+        if let Err(e) = set_status(&shared.store, &ns, &name, |s| set_ready(s, ready)) {
+            tracing::warn!(pod = %name, error = %e, "sim: kubelet could not set readiness");
+        }
+        if ready && !announced {
+            announced = true;
+            shared.emit(LifecycleEvent::PodReady {
+                name: name.clone(),
+                ip,
+            });
+        }
+        if readiness.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -161,7 +199,20 @@ async fn lifecycle(
     if let Err(e) = shared.runtime.start(&info).await {
         return Err(crate::sim::SimError::Runtime(format!("start {name}: {e}")));
     }
-    let grace = match wait_pod(store, ns, name, Some(Instant::now() + cfg.ready_delay)).await {
+    // With a prober, its results set readiness for as long as it runs
+    // (through preStop, until the container exits); without, the pod turns
+    // Ready after ready_delay.
+    let follower = shared.runtime.readiness(&info).map(|readiness| {
+        AbortOnDrop(tokio::spawn(follow_readiness(
+            shared.clone(),
+            ns.to_string(),
+            name.to_string(),
+            ip,
+            readiness,
+        )))
+    });
+    let ready_timer = follower.is_none().then(|| Instant::now() + cfg.ready_delay);
+    let grace = match wait_pod(store, ns, name, ready_timer).await {
         Wake::Gone => return Ok(()),
         Wake::Terminating(g) => g,
         Wake::Timer => {
@@ -198,6 +249,8 @@ async fn lifecycle(
         Ok(Ok(())) => {}
         Err(_) => tracing::debug!(pod = %name, "sim: grace period over, killing"),
     }
+    // The container has exited: no prober result may mark it Ready again.
+    drop(follower);
     set_status(store, ns, name, |s| set_ready(s, false))?;
     shared.emit(LifecycleEvent::PodKilled {
         name: name.into(),

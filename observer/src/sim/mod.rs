@@ -36,11 +36,12 @@ mod protocol;
 mod rollout_tests;
 mod selector;
 mod server;
+mod standalone;
 mod store;
 
 pub use cluster::{
     Cluster, ClusterConfig, DeploymentSpec, LifecycleEvent, NoopRuntime, PodInfo, PodRuntime,
-    RuntimeError, ServicePort,
+    RuntimeError, ServicePort, StandalonePod,
 };
 pub use faults::{Faults, RequestLog, RequestRecord};
 pub use ipam::{IpPool, IpPoolError};
