@@ -201,6 +201,15 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_v2_mount_in_a_unified_layout() {
+        let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount_from(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+    }
+
+    #[test]
     fn no_v2_mount_is_none() {
         let v1_only = "32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         assert_eq!(cgroup2_mount_from(v1_only), None);

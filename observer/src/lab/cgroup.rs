@@ -49,48 +49,7 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Cgr
 /// The mount point of the cgroup v2 hierarchy: `/sys/fs/cgroup` on a
 /// unified host, `/sys/fs/cgroup/unified` on a hybrid one.
 pub fn v2_mount() -> Result<PathBuf, CgroupError> {
-    let path = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read_to_string(path).map_err(io_err("reading", path))?;
-    parse_v2_mount(&text).ok_or(CgroupError::NoV2Mount)
-}
-
-/// The first `cgroup2` mount point in a mountinfo text.
-pub fn parse_v2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // "id parent major:minor root mount-point options [optional…] - fstype source …"
-        let (fields, fs) = line.split_once(" - ")?;
-        if fs.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        let mount = fields.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape_mountinfo(mount)))
-    })
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo` octal.
-fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|o| bytes[i] == b'\\' && o.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(o) => {
-                out.push(
-                    o.iter()
-                        .fold(0u8, |acc, b| acc.wrapping_mul(8) + (b - b'0')),
-                );
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::connector::cgroup2_mount().map_err(|_| CgroupError::NoV2Mount)
 }
 
 /// How the kubelet names cgroups (its `cgroupDriver`).
@@ -459,26 +418,6 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn finds_the_v2_mount_in_hybrid_and_unified_layouts() {
-        let hybrid = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
-                      32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
-                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            parse_v2_mount(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let unified =
-            "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(
-            parse_v2_mount(unified),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
-        let escaped = "1 2 0:1 / /mnt/my\\040cg rw - cgroup2 none rw\n";
-        assert_eq!(parse_v2_mount(escaped), Some(PathBuf::from("/mnt/my cg")));
-        assert_eq!(parse_v2_mount("1 2 0:1 / /sys rw - sysfs sysfs rw\n"), None);
     }
 
     #[test]

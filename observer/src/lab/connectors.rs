@@ -84,6 +84,7 @@ impl Connectors {
                     connects: 0,
                     failures: 0,
                     last_connect: None,
+                    until_ns: None,
                 });
                 match r.outcome {
                     Outcome::Connect => a.connects += 1,
@@ -97,6 +98,7 @@ impl Connectors {
                     Outcome::Established { .. } => {}
                 }
                 a.last_connect = a.last_connect.max(r.syn);
+                a.until_ns = a.last_connect.map(|last| last.signed_since(t0));
             }
             out.insert(
                 pod.name.clone(),
@@ -126,6 +128,8 @@ mod tests {
             tid: 1,
             comm: comm.into(),
             cgroup_id,
+            pod_uid: None,
+            container_id: None,
             watched: true,
             outcome,
         }

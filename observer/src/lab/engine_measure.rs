@@ -10,6 +10,7 @@ use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::connectors::{ConnectorsByPod, TerminationConnectors};
 use super::measure::{LabContext, LabMeasure, Measurements, PodMeasurement};
 use super::report::Recommendation;
 use super::{LabError, Result};
@@ -26,15 +27,18 @@ const FEED_SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
 /// Runs [`Engine`] on the probe's records and the watchers' events.
 pub struct EngineMeasure {
     config: EngineConfig,
+    /// Every closed termination's connectors, once finished.
+    connectors: ConnectorsByPod,
     feed: Option<LocalFeed>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<Measurements>>>,
+    task: Option<JoinHandle<Result<(Measurements, Vec<PodTermination>)>>>,
 }
 
 impl EngineMeasure {
     pub fn new(config: EngineConfig) -> EngineMeasure {
         EngineMeasure {
             config,
+            connectors: ConnectorsByPod::new(),
             feed: None,
             stop: None,
             task: None,
@@ -71,6 +75,9 @@ impl LabMeasure for EngineMeasure {
         );
         let (stop, stopped) = oneshot::channel();
         self.stop = Some(stop);
+        // The ingress is found as on a node: by its pod's labels, among
+        // the pods of the lab's node.
+        self.config.ingress.node = Some(ctx.node_name.clone());
         let engine = Engine::new(self.config.clone());
         let feed = self.feed.take();
         self.task = Some(tokio::spawn(drive(
@@ -89,11 +96,27 @@ impl LabMeasure for EngineMeasure {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.task
+        let (measurements, closed) = self
+            .task
             .take()
             .ok_or_else(|| LabError::Measure("finish before start".into()))?
             .await
-            .map_err(|e| LabError::Measure(format!("engine task: {e}")))?
+            .map_err(|e| LabError::Measure(format!("engine task: {e}")))??;
+        self.connectors = closed
+            .into_iter()
+            .map(|t| {
+                let connectors = TerminationConnectors {
+                    deletion_seen: t.deletion_seen,
+                    connectors: t.connectors,
+                };
+                (t.pod, connectors)
+            })
+            .collect();
+        Ok(measurements)
+    }
+
+    fn connectors(&self) -> ConnectorsByPod {
+        self.connectors.clone()
     }
 }
 
@@ -122,7 +145,7 @@ async fn drive(
     events: impl futures::Stream<Item = crate::cluster::StampedEvent> + Send + 'static,
     mut stopped: oneshot::Receiver<()>,
     mut feed: Option<LocalFeed>,
-) -> Result<Measurements> {
+) -> Result<(Measurements, Vec<PodTermination>)> {
     futures::pin_mut!(events);
     let mut out = Vec::new();
     let mut closed = Vec::new();
@@ -186,10 +209,11 @@ async fn drive(
             termination_grace_period_seconds: r.recommended_termination_grace_period_seconds,
         })
         .max_by_key(|r| r.prestop_seconds);
-    Ok(Measurements {
+    let measurements = Measurements {
         pods: closed.iter().filter_map(to_measurement).collect(),
         recommendation,
-    })
+    };
+    Ok((measurements, closed))
 }
 
 fn to_measurement(t: &PodTermination) -> Option<PodMeasurement> {

@@ -33,40 +33,8 @@ pub struct ScenarioSummary {
     pub bystander_qps: u32,
 }
 
-/// What kind of connector a connector is. Mirrors the engine's
-/// `ConnectorRole`; only `ingress` measures the gap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConnectorRole {
-    Ingress,
-    Kubelet,
-    Pod,
-    Process,
-}
-
-impl ConnectorRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectorRole::Ingress => "ingress",
-            ConnectorRole::Kubelet => "kubelet",
-            ConnectorRole::Pod => "pod",
-            ConnectorRole::Process => "process",
-        }
-    }
-}
-
-/// One connector's activity toward a terminating pod after its deletion,
-/// with the fields of the engine's `ConnectorActivity` (times absolute).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnectorActivity {
-    /// "ingress-nginx/ingress-nginx-controller-x", "kubelet",
-    /// "monitoring/prometheus-0", "process curl".
-    pub name: String,
-    pub role: ConnectorRole,
-    pub connects: u64,
-    pub failures: u64,
-    pub last_connect: Option<MonoTime>,
-}
+pub use crate::engine::ConnectorActivity;
+pub use crate::engine::connector::ConnectorRole;
 
 /// A connector as reported: its last connect relative to deletion_seen.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
