@@ -24,6 +24,10 @@ use crate::tui::LocalFeed;
 /// How often an attached TUI gets a fresh snapshot.
 const FEED_SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
 
+/// What the engine task hands back: the measurements and every closed
+/// termination (for its connectors).
+type Finished = (Measurements, Vec<PodTermination>);
+
 /// Runs [`Engine`] on the probe's records and the watchers' events.
 pub struct EngineMeasure {
     config: EngineConfig,
@@ -31,7 +35,7 @@ pub struct EngineMeasure {
     connectors: ConnectorsByPod,
     feed: Option<LocalFeed>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(Measurements, Vec<PodTermination>)>>>,
+    task: Option<JoinHandle<Result<Finished>>>,
 }
 
 impl EngineMeasure {
@@ -145,7 +149,7 @@ async fn drive(
     events: impl futures::Stream<Item = crate::cluster::StampedEvent> + Send + 'static,
     mut stopped: oneshot::Receiver<()>,
     mut feed: Option<LocalFeed>,
-) -> Result<(Measurements, Vec<PodTermination>)> {
+) -> Result<Finished> {
     futures::pin_mut!(events);
     let mut out = Vec::new();
     let mut closed = Vec::new();
