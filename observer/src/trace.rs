@@ -133,6 +133,13 @@ fn ms(ns: u64) -> String {
 pub fn format_line(clock: &WallClock, record: &ConnectRecord) -> String {
     let (what, detail) = match &record.outcome {
         Outcome::Connect => ("connect".to_string(), String::new()),
+        Outcome::Sent { last_send } => (
+            "closed".to_string(),
+            format!(
+                "last sent {} before",
+                ms(record.ts.saturating_since(*last_send).as_nanos() as u64)
+            ),
+        ),
         Outcome::Established { latency_ns } => (
             "established".to_string(),
             format!("after {}", ms(*latency_ns)),
@@ -181,7 +188,9 @@ fn wanted(args: &TraceArgs, record: &ConnectRecord) -> bool {
     match record.outcome {
         Outcome::Failed { .. } => true,
         // Successes only reach user space for watched destinations.
-        Outcome::Connect | Outcome::Established { .. } => !args.failures_only,
+        Outcome::Connect | Outcome::Established { .. } | Outcome::Sent { .. } => {
+            !args.failures_only
+        }
     }
 }
 
@@ -289,6 +298,7 @@ mod tests {
             cgroup_id: 0,
             pod_uid: None,
             container_id: None,
+            retry: false,
             watched: false,
             outcome: Outcome::Failed {
                 class: FailureClass::Refused,

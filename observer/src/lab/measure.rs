@@ -359,6 +359,7 @@ mod tests {
             cgroup_id: 0,
             pod_uid: None,
             container_id: None,
+            retry: false,
             watched: true,
             outcome,
         }
