@@ -319,6 +319,9 @@ pub struct LabNet {
     pub subnet: PodSubnet,
     prefix: String,
     registry: Registry,
+    /// Namespaces besides the ingress that connect to pods (the node's,
+    /// a scraper's): each keeps neighbour entries of its own.
+    clients: std::sync::Mutex<Vec<String>>,
 }
 
 impl LabNet {
@@ -344,12 +347,14 @@ impl LabNet {
             subnet.from_top(1),
             registry,
         )?;
+        let clients = std::sync::Mutex::new(vec![node.name().to_string()]);
         Ok(LabNet {
             ingress,
             node,
             subnet,
             prefix: prefix.to_string(),
             registry: registry.clone(),
+            clients,
         })
     }
 
@@ -362,7 +367,41 @@ impl LabNet {
     /// to the bridge. A stale neighbour entry for `ip` (a previous holder's
     /// MAC, when IPs are reused) is removed so the new pod is reachable.
     pub fn add_pod(&self, index: u32, ip: IpAddr) -> Result<Netns> {
-        self.add_member(&format!("p{index}"), ip)
+        let ns = self.add_member(&format!("p{index}"), ip)?;
+        // The kubelet and the scraper reach pods from their own namespaces:
+        // a previous holder's MAC cached there would keep the new pod
+        // unreachable (and never ready) for tens of seconds.
+        let clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for client in clients {
+            let _ = run(
+                "ip",
+                &[
+                    "-n",
+                    &client,
+                    "neigh",
+                    "del",
+                    &ip.to_string(),
+                    "dev",
+                    "eth0",
+                ],
+            );
+        }
+        Ok(ns)
+    }
+
+    /// Like [`Self::add_member`], for a namespace that connects to pods
+    /// (a scraper): its neighbour entries are renewed as pod IPs are reused.
+    pub fn add_client(&self, suffix: &str, ip: IpAddr) -> Result<Netns> {
+        let ns = self.add_member(suffix, ip)?;
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ns.name().to_string());
+        Ok(ns)
     }
 
     /// Creates namespace `<prefix>-<suffix>` with `ip` on its `eth0`, joined

@@ -317,7 +317,7 @@ async fn run(
     let bystander = match &targets {
         Some(targets) => {
             let net = net.clone();
-            let ns = blocking(move || net.add_member("mon", bystander_ip)).await?;
+            let ns = blocking(move || net.add_client("mon", bystander_ip)).await?;
             let pod =
                 neighbours::bystander_pod(&cluster, &cgroup_mount, &cgroup_parent, bystander_ip)?;
             Some(Bystander::start(
