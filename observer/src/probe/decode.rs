@@ -290,6 +290,13 @@ impl OutcomeJoiner {
         }
     }
 
+    /// How soon after a thread's failed connect its next SYN elsewhere is
+    /// taken for a retry.
+    pub fn with_retry_window(mut self, window: Duration) -> OutcomeJoiner {
+        self.retry_window = window;
+        self
+    }
+
     /// The kernel's `CONFIG_HZ` where it is known (the kernel config),
     /// for SENT events that cannot tell it themselves.
     pub fn with_fallback_hz(mut self, hz: u32) -> OutcomeJoiner {
