@@ -225,6 +225,7 @@ fn to_measurement(t: &PodTermination) -> Option<PodMeasurement> {
         pod: t.pod.clone(),
         ip: *t.ips.first()?,
         measured_gap_ms: t.propagation_gap_ns.map(|ns| ns as f64 / 1e6),
+        measured_last_send_ms: None,
         failures: t.failures,
     })
 }

@@ -1,7 +1,11 @@
 //! Ground truth, independent of the probe: when the lab deleted each pod
 //! (the kubelet's PodTerminating, stamped on CLOCK_MONOTONIC as it happens)
-//! and when nginx last started a try at that pod's IP (from nginx's access
-//! log). `truth_gap = last try − deletion`.
+//! and every try nginx made at that pod's IP after it (from nginx's access
+//! log): whether it was a *choice* (the request's first try, on a new or a
+//! pooled connection) or a *retry* (made only because an earlier try of the
+//! same request failed), whether it went over a pooled connection, and
+//! whether it was cut in flight. `truth_gap = last choice − deletion`;
+//! `truth_last_send = last try of any kind − deletion`.
 //!
 //! nginx logs wall-clock times with millisecond resolution; they are
 //! converted to CLOCK_MONOTONIC with an offset measured once per run. A try
@@ -11,7 +15,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -159,14 +163,70 @@ pub struct PodTruth {
     pub pod: String,
     pub ip: IpAddr,
     pub deletion: MonoTime,
-    /// The last try nginx started at the pod after its deletion.
-    pub last_try: Option<MonoTime>,
-    /// `last_try − deletion` in milliseconds; None when nginx sent nothing
-    /// after the deletion.
+    /// The latest start of a try at the pod after its deletion that was its
+    /// request's first try (a new connection or a pooled one).
+    pub last_choice: Option<MonoTime>,
+    /// The latest start of any try at the pod after its deletion, retries
+    /// included.
+    pub last_send: Option<MonoTime>,
+    /// `last_choice − deletion` in milliseconds: the propagation gap. None
+    /// when nginx chose the pod for no request after the deletion.
     pub truth_gap_ms: Option<f64>,
+    /// `last_send − deletion` in milliseconds; None when nginx sent nothing
+    /// after the deletion.
+    pub truth_last_send_ms: Option<f64>,
     pub tries_after_deletion: u64,
     /// Tries after the deletion that nginx logged as failed (502/504).
     pub failed_tries: u64,
+    /// Tries after the deletion that were retries of a failed try.
+    pub retries: u64,
+    /// Tries after the deletion that went over a pooled connection (the
+    /// pod answered them as a later request of their connection).
+    pub pooled_tries: u64,
+    /// Tries after the deletion cut in flight: nginx had a connection and
+    /// sent the request, and the connection closed before any answer.
+    pub cut_requests: u64,
+}
+
+/// Every try in nginx's log over the whole run: how much it pooled,
+/// retried, and how many requests the pods' exits cut.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TryTotals {
+    /// Requests nginx logged.
+    pub requests: u64,
+    /// Tries at an upstream (a request has one or more).
+    pub tries: u64,
+    pub retries: u64,
+    /// Tries the pods answered on a pooled connection.
+    pub pooled_tries: u64,
+    /// Tries the pods answered as the first request of a new connection.
+    pub new_connection_tries: u64,
+    /// Tries cut in flight.
+    pub cut_requests: u64,
+}
+
+impl TryTotals {
+    pub fn from_log(log: &[AccessEntry]) -> TryTotals {
+        let mut t = TryTotals {
+            requests: log.len() as u64,
+            ..TryTotals::default()
+        };
+        for try_ in log.iter().flat_map(|e| &e.tries) {
+            t.tries += 1;
+            t.retries += u64::from(try_.retry);
+            t.cut_requests += u64::from(try_.cut());
+            match (try_.answered, try_.pooled) {
+                (true, Some(true)) => t.pooled_tries += 1,
+                (true, Some(false)) => t.new_connection_tries += 1,
+                _ => {}
+            }
+        }
+        t
+    }
+}
+
+fn ms_since(t: Option<MonoTime>, since: MonoTime) -> Option<f64> {
+    t.map(|t| t.signed_since(since) as f64 / 1e6)
 }
 
 /// Computes each terminated pod's truth from its timeline and the log.
@@ -191,10 +251,15 @@ pub fn compute_truth(
             pod: pod.name.clone(),
             ip,
             deletion,
-            last_try: None,
+            last_choice: None,
+            last_send: None,
             truth_gap_ms: None,
+            truth_last_send_ms: None,
             tries_after_deletion: 0,
             failed_tries: 0,
+            retries: 0,
+            pooled_tries: 0,
+            cut_requests: 0,
         };
         for try_ in log.iter().flat_map(|e| &e.tries) {
             if try_.addr.ip() != ip {
@@ -205,14 +270,18 @@ pub fn compute_truth(
                 continue;
             }
             truth.tries_after_deletion += 1;
-            if matches!(try_.status, Some(502 | 504) | None) {
-                truth.failed_tries += 1;
+            truth.failed_tries += u64::from(try_.failed());
+            truth.pooled_tries += u64::from(try_.pooled == Some(true));
+            truth.cut_requests += u64::from(try_.cut());
+            if try_.retry {
+                truth.retries += 1;
+            } else {
+                truth.last_choice = truth.last_choice.max(Some(at));
             }
-            truth.last_try = truth.last_try.max(Some(at));
+            truth.last_send = truth.last_send.max(Some(at));
         }
-        truth.truth_gap_ms = truth
-            .last_try
-            .map(|t| t.signed_since(deletion) as f64 / 1e6);
+        truth.truth_gap_ms = ms_since(truth.last_choice, deletion);
+        truth.truth_last_send_ms = ms_since(truth.last_send, deletion);
         out.push(truth);
     }
     out
@@ -231,10 +300,15 @@ mod tests {
             status: 200,
             tries: tries
                 .iter()
-                .map(|(a, t, s)| UpstreamTry {
+                .enumerate()
+                .map(|(i, (a, t, s))| UpstreamTry {
                     addr: a.parse().unwrap(),
                     start_wall_ns: *t,
                     status: Some(*s),
+                    retry: i > 0,
+                    connected: *s == 200,
+                    answered: *s == 200,
+                    pooled: Some(false),
                 })
                 .collect(),
         }
@@ -251,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn gap_is_last_try_after_deletion() {
+    fn gap_is_last_choice_after_deletion() {
         // Wall clock runs 1000 s ahead of the monotonic one.
         let clock = WallToMono::from_offset_ns(1_000_000 * MS as i64);
         let wall = |mono_ms: u64| (1_000_000 + mono_ms) * MS;
