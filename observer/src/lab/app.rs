@@ -234,6 +234,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_exit_cuts_the_request_in_flight() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close, closed) = watch::channel(false);
+        let served = Served::default();
+        let latency = Duration::from_secs(5);
+        tokio::spawn(serve(
+            listener,
+            "pod-a".into(),
+            closed,
+            served.clone(),
+            latency,
+        ));
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: pod\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        close.send_replace(true);
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut rest))
+            .await
+            .expect("the app closes the connection at once");
+        assert!(read.is_err() || rest.is_empty(), "no answer: {rest:?}");
+        assert!(lock(&served).is_empty());
+    }
+
+    #[tokio::test]
     async fn serves_many_requests_per_connection_until_it_stops() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

