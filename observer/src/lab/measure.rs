@@ -7,8 +7,10 @@
 //! for connects, a kube-rs Pod watcher for deletion_seen, and per pod the
 //! last SYN to its IP after deletion_seen (until another pod takes the IP).
 //! It sees connects only: a request sent on a pooled connection makes no
-//! SYN, so it measures the gap only with upstream keep-alive off, and it
-//! recommends nothing (the recommendation is the engine's).
+//! SYN, so it measures only with upstream keep-alive off, and it recommends
+//! nothing (the recommendation is the engine's). Nor can it tell a retry
+//! from a choice, so its last SYN is the pod's *last send* (with keep-alive
+//! off), and its gap includes the retry tail when nginx retried later.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -48,6 +50,9 @@ pub struct LabContext {
     pub ingress_pod: KnownPod,
     /// The bystander (`monitoring/prometheus-0`), when it runs.
     pub bystander_pod: Option<KnownPod>,
+    /// Idle connections each nginx worker keeps to the pods; 0: every
+    /// request opens a connection, so every send is a SYN.
+    pub upstream_keepalive: u32,
 }
 
 /// A pod outside the measured Deployment, known by its cgroup.
@@ -194,6 +199,8 @@ pub struct ProbeOnlyMeasure {
     task: Option<JoinHandle<Result<Collected>>>,
     known: Option<Connectors>,
     connectors: ConnectorsByPod,
+    /// Only without upstream keep-alive is the last SYN the last send.
+    every_send_connects: bool,
 }
 
 impl ProbeOnlyMeasure {
@@ -206,6 +213,7 @@ impl LabMeasure for ProbeOnlyMeasure {
     async fn start(&mut self, ctx: &LabContext) -> Result<()> {
         let (probe, reader) = load_probe()?;
         self.known = Some(Connectors::new(ctx));
+        self.every_send_connects = ctx.upstream_keepalive == 0;
         let subnet = Subnet::parse(&ctx.pod_cidr)?;
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
         let (stop, stopped) = oneshot::channel();
@@ -230,7 +238,12 @@ impl LabMeasure for ProbeOnlyMeasure {
             .take()
             .ok_or_else(|| LabError::Measure("finish before start".into()))?;
         self.connectors = known.by_pod(&pods, &records);
-        let pods = gaps_from_records(&pods, &records, |r| known.is_ingress(r));
+        let mut pods = gaps_from_records(&pods, &records, |r| known.is_ingress(r));
+        if self.every_send_connects {
+            for p in &mut pods {
+                p.measured_last_send_ms = p.measured_gap_ms;
+            }
+        }
         // The lab has no formula of its own: only the engine recommends.
         Ok(Measurements {
             recommendation: None,

@@ -360,9 +360,16 @@ impl LabNet {
 
     /// Creates pod namespace number `index` with `ip` on its `eth0`, joined
     /// to the bridge. A stale neighbour entry for `ip` (a previous holder's
-    /// MAC, when IPs are reused) is removed so the new pod is reachable.
+    /// MAC, when IPs are reused) is removed so the new pod is reachable —
+    /// from the ingress and from the node, whose kubelet probes decide
+    /// whether the new pod turns Ready (a stale entry there can keep it
+    /// unready for longer than a rollout may take).
     pub fn add_pod(&self, index: u32, ip: IpAddr) -> Result<Netns> {
-        self.add_member(&format!("p{index}"), ip)
+        let ns = self.add_member(&format!("p{index}"), ip)?;
+        let _ = self
+            .node
+            .ip(&["neigh", "del", &ip.to_string(), "dev", "eth0"]);
+        Ok(ns)
     }
 
     /// Creates namespace `<prefix>-<suffix>` with `ip` on its `eth0`, joined

@@ -122,6 +122,13 @@ impl TerminationReport {
     pub fn error_ms(&self) -> f64 {
         (self.measured_gap_ms.unwrap_or(0.0) - self.truth_gap_ms.unwrap_or(0.0)).abs()
     }
+
+    /// |measured − truth| of the last send, in ms, when the measurement
+    /// tells its last send ("nothing after the deletion" counts as 0).
+    pub fn last_send_error_ms(&self) -> Option<f64> {
+        let measured = self.measured_last_send_ms?;
+        Some((measured - self.truth_last_send_ms.unwrap_or(0.0)).abs())
+    }
 }
 
 pub use super::truth::TryTotals;

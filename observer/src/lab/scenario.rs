@@ -417,6 +417,7 @@ async fn run(
         node_name: scenario.node_name(),
         ingress_pod: known(&ingress_pod),
         bystander_pod: bystander.as_ref().map(|b| known(b.pod())),
+        upstream_keepalive: scenario.upstream_keepalive,
     };
     measure.start(&ctx).await?;
     // Let the measurement's watchers list the cluster before anything ends.
