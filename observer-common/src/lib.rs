@@ -34,6 +34,12 @@ pub mod kind {
     pub const SYNC_FAILED: u8 = 5;
     /// An RST received on an established connection this node opened.
     pub const RESET: u8 = 6;
+    /// A connection to a watched destination left ESTABLISHED (or
+    /// CLOSE_WAIT): `since_send_jiffies` says how long before `ts_ns` it
+    /// last sent data, and `syn_ns` carries the kernel's jiffies at
+    /// `ts_ns` (to convert). This is how requests sent over pooled,
+    /// keep-alive connections are seen without any per-send work.
+    pub const SENT: u8 = 7;
 }
 
 /// `ConnectEvent::flags` bits.
@@ -68,7 +74,9 @@ pub struct ConnectEvent {
     pub family: u16,
     pub kind: u8,
     pub flags: u8,
-    pub _pad: [u8; 4],
+    /// `SENT` only: jiffies from the connection's last data sent
+    /// (`tcp_sock.lsndtime`) to `ts_ns`.
+    pub since_send_jiffies: u32,
     /// Command name of the connecting task, NUL padded.
     pub comm: [u8; TASK_COMM_LEN],
 }
@@ -91,7 +99,7 @@ impl ConnectEvent {
             family: 0,
             kind: 0,
             flags: 0,
-            _pad: [0; 4],
+            since_send_jiffies: 0,
             comm: [0; TASK_COMM_LEN],
         }
     }
@@ -217,7 +225,8 @@ pub struct SockOffsets {
     pub cgroup_kn: u32,
     /// `kernfs_node.id`: the cgroup id, the inode number of its directory.
     pub kn_id: u32,
-    pub _pad: u32,
+    /// `tcp_sock.lsndtime`: jiffies (low 32 bits) of the last data sent.
+    pub lsndtime: u32,
 }
 
 impl SockOffsets {

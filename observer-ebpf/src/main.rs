@@ -33,7 +33,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64,
         bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, raw_tracepoint},
@@ -50,6 +50,7 @@ const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
 
 const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
@@ -157,7 +158,7 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     cgroup: 0,
     cgroup_kn: 0,
     kn_id: 0,
-    _pad: 0,
+    lsndtime: 0,
 };
 
 /// Non-zero: every program returns at once. The benchmark loads the probe
@@ -345,12 +346,62 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
         // Only TCP sockets are in SOCKS, so these need no protocol check.
         (TCP_SYN_SENT, TCP_ESTABLISHED) => on_established(skaddr),
         (TCP_SYN_SENT, TCP_CLOSE) => on_syn_closed(skaddr),
+        (TCP_ESTABLISHED | TCP_CLOSE_WAIT, _) => {
+            let result = on_leaving_established(skaddr);
+            if newstate == TCP_CLOSE {
+                let _ = SOCKS.remove(&skaddr);
+            }
+            result
+        }
         (_, TCP_CLOSE) => {
             let _ = SOCKS.remove(&skaddr);
             Ok(())
         }
         _ => Ok(()),
     }
+}
+
+/// A connection leaving ESTABLISHED (either side closing) or CLOSE_WAIT
+/// (this side closing after the peer did). For a watched destination, its
+/// last data sent (`lsndtime`) says when a request last went over it: a
+/// pooled, keep-alive connection carries requests without a SYN, and this
+/// sees them once per connection, with no work on any send. Connections
+/// to unwatched destinations cost the watch lookup only. Not inlined: its
+/// stack would add to the other state handlers' in one frame.
+#[inline(never)]
+fn on_leaving_established(skaddr: u64) -> Result<(), i32> {
+    let off = offsets();
+    let protocol: u16 = read_kernel(skaddr, off.protocol)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let (family, saddr, daddr, sport, dport) = sk_endpoints(skaddr)?;
+    if !is_watched(family, &daddr) {
+        return Ok(());
+    }
+    let lsndtime: u32 = read_kernel(skaddr, off.lsndtime)?;
+    // SAFETY: helpers without arguments, valid in tracepoint context.
+    let (now, jiffies) = unsafe { (bpf_ktime_get_ns(), bpf_jiffies64()) };
+    let cgroup_id = sk_cgroup_id(skaddr).unwrap_or(0);
+    // SAFETY: a map value read in place while this program runs.
+    let known = unsafe { SOCKS.get(&skaddr) };
+    emit(|event| {
+        if let Some(info) = known {
+            fill_from_sock(event, info);
+        }
+        event.ts_ns = now;
+        event.syn_ns = jiffies;
+        event.cgroup_id = cgroup_id;
+        event.saddr = saddr;
+        event.daddr = daddr;
+        event.family = family;
+        event.sport = sport;
+        event.dport = dport;
+        event.flags |= flags::WATCHED;
+        event.since_send_jiffies = (jiffies as u32).wrapping_sub(lsndtime);
+        event.kind = kind::SENT;
+    });
+    Ok(())
 }
 
 fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(), i32> {

@@ -271,6 +271,7 @@ impl Recording {
             cgroup_id: 1,
             pod_uid: None,
             container_id: None,
+            retry: false,
             watched,
             outcome,
         }

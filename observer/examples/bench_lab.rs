@@ -5,9 +5,16 @@
 //! from nginx's access log. The sweep covers propagation delays from 0.5 s
 //! to 10 s, without jitter and with ± half the delay, IPv4 and IPv6.
 //!
-//! Prints a Markdown table on stdout (progress on stderr); exits 2 when a
-//! termination misses the 50 ms target or has no measurement (the table is
-//! still printed, so the miss is written down).
+//! Then, for each delay (IPv4, no jitter), the recommendation is held
+//! against the smallest whole-second preStop that leaves no failed connect
+//! and no client error, found by running the lab with candidate preStops:
+//! the recommendation must be safe (at least that) and tight (at most one
+//! second more).
+//!
+//! Prints Markdown tables on stdout (progress on stderr); exits 2 when a
+//! termination misses the 50 ms target or has no measurement, or a
+//! recommendation is unsafe or more than a second above the smallest clean
+//! preStop (the tables are still printed, so the miss is written down).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -89,6 +96,70 @@ fn row(point: &Point, report: &LabReport, out: &mut String) -> (usize, usize, f6
     (report.terminations.len(), within.min(complete), max_error)
 }
 
+/// A rollout at `delay_ms` with `prestop_s`, measured by the engine.
+async fn rollout(delay_ms: u64, prestop_s: u64, seed: u64) -> anyhow::Result<LabReport> {
+    let scenario = LabScenario {
+        pods: 2,
+        rollouts: 1,
+        propagation_delay: Duration::from_millis(delay_ms),
+        prestop: Duration::from_secs(prestop_s),
+        seed,
+        ..LabScenario::default()
+    };
+    run_lab(&scenario, false, EngineMeasure::default)
+        .await
+        .with_context(|| format!("lab run at {delay_ms} ms with preStop {prestop_s} s"))
+}
+
+fn clean(report: &LabReport) -> bool {
+    report.failed_connects() == 0 && report.client.errors == 0
+}
+
+/// The recommendation from a rollout without preStop, and the smallest
+/// whole-second preStop that ran clean. Returns whether the recommendation
+/// is safe and within a second of it.
+async fn tightness(delay_ms: u64, out: &mut String) -> anyhow::Result<bool> {
+    eprintln!("bench lab: recommendation at {delay_ms} ms");
+    let unprotected = rollout(delay_ms, 0, 1).await?;
+    let recommended = unprotected
+        .recommendation
+        .map(|r| r.prestop_seconds)
+        .context("the engine recommended nothing")?;
+    // Start near the delay and walk to the boundary: failures stop once
+    // the preStop covers the gap.
+    let mut candidate = delay_ms / 1_000;
+    let mut results: Vec<(u64, bool)> = Vec::new();
+    let smallest = loop {
+        eprintln!("bench lab: {delay_ms} ms with preStop {candidate} s");
+        let ok = clean(&rollout(delay_ms, candidate, candidate + 2).await?);
+        results.push((candidate, ok));
+        let below = results.iter().find(|(c, _)| *c + 1 == candidate);
+        let above = results.iter().find(|(c, _)| *c == candidate + 1);
+        match (ok, below, above) {
+            (true, Some((_, false)), _) => break Some(candidate),
+            (true, _, _) if candidate == 0 => break Some(0),
+            (true, _, _) => candidate -= 1,
+            (false, _, Some((_, true))) => break Some(candidate + 1),
+            (false, _, _) if candidate > recommended + 5 => break None,
+            (false, _, _) => candidate += 1,
+        }
+    };
+    let tried: Vec<String> = results
+        .iter()
+        .map(|(c, ok)| format!("{c} s {}", if *ok { "clean" } else { "failed" }))
+        .collect();
+    let good = smallest.is_some_and(|s| recommended >= s && recommended <= s + 1);
+    let _ = writeln!(
+        out,
+        "| {delay_ms} | {} | {recommended} | {} | {} | {} |",
+        unprotected.failed_connects(),
+        smallest.map_or("none ≤ recommended + 5".to_string(), |s| s.to_string()),
+        tried.join(", "),
+        if good { "yes" } else { "no" },
+    );
+    Ok(good)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut table = String::from(
@@ -125,12 +196,24 @@ async fn main() -> anyhow::Result<()> {
         "\n{within} of {terminations} terminations measured within {TARGET_MS:.0} ms of the \
          truth; the largest error was {worst:.1} ms.",
     );
-    println!("{table}");
+    let mut tight = String::from(
+        "| delay ms | failed connects without preStop | recommended preStop s | smallest clean preStop s | tried | within 1 s |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    let mut all_tight = true;
+    for delay_ms in DELAYS_MS {
+        all_tight &= tightness(delay_ms, &mut tight).await?;
+    }
+    println!("{table}\n{tight}");
     if within < terminations {
         eprintln!(
             "bench lab: {} terminations missed the target",
             terminations - within
         );
+        std::process::exit(2);
+    }
+    if !all_tight {
+        eprintln!("bench lab: a recommendation was unsafe or more than 1 s above the smallest");
         std::process::exit(2);
     }
     Ok(())

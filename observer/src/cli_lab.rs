@@ -38,6 +38,11 @@ pub struct LabArgs {
     /// How long a pod's app keeps serving after SIGTERM (0: exits at once).
     #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub drain: Duration,
+    /// How long the pods' app takes to answer each request (0: at once).
+    /// Requests are in flight that long, so an app that exits on SIGTERM
+    /// cuts the ones it is working on.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub app_latency: Duration,
     /// Requests per second sent through the ingress for the whole run.
     #[arg(long, default_value_t = 200)]
     pub qps: u32,
@@ -73,6 +78,14 @@ pub struct LabArgs {
     /// scraper. 0: no bystander.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub bystander_qps: u32,
+    /// Idle connections each nginx worker keeps open to the pods (nginx's
+    /// `keepalive N` in the upstream block, HTTP/1.1 to the pods). Real
+    /// ingresses pool by default (ingress-nginx:
+    /// upstream-keepalive-connections 320), so requests reach a terminating
+    /// pod on pooled connections, without a new connect, and an app that
+    /// exits at once on SIGTERM cuts them. 0: a new connection per request.
+    #[arg(long, default_value_t = lab::scenario::DEFAULT_UPSTREAM_KEEPALIVE, value_name = "N")]
+    pub upstream_keepalive: u32,
     /// Keeps concurrent labs apart: namespaces obslab<ID>-*, cgroups
     /// obslab<ID>.slice, pod CIDR 10.247.<ID>.0/24 (fd00:247:<ID>::/120).
     #[arg(long, default_value_t = 0, value_name = "ID")]
@@ -92,12 +105,14 @@ impl LabArgs {
             seed: self.seed,
             prestop: self.prestop,
             drain: self.drain,
+            app_latency: self.app_latency,
             qps: self.qps,
             ipv6: self.ipv6,
             reuse_ips: self.reuse_ips,
             keep_logs: self.keep_logs.clone(),
             probe_period: self.probe_period,
             bystander_qps: self.bystander_qps,
+            upstream_keepalive: self.upstream_keepalive,
             lab_id: self.lab_id,
             ..LabScenario::default()
         }
@@ -156,13 +171,14 @@ pub async fn run(args: LabArgs) -> anyhow::Result<()> {
     let scenario = args.scenario();
     eprintln!(
         "lab: {} pods, {} rollouts, propagation delay {:?} (jitter {:?}), preStop {:?}, {} qps, \
-         probes every {:?}, bystander {} qps{}",
+         upstream keep-alive {}, probes every {:?}, bystander {} qps{}",
         scenario.pods,
         scenario.rollouts,
         scenario.propagation_delay,
         scenario.jitter,
         scenario.prestop,
         scenario.qps,
+        scenario.upstream_keepalive,
         scenario.probe_period,
         scenario.bystander_qps,
         if args.verify {

@@ -46,7 +46,7 @@ pub struct TraceArgs {
 }
 
 /// The probe's settings, shared by `trace` and `agent`.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// Size of the kernel's event ring in bytes (power of two, >= 4096).
     #[arg(long, value_name = "BYTES")]
@@ -54,6 +54,23 @@ pub struct ProbeArgs {
     /// How connect()'s failures before a SYN (no route) are seen.
     #[arg(long, value_enum, default_value_t = SyncFailureHook::Auto, value_name = "HOOK")]
     pub sync_failure_hook: SyncFailureHook,
+    /// A SYN that a thread sends this soon after its own connect failed,
+    /// to another destination, is a retry of that failure, not a choice
+    /// of the pod (docs/ENGINE.md, "Choices and retries"). Proxies retry
+    /// within microseconds; raise it on very loaded nodes.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_window: Duration,
+}
+
+impl Default for ProbeArgs {
+    /// What the command line gives without flags.
+    fn default() -> Self {
+        ProbeArgs {
+            ring_bytes: None,
+            sync_failure_hook: SyncFailureHook::Auto,
+            retry_window: crate::probe::decode::DEFAULT_RETRY_WINDOW,
+        }
+    }
 }
 
 impl ProbeArgs {
@@ -62,6 +79,7 @@ impl ProbeArgs {
             ring_bytes: self.ring_bytes,
             sync_failure_hook: self.sync_failure_hook,
             hooks_only: false,
+            retry_window: Some(self.retry_window),
         }
     }
 }
@@ -133,6 +151,13 @@ fn ms(ns: u64) -> String {
 pub fn format_line(clock: &WallClock, record: &ConnectRecord) -> String {
     let (what, detail) = match &record.outcome {
         Outcome::Connect => ("connect".to_string(), String::new()),
+        Outcome::Sent { last_send } => (
+            "closed".to_string(),
+            format!(
+                "last sent {} before",
+                ms(record.ts.saturating_since(*last_send).as_nanos() as u64)
+            ),
+        ),
         Outcome::Established { latency_ns } => (
             "established".to_string(),
             format!("after {}", ms(*latency_ns)),
@@ -181,7 +206,9 @@ fn wanted(args: &TraceArgs, record: &ConnectRecord) -> bool {
     match record.outcome {
         Outcome::Failed { .. } => true,
         // Successes only reach user space for watched destinations.
-        Outcome::Connect | Outcome::Established { .. } => !args.failures_only,
+        Outcome::Connect | Outcome::Established { .. } | Outcome::Sent { .. } => {
+            !args.failures_only
+        }
     }
 }
 
@@ -289,6 +316,7 @@ mod tests {
             cgroup_id: 0,
             pod_uid: None,
             container_id: None,
+            retry: false,
             watched: false,
             outcome: Outcome::Failed {
                 class: FailureClass::Refused,

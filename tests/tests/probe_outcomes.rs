@@ -314,6 +314,7 @@ fn scenario(tag: &str, subnet: u8, v6: bool, hook: SyncFailureHook) {
     let outcomes = ours
         .iter()
         .filter(|r| r.outcome != Outcome::Connect)
+        .filter(|r| !matches!(r.outcome, Outcome::Sent { .. }))
         .count();
     let resets = attempts
         .iter()
@@ -327,6 +328,28 @@ fn scenario(tag: &str, subnet: u8, v6: bool, hook: SyncFailureHook) {
         .count();
     let to_watched = attempts.iter().filter(|a| a.dst.ip() == server_ip).count();
     assert_eq!(syns, to_watched, "SYN events to the watched server");
+    // Every connection to the watched server that was established reported,
+    // when it closed, when it last sent.
+    let closed: std::collections::BTreeSet<SocketAddr> = ours
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Sent { .. }))
+        .map(|r| r.src)
+        .collect();
+    let established = attempts
+        .iter()
+        .filter(|a| a.dst.ip() == server_ip)
+        .filter(|a| {
+            matches!(
+                a.expected,
+                Expected::Established | Expected::Failed(FailureClass::Reset, false)
+            )
+        })
+        .count();
+    assert_eq!(
+        closed.len(),
+        established,
+        "closes of established connections: {ours:#?}"
+    );
 
     let stats = probe.dest_stats().expect("dest stats");
     let stat = |port: u16| -> DestStats {

@@ -226,6 +226,7 @@ mod tests {
             cgroup_id: 1,
             pod_uid: None,
             container_id: None,
+            retry: false,
             watched: true,
             outcome: Outcome::Failed {
                 class: FailureClass::Refused,

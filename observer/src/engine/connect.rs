@@ -25,7 +25,16 @@ pub struct ConnectFact {
     /// Counts towards last_connect (a SYN, or a connect() that failed
     /// before any SYN left: the ingress still tried).
     pub is_connect: bool,
+    /// Counts towards last_send: a SYN, or the last request a pooled
+    /// connection carried (`at` is then that request's time).
+    pub is_send: bool,
+    /// Counts towards last_choice: a send that is not a retry (a first
+    /// try, or a request on a pooled connection). A watched SYN's outcome
+    /// is not counted again: its `Connect` record was.
+    pub is_choice: bool,
     pub failure: Option<FailureClass>,
+    /// The connect was accepted (SYN_SENT -> ESTABLISHED).
+    pub established: bool,
     /// Who connected: the ingress or a bystander, and the connector's name
     /// in the engine's table.
     pub role: ConnectorRole,
@@ -36,6 +45,7 @@ impl ConnectFact {
     pub fn from_record(record: &ConnectRecord, role: ConnectorRole, connector: u16) -> ConnectFact {
         let (at, is_connect, new_attempt) = match &record.outcome {
             Outcome::Connect => (record.ts, true, true),
+            Outcome::Sent { last_send } => (*last_send, false, false),
             // A watched SYN was already reported as `Connect`; an unwatched
             // one shows up only through its outcome.
             Outcome::Established { .. } => (record.syn.unwrap_or(record.ts), true, !record.watched),
@@ -52,7 +62,12 @@ impl ConnectFact {
                 None => (record.ts, false, !record.watched),
             },
         };
+        let is_sent = matches!(record.outcome, Outcome::Sent { .. });
+        let first_sighting = matches!(record.outcome, Outcome::Connect) || !record.watched;
         ConnectFact {
+            established: matches!(record.outcome, Outcome::Established { .. }),
+            is_send: is_connect || is_sent,
+            is_choice: is_sent || (is_connect && first_sighting && !record.retry),
             ts: record.ts,
             at,
             ip: record.dst.ip(),

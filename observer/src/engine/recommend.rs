@@ -52,6 +52,10 @@ pub struct Recommendation {
     pub verdict: Vec<String>,
     /// A PodSpec fragment to merge into the workload's pod template.
     pub yaml: String,
+    /// The same protection for an app that cannot have a preStop hook:
+    /// delay its own shutdown after SIGTERM.
+    #[serde(default)]
+    pub sigterm_delay: String,
 }
 
 /// The samples of one group, as [`recommend`] reads them.
@@ -134,8 +138,10 @@ pub fn recommend(group: &Group<'_>, config: &RecommendConfig) -> Recommendation 
         .map(|ms| ms as f64 / 1000.0);
     let configured_grace = latest.and_then(|s| s.termination_grace_period_seconds);
     let mut failed = FailureCounts::default();
+    let mut served = 0;
     for s in group.samples {
         failed.merge(&s.failures);
+        served += s.served_after_deletion;
     }
     let (namespace, service, workload) = match group.key {
         GroupKey::Service { namespace, service } => {
@@ -168,6 +174,7 @@ pub fn recommend(group: &Group<'_>, config: &RecommendConfig) -> Recommendation 
         configured_prestop,
         configured_grace,
         &failed,
+        served,
         group.ready_too_early,
     );
     let target = service
@@ -183,6 +190,7 @@ pub fn recommend(group: &Group<'_>, config: &RecommendConfig) -> Recommendation 
         .and_then(|s| s.container.clone())
         .unwrap_or_else(|| "app".to_owned());
     let yaml = pod_spec_yaml(&measure, &target, &container);
+    let sigterm_delay = sigterm_delay_paragraph(&measure);
     Recommendation {
         namespace: namespace.clone(),
         service,
@@ -202,7 +210,20 @@ pub fn recommend(group: &Group<'_>, config: &RecommendConfig) -> Recommendation 
         failed_connects: failed,
         verdict,
         yaml,
+        sigterm_delay,
     }
+}
+
+/// For apps without a preStop hook: the same duration, spent by the app.
+fn sigterm_delay_paragraph(m: &Measure) -> String {
+    format!(
+        "Without a preStop hook (an image with no sleep binary before Kubernetes 1.30, or a \
+         platform that runs no hooks), the app can protect itself: when SIGTERM arrives, keep \
+         the listener open and keep serving for {} s, the time this node's ingress still chose \
+         the pod after termination began (plus margin); then stop accepting, let requests in \
+         flight finish within the {} s drain, and exit. Keep terminationGracePeriodSeconds at {}.",
+        m.prestop, m.drain, m.grace
+    )
 }
 
 /// The figures the sentences and the YAML are made of.
@@ -225,6 +246,7 @@ fn verdict(
     configured_prestop: Option<f64>,
     configured_grace: Option<i64>,
     failed: &FailureCounts,
+    served: u64,
     ready_too_early: u64,
 ) -> Vec<String> {
     let mut out = Vec::new();
@@ -240,6 +262,11 @@ fn verdict(
         ));
     }
     match configured_prestop {
+        // Without a preStop, connects after deletion that all succeeded
+        // mean the app keeps serving after SIGTERM by itself.
+        None if m.covered_ns > 0 && served > 0 && failed.total() == 0 => out.push(format!(
+            "no preStop sleep configured, but the app kept accepting connects after termination began ({served} served, none failed): it delays its own shutdown after SIGTERM; keep that delay at {r} s or more, or move it into a preStop sleep of {r} s"
+        )),
         None if m.covered_ns > 0 => out.push(format!(
             "no preStop sleep configured but the {label} gap is {gap} s: expect refused connects; set preStop to {r} s"
         )),
@@ -339,5 +366,19 @@ fn pod_spec_yaml(m: &Measure, target: &str, container: &str) -> String {
     let _ = writeln!(y, "#       preStop:");
     let _ = writeln!(y, "#         exec:");
     let _ = writeln!(y, "#           command: [\"sleep\", \"{}\"]", m.prestop);
+    let _ = writeln!(
+        y,
+        "# No preStop hook possible (no sleep binary, a runtime without hooks)? Delay the"
+    );
+    let _ = writeln!(
+        y,
+        "# shutdown in the app: on SIGTERM keep accepting and serving for {} s, then close the",
+        m.prestop
+    );
+    let _ = writeln!(
+        y,
+        "# listener, finish requests in flight (up to {} s) and exit. Same terminationGracePeriodSeconds.",
+        m.drain
+    );
     y
 }

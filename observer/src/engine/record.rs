@@ -127,21 +127,41 @@ pub struct PodTermination {
     pub deletion_observed_late: bool,
     pub endpoint_not_ready: Option<MonoTime>,
     pub endpoint_removed: Option<MonoTime>,
-    /// The ingress's last connect (only ingress connectors count from here
-    /// to `failures`; the others are in `connectors`).
+    /// The ingress's last connect, retries included (only ingress
+    /// connectors count from here to `failures`; the others are in
+    /// `connectors`).
     pub last_connect: Option<MonoTime>,
+    /// The ingress's last choice of the pod: a first try, or a request on
+    /// a pooled connection (not a retry). The gap ends here.
+    #[serde(default)]
+    pub last_choice: Option<MonoTime>,
+    /// The ingress's last send to the pod: a SYN (retries included) or a
+    /// request on a pooled connection.
+    #[serde(default)]
+    pub last_send: Option<MonoTime>,
+    /// Connects after deletion that only retried a failure elsewhere.
+    #[serde(default)]
+    pub retries_after_deletion: u64,
+    /// The ingress's connects after deletion that the pod accepted.
+    #[serde(default)]
+    pub served_after_deletion: u64,
     pub first_failure: Option<MonoTime>,
     pub last_failure: Option<MonoTime>,
     pub connects_after_deletion: u64,
     pub failures: FailureCounts,
-    /// last_connect − deletion_seen; 0 when the ingress connected nothing
-    /// after deletion.
+    /// last_choice − deletion_seen; 0 when the ingress chose the pod
+    /// nothing after deletion.
     pub propagation_gap_ns: Option<i64>,
     /// endpoint_not_ready − deletion_seen (signed: the watches are not
     /// ordered against each other).
     pub control_plane_lag_ns: Option<i64>,
-    /// last_connect − endpoint_not_ready (signed).
+    /// last_choice − endpoint_not_ready (signed).
     pub dataplane_lag_ns: Option<i64>,
+    /// last_send − last_choice, when retries (or sends) came later: what
+    /// users suffered after the ingress stopped choosing the pod.
+    /// Reported, never recommended from.
+    #[serde(default)]
+    pub retry_tail_ns: Option<i64>,
     /// An ingress was known on this node when the window closed. Without
     /// one the gap is `None`: nothing measured it, and bystanders never
     /// stand in for the ingress.

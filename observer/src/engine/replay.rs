@@ -98,6 +98,7 @@ mod tests {
             cgroup_id: 0,
             pod_uid: None,
             container_id: None,
+            retry: false,
             watched: false,
             outcome: Outcome::Connect,
         };

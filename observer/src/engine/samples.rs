@@ -17,6 +17,8 @@ pub const MAX_GROUPS: usize = 4096;
 pub struct Sample {
     pub gap_ns: i64,
     pub failures: FailureCounts,
+    /// The ingress's connects to the pod after deletion that succeeded.
+    pub served_after_deletion: u64,
     pub configured_prestop_ms: Option<u64>,
     pub termination_grace_period_seconds: Option<i64>,
     pub workload: Option<String>,
@@ -67,6 +69,7 @@ impl Samples {
         let sample = Sample {
             gap_ns: termination.propagation_gap_ns.unwrap_or(0).max(0),
             failures: termination.failures,
+            served_after_deletion: termination.served_after_deletion,
             configured_prestop_ms: termination.configured_prestop_ms,
             termination_grace_period_seconds: termination.termination_grace_period_seconds,
             workload: termination.workload.clone(),

@@ -71,6 +71,10 @@ impl Window {
             endpoint_not_ready: None,
             endpoint_removed: None,
             last_connect: None,
+            last_choice: None,
+            last_send: None,
+            retries_after_deletion: 0,
+            served_after_deletion: 0,
             first_failure: None,
             last_failure: None,
             connects_after_deletion: 0,
@@ -78,6 +82,7 @@ impl Window {
             propagation_gap_ns: None,
             control_plane_lag_ns: None,
             dataplane_lag_ns: None,
+            retry_tail_ns: None,
             ingress_found: false,
             connectors: Vec::new(),
             failure_times: Vec::new(),
@@ -169,8 +174,20 @@ impl Window {
         if fact.is_connect {
             r.last_connect = r.last_connect.max(Some(fact.at));
         }
+        if fact.is_send {
+            r.last_send = r.last_send.max(Some(fact.at));
+        }
+        if fact.is_choice {
+            r.last_choice = r.last_choice.max(Some(fact.at));
+        }
         if fact.new_attempt {
             r.connects_after_deletion += 1;
+            if !fact.is_choice {
+                r.retries_after_deletion += 1;
+            }
+        }
+        if fact.established {
+            r.served_after_deletion += 1;
         }
         if let Some(class) = fact.failure {
             r.failures.add(class);
@@ -254,11 +271,16 @@ impl Window {
     fn derive(&mut self) {
         let r = &mut self.record;
         let t0 = r.deletion_seen;
-        // No connect after deletion: the ingress stopped in time, gap 0.
-        r.propagation_gap_ns = Some(r.last_connect.map_or(0, |last| last.signed_since(t0)));
+        // No choice after deletion: the ingress stopped in time, gap 0.
+        r.propagation_gap_ns = Some(r.last_choice.map_or(0, |last| last.signed_since(t0)));
         r.control_plane_lag_ns = r.endpoint_not_ready.map(|t| t.signed_since(t0));
-        r.dataplane_lag_ns = match (r.last_connect, r.endpoint_not_ready) {
+        r.dataplane_lag_ns = match (r.last_choice, r.endpoint_not_ready) {
             (Some(last), Some(not_ready)) => Some(last.signed_since(not_ready)),
+            _ => None,
+        };
+        r.retry_tail_ns = match (r.last_send, r.last_choice) {
+            (Some(send), Some(choice)) if send > choice => Some(send.signed_since(choice)),
+            (Some(send), None) => Some(send.signed_since(t0).max(0)),
             _ => None,
         };
         for activity in &mut r.connectors {

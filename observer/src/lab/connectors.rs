@@ -96,6 +96,8 @@ impl Connectors {
                         }
                     }
                     Outcome::Established { .. } => {}
+                    // A pooled connection closing: no new connect.
+                    Outcome::Sent { .. } => continue,
                 }
                 a.last_connect = a.last_connect.max(r.syn);
                 a.until_ns = a.last_connect.map(|last| last.signed_since(t0));
@@ -130,6 +132,7 @@ mod tests {
             cgroup_id,
             pod_uid: None,
             container_id: None,
+            retry: false,
             watched: true,
             outcome,
         }

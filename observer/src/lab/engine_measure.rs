@@ -224,7 +224,12 @@ fn to_measurement(t: &PodTermination) -> Option<PodMeasurement> {
     Some(PodMeasurement {
         pod: t.pod.clone(),
         ip: *t.ips.first()?,
+        // The gap ends at the ingress's last choice; the last send
+        // includes its retries.
         measured_gap_ms: t.propagation_gap_ns.map(|ns| ns as f64 / 1e6),
+        measured_last_send_ms: t
+            .last_send
+            .map(|last| last.signed_since(t.deletion_seen) as f64 / 1e6),
         failures: t.failures,
     })
 }

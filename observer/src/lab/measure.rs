@@ -6,6 +6,11 @@
 //! [`ProbeOnlyMeasure`] is the self-contained measurement: the kernel probe
 //! for connects, a kube-rs Pod watcher for deletion_seen, and per pod the
 //! last SYN to its IP after deletion_seen (until another pod takes the IP).
+//! It sees connects only: a request sent on a pooled connection makes no
+//! SYN, so it measures only with upstream keep-alive off, and it recommends
+//! nothing (the recommendation is the engine's). Nor can it tell a retry
+//! from a choice, so its last SYN is the pod's *last send* (with keep-alive
+//! off), and its gap includes the retry tail when nginx retried later.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,6 +50,9 @@ pub struct LabContext {
     pub ingress_pod: KnownPod,
     /// The bystander (`monitoring/prometheus-0`), when it runs.
     pub bystander_pod: Option<KnownPod>,
+    /// Idle connections each nginx worker keeps to the pods; 0: every
+    /// request opens a connection, so every send is a SYN.
+    pub upstream_keepalive: u32,
 }
 
 /// A pod outside the measured Deployment, known by its cgroup.
@@ -62,7 +70,11 @@ pub struct KnownPod {
 pub struct PodMeasurement {
     pub pod: String,
     pub ip: IpAddr,
+    /// The propagation gap: last choice − deletion_seen.
     pub measured_gap_ms: Option<f64>,
+    /// last_send − deletion_seen (retries and pooled sends included); None
+    /// when the measurement cannot tell.
+    pub measured_last_send_ms: Option<f64>,
     pub failures: FailureCounts,
 }
 
@@ -158,23 +170,12 @@ pub fn gaps_from_records(
             pod: pod.name.clone(),
             ip: pod.ip,
             measured_gap_ms: last.map(|l| l.signed_since(t0) as f64 / 1e6),
+            // SYNs alone say nothing of pooled sends.
+            measured_last_send_ms: None,
             failures,
         });
     }
     out
-}
-
-fn recommend(pods: &[PodMeasurement]) -> Option<Recommendation> {
-    if pods.is_empty() {
-        return None;
-    }
-    let max_ms = pods
-        .iter()
-        .filter_map(|p| p.measured_gap_ms)
-        .fold(0.0_f64, f64::max);
-    Some(Recommendation::from_max_gap(Duration::from_secs_f64(
-        max_ms.max(0.0) / 1e3,
-    )))
 }
 
 type Collected = (Vec<SeenPod>, Vec<ConnectRecord>);
@@ -198,6 +199,8 @@ pub struct ProbeOnlyMeasure {
     task: Option<JoinHandle<Result<Collected>>>,
     known: Option<Connectors>,
     connectors: ConnectorsByPod,
+    /// Only without upstream keep-alive is the last SYN the last send.
+    every_send_connects: bool,
 }
 
 impl ProbeOnlyMeasure {
@@ -210,6 +213,7 @@ impl LabMeasure for ProbeOnlyMeasure {
     async fn start(&mut self, ctx: &LabContext) -> Result<()> {
         let (probe, reader) = load_probe()?;
         self.known = Some(Connectors::new(ctx));
+        self.every_send_connects = ctx.upstream_keepalive == 0;
         let subnet = Subnet::parse(&ctx.pod_cidr)?;
         let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
         let (stop, stopped) = oneshot::channel();
@@ -234,9 +238,15 @@ impl LabMeasure for ProbeOnlyMeasure {
             .take()
             .ok_or_else(|| LabError::Measure("finish before start".into()))?;
         self.connectors = known.by_pod(&pods, &records);
-        let pods = gaps_from_records(&pods, &records, |r| known.is_ingress(r));
+        let mut pods = gaps_from_records(&pods, &records, |r| known.is_ingress(r));
+        if self.every_send_connects {
+            for p in &mut pods {
+                p.measured_last_send_ms = p.measured_gap_ms;
+            }
+        }
+        // The lab has no formula of its own: only the engine recommends.
         Ok(Measurements {
-            recommendation: recommend(&pods),
+            recommendation: None,
             pods,
         })
     }
@@ -359,6 +369,7 @@ mod tests {
             cgroup_id: 0,
             pod_uid: None,
             container_id: None,
+            retry: false,
             watched: true,
             outcome,
         }
@@ -403,8 +414,6 @@ mod tests {
         assert_eq!(gaps[0].measured_gap_ms, Some(1_100.0));
         assert_eq!(gaps[0].failures.refused, 1);
         assert_eq!(gaps[0].failures.total(), 1);
-        let r = recommend(&gaps).unwrap();
-        assert_eq!(r.prestop_seconds, 3);
     }
 
     #[test]

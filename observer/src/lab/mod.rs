@@ -15,6 +15,7 @@
 //! [`netns::Registry`] and removed on success, error, panic and Ctrl-C.
 //! See docs/LAB.md.
 
+pub mod app;
 pub mod cgroup;
 pub mod connectors;
 pub mod engine_measure;

@@ -365,7 +365,10 @@ impl LabNet {
 
     /// Creates pod namespace number `index` with `ip` on its `eth0`, joined
     /// to the bridge. A stale neighbour entry for `ip` (a previous holder's
-    /// MAC, when IPs are reused) is removed so the new pod is reachable.
+    /// MAC, when IPs are reused) is removed so the new pod is reachable —
+    /// from the ingress and from the node, whose kubelet probes decide
+    /// whether the new pod turns Ready (a stale entry there can keep it
+    /// unready for longer than a rollout may take).
     pub fn add_pod(&self, index: u32, ip: IpAddr) -> Result<Netns> {
         let ns = self.add_member(&format!("p{index}"), ip)?;
         // The kubelet and the scraper reach pods from their own namespaces:

@@ -5,9 +5,12 @@
 //! with ingress-nginx's defaults: `proxy_next_upstream error timeout`, three
 //! tries, a 5 s connect timeout, and `max_fails=0` so a failing pod keeps its
 //! turn until the config drops it — the propagation gap is not hidden by
-//! passive health checks. The access log records, per request, every
-//! upstream tried and how long each try took, which is the ground truth of
-//! when nginx connected where ([`parse_access_line`]).
+//! passive health checks. With upstream keep-alive (ingress-nginx's
+//! default), each worker keeps idle connections to the pods and sends later
+//! requests on them without a new connect. The access log records, per
+//! request, every upstream tried, how long each try took and how it
+//! connected, which is the ground truth of when nginx sent what where
+//! ([`parse_access_line`]).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -23,8 +26,36 @@ use super::{LabError, Result};
 pub const NGINX_BIN: &str = "/usr/sbin/nginx";
 
 /// The access log format: log time, request time, status, then per try the
-/// upstream address, its response time and its status.
-const LOG_FORMAT: &str = r#"'$msec $request_time $status "$upstream_addr" "$upstream_response_time" "$upstream_status"'"#;
+/// upstream address, its response time, its status, its connect time and
+/// its header time, and last the pod's `X-Lab-Conn-Request` header (the
+/// app numbers the requests it answers on each connection; nginx keeps the
+/// last try's headers only).
+///
+/// What the fields show, established with nginx 1.22 (Debian) in the lab,
+/// keep-alive on and off:
+/// - `$upstream_connect_time` is `-` for a try whose connect failed
+///   (refused, unreachable, timed out): nginx never had a connection.
+/// - For a try on a pooled connection nginx sets it at once, in the same
+///   event-loop turn: always `0.000`. A fresh connect to a pod on the lab's
+///   bridge takes well under a millisecond, so a new connection shows
+///   `0.000` too (93 % of them with keep-alive off): the connect time alone
+///   cannot tell them apart. The app's per-connection request number can:
+///   1 on a new connection, more on a pooled one ([`UpstreamTry::pooled`]).
+/// - A request cut in flight (the app closed the connection after nginx
+///   sent on it) has a connect time but no header time (`-`) and status
+///   502; the error log says "upstream prematurely closed connection" or
+///   "Connection reset by peer".
+/// - Every entry of `$upstream_addr` after the first is a retry: nginx
+///   moves to the next upstream only because the try before failed.
+const LOG_FORMAT: &str = r#"'$msec $request_time $status "$upstream_addr" "$upstream_response_time" "$upstream_status" "$upstream_connect_time" "$upstream_header_time" "$upstream_http_x_lab_conn_request"'"#;
+
+/// The pods' response header numbering the requests of a connection.
+pub const CONN_REQUEST_HEADER: &str = "X-Lab-Conn-Request";
+
+/// ingress-nginx's `upstream-keepalive-timeout` (60 s) and
+/// `upstream-keepalive-requests` (10000).
+const KEEPALIVE_TIMEOUT: &str = "60s";
+const KEEPALIVE_REQUESTS: u32 = 10_000;
 
 /// Where one nginx instance keeps its files.
 #[derive(Clone, Debug)]
@@ -54,8 +85,15 @@ impl NginxPaths {
 
 /// The full nginx.conf for `listen` proxying to `upstreams`. With no
 /// upstream, a `down` placeholder keeps the config valid and nginx answers
-/// 502 without connecting anywhere.
-pub fn render_config(paths: &NginxPaths, listen: SocketAddr, upstreams: &[SocketAddr]) -> String {
+/// 502 without connecting anywhere. `keepalive` idle connections per worker
+/// are kept to the upstreams (HTTP/1.1 without `Connection: close`, as
+/// ingress-nginx does); 0 opens one connection per request.
+pub fn render_config(
+    paths: &NginxPaths,
+    listen: SocketAddr,
+    upstreams: &[SocketAddr],
+    keepalive: u32,
+) -> String {
     let dir = paths.dir.display();
     let mut servers = String::new();
     for up in upstreams {
@@ -63,6 +101,15 @@ pub fn render_config(paths: &NginxPaths, listen: SocketAddr, upstreams: &[Socket
     }
     if upstreams.is_empty() {
         servers.push_str("        server 127.0.0.1:9 down;\n");
+    }
+    let mut pool = String::new();
+    let mut location = String::new();
+    if keepalive > 0 {
+        let _ = writeln!(pool, "        keepalive {keepalive};");
+        let _ = writeln!(pool, "        keepalive_timeout {KEEPALIVE_TIMEOUT};");
+        let _ = writeln!(pool, "        keepalive_requests {KEEPALIVE_REQUESTS};");
+        location.push_str("            proxy_http_version 1.1;\n");
+        location.push_str("            proxy_set_header Connection \"\";\n");
     }
     format!(
         "# Written by the observer lab; rewritten on every endpoint change.
@@ -82,7 +129,7 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     upstream pods {{
-{servers}    }}
+{servers}{pool}    }}
     server {{
         listen {listen};
         location / {{
@@ -90,7 +137,7 @@ http {{
             proxy_connect_timeout 5s;
             proxy_next_upstream error timeout;
             proxy_next_upstream_tries 3;
-        }}
+{location}        }}
     }}
 }}
 ",
@@ -105,6 +152,7 @@ http {{
 pub struct Nginx {
     paths: NginxPaths,
     listen: SocketAddr,
+    keepalive: u32,
     master: i32,
     registry: Registry,
 }
@@ -118,10 +166,11 @@ impl Nginx {
         ns: &Netns,
         paths: NginxPaths,
         listen: SocketAddr,
+        keepalive: u32,
         registry: &Registry,
         cgroup: Option<&Path>,
     ) -> Result<Nginx> {
-        write_config(&paths, &render_config(&paths, listen, &[]))?;
+        write_config(&paths, &render_config(&paths, listen, &[], keepalive))?;
         let conf = paths.conf();
         let prefix = format!("{}/", paths.dir.display());
         let mut cmd = Command::new("ip");
@@ -161,6 +210,7 @@ impl Nginx {
         Ok(Nginx {
             paths,
             listen,
+            keepalive,
             master,
             registry: registry.clone(),
         })
@@ -184,7 +234,7 @@ impl Nginx {
     pub fn apply(&self, upstreams: &[SocketAddr]) -> Result<()> {
         write_config(
             &self.paths,
-            &render_config(&self.paths, self.listen, upstreams),
+            &render_config(&self.paths, self.listen, upstreams, self.keepalive),
         )?;
         self.signal(libc::SIGHUP)
     }
@@ -236,10 +286,41 @@ fn write_config(paths: &NginxPaths, text: &str) -> Result<()> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamTry {
     pub addr: SocketAddr,
-    /// Wall-clock nanoseconds when nginx started connecting.
+    /// Wall-clock nanoseconds when nginx started the try (took a pooled
+    /// connection or began connecting).
     pub start_wall_ns: u64,
-    /// The try's status: 502/504 for a failed connect, else the pod's answer.
+    /// How long the try took (`$upstream_response_time`): it ended, failed
+    /// or was cut, at `start_wall_ns + duration_ns`.
+    pub duration_ns: u64,
+    /// The try's status: 502/504 for a failed try, else the pod's answer.
     pub status: Option<u16>,
+    /// Not the request's first try: nginx made it only because the try
+    /// before it failed.
+    pub retry: bool,
+    /// nginx had a connection (a pooled one or a new one that connected);
+    /// false when the connect itself failed (`$upstream_connect_time` `-`).
+    pub connected: bool,
+    /// The pod's response header arrived.
+    pub answered: bool,
+    /// The try went over a pooled connection: `Some(true)` when the pod
+    /// answered it as the second or later request of its connection,
+    /// `Some(false)` for a new connection (answered as the first request,
+    /// or a connect that failed), `None` when it cannot be told: a try cut
+    /// before any answer had a connection of unknown age.
+    pub pooled: Option<bool>,
+}
+
+impl UpstreamTry {
+    /// Cut in flight: nginx had a connection and sent the request, and the
+    /// connection closed (or was reset) before any answer.
+    pub fn cut(&self) -> bool {
+        self.connected && !self.answered
+    }
+
+    /// nginx logged the try as failed (502, 504 or no status).
+    pub fn failed(&self) -> bool {
+        matches!(self.status, Some(502 | 504) | None)
+    }
 }
 
 /// One access log line.
@@ -274,30 +355,56 @@ fn upstream_list(field: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Parses a line of the `lab` log format. Each try's start is the request's
-/// start (log time − request time) plus the durations of the tries before
-/// it: nginx moves to the next upstream as soon as one fails.
+/// Parses a line of the `lab` log format (or the older one without the
+/// connect and header times, whose tries then count as connected and
+/// answered unless they failed). Each try's start is the request's start
+/// (log time − request time) plus the durations of the tries before it:
+/// nginx moves to the next upstream as soon as one fails.
 pub fn parse_access_line(line: &str) -> Option<AccessEntry> {
     let mut head = line.splitn(4, ' ');
     let end_wall_ns = parse_seconds_ns(head.next()?)?;
     let request_ns = parse_seconds_ns(head.next()?)?;
     let status: u16 = head.next()?.parse().ok()?;
     let quoted: Vec<&str> = head.next()?.split('"').skip(1).step_by(2).collect();
-    let [addrs, times, statuses] = quoted.as_slice() else {
+    let [addrs, times, statuses, rest @ ..] = quoted.as_slice() else {
         return None;
     };
     let times = upstream_list(times);
     let statuses = upstream_list(statuses);
+    let connects = rest.first().map(|f| upstream_list(f));
+    let headers = rest.get(1).map(|f| upstream_list(f));
+    // The pod's number for the last try's request on its connection.
+    let conn_request: Option<u64> = rest.get(2).and_then(|f| f.trim().parse().ok());
+    let addrs = upstream_list(addrs);
+    let last = addrs.len().saturating_sub(1);
     let mut start = end_wall_ns.saturating_sub(request_ns);
     let mut tries = Vec::new();
-    for (i, addr) in upstream_list(addrs).into_iter().enumerate() {
+    for (i, addr) in addrs.into_iter().enumerate() {
         let took = times.get(i).and_then(|t| parse_seconds_ns(t)).unwrap_or(0);
+        let status = statuses.get(i).and_then(|s| s.parse().ok());
+        let failed = matches!(status, Some(502 | 504) | None);
+        let timed = |list: &Option<Vec<&str>>| match list {
+            Some(list) => list.get(i).is_some_and(|t| parse_seconds_ns(t).is_some()),
+            None => !failed,
+        };
+        let connected = timed(&connects);
+        let answered = timed(&headers);
+        let pooled = match (connected, answered) {
+            (false, _) => Some(false),
+            (true, true) if i == last => conn_request.map(|n| n > 1),
+            _ => None,
+        };
         // A group name ("pods": no live upstream) is not an address.
         if let Ok(addr) = addr.parse::<SocketAddr>() {
             tries.push(UpstreamTry {
                 addr,
                 start_wall_ns: start,
-                status: statuses.get(i).and_then(|s| s.parse().ok()),
+                duration_ns: took,
+                status,
+                retry: i > 0,
+                connected,
+                answered,
+                pooled,
             });
         }
         start += took;
@@ -320,7 +427,7 @@ mod tests {
             "10.247.1.2:8080".parse().unwrap(),
             "[fd00:247::3]:8080".parse().unwrap(),
         ];
-        let conf = render_config(&paths, "127.0.0.1:8000".parse().unwrap(), &ups);
+        let conf = render_config(&paths, "127.0.0.1:8000".parse().unwrap(), &ups, 0);
         assert!(conf.contains("server 10.247.1.2:8080 max_fails=0;"));
         assert!(conf.contains("server [fd00:247::3]:8080 max_fails=0;"));
         assert!(conf.contains("listen 127.0.0.1:8000;"));
@@ -328,8 +435,14 @@ mod tests {
         assert!(conf.contains("pid /tmp/lab/nginx.pid;"));
         assert!(conf.contains("access_log /tmp/lab/access.log lab;"));
         assert!(!conf.contains(" down;"));
-        let empty = render_config(&paths, "127.0.0.1:8000".parse().unwrap(), &[]);
+        assert!(!conf.contains("keepalive"), "0: one connection per request");
+        assert!(!conf.contains("proxy_http_version"));
+        let empty = render_config(&paths, "127.0.0.1:8000".parse().unwrap(), &[], 0);
         assert!(empty.contains("server 127.0.0.1:9 down;"));
+        let pooled = render_config(&paths, "127.0.0.1:8000".parse().unwrap(), &ups, 32);
+        assert!(pooled.contains("        keepalive 32;\n"));
+        assert!(pooled.contains("proxy_http_version 1.1;"));
+        assert!(pooled.contains("proxy_set_header Connection \"\";"));
     }
 
     #[test]

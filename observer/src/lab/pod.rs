@@ -3,8 +3,11 @@
 //! with the pod's IP and a small HTTP server answering `GET /` with 200 and
 //! the pod's name.
 //!
-//! On SIGTERM the app either stops listening at once (the naive app: later
-//! connects are refused) or keeps serving for `drain` and then stops. After
+//! The app ([`super::app`]) serves HTTP/1.1 keep-alive. On SIGTERM it
+//! either exits at once (the naive app: its listener and every established
+//! connection close, so later connects are refused and nginx's pooled
+//! connections are cut) or keeps serving, on new and existing connections,
+//! for `drain` and then exits. After
 //! the app has exited, the pod's sandbox lingers for `sandbox_linger` (the
 //! kubelet noticing the exit and tearing the sandbox down), still refusing,
 //! and then the namespace is removed: connects after that meet a vanished IP
@@ -23,11 +26,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::app::{self, Served};
 use super::neighbours::Targets;
 use super::netns::{LabNet, Netns};
 use super::prober::{ProbeSpec, Prober};
@@ -40,6 +43,8 @@ use crate::sim::{PodInfo, PodRuntime, RuntimeError};
 pub struct PodBehaviour {
     /// Keep serving this long after SIGTERM; zero for the naive app.
     pub drain: Duration,
+    /// How long the app takes to answer each request.
+    pub app_latency: Duration,
     /// From the app's exit to the namespace's removal.
     pub sandbox_linger: Duration,
     /// The readiness probe's period; zero for no probe (the simulator then
@@ -51,6 +56,7 @@ impl Default for PodBehaviour {
     fn default() -> Self {
         Self {
             drain: Duration::ZERO,
+            app_latency: Duration::ZERO,
             sandbox_linger: Duration::from_secs(1),
             probe_period: Duration::ZERO,
         }
@@ -62,7 +68,7 @@ struct RunningPod {
     name: String,
     ip: IpAddr,
     ns: Option<Netns>,
-    /// Tells the server to stop listening.
+    /// Tells the app to exit: its listener and every connection close.
     close: watch::Sender<bool>,
     server: JoinHandle<()>,
     /// The kubelet's readiness probe, until the container exits.
@@ -72,14 +78,15 @@ struct RunningPod {
 }
 
 impl RunningPod {
-    fn close_listener(&self) {
+    /// The app exits: the listener and every established connection close.
+    fn exit_app(&self) {
         self.close.send_replace(true);
     }
 }
 
 impl Drop for RunningPod {
     fn drop(&mut self) {
-        self.close_listener();
+        self.exit_app();
         self.server.abort();
         drop(self.prober.take());
         // Removing the namespace kills the pod's IP: late connects now fail
@@ -102,9 +109,6 @@ pub struct LabPods {
     readiness: Mutex<HashMap<String, watch::Receiver<bool>>>,
     served: Served,
 }
-
-/// Requests answered, by source address.
-type Served = Arc<Mutex<HashMap<IpAddr, u64>>>;
 
 impl LabPods {
     /// With `targets`, each running pod's address is listed there for
@@ -181,11 +185,12 @@ impl LabPods {
         let listener =
             TcpListener::from_std(listener).map_err(LabError::io("registering a listener"))?;
         let (close, closed) = watch::channel(false);
-        let server = tokio::spawn(serve(
+        let server = tokio::spawn(app::serve(
             listener,
             pod.name.clone(),
             closed,
             self.served.clone(),
+            self.behaviour.app_latency,
         ));
         let target = SocketAddr::new(ip, port);
         let prober = if self.behaviour.probe_period.is_zero() {
@@ -223,7 +228,7 @@ impl LabPods {
         // Dropping `running` (here at the end, or earlier if the kubelet
         // abandons this future at the grace deadline) tears the pod down.
         tokio::time::sleep(self.behaviour.drain).await;
-        running.close_listener();
+        running.exit_app();
         // The container has exited: the kubelet stops probing it.
         drop(running.prober.take());
         tokio::time::sleep(self.behaviour.sandbox_linger).await;
@@ -256,58 +261,4 @@ impl PodRuntime for LabPods {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Accepts until told to close; each connection gets one response.
-async fn serve(
-    listener: TcpListener,
-    name: String,
-    mut closed: watch::Receiver<bool>,
-    served: Served,
-) {
-    let body: Arc<str> = Arc::from(format!("{name}\n"));
-    loop {
-        tokio::select! {
-            _ = closed.wait_for(|c| *c) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tokio::spawn(answer(stream, body.clone(), peer.ip(), served.clone()));
-                }
-                Err(error) => tracing::debug!(%error, pod = %name, "lab pod: accept failed"),
-            },
-        }
-    }
-    // The listener drops here: from now on the pod's port refuses.
-}
-
-/// Reads one request head and answers 200 with the pod's name.
-async fn answer(mut stream: TcpStream, body: Arc<str>, peer: IpAddr, served: Served) {
-    let mut buf = [0u8; 4096];
-    let mut seen = 0;
-    let read_head = async {
-        while seen < buf.len() {
-            match stream.read(&mut buf[seen..]).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => seen += n,
-            }
-            if buf[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
-                return true;
-            }
-        }
-        false
-    };
-    if !matches!(
-        tokio::time::timeout(Duration::from_secs(5), read_head).await,
-        Ok(true)
-    ) {
-        return;
-    }
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if stream.write_all(response.as_bytes()).await.is_ok() {
-        *lock(&served).entry(peer).or_default() += 1;
-    }
-    let _ = stream.shutdown().await;
 }

@@ -5,7 +5,6 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +18,13 @@ pub struct ScenarioSummary {
     pub propagation_delay_ms: u64,
     pub jitter_ms: u64,
     pub prestop_ms: u64,
+    /// The pods' terminationGracePeriodSeconds, in ms.
+    #[serde(default)]
+    pub termination_grace_ms: u64,
     pub drain_ms: u64,
+    /// How long the pods' app took to answer each request.
+    #[serde(default)]
+    pub app_latency_ms: u64,
     pub qps: u32,
     pub seed: u64,
     /// "ipv4" or "ipv6".
@@ -31,6 +36,10 @@ pub struct ScenarioSummary {
     /// The bystander's requests a second straight to pod IPs; 0: none.
     #[serde(default)]
     pub bystander_qps: u32,
+    /// Idle connections each nginx worker keeps to the pods; 0: one
+    /// connection per request (what reports without the field ran).
+    #[serde(default)]
+    pub upstream_keepalive: u32,
 }
 
 pub use crate::engine::ConnectorActivity;
@@ -79,10 +88,27 @@ pub use crate::engine::FailureCounts;
 pub struct TerminationReport {
     pub pod: String,
     pub ip: IpAddr,
-    /// From nginx's access log; null when nginx sent nothing after deletion.
+    /// The truth's choice gap (last choice − deletion), from nginx's access
+    /// log; null when nginx chose the pod for no request after deletion.
     pub truth_gap_ms: Option<f64>,
-    /// From the measurement; null when it saw no connect after deletion.
+    /// The truth's last send (any try, retries included) − deletion.
+    #[serde(default)]
+    pub truth_last_send_ms: Option<f64>,
+    /// The truth's retries at the pod after deletion.
+    #[serde(default)]
+    pub retries: u64,
+    /// The truth's tries at the pod over pooled connections after deletion.
+    #[serde(default)]
+    pub pooled_tries: u64,
+    /// The truth's requests cut in flight at the pod after deletion.
+    #[serde(default)]
+    pub cut_requests: u64,
+    /// From the measurement (its propagation gap); null when it saw no
+    /// choice after deletion.
     pub measured_gap_ms: Option<f64>,
+    /// The measurement's last send − deletion_seen, when it tells.
+    #[serde(default)]
+    pub measured_last_send_ms: Option<f64>,
     pub failures: FailureCounts,
     /// Who connected after the deletion, as the measurement tells them
     /// apart (empty when it does not).
@@ -91,12 +117,21 @@ pub struct TerminationReport {
 }
 
 impl TerminationReport {
-    /// |measured − truth| in ms. "Nothing after the deletion" counts as a
+    /// |measured − truth| of the choice gap, in ms. "Nothing after the deletion" counts as a
     /// gap of 0 on either side (the engine reports it as 0).
     pub fn error_ms(&self) -> f64 {
         (self.measured_gap_ms.unwrap_or(0.0) - self.truth_gap_ms.unwrap_or(0.0)).abs()
     }
+
+    /// |measured − truth| of the last send, in ms, when the measurement
+    /// tells its last send ("nothing after the deletion" counts as 0).
+    pub fn last_send_error_ms(&self) -> Option<f64> {
+        let measured = self.measured_last_send_ms?;
+        Some((measured - self.truth_last_send_ms.unwrap_or(0.0)).abs())
+    }
 }
+
+pub use super::truth::TryTotals;
 
 /// What the users saw.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,30 +140,20 @@ pub struct ClientReport {
     pub errors: u64,
 }
 
-/// The preStop and grace period to configure.
+/// The preStop and grace period to configure: the engine's recommendation
+/// (the lab has no formula of its own).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recommendation {
     pub prestop_seconds: u64,
     pub termination_grace_period_seconds: u64,
 }
 
-impl Recommendation {
-    /// The largest gap rounded up to whole seconds plus one second of margin,
-    /// and a grace period that leaves the default 30 s for the app's own
-    /// shutdown after the sleep.
-    pub fn from_max_gap(max_gap: Duration) -> Recommendation {
-        let prestop_seconds = max_gap.as_millis().div_ceil(1000) as u64 + 1;
-        Recommendation {
-            prestop_seconds,
-            termination_grace_period_seconds: prestop_seconds + 30,
-        }
-    }
-}
-
-/// The rerun with the recommended preStop.
+/// The rerun with the recommended preStop and grace period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub prestop_seconds: u64,
+    #[serde(default)]
+    pub termination_grace_period_seconds: u64,
     pub failed_connects: u64,
     pub client_errors: u64,
 }
@@ -139,6 +164,9 @@ pub struct LabReport {
     pub scenario: ScenarioSummary,
     pub terminations: Vec<TerminationReport>,
     pub client: ClientReport,
+    /// Every try in nginx's log over the run (the truth's raw material).
+    #[serde(default)]
+    pub ingress: TryTotals,
     #[serde(default)]
     pub served: ServedReport,
     pub recommendation: Option<Recommendation>,
@@ -150,6 +178,11 @@ impl LabReport {
     /// Failed connects over every termination.
     pub fn failed_connects(&self) -> u64 {
         self.terminations.iter().map(|t| t.failures.total()).sum()
+    }
+
+    /// Requests cut in flight over the run (the truth's).
+    pub fn cut_requests(&self) -> u64 {
+        self.ingress.cut_requests
     }
 
     /// The largest |measured − truth| over terminations where both exist.
@@ -197,34 +230,58 @@ pub fn render_summary(report: &LabReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "lab: {} pods, {} rollouts, propagation delay {} ms ± {} ms, preStop {} ms, drain {} ms, {} qps, {}{}; probes every {} ms, bystander {} qps",
+        "lab: {} pods, {} rollouts, propagation delay {} ms ± {} ms, preStop {} ms, grace {} s, drain {} ms, app latency {} ms, {} qps, {}{}, {}; probes every {} ms, bystander {} qps",
         s.pods,
         s.rollouts,
         s.propagation_delay_ms,
         s.jitter_ms,
         s.prestop_ms,
+        s.termination_grace_ms / 1000,
         s.drain_ms,
+        s.app_latency_ms,
         s.qps,
         s.ip_family,
         if s.reuse_ips { ", IPs reused" } else { "" },
+        if s.upstream_keepalive == 0 {
+            "keep-alive 0 (a connection per request)".to_string()
+        } else {
+            format!("keep-alive {}", s.upstream_keepalive)
+        },
         s.probe_period_ms,
         s.bystander_qps,
     );
+    // CHOICE and LAST SEND are the truth's (nginx's log); MEASURED and
+    // ERR compare the measurement's gap with the truth's choice gap.
     let _ = writeln!(
         out,
-        "{:<28} {:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
-        "POD", "IP", "TRUTH ms", "MEASURED", "ERR ms", "REFUSED", "UNREACH", "OTHER"
+        "{:<28} {:<24} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5} {:>8} {:>8} {:>6}",
+        "POD",
+        "IP",
+        "CHOICE ms",
+        "LAST SEND",
+        "MEASURED",
+        "ERR ms",
+        "RETRY",
+        "POOLED",
+        "CUT",
+        "REFUSED",
+        "UNREACH",
+        "OTHER"
     );
     for t in &report.terminations {
         let f = &t.failures;
         let _ = writeln!(
             out,
-            "{:<28} {:<24} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "{:<28} {:<24} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5} {:>8} {:>8} {:>6}",
             t.pod,
             t.ip.to_string(),
             ms(t.truth_gap_ms),
+            ms(t.truth_last_send_ms),
             ms(t.measured_gap_ms),
             ms(Some(t.error_ms())),
+            t.retries,
+            t.pooled_tries,
+            t.cut_requests,
             f.refused,
             f.host_unreachable + f.net_unreachable,
             f.timed_out + f.aborted + f.reset + f.other,
@@ -232,11 +289,18 @@ pub fn render_summary(report: &LabReport) -> String {
     }
     let _ = writeln!(
         out,
-        "client: {} requests, {} errors; failed connects: {}; largest error: {} ms",
+        "client: {} requests, {} errors; requests cut in flight: {}; failed connects: {}; largest error: {} ms",
         report.client.requests,
         report.client.errors,
+        report.cut_requests(),
         report.failed_connects(),
         ms(report.max_error_ms()),
+    );
+    let n = &report.ingress;
+    let _ = writeln!(
+        out,
+        "nginx: {} requests, {} tries: {} pooled, {} on new connections, {} retries, {} cut in flight",
+        n.requests, n.tries, n.pooled_tries, n.new_connection_tries, n.retries, n.cut_requests
     );
     let sv = &report.served;
     let _ = writeln!(
@@ -253,13 +317,16 @@ pub fn render_summary(report: &LabReport) -> String {
                 r.prestop_seconds, r.termination_grace_period_seconds
             );
         }
-        None => out.push_str("recommendation: none (no termination measured)\n"),
+        None => out.push_str("recommendation: none from this measurement\n"),
     }
     if let Some(v) = &report.verify {
         let _ = writeln!(
             out,
-            "verify with preStop {} s: {} failed connects, {} client errors",
-            v.prestop_seconds, v.failed_connects, v.client_errors
+            "verify with preStop {} s, terminationGracePeriodSeconds {}: {} failed connects, {} client errors",
+            v.prestop_seconds,
+            v.termination_grace_period_seconds,
+            v.failed_connects,
+            v.client_errors
         );
     }
     out
@@ -277,20 +344,28 @@ mod tests {
                 propagation_delay_ms: 1000,
                 jitter_ms: 0,
                 prestop_ms: 0,
+                termination_grace_ms: 30_000,
                 drain_ms: 0,
+                app_latency_ms: 0,
                 qps: 100,
                 seed: 1,
                 ip_family: "ipv4".into(),
                 reuse_ips: false,
                 probe_period_ms: 500,
                 bystander_qps: 20,
+                upstream_keepalive: 32,
             },
             terminations: vec![
                 TerminationReport {
                     pod: "web-1".into(),
                     ip: "10.247.1.2".parse().unwrap(),
                     truth_gap_ms: Some(1010.0),
+                    truth_last_send_ms: Some(1890.0),
+                    retries: 7,
+                    pooled_tries: 55,
+                    cut_requests: 2,
                     measured_gap_ms: Some(1012.5),
+                    measured_last_send_ms: None,
                     failures: FailureCounts {
                         refused: 40,
                         host_unreachable: 2,
@@ -317,7 +392,12 @@ mod tests {
                     pod: "web-2".into(),
                     ip: "10.247.1.3".parse().unwrap(),
                     truth_gap_ms: None,
+                    truth_last_send_ms: None,
+                    retries: 0,
+                    pooled_tries: 0,
+                    cut_requests: 1,
                     measured_gap_ms: None,
+                    measured_last_send_ms: None,
                     failures: FailureCounts::default(),
                     connectors: vec![ConnectorReport {
                         name: "kubelet".into(),
@@ -332,30 +412,26 @@ mod tests {
                 requests: 900,
                 errors: 3,
             },
+            ingress: TryTotals {
+                requests: 900,
+                tries: 960,
+                retries: 60,
+                pooled_tries: 850,
+                new_connection_tries: 47,
+                cut_requests: 3,
+            },
             served: ServedReport {
                 ingress: 900,
                 kubelet: 40,
                 bystander: 120,
                 other: 0,
             },
-            recommendation: Some(Recommendation::from_max_gap(Duration::from_millis(1012))),
+            recommendation: Some(Recommendation {
+                prestop_seconds: 3,
+                termination_grace_period_seconds: 33,
+            }),
             verify: None,
         }
-    }
-
-    #[test]
-    fn recommendation_rounds_up_and_adds_margin() {
-        let r = Recommendation::from_max_gap(Duration::from_millis(2050));
-        assert_eq!(r.prestop_seconds, 4);
-        assert_eq!(r.termination_grace_period_seconds, 34);
-        assert_eq!(
-            Recommendation::from_max_gap(Duration::ZERO).prestop_seconds,
-            1
-        );
-        assert_eq!(
-            Recommendation::from_max_gap(Duration::from_secs(2)).prestop_seconds,
-            3
-        );
     }
 
     #[test]
@@ -367,6 +443,12 @@ mod tests {
         assert_eq!(v["terminations"][0]["failures"]["timed_out"], 0);
         assert_eq!(v["terminations"][0]["failures"]["other"], 0);
         assert!(v["terminations"][1]["truth_gap_ms"].is_null());
+        assert_eq!(v["terminations"][0]["truth_last_send_ms"], 1890.0);
+        assert_eq!(v["terminations"][0]["retries"], 7);
+        assert_eq!(v["terminations"][0]["pooled_tries"], 55);
+        assert_eq!(v["terminations"][0]["cut_requests"], 2);
+        assert_eq!(v["scenario"]["upstream_keepalive"], 32);
+        assert_eq!(v["ingress"]["pooled_tries"], 850);
         assert_eq!(v["client"]["errors"], 3);
         assert_eq!(v["recommendation"]["prestop_seconds"], 3);
         assert!(v.get("verify").is_none(), "verify only when run");
@@ -384,6 +466,7 @@ mod tests {
         let mut report = sample();
         report.verify = Some(VerifyReport {
             prestop_seconds: 3,
+            termination_grace_period_seconds: 33,
             failed_connects: 0,
             client_errors: 0,
         });
@@ -391,13 +474,21 @@ mod tests {
         assert!(text.contains("2 pods, 1 rollouts, propagation delay 1000 ms"));
         let row = text.lines().find(|l| l.starts_with("web-1")).unwrap();
         assert!(row.contains("1010.0") && row.contains("1012.5") && row.contains("2.5"));
+        assert!(row.contains("1890.0") && row.contains(" 55 "), "{row}");
+        assert!(text.contains(", ipv4, keep-alive 32;"), "{text}");
+        assert!(text.contains("requests cut in flight: 3;"), "{text}");
+        assert!(text.contains(
+            "nginx: 900 requests, 960 tries: 850 pooled, 47 on new connections, 60 retries, 3 cut in flight"
+        ));
         assert!(row.contains("40"));
         let empty = text.lines().find(|l| l.starts_with("web-2")).unwrap();
         assert!(empty.contains(" - ") && empty.contains("0.0"));
         assert!(text.contains("failed connects: 42"));
         assert!(text.contains("largest error: 2.5 ms"));
         assert!(text.contains("preStop sleep 3 s, terminationGracePeriodSeconds 33"));
-        assert!(text.contains("verify with preStop 3 s: 0 failed connects, 0 client errors"));
+        assert!(text.contains(
+            "verify with preStop 3 s, terminationGracePeriodSeconds 33: 0 failed connects, 0 client errors"
+        ));
         assert_eq!(report.failed_connects(), 42);
         assert!(
             text.contains("pods served: 900 via the ingress, 40 kubelet probes, 120 bystander")

@@ -21,7 +21,7 @@ use super::report::{
     ClientReport, ConnectorReport, FailureCounts, LabReport, ScenarioSummary, ServedReport,
     TerminationReport, VerifyReport,
 };
-use super::truth::{PodTruth, TimelineRecorder, WallToMono, compute_truth};
+use super::truth::{PodTruth, TimelineRecorder, TryTotals, WallToMono, compute_truth};
 use super::{LabError, Result};
 use crate::sim::{Cluster, ClusterConfig, DeploymentSpec, ServicePort, SimServer};
 
@@ -42,8 +42,15 @@ pub struct LabScenario {
     pub jitter: Duration,
     /// The pods' preStop sleep.
     pub prestop: Duration,
+    /// The pods' terminationGracePeriodSeconds; None for preStop + drain +
+    /// 30 s. The verify run sets the recommended one.
+    pub termination_grace: Option<Duration>,
     /// How long the app keeps serving after SIGTERM (zero: it stops at once).
     pub drain: Duration,
+    /// How long the pods' app takes to answer each request; zero answers at
+    /// once. A request is in flight for this long, so an app that exits
+    /// meanwhile cuts it.
+    pub app_latency: Duration,
     pub qps: u32,
     pub seed: u64,
     pub ipv6: bool,
@@ -68,7 +75,15 @@ pub struct LabScenario {
     /// Requests a second, in total, from the bystander pod
     /// `monitoring/prometheus-0` straight to the pods' IPs; zero: none.
     pub bystander_qps: u32,
+    /// Idle connections each nginx worker keeps to the pods (nginx's
+    /// `keepalive`); later requests go over them without a connect. Zero:
+    /// one new connection per request.
+    pub upstream_keepalive: u32,
 }
+
+/// Real ingresses pool upstream connections by default (ingress-nginx keeps
+/// up to 320 per worker); the lab's load needs far fewer.
+pub const DEFAULT_UPSTREAM_KEEPALIVE: u32 = 32;
 
 impl Default for LabScenario {
     fn default() -> Self {
@@ -78,7 +93,9 @@ impl Default for LabScenario {
             propagation_delay: Duration::from_secs(2),
             jitter: Duration::ZERO,
             prestop: Duration::ZERO,
+            termination_grace: None,
             drain: Duration::ZERO,
+            app_latency: Duration::ZERO,
             qps: 200,
             seed: 1,
             ipv6: false,
@@ -89,6 +106,7 @@ impl Default for LabScenario {
             keep_logs: None,
             probe_period: Duration::from_secs(1),
             bystander_qps: 5,
+            upstream_keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
         }
     }
 }
@@ -131,14 +149,23 @@ impl LabScenario {
             propagation_delay_ms: self.propagation_delay.as_millis() as u64,
             jitter_ms: self.jitter.as_millis() as u64,
             prestop_ms: self.prestop.as_millis() as u64,
+            termination_grace_ms: self.grace().as_millis() as u64,
             drain_ms: self.drain.as_millis() as u64,
+            app_latency_ms: self.app_latency.as_millis() as u64,
             qps: self.qps,
             seed: self.seed,
             ip_family: if self.ipv6 { "ipv6" } else { "ipv4" }.into(),
             reuse_ips: self.reuse_ips,
             probe_period_ms: self.probe_period.as_millis() as u64,
             bystander_qps: self.bystander_qps,
+            upstream_keepalive: self.upstream_keepalive,
         }
+    }
+
+    /// The pods' terminationGracePeriodSeconds.
+    pub fn grace(&self) -> Duration {
+        self.termination_grace
+            .unwrap_or(self.prestop + self.drain + Duration::from_secs(30))
     }
 
     fn validate(&self) -> Result<()> {
@@ -156,6 +183,14 @@ impl LabScenario {
         if self.bystander_qps > 1000 {
             return Err(LabError::Invalid("at most 1000 bystander qps".into()));
         }
+        if self.app_latency > Duration::from_secs(10) {
+            return Err(LabError::Invalid("an app latency of at most 10 s".into()));
+        }
+        if self.upstream_keepalive > 10_000 {
+            return Err(LabError::Invalid(
+                "at most 10000 upstream keep-alive connections".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -170,8 +205,9 @@ impl LabScenario {
 }
 
 /// Runs the scenario, then (with `verify`) reruns it with the recommended
-/// preStop and reports the failures that remain. `make_measure` gives a
-/// fresh measurement for each run.
+/// preStop and terminationGracePeriodSeconds and reports the failures that
+/// remain. `make_measure` gives a fresh measurement for each run; only a
+/// measurement that recommends (the engine's) can be verified.
 pub async fn run_lab<M: LabMeasure>(
     scenario: &LabScenario,
     verify: bool,
@@ -180,17 +216,21 @@ pub async fn run_lab<M: LabMeasure>(
     let mut report = run_scenario(scenario, make_measure()).await?;
     if verify {
         let Some(rec) = report.recommendation else {
-            return Err(LabError::Measure(
-                "nothing was measured, so there is no preStop to verify".into(),
+            return Err(LabError::Invalid(
+                "--verify needs the engine's recommendation, and the measurement recommended \
+                 nothing"
+                    .into(),
             ));
         };
         let again = LabScenario {
             prestop: Duration::from_secs(rec.prestop_seconds),
+            termination_grace: Some(Duration::from_secs(rec.termination_grace_period_seconds)),
             ..scenario.clone()
         };
         let rerun = run_scenario(&again, make_measure()).await?;
         report.verify = Some(VerifyReport {
             prestop_seconds: rec.prestop_seconds,
+            termination_grace_period_seconds: rec.termination_grace_period_seconds,
             failed_connects: rerun.failed_connects(),
             client_errors: rerun.client.errors,
         });
@@ -270,6 +310,7 @@ async fn run(
         net.clone(),
         PodBehaviour {
             drain: scenario.drain,
+            app_latency: scenario.app_latency,
             sandbox_linger: scenario.sandbox_linger,
             probe_period: scenario.probe_period,
         },
@@ -309,9 +350,19 @@ async fn run(
     let nginx = {
         let (net, paths, registry) = (net.clone(), NginxPaths::new(&dir.0), registry.clone());
         let cgroup = ingress_pod.cgroup.path();
+        let keepalive = scenario.upstream_keepalive;
         Arc::new(
-            blocking(move || Nginx::start(&net.ingress, paths, listen, &registry, Some(&cgroup)))
-                .await?,
+            blocking(move || {
+                Nginx::start(
+                    &net.ingress,
+                    paths,
+                    listen,
+                    keepalive,
+                    &registry,
+                    Some(&cgroup),
+                )
+            })
+            .await?,
         )
     };
     let bystander = match &targets {
@@ -349,7 +400,7 @@ async fn run(
         port: i32::from(POD_PORT),
     }];
     spec.pre_stop = scenario.prestop;
-    spec.termination_grace = scenario.prestop + scenario.drain + Duration::from_secs(30);
+    spec.termination_grace = scenario.grace();
     cluster.apply_deployment(spec)?;
     wait_rollout(&cluster, scenario.rollout_bound(), "the first rollout").await?;
     let want = scenario.pods as usize;
@@ -366,6 +417,7 @@ async fn run(
         node_name: scenario.node_name(),
         ingress_pod: known(&ingress_pod),
         bystander_pod: bystander.as_ref().map(|b| known(b.pod())),
+        upstream_keepalive: scenario.upstream_keepalive,
     };
     measure.start(&ctx).await?;
     // Let the measurement's watchers list the cluster before anything ends.
@@ -442,6 +494,7 @@ async fn run(
         },
     );
     report.served = served;
+    report.ingress = TryTotals::from_log(&entries);
     add_connectors(&mut report, &connectors);
     Ok(report)
 }
@@ -533,7 +586,12 @@ pub fn build_report(
                 pod: t.pod.clone(),
                 ip: t.ip,
                 truth_gap_ms: t.truth_gap_ms,
+                truth_last_send_ms: t.truth_last_send_ms,
+                retries: t.retries,
+                pooled_tries: t.pooled_tries,
+                cut_requests: t.cut_requests,
                 measured_gap_ms: m.and_then(|m| m.measured_gap_ms),
+                measured_last_send_ms: m.and_then(|m| m.measured_last_send_ms),
                 failures: m.map(|m| m.failures).unwrap_or_else(FailureCounts::default),
                 connectors: Vec::new(),
             }
@@ -543,6 +601,7 @@ pub fn build_report(
         scenario: scenario.summary(),
         terminations,
         client,
+        ingress: TryTotals::default(),
         served: ServedReport::default(),
         recommendation: measured.recommendation,
         verify: None,

@@ -1,7 +1,11 @@
 //! Ground truth, independent of the probe: when the lab deleted each pod
 //! (the kubelet's PodTerminating, stamped on CLOCK_MONOTONIC as it happens)
-//! and when nginx last started a try at that pod's IP (from nginx's access
-//! log). `truth_gap = last try − deletion`.
+//! and every try nginx made at that pod's IP after it (from nginx's access
+//! log): whether it was a *choice* (the request's first try, on a new or a
+//! pooled connection) or a *retry* (made only because an earlier try of the
+//! same request failed), whether it went over a pooled connection, and
+//! whether it was cut in flight. `truth_gap = last choice − deletion`;
+//! `truth_last_send = last try of any kind − deletion`.
 //!
 //! nginx logs wall-clock times with millisecond resolution; they are
 //! converted to CLOCK_MONOTONIC with an offset measured once per run. A try
@@ -11,7 +15,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
@@ -159,14 +163,72 @@ pub struct PodTruth {
     pub pod: String,
     pub ip: IpAddr,
     pub deletion: MonoTime,
-    /// The last try nginx started at the pod after its deletion.
-    pub last_try: Option<MonoTime>,
-    /// `last_try − deletion` in milliseconds; None when nginx sent nothing
-    /// after the deletion.
+    /// The latest start of a try at the pod after its deletion that was its
+    /// request's first try (a new connection or a pooled one).
+    pub last_choice: Option<MonoTime>,
+    /// The latest start of any try at the pod after its deletion, retries
+    /// included.
+    pub last_send: Option<MonoTime>,
+    /// `last_choice − deletion` in milliseconds: the propagation gap. None
+    /// when nginx chose the pod for no request after the deletion.
     pub truth_gap_ms: Option<f64>,
+    /// `last_send − deletion` in milliseconds; None when nginx sent nothing
+    /// after the deletion.
+    pub truth_last_send_ms: Option<f64>,
     pub tries_after_deletion: u64,
     /// Tries after the deletion that nginx logged as failed (502/504).
     pub failed_tries: u64,
+    /// Tries after the deletion that were retries of a failed try.
+    pub retries: u64,
+    /// Tries after the deletion that went over a pooled connection (the
+    /// pod answered them as a later request of their connection).
+    pub pooled_tries: u64,
+    /// Requests cut in flight after the deletion: nginx had a connection
+    /// and sent the request, and the connection closed before any answer.
+    /// Counted by when the cut happened (the try's end), since a request
+    /// sent just before the deletion is cut by the app's exit after it.
+    pub cut_requests: u64,
+}
+
+/// Every try in nginx's log over the whole run: how much it pooled,
+/// retried, and how many requests the pods' exits cut.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TryTotals {
+    /// Requests nginx logged.
+    pub requests: u64,
+    /// Tries at an upstream (a request has one or more).
+    pub tries: u64,
+    pub retries: u64,
+    /// Tries the pods answered on a pooled connection.
+    pub pooled_tries: u64,
+    /// Tries the pods answered as the first request of a new connection.
+    pub new_connection_tries: u64,
+    /// Tries cut in flight.
+    pub cut_requests: u64,
+}
+
+impl TryTotals {
+    pub fn from_log(log: &[AccessEntry]) -> TryTotals {
+        let mut t = TryTotals {
+            requests: log.len() as u64,
+            ..TryTotals::default()
+        };
+        for try_ in log.iter().flat_map(|e| &e.tries) {
+            t.tries += 1;
+            t.retries += u64::from(try_.retry);
+            t.cut_requests += u64::from(try_.cut());
+            match (try_.answered, try_.pooled) {
+                (true, Some(true)) => t.pooled_tries += 1,
+                (true, Some(false)) => t.new_connection_tries += 1,
+                _ => {}
+            }
+        }
+        t
+    }
+}
+
+fn ms_since(t: Option<MonoTime>, since: MonoTime) -> Option<f64> {
+    t.map(|t| t.signed_since(since) as f64 / 1e6)
 }
 
 /// Computes each terminated pod's truth from its timeline and the log.
@@ -191,28 +253,39 @@ pub fn compute_truth(
             pod: pod.name.clone(),
             ip,
             deletion,
-            last_try: None,
+            last_choice: None,
+            last_send: None,
             truth_gap_ms: None,
+            truth_last_send_ms: None,
             tries_after_deletion: 0,
             failed_tries: 0,
+            retries: 0,
+            pooled_tries: 0,
+            cut_requests: 0,
         };
         for try_ in log.iter().flat_map(|e| &e.tries) {
             if try_.addr.ip() != ip {
                 continue;
             }
+            let in_window = |t: MonoTime| t >= deletion && end.is_none_or(|end| t < end);
+            let ended = clock.to_mono(try_.start_wall_ns.saturating_add(try_.duration_ns));
+            truth.cut_requests += u64::from(try_.cut() && in_window(ended));
             let at = clock.to_mono(try_.start_wall_ns);
-            if at < deletion || end.is_some_and(|end| at >= end) {
+            if !in_window(at) {
                 continue;
             }
             truth.tries_after_deletion += 1;
-            if matches!(try_.status, Some(502 | 504) | None) {
-                truth.failed_tries += 1;
+            truth.failed_tries += u64::from(try_.failed());
+            truth.pooled_tries += u64::from(try_.pooled == Some(true));
+            if try_.retry {
+                truth.retries += 1;
+            } else {
+                truth.last_choice = truth.last_choice.max(Some(at));
             }
-            truth.last_try = truth.last_try.max(Some(at));
+            truth.last_send = truth.last_send.max(Some(at));
         }
-        truth.truth_gap_ms = truth
-            .last_try
-            .map(|t| t.signed_since(deletion) as f64 / 1e6);
+        truth.truth_gap_ms = ms_since(truth.last_choice, deletion);
+        truth.truth_last_send_ms = ms_since(truth.last_send, deletion);
         out.push(truth);
     }
     out
@@ -231,10 +304,16 @@ mod tests {
             status: 200,
             tries: tries
                 .iter()
-                .map(|(a, t, s)| UpstreamTry {
+                .enumerate()
+                .map(|(i, (a, t, s))| UpstreamTry {
                     addr: a.parse().unwrap(),
                     start_wall_ns: *t,
+                    duration_ns: 0,
                     status: Some(*s),
+                    retry: i > 0,
+                    connected: *s == 200,
+                    answered: *s == 200,
+                    pooled: Some(false),
                 })
                 .collect(),
         }
@@ -251,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn gap_is_last_try_after_deletion() {
+    fn gap_is_last_choice_after_deletion() {
         // Wall clock runs 1000 s ahead of the monotonic one.
         let clock = WallToMono::from_offset_ns(1_000_000 * MS as i64);
         let wall = |mono_ms: u64| (1_000_000 + mono_ms) * MS;
@@ -274,6 +353,93 @@ mod tests {
         assert_eq!(truth[0].truth_gap_ms, Some(2_250.0));
         assert_eq!(truth[0].tries_after_deletion, 2);
         assert_eq!(truth[0].failed_tries, 2);
+    }
+
+    /// Lines from a lab run with keep-alive 32 and no preStop (nginx 1.22):
+    /// the pods' exit at the deletion turns pooled sends into refused
+    /// connects, retried on the other pod, and cuts one request.
+    const REAL_LOG: &str = r#"1796182004.200 0.001 200 "10.247.31.2:8080" "0.000" "200" "0.000" "0.000" "103"
+1796182004.204 0.000 200 "10.247.31.3:8080, 10.247.31.2:8080" "0.000, 0.000" "502, 200" "-, 0.000" "-, 0.000" "104"
+1796182004.245 0.001 502 "10.247.31.3:8080, 10.247.31.2:8080, pods" "0.000, 0.000, 0.000" "502, 502, 502" "-, 0.000, -" "-, -, -" "-"
+1796182011.244 5.024 200 "10.247.31.2:8080, 10.247.31.4:8080" "5.023, 0.000" "504, 200" "-, 0.000" "-, 0.000" "1"
+1796182071.851 0.000 200 "10.247.31.4:8080" "0.000" "200" "0.000" "0.000" "1""#;
+
+    #[test]
+    fn real_log_lines_mark_retries_pooled_and_cut_tries() {
+        let log: Vec<AccessEntry> = REAL_LOG
+            .lines()
+            .map(|l| crate::lab::nginx::parse_access_line(l).unwrap())
+            .collect();
+        let answered_pooled = &log[0].tries[0];
+        assert!(!answered_pooled.retry && answered_pooled.pooled == Some(true));
+        let [refused, retried] = log[1].tries.as_slice() else {
+            panic!("two tries: {:?}", log[1]);
+        };
+        assert!(!refused.retry && !refused.connected && refused.failed());
+        assert_eq!(refused.pooled, Some(false), "a failed connect is new");
+        assert!(retried.retry && retried.answered && retried.pooled == Some(true));
+        let [first, cut] = log[2].tries.as_slice() else {
+            panic!("two tries and the group: {:?}", log[2]);
+        };
+        assert!(!first.cut() && cut.cut() && cut.retry);
+        assert_eq!(cut.pooled, None, "a cut try's connection age is unknown");
+        let timed_out = &log[3].tries[0];
+        assert_eq!(timed_out.status, Some(504));
+        assert!(!timed_out.connected && !timed_out.retry);
+        assert_eq!(log[3].tries[1].pooled, Some(false), "answered first");
+        assert_eq!(log[3].tries[1].start_wall_ns, 1_796_182_011_243_000_000);
+
+        // .2 deleted just before the first line; .3 never.
+        let clock = WallToMono::from_offset_ns(0);
+        let deletion = 1_796_182_004_000 * MS;
+        let pods = vec![timeline("p2", "10.247.31.2", 0, Some(deletion))];
+        let truth = &compute_truth(&pods, &log, clock)[0];
+        assert_eq!(truth.tries_after_deletion, 4);
+        assert_eq!(truth.retries, 2);
+        assert_eq!(truth.pooled_tries, 2);
+        assert_eq!(truth.cut_requests, 1);
+        assert_eq!(truth.failed_tries, 2);
+        // The last choice is the 5 s connect that timed out; nothing later.
+        assert_eq!(truth.truth_gap_ms, Some(2_220.0));
+        assert_eq!(truth.truth_last_send_ms, Some(2_220.0));
+        let totals = TryTotals::from_log(&log);
+        assert_eq!(totals.requests, 5);
+        assert_eq!(totals.tries, 8);
+        assert_eq!(totals.retries, 3);
+        assert_eq!(totals.pooled_tries, 2);
+        assert_eq!(totals.new_connection_tries, 2);
+        assert_eq!(totals.cut_requests, 1);
+    }
+
+    #[test]
+    fn retries_move_the_last_send_not_the_choice() {
+        let clock = WallToMono::from_offset_ns(0);
+        let pods = vec![timeline("a", "10.0.0.2", 0, Some(1_000 * MS))];
+        let log = vec![
+            entry(&[("10.0.0.2:8080", 1_500 * MS, 502)]),
+            // An old worker retries on its old list 5 s later.
+            entry(&[
+                ("10.0.0.9:8080", 2_000 * MS, 504),
+                ("10.0.0.2:8080", 7_000 * MS, 200),
+            ]),
+        ];
+        let truth = &compute_truth(&pods, &log, clock)[0];
+        assert_eq!(truth.truth_gap_ms, Some(500.0));
+        assert_eq!(truth.truth_last_send_ms, Some(6_000.0));
+        assert_eq!(truth.retries, 1);
+    }
+
+    #[test]
+    fn a_request_sent_before_the_deletion_and_cut_after_counts() {
+        let clock = WallToMono::from_offset_ns(0);
+        let pods = vec![timeline("a", "10.0.0.2", 0, Some(1_000 * MS))];
+        // Sent 15 ms before the deletion, cut by the exit 5 ms after it.
+        let line = r#"1.005 0.020 502 "10.0.0.2:8080, 10.0.0.3:8080" "0.020, 0.000" "502, 502" "0.000, -" "-, -" "-""#;
+        let log = vec![crate::lab::nginx::parse_access_line(line).unwrap()];
+        let truth = &compute_truth(&pods, &log, clock)[0];
+        assert_eq!(truth.cut_requests, 1);
+        assert_eq!(truth.tries_after_deletion, 0, "it started before");
+        assert_eq!(truth.truth_gap_ms, None);
     }
 
     #[test]

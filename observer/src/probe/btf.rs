@@ -49,6 +49,7 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
         protocol: offset_of(btf, "sock", &["sk_protocol"])?,
         err: offset_of(btf, "sock", &["sk_err"])?,
+        lsndtime: offset_of(btf, "tcp_sock", &["lsndtime"])?,
         ..socket_cgroup_offsets(btf)
     })
 }

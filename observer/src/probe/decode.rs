@@ -92,6 +92,10 @@ pub struct RawEvent {
     pub cgroup_id: u64,
     pub errno: i32,
     pub watched: bool,
+    /// `SENT` only: the kernel's jiffies at `ts`, and how many jiffies
+    /// before `ts` the connection last sent data.
+    pub jiffies: u64,
+    pub since_send_jiffies: u32,
 }
 
 fn ip_from(family: u16, bytes: [u8; 16]) -> Result<IpAddr, DecodeError> {
@@ -126,15 +130,17 @@ pub fn decode_event(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
 
 /// Decodes an already-copied kernel event.
 pub fn decode_struct(event: &ConnectEvent) -> Result<RawEvent, DecodeError> {
-    if !(kind::CONNECT..=kind::RESET).contains(&event.kind) {
+    if !(kind::CONNECT..=kind::SENT).contains(&event.kind) {
         return Err(DecodeError::Kind(event.kind));
     }
     let src = SocketAddr::new(ip_from(event.family, event.saddr)?, event.sport);
     let dst = SocketAddr::new(ip_from(event.family, event.daddr)?, event.dport);
+    let sent = event.kind == kind::SENT;
     Ok(RawEvent {
         kind: event.kind,
         ts: MonoTime(event.ts_ns),
-        syn: (event.syn_ns != 0).then_some(MonoTime(event.syn_ns)),
+        // A SENT event's `syn_ns` carries jiffies, not a time.
+        syn: (event.syn_ns != 0 && !sent).then_some(MonoTime(event.syn_ns)),
         src,
         dst,
         tgid: event.tgid,
@@ -143,6 +149,8 @@ pub fn decode_struct(event: &ConnectEvent) -> Result<RawEvent, DecodeError> {
         cgroup_id: event.cgroup_id,
         errno: event.errno,
         watched: event.flags & flags::WATCHED != 0,
+        jiffies: if sent { event.syn_ns } else { 0 },
+        since_send_jiffies: if sent { event.since_send_jiffies } else { 0 },
     })
 }
 
@@ -162,6 +170,11 @@ pub enum Outcome {
         waited_ns: u64,
         /// connect() failed before any SYN left (no route).
         synchronous: bool,
+    },
+    /// A connection to a watched destination closed; it last sent data
+    /// (a request, pooled or not) at `last_send`.
+    Sent {
+        last_send: MonoTime,
     },
 }
 
@@ -188,6 +201,11 @@ pub struct ConnectRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
     pub watched: bool,
+    /// A SYN this thread sent right after one of its own connects failed,
+    /// to another destination: the ingress retrying a request elsewhere,
+    /// not choosing this pod (docs/ENGINE.md, "Choices and retries").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -213,6 +231,7 @@ impl ConnectRecord {
             pod_uid: None,
             container_id: None,
             watched: raw.watched,
+            retry: false,
             outcome,
         }
     }
@@ -229,11 +248,28 @@ fn waited(raw: &RawEvent) -> u64 {
 /// so it is microseconds behind; the margin covers reader batching.
 pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_millis(200);
 
-/// Joins SYN_CLOSED and ERROR records into connect outcomes.
+/// How soon after its own failed connect a thread's next SYN, to another
+/// destination, is taken for a retry. Proxies retry in the same event-loop
+/// turn in which they learn of the failure: microseconds after the kernel
+/// reported it, a few milliseconds on a loaded node.
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_millis(5);
+
+/// Threads whose last failure is remembered, at most.
+const MAX_FAILING_THREADS: usize = 16_384;
+
+/// Joins SYN_CLOSED and ERROR records into connect outcomes, marks
+/// retries, and dates pooled sends.
 #[derive(Debug)]
 pub struct OutcomeJoiner {
     grace: Duration,
     pending: HashMap<(SocketAddr, SocketAddr), RawEvent>,
+    retry_window: Duration,
+    /// Each thread's latest failed connect: when, and to where.
+    failures: HashMap<u32, (MonoTime, SocketAddr)>,
+    /// The kernel's tick rate, once known (see [`kernel_hz`]).
+    hz: Option<u32>,
+    /// What to assume when a SENT event cannot tell (see [`kernel_hz`]).
+    fallback_hz: u32,
 }
 
 impl Default for OutcomeJoiner {
@@ -247,7 +283,60 @@ impl OutcomeJoiner {
         OutcomeJoiner {
             grace,
             pending: HashMap::new(),
+            retry_window: DEFAULT_RETRY_WINDOW,
+            failures: HashMap::new(),
+            hz: None,
+            fallback_hz: 250,
         }
+    }
+
+    /// How soon after a thread's failed connect its next SYN elsewhere is
+    /// taken for a retry.
+    pub fn with_retry_window(mut self, window: Duration) -> OutcomeJoiner {
+        self.retry_window = window;
+        self
+    }
+
+    /// The kernel's `CONFIG_HZ` where it is known (the kernel config),
+    /// for SENT events that cannot tell it themselves.
+    pub fn with_fallback_hz(mut self, hz: u32) -> OutcomeJoiner {
+        self.fallback_hz = hz;
+        self
+    }
+
+    /// Remembers a failed connect of `tid`, for telling retries apart.
+    fn note_failure(&mut self, raw: &RawEvent) {
+        if raw.pid == 0 {
+            return;
+        }
+        if self.failures.len() >= MAX_FAILING_THREADS {
+            let horizon = self.retry_window;
+            let now = raw.ts;
+            self.failures
+                .retain(|_, (at, _)| now.saturating_since(*at) <= horizon);
+            if self.failures.len() >= MAX_FAILING_THREADS {
+                self.failures.clear();
+            }
+        }
+        self.failures.insert(raw.pid, (raw.ts, raw.dst));
+    }
+
+    /// A SYN from a thread whose own connect failed just before, to
+    /// another destination.
+    fn is_retry(&self, raw: &RawEvent) -> bool {
+        self.failures.get(&raw.pid).is_some_and(|(at, dst)| {
+            *dst != raw.dst && raw.ts >= *at && raw.ts.saturating_since(*at) <= self.retry_window
+        })
+    }
+
+    /// When a SENT event's connection last sent data.
+    fn last_send(&mut self, raw: &RawEvent) -> MonoTime {
+        if self.hz.is_none() {
+            self.hz = kernel_hz(raw.ts, raw.jiffies);
+        }
+        let hz = u64::from(self.hz.unwrap_or(self.fallback_hz));
+        let ns = u64::from(raw.since_send_jiffies) * 1_000_000_000 / hz;
+        MonoTime(raw.ts.0.saturating_sub(ns))
     }
 
     /// Closes waiting for their error report.
@@ -258,7 +347,17 @@ impl OutcomeJoiner {
     /// Feeds one event; returns the outcomes it completes.
     pub fn push(&mut self, raw: RawEvent, out: &mut Vec<ConnectRecord>) {
         match raw.kind {
-            kind::CONNECT => out.push(ConnectRecord::from_raw(&raw, Outcome::Connect)),
+            kind::CONNECT => {
+                let mut record = ConnectRecord::from_raw(&raw, Outcome::Connect);
+                record.retry = self.is_retry(&raw);
+                out.push(record);
+            }
+            kind::SENT => {
+                let outcome = Outcome::Sent {
+                    last_send: self.last_send(&raw),
+                };
+                out.push(ConnectRecord::from_raw(&raw, outcome));
+            }
             kind::ESTABLISHED => {
                 let outcome = Outcome::Established {
                     latency_ns: waited(&raw),
@@ -266,9 +365,13 @@ impl OutcomeJoiner {
                 out.push(ConnectRecord::from_raw(&raw, outcome));
             }
             kind::SYN_CLOSED if raw.errno != 0 => {
+                self.note_failure(&raw);
                 out.push(failed(&raw, raw.errno, false));
             }
             kind::SYN_CLOSED => {
+                // Failed whatever the report says: the thread may retry
+                // before the report (or the abort) is known.
+                self.note_failure(&raw);
                 // A reused 4-tuple replaces an older close that never got
                 // its report: that one was aborted.
                 if let Some(older) = self.pending.insert((raw.src, raw.dst), raw) {
@@ -280,8 +383,12 @@ impl OutcomeJoiner {
                 // The close was lost (ring buffer full): report what is known.
                 None => out.push(failed(&raw, raw.errno, false)),
             },
-            kind::SYNC_FAILED => out.push(failed(&raw, raw.errno, true)),
+            kind::SYNC_FAILED => {
+                self.note_failure(&raw);
+                out.push(failed(&raw, raw.errno, true));
+            }
             kind::RESET => {
+                self.note_failure(&raw);
                 let outcome = Outcome::Failed {
                     class: FailureClass::Reset,
                     errno: libc::ECONNRESET,
@@ -315,6 +422,23 @@ impl OutcomeJoiner {
         rest.sort_by_key(|e| e.ts);
         out.extend(rest.iter().map(aborted));
     }
+}
+
+/// The kernel's tick rate from one (CLOCK_MONOTONIC, jiffies) pair. The
+/// kernel starts jiffies at `2^32 − 300·HZ` (so that they wrap five
+/// minutes after boot), and CLOCK_MONOTONIC at zero, so
+/// `jiffies − 2^32 = HZ · (t − 300 s)`; the estimate is snapped to the
+/// rates kernels are built with. `None` too close to the five-minute mark
+/// to tell, or when nothing fits.
+pub fn kernel_hz(monotonic: MonoTime, jiffies: u64) -> Option<u32> {
+    let seconds = monotonic.0 as f64 / 1e9 - 300.0;
+    if seconds.abs() < 30.0 {
+        return None;
+    }
+    let estimate = (jiffies as f64 - 4_294_967_296.0) / seconds;
+    [100u32, 250, 300, 1000]
+        .into_iter()
+        .find(|hz| (estimate / f64::from(*hz) - 1.0).abs() < 0.02)
 }
 
 fn failed(raw: &RawEvent, errno: i32, synchronous: bool) -> ConnectRecord {

@@ -179,3 +179,96 @@ fn record_serializes_with_flat_outcome() {
     let back: ConnectRecord = serde_json::from_value(json).unwrap();
     assert_eq!(back, out[0]);
 }
+
+fn decoded(e: &ConnectEvent) -> RawEvent {
+    decode_event(&bytes_of(e)).unwrap()
+}
+
+fn joined(events: &[ConnectEvent]) -> Vec<ConnectRecord> {
+    let mut joiner = OutcomeJoiner::default();
+    let mut out = Vec::new();
+    for e in events {
+        joiner.push(decoded(e), &mut out);
+    }
+    out
+}
+
+/// A thread's SYN to `dst_last_octet`, at `ts`.
+fn syn_to(dst_last_octet: u8, ts: u64, thread: u32) -> ConnectEvent {
+    let mut e = v4_event(kind::CONNECT, ts, 0, 0);
+    e.daddr[3] = dst_last_octet;
+    e.pid = thread;
+    e.flags = flags::WATCHED;
+    e
+}
+
+#[test]
+fn a_syn_right_after_the_threads_own_failure_elsewhere_is_a_retry() {
+    const MS: u64 = 1_000_000;
+    let mut refused = v4_event(kind::SYN_CLOSED, 100 * MS, 40000, libc::ECONNREFUSED);
+    refused.pid = 7;
+    let out = joined(&[
+        refused,
+        // The same thread, 1 ms later, to another pod: the retry.
+        syn_to(3, 101 * MS, 7),
+        // Another thread at the same moment: its own first try.
+        syn_to(4, 101 * MS, 8),
+        // The same thread, to the pod that just refused: a new request
+        // that chose it again, not a retry elsewhere.
+        syn_to(2, 101 * MS + 500_000, 7),
+        // The same thread, long after the failure: a first try.
+        syn_to(5, 200 * MS, 7),
+    ]);
+    let retries: Vec<bool> = out
+        .iter()
+        .filter(|r| r.outcome == Outcome::Connect)
+        .map(|r| r.retry)
+        .collect();
+    assert_eq!(retries, [true, false, false, false]);
+}
+
+#[test]
+fn a_close_awaiting_its_report_already_makes_the_next_syn_a_retry() {
+    // A proxy's connect timeout: it closes the socket (no error report
+    // follows: aborted after the grace period) and retries at once.
+    let mut closed = v4_event(kind::SYN_CLOSED, 5_000_000_000, 40000, 0);
+    closed.pid = 9;
+    let out = joined(&[closed, syn_to(3, 5_000_200_000, 9)]);
+    assert_eq!(out.len(), 1, "the abort is not reported yet");
+    assert!(out[0].retry);
+}
+
+#[test]
+fn a_sent_event_dates_the_last_request_on_a_pooled_connection() {
+    // 1000 s after boot on an HZ=250 kernel: jiffies = 2^32 + 250 * 700.
+    let ts = 1_000_000_000_000u64;
+    let mut e = v4_event(kind::SENT, ts, 41000, 0);
+    e.syn_ns = (1u64 << 32) + 250 * 700;
+    e.since_send_jiffies = 500; // 2 s at 250 Hz
+    e.flags = flags::WATCHED;
+    let raw = decoded(&e);
+    assert_eq!(raw.syn, None, "a SENT event's syn_ns is jiffies");
+    let out = joined(&[e]);
+    assert_eq!(
+        out[0].outcome,
+        Outcome::Sent {
+            last_send: MonoTime(ts - 2_000_000_000)
+        }
+    );
+}
+
+#[test]
+fn kernel_hz_from_jiffies_and_the_monotonic_clock() {
+    let at = |seconds: f64| MonoTime((seconds * 1e9) as u64);
+    let jiffies = |hz: u64, seconds: u64| (1u64 << 32) + hz * seconds - hz * 300;
+    for hz in [100u32, 250, 300, 1000] {
+        assert_eq!(
+            kernel_hz(at(1_000.0), jiffies(u64::from(hz), 1_000)),
+            Some(hz)
+        );
+        // Before the five-minute wrap, jiffies are below 2^32.
+        assert_eq!(kernel_hz(at(100.0), jiffies(u64::from(hz), 100)), Some(hz));
+    }
+    // Too close to the wrap to tell.
+    assert_eq!(kernel_hz(at(310.0), jiffies(250, 310)), None);
+}

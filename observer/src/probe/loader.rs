@@ -19,7 +19,9 @@ use tokio::io::unix::AsyncFd;
 
 use super::{
     btf::{self, BtfError},
-    decode::{ConnectRecord, DecodeError, OutcomeJoiner, RawEvent, decode_event},
+    decode::{
+        ConnectRecord, DEFAULT_RETRY_WINDOW, DecodeError, OutcomeJoiner, RawEvent, decode_event,
+    },
     preflight::{self, PreflightError},
 };
 use crate::clock::MonoTime;
@@ -139,6 +141,9 @@ pub struct ProbeOptions {
     /// Attach every hook but make each program return at once: no events,
     /// no counters. Only for measuring what the hooks alone cost.
     pub hooks_only: bool,
+    /// How soon after a thread's failed connect its next SYN elsewhere is a
+    /// retry; `None`: [`DEFAULT_RETRY_WINDOW`].
+    pub retry_window: Option<Duration>,
 }
 
 /// The probe's own health, summed over CPUs.
@@ -155,6 +160,7 @@ pub struct ProbeCounters {
 pub struct Probe {
     ebpf: Ebpf,
     sync_failure_hook: SyncFailureHook,
+    retry_window: Duration,
 }
 
 impl Probe {
@@ -197,6 +203,7 @@ impl Probe {
         Ok(Probe {
             ebpf,
             sync_failure_hook,
+            retry_window: options.retry_window.unwrap_or(DEFAULT_RETRY_WINDOW),
         })
     }
 
@@ -240,7 +247,9 @@ impl Probe {
         let ring = register_readable(ring).map_err(ProbeError::AsyncFd)?;
         Ok(EventReader {
             ring,
-            joiner: OutcomeJoiner::default(),
+            joiner: OutcomeJoiner::default()
+                .with_retry_window(self.retry_window)
+                .with_fallback_hz(kernel_config_hz().unwrap_or(250)),
             decode_errors: 0,
             last_busy_read: None,
             connectors: None,
@@ -431,6 +440,17 @@ pub fn socket_addr(key: &DestKey) -> Option<SocketAddr> {
         _ => return None,
     };
     Some(SocketAddr::new(ip, key.port))
+}
+
+/// `CONFIG_HZ` from the running kernel's config file, where the system
+/// keeps one; SENT events usually tell the rate themselves.
+fn kernel_config_hz() -> Option<u32> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok()?;
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Reads the event ring and yields joined connect outcomes.

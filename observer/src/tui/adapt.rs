@@ -99,6 +99,9 @@ pub fn termination_view(t: &PodTermination, now: MonoTime) -> TerminationView {
         gap_ms: t.propagation_gap_ns.map(ns_to_ms),
         control_plane_lag_ms: t.control_plane_lag_ns.map(ns_to_ms),
         dataplane_lag_ms: t.dataplane_lag_ns.map(ns_to_ms),
+        last_choice_ms: since(t.last_choice),
+        retry_tail_ms: t.retry_tail_ns.map(ns_to_ms),
+        retries_after_deletion: t.retries_after_deletion,
         connectors: t
             .connectors
             .iter()

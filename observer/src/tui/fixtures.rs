@@ -61,6 +61,10 @@ fn termination(pod: Pod) -> PodTermination {
         endpoint_not_ready: None,
         endpoint_removed: None,
         last_connect: None,
+        last_choice: None,
+        last_send: None,
+        retries_after_deletion: 0,
+        served_after_deletion: 0,
         first_failure: None,
         last_failure: None,
         connects_after_deletion: 0,
@@ -68,6 +72,7 @@ fn termination(pod: Pod) -> PodTermination {
         propagation_gap_ns: None,
         control_plane_lag_ns: None,
         dataplane_lag_ns: None,
+        retry_tail_ns: None,
         ingress_found: true,
         connectors: Vec::new(),
         failure_times: Vec::new(),
@@ -87,6 +92,8 @@ fn timeline(
     t.endpoint_not_ready = not_ready.map(|ms| after(t0, ms));
     t.endpoint_removed = removed.map(|ms| after(t0, ms));
     t.last_connect = last_connect.map(|ms| after(t0, ms));
+    t.last_choice = t.last_connect;
+    t.last_send = t.last_connect;
     t.propagation_gap_ns = Some(last_connect.unwrap_or(0) as i64 * 1_000_000);
     t.control_plane_lag_ns = not_ready.map(|ms| ms as i64 * 1_000_000);
     t.dataplane_lag_ns = match (not_ready, last_connect) {
@@ -227,6 +234,7 @@ fn recommendation(
         configured_termination_grace_period_seconds: Some(30),
         failed_connects: FailureCounts::default(),
         verdict: vec![verdict.into()],
+        sigterm_delay: String::new(),
         yaml: format!(
             "# {ns}/{name}\nspec:\n  terminationGracePeriodSeconds: {}\n  containers:\n  - name: {name}\n    lifecycle:\n      preStop:\n        sleep:\n          seconds: {recommended}\n",
             recommended + 30
@@ -312,6 +320,7 @@ pub fn finding(
             cgroup_id: 1,
             pod_uid: None,
             container_id: None,
+            retry: false,
             watched: true,
             outcome: Outcome::Failed {
                 class,

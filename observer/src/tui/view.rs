@@ -102,6 +102,7 @@ pub enum Milestone {
     FirstFailure,
     LastFailure,
     LastConnect,
+    LastChoice,
 }
 
 impl Milestone {
@@ -113,6 +114,7 @@ impl Milestone {
             Milestone::FirstFailure => "first failure",
             Milestone::LastFailure => "last failure",
             Milestone::LastConnect => "last connect",
+            Milestone::LastChoice => "last choice",
         }
     }
 }
@@ -163,6 +165,11 @@ pub struct TerminationView {
     pub gap_ms: Option<i64>,
     pub control_plane_lag_ms: Option<i64>,
     pub dataplane_lag_ms: Option<i64>,
+    /// The ingress's last choice of the pod (where the gap ends).
+    pub last_choice_ms: Option<i64>,
+    /// Sends after the last choice: retries of failures elsewhere.
+    pub retry_tail_ms: Option<i64>,
+    pub retries_after_deletion: u64,
     pub connectors: Vec<ConnectorView>,
     /// Why the measurement window closed; `None` while it is open.
     pub closed: Option<String>,
@@ -194,6 +201,7 @@ impl TerminationView {
             (Milestone::FirstFailure, self.first_failure_ms),
             (Milestone::LastFailure, self.last_failure_ms),
             (Milestone::LastConnect, self.last_connect_ms),
+            (Milestone::LastChoice, self.last_choice_ms),
         ];
         out.extend(optional.iter().filter_map(|(m, t)| t.map(|t| (*m, t))));
         out.sort_by_key(|(_, t)| *t);

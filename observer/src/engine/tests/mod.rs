@@ -1,6 +1,7 @@
 //! Scenario tests: API-shaped Pod and EndpointSlice objects and connect
 //! records through the engine, asserting what a user reads in the output.
 
+mod choice_tests;
 mod connector_tests;
 mod recommend_tests;
 mod scenarios;
@@ -103,6 +104,7 @@ pub fn record(
         cgroup_id: 7,
         pod_uid: None,
         container_id: None,
+        retry: false,
         watched,
         outcome,
     }

@@ -13,6 +13,7 @@ fn sample(gap_ms: i64, prestop_ms: Option<u64>, grace: Option<i64>) -> Sample {
     Sample {
         gap_ns: gap_ms * MS as i64,
         failures: FailureCounts::default(),
+        served_after_deletion: 0,
         configured_prestop_ms: prestop_ms,
         termination_grace_period_seconds: grace,
         workload: Some("web".into()),
@@ -220,6 +221,8 @@ fn yaml_is_a_pod_spec_fragment_with_sleep_and_an_exec_alternative() {
         .lines()
         .skip_while(|l| !l.starts_with("# Kubernetes < 1.30"))
         .skip(1)
+        // The third form (the app delays SIGTERM itself) is prose.
+        .take_while(|l| !l.starts_with("# No preStop hook possible"))
         .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
         .collect();
     let spec: PodSpec =

@@ -163,16 +163,20 @@ fn termination_lines(t: &TerminationView, clock: u64, lines: &mut Vec<Line<'stat
         Some(reason) => format!("closed: {reason}"),
     };
     lines.push(field("Window", window));
-    lines.push(field(
-        "Gap",
-        format!(
-            "propagation {}  control plane {}  dataplane {}",
-            opt_ms(t.gap_ms),
-            opt_ms(t.control_plane_lag_ms),
-            opt_ms(t.dataplane_lag_ms)
-        ),
-    ));
+    let mut gap = format!(
+        "propagation {}  control plane {}  dataplane {}",
+        opt_ms(t.gap_ms),
+        opt_ms(t.control_plane_lag_ms),
+        opt_ms(t.dataplane_lag_ms)
+    );
+    if let Some(tail) = t.retry_tail_ms {
+        gap.push_str(&format!("  retry tail {}", ms(tail as f64)));
+    }
+    lines.push(field("Gap", gap));
     let mut connects = format!("{} after deletion", t.connects_after_deletion);
+    if t.retries_after_deletion > 0 {
+        connects.push_str(&format!(" ({} retries)", t.retries_after_deletion));
+    }
     for (class, n) in t.failures.nonzero() {
         connects.push_str(&format!(", {n} {}", class.as_str()));
     }

@@ -1,0 +1,149 @@
+//! Requests on pooled (keep-alive) connections on the real kernel: a
+//! connection opened before its destination is watched keeps carrying
+//! requests; when it closes — the client closing it, or the server going
+//! away first — the probe reports when it last sent data, to within a
+//! jiffy, with no work on any send.
+
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use observer::clock::MonoTime;
+use observer::probe::{ConnectRecord, Outcome, Probe, ProbeOptions};
+use observer_tests::{Link, require_root};
+
+const PORT: u16 = 9180;
+/// A jiffy is 1 to 10 ms; the conversion adds well under a millisecond.
+const TOLERANCE_NS: u64 = 12_000_000;
+
+/// What the client did: when it last sent, and when the connection closed.
+struct Sent {
+    local: SocketAddr,
+    last_send: MonoTime,
+}
+
+/// Opens a connection, then (once `watch` has run) sends two requests
+/// 300 ms apart, waits, and lets `finish` close it.
+fn pooled_connection(
+    link: &Link,
+    server: IpAddr,
+    watch: impl FnOnce() + Send + 'static,
+    server_closes: bool,
+) -> Sent {
+    let dst = SocketAddr::new(server, PORT);
+    let listener = link
+        .server
+        .run_in("pool-server", move || TcpListener::bind(dst).expect("bind"))
+        .expect("server namespace");
+    let serving = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        for _ in 0..2 {
+            let n = conn.read(&mut buf).expect("request");
+            conn.write_all(&buf[..n]).expect("response");
+        }
+        if server_closes {
+            // The app exits while the connection idles in the client's
+            // pool: it closes under the client.
+            std::thread::sleep(Duration::from_millis(450));
+            drop(conn);
+        } else {
+            let _ = conn.read(&mut buf);
+        }
+    });
+    let sent = link
+        .client
+        .run_in("pool-client", move || {
+            let mut conn = TcpStream::connect(dst).expect("connect");
+            // The destination is watched only after the connection exists,
+            // as a pod is once it starts terminating.
+            watch();
+            let mut buf = [0u8; 64];
+            conn.write_all(b"GET 1").expect("send");
+            conn.read_exact(&mut buf[..5]).expect("reply");
+            std::thread::sleep(Duration::from_millis(300));
+            conn.write_all(b"GET 2").expect("send");
+            let last_send = MonoTime::now();
+            conn.read_exact(&mut buf[..5]).expect("reply");
+            std::thread::sleep(Duration::from_millis(500));
+            let local = conn.local_addr().expect("local");
+            if server_closes {
+                // Half-closed by the server; the client notices and closes.
+                let _ = conn.read(&mut buf);
+            }
+            drop(conn);
+            Sent { local, last_send }
+        })
+        .expect("client namespace");
+    serving.join().expect("server");
+    sent
+}
+
+fn sent_records(records: &[ConnectRecord], local: SocketAddr) -> Vec<(MonoTime, MonoTime)> {
+    records
+        .iter()
+        .filter(|r| r.src == local)
+        .filter_map(|r| match r.outcome {
+            Outcome::Sent { last_send } => Some((r.ts, last_send)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_pooled_connections_last_request_is_reported_when_it_closes() {
+    require_root();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _context = runtime.enter();
+    let link = Link::create("pool", 62).expect("namespaces");
+    let probe = std::sync::Arc::new(std::sync::Mutex::new(
+        Probe::load(&ProbeOptions::default()).expect("probe loads (run as root)"),
+    ));
+    let mut reader = probe
+        .lock()
+        .map(|mut p| p.event_reader().expect("reader"))
+        .expect("probe");
+    let server = link.server_v4;
+    for server_closes in [false, true] {
+        let watcher = probe.clone();
+        let sent = pooled_connection(
+            &link,
+            server,
+            move || {
+                watcher.lock().expect("probe").watch(server).expect("watch");
+            },
+            server_closes,
+        );
+        let mut records = Vec::new();
+        for _ in 0..10 {
+            let mut batch = Vec::new();
+            runtime
+                .block_on(reader.next_batch(Duration::from_millis(100), &mut batch))
+                .expect("read");
+            records.extend(batch);
+        }
+        let reports = sent_records(&records, sent.local);
+        assert!(
+            !reports.is_empty(),
+            "server_closes={server_closes}: no report of the pooled connection: {records:#?}"
+        );
+        for (closed_at, last_send) in reports {
+            let error = last_send.0.abs_diff(sent.last_send.0);
+            assert!(
+                error <= TOLERANCE_NS,
+                "server_closes={server_closes}: last send {:?} vs {:?}, {error} ns off",
+                last_send,
+                sent.last_send
+            );
+            assert!(
+                closed_at.0 >= sent.last_send.0 + 400_000_000,
+                "reported when the connection closed, not when it sent"
+            );
+        }
+        probe
+            .lock()
+            .expect("probe")
+            .unwatch(server)
+            .expect("unwatch");
+    }
+}
