@@ -46,6 +46,9 @@ pub mod kind {
 pub mod flags {
     /// The destination is in the watch map.
     pub const WATCHED: u8 = 1;
+    /// `SENT`: the peer closed the connection (FIN) while a request was in
+    /// flight on it (data sent after the last data received).
+    pub const CUT: u8 = 2;
 }
 
 /// One connect outcome, written by the kernel into the `EVENTS` ring buffer.
@@ -227,6 +230,9 @@ pub struct SockOffsets {
     pub kn_id: u32,
     /// `tcp_sock.lsndtime`: jiffies (low 32 bits) of the last data sent.
     pub lsndtime: u32,
+    /// `inet_connection_sock.icsk_ack.lrcvtime`: jiffies of the last data
+    /// received.
+    pub lrcvtime: u32,
 }
 
 impl SockOffsets {
@@ -234,7 +240,7 @@ impl SockOffsets {
     pub const ABSENT: u32 = u32::MAX;
 }
 
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 52);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::align_of::<ConnectEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);

@@ -159,6 +159,7 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     cgroup_kn: 0,
     kn_id: 0,
     lsndtime: 0,
+    lrcvtime: 0,
 };
 
 /// Non-zero: every program returns at once. The benchmark loads the probe
@@ -347,7 +348,10 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
         (TCP_SYN_SENT, TCP_ESTABLISHED) => on_established(skaddr),
         (TCP_SYN_SENT, TCP_CLOSE) => on_syn_closed(skaddr),
         (TCP_ESTABLISHED | TCP_CLOSE_WAIT, _) => {
-            let result = on_leaving_established(skaddr);
+            // The peer's FIN: whatever was sent since data last came back
+            // was in flight.
+            let peer_closed = oldstate == TCP_ESTABLISHED && newstate == TCP_CLOSE_WAIT;
+            let result = on_leaving_established(skaddr, peer_closed);
             if newstate == TCP_CLOSE {
                 let _ = SOCKS.remove(&skaddr);
             }
@@ -369,7 +373,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
 /// to unwatched destinations cost the watch lookup only. Not inlined: its
 /// stack would add to the other state handlers' in one frame.
 #[inline(never)]
-fn on_leaving_established(skaddr: u64) -> Result<(), i32> {
+fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(), i32> {
     let off = offsets();
     let protocol: u16 = read_kernel(skaddr, off.protocol)?;
     if protocol != IPPROTO_TCP {
@@ -380,6 +384,9 @@ fn on_leaving_established(skaddr: u64) -> Result<(), i32> {
         return Ok(());
     }
     let lsndtime: u32 = read_kernel(skaddr, off.lsndtime)?;
+    let lrcvtime: u32 = read_kernel(skaddr, off.lrcvtime)?;
+    // Sent after the last data received (jiffies wrap: compare signed).
+    let cut = peer_closed && (lsndtime.wrapping_sub(lrcvtime) as i32) > 0;
     // SAFETY: helpers without arguments, valid in tracepoint context.
     let (now, jiffies) = unsafe { (bpf_ktime_get_ns(), bpf_jiffies64()) };
     let cgroup_id = sk_cgroup_id(skaddr).unwrap_or(0);
@@ -398,6 +405,9 @@ fn on_leaving_established(skaddr: u64) -> Result<(), i32> {
         event.sport = sport;
         event.dport = dport;
         event.flags |= flags::WATCHED;
+        if cut {
+            event.flags |= flags::CUT;
+        }
         event.since_send_jiffies = (jiffies as u32).wrapping_sub(lsndtime);
         event.kind = kind::SENT;
     });

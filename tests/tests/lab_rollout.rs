@@ -446,8 +446,8 @@ fn assert_neighbours_ran(report: &LabReport) {
 /// Upstream keep-alive on (the default) and the naive app (no preStop, no
 /// drain) that takes 50 ms per request: nginx sends on pooled connections,
 /// and the app's exit at the deletion closes them under nginx, cutting the
-/// requests in flight. The truth (nginx's log) counts both. The probe-only
-/// measurement sees connects only, so its gap is not compared here.
+/// requests in flight. The truth (nginx's log) counts both, and the engine
+/// counts each cut as a failure of the pod that cut it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_tries_and_cut_requests_are_counted() {
     require_root();
@@ -464,7 +464,11 @@ async fn pooled_tries_and_cut_requests_are_counted() {
         ..LabScenario::default()
     };
     assert_eq!(scenario.upstream_keepalive, 32, "pooling is the default");
-    let report = run(&scenario).await;
+    let report = run_lab(&scenario, false, EngineMeasure::default)
+        .await
+        .expect("lab run");
+    println!("{}", render_summary(&report));
+    assert_clean(&scenario);
     assert_eq!(report.scenario.upstream_keepalive, 32);
     assert_eq!(report.terminations.len(), 2);
     let n = report.ingress;
@@ -475,6 +479,18 @@ async fn pooled_tries_and_cut_requests_are_counted() {
     let cut: u64 = report.terminations.iter().map(|t| t.cut_requests).sum();
     assert!(cut > 0, "the terminated pods' exits cut requests: {n:?}");
     assert_eq!(cut, report.cut_requests(), "only terminated pods cut");
+    // The engine sees each cut as a failure of the pod that cut it: its
+    // connection closed (FIN) with a request sent and nothing answered.
+    let measured: u64 = report.terminations.iter().map(|t| t.failures.cut).sum();
+    assert!(
+        measured.abs_diff(cut) <= (cut / 4).max(2),
+        "cut in flight: {measured} measured, {cut} in nginx's log"
+    );
+    for t in &report.terminations {
+        if t.cut_requests > 0 {
+            assert!(t.failures.cut > 0, "{}: its cut requests: {t:?}", t.pod);
+        }
+    }
     for t in &report.terminations {
         assert!(t.truth_gap_ms.is_some(), "{}: chosen after deletion", t.pod);
         assert!(

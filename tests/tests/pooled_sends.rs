@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use observer::clock::MonoTime;
-use observer::probe::{ConnectRecord, Outcome, Probe, ProbeOptions};
+use observer::probe::{ConnectRecord, FailureClass, Outcome, Probe, ProbeOptions};
 use observer_tests::{Link, require_root};
 
 const PORT: u16 = 9180;
@@ -22,13 +22,24 @@ struct Sent {
     last_send: MonoTime,
 }
 
+/// How the connection ends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ending {
+    /// The client (the ingress) closes it.
+    ClientCloses,
+    /// The server's app exits while the connection idles in the pool.
+    ServerClosesIdle,
+    /// The server's app exits with the client's last request unanswered.
+    ServerCutsRequest,
+}
+
 /// Opens a connection, then (once `watch` has run) sends two requests
 /// 300 ms apart, waits, and lets `finish` close it.
 fn pooled_connection(
     link: &Link,
     server: IpAddr,
     watch: impl FnOnce() + Send + 'static,
-    server_closes: bool,
+    ending: Ending,
 ) -> Sent {
     let dst = SocketAddr::new(server, PORT);
     let listener = link
@@ -38,11 +49,17 @@ fn pooled_connection(
     let serving = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().expect("accept");
         let mut buf = [0u8; 64];
-        for _ in 0..2 {
+        for i in 0..2 {
             let n = conn.read(&mut buf).expect("request");
+            if i == 1 && ending == Ending::ServerCutsRequest {
+                // Read, never answered: the app exits 450 ms later.
+                std::thread::sleep(Duration::from_millis(450));
+                drop(conn);
+                return;
+            }
             conn.write_all(&buf[..n]).expect("response");
         }
-        if server_closes {
+        if ending == Ending::ServerClosesIdle {
             // The app exits while the connection idles in the client's
             // pool: it closes under the client.
             std::thread::sleep(Duration::from_millis(450));
@@ -64,10 +81,12 @@ fn pooled_connection(
             std::thread::sleep(Duration::from_millis(300));
             conn.write_all(b"GET 2").expect("send");
             let last_send = MonoTime::now();
-            conn.read_exact(&mut buf[..5]).expect("reply");
+            if ending != Ending::ServerCutsRequest {
+                conn.read_exact(&mut buf[..5]).expect("reply");
+            }
             std::thread::sleep(Duration::from_millis(500));
             let local = conn.local_addr().expect("local");
-            if server_closes {
+            if ending != Ending::ClientCloses {
                 // Half-closed by the server; the client notices and closes.
                 let _ = conn.read(&mut buf);
             }
@@ -104,7 +123,11 @@ fn a_pooled_connections_last_request_is_reported_when_it_closes() {
         .map(|mut p| p.event_reader().expect("reader"))
         .expect("probe");
     let server = link.server_v4;
-    for server_closes in [false, true] {
+    for ending in [
+        Ending::ClientCloses,
+        Ending::ServerClosesIdle,
+        Ending::ServerCutsRequest,
+    ] {
         let watcher = probe.clone();
         let sent = pooled_connection(
             &link,
@@ -112,7 +135,7 @@ fn a_pooled_connections_last_request_is_reported_when_it_closes() {
             move || {
                 watcher.lock().expect("probe").watch(server).expect("watch");
             },
-            server_closes,
+            ending,
         );
         let mut records = Vec::new();
         for _ in 0..10 {
@@ -125,13 +148,13 @@ fn a_pooled_connections_last_request_is_reported_when_it_closes() {
         let reports = sent_records(&records, sent.local);
         assert!(
             !reports.is_empty(),
-            "server_closes={server_closes}: no report of the pooled connection: {records:#?}"
+            "{ending:?}: no report of the pooled connection: {records:#?}"
         );
         for (closed_at, last_send) in reports {
             let error = last_send.0.abs_diff(sent.last_send.0);
             assert!(
                 error <= TOLERANCE_NS,
-                "server_closes={server_closes}: last send {:?} vs {:?}, {error} ns off",
+                "{ending:?}: last send {:?} vs {:?}, {error} ns off",
                 last_send,
                 sent.last_send
             );
@@ -140,6 +163,16 @@ fn a_pooled_connections_last_request_is_reported_when_it_closes() {
                 "reported when the connection closed, not when it sent"
             );
         }
+        let cut = records
+            .iter()
+            .filter(|r| r.src == sent.local)
+            .filter(|r| r.failure_class() == Some(FailureClass::Cut))
+            .count();
+        let expected = usize::from(ending == Ending::ServerCutsRequest);
+        assert_eq!(
+            cut, expected,
+            "{ending:?}: requests cut in flight: {records:#?}"
+        );
         probe
             .lock()
             .expect("probe")

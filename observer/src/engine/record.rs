@@ -35,6 +35,9 @@ pub struct FailureCounts {
     pub timed_out: u64,
     pub aborted: u64,
     pub reset: u64,
+    /// Requests in flight when the peer closed the connection (FIN).
+    #[serde(default)]
+    pub cut: u64,
     pub other: u64,
 }
 
@@ -51,6 +54,7 @@ impl FailureCounts {
             FailureClass::TimedOut => self.timed_out,
             FailureClass::Aborted => self.aborted,
             FailureClass::Reset => self.reset,
+            FailureClass::Cut => self.cut,
             FailureClass::Other => self.other,
         }
     }
@@ -74,6 +78,7 @@ impl FailureCounts {
             FailureClass::TimedOut => &mut self.timed_out,
             FailureClass::Aborted => &mut self.aborted,
             FailureClass::Reset => &mut self.reset,
+            FailureClass::Cut => &mut self.cut,
             FailureClass::Other => &mut self.other,
         }
     }
@@ -278,7 +283,7 @@ pub struct Snapshot {
 }
 
 /// Every `failures_by_state` key, so counting a failure allocates nothing.
-const FAILURE_KEYS: [[&str; 7]; 4] = [
+const FAILURE_KEYS: [[&str; 8]; 4] = [
     [
         "terminating/refused",
         "terminating/host_unreachable",
@@ -286,6 +291,7 @@ const FAILURE_KEYS: [[&str; 7]; 4] = [
         "terminating/timed_out",
         "terminating/aborted",
         "terminating/reset",
+        "terminating/cut",
         "terminating/other",
     ],
     [
@@ -295,6 +301,7 @@ const FAILURE_KEYS: [[&str; 7]; 4] = [
         "not_ready/timed_out",
         "not_ready/aborted",
         "not_ready/reset",
+        "not_ready/cut",
         "not_ready/other",
     ],
     [
@@ -304,6 +311,7 @@ const FAILURE_KEYS: [[&str; 7]; 4] = [
         "ready/timed_out",
         "ready/aborted",
         "ready/reset",
+        "ready/cut",
         "ready/other",
     ],
     [
@@ -313,6 +321,7 @@ const FAILURE_KEYS: [[&str; 7]; 4] = [
         "unknown/timed_out",
         "unknown/aborted",
         "unknown/reset",
+        "unknown/cut",
         "unknown/other",
     ],
 ];

@@ -284,7 +284,7 @@ pub fn render_summary(report: &LabReport) -> String {
             t.cut_requests,
             f.refused,
             f.host_unreachable + f.net_unreachable,
-            f.timed_out + f.aborted + f.reset + f.other,
+            f.timed_out + f.aborted + f.reset + f.cut + f.other,
         );
     }
     let _ = writeln!(

@@ -50,6 +50,7 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         protocol: offset_of(btf, "sock", &["sk_protocol"])?,
         err: offset_of(btf, "sock", &["sk_err"])?,
         lsndtime: offset_of(btf, "tcp_sock", &["lsndtime"])?,
+        lrcvtime: offset_of(btf, "inet_connection_sock", &["icsk_ack", "lrcvtime"])?,
         ..socket_cgroup_offsets(btf)
     })
 }

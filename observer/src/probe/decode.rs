@@ -39,18 +39,22 @@ pub enum FailureClass {
     Aborted,
     /// RST on an established connection: an in-flight request was cut off.
     Reset,
+    /// The peer closed (FIN) an established connection while a request
+    /// was in flight on it: sent, and nothing answered since.
+    Cut,
     /// Any other errno reported for a connect.
     Other,
 }
 
 impl FailureClass {
-    pub const ALL: [FailureClass; 7] = [
+    pub const ALL: [FailureClass; 8] = [
         FailureClass::Refused,
         FailureClass::HostUnreachable,
         FailureClass::NetUnreachable,
         FailureClass::TimedOut,
         FailureClass::Aborted,
         FailureClass::Reset,
+        FailureClass::Cut,
         FailureClass::Other,
     ];
 
@@ -73,6 +77,7 @@ impl FailureClass {
             FailureClass::TimedOut => "timed_out",
             FailureClass::Aborted => "aborted",
             FailureClass::Reset => "reset",
+            FailureClass::Cut => "cut",
             FailureClass::Other => "other",
         }
     }
@@ -96,6 +101,8 @@ pub struct RawEvent {
     /// before `ts` the connection last sent data.
     pub jiffies: u64,
     pub since_send_jiffies: u32,
+    /// `SENT` only: the peer closed while a request was in flight.
+    pub cut: bool,
 }
 
 fn ip_from(family: u16, bytes: [u8; 16]) -> Result<IpAddr, DecodeError> {
@@ -151,6 +158,7 @@ pub fn decode_struct(event: &ConnectEvent) -> Result<RawEvent, DecodeError> {
         watched: event.flags & flags::WATCHED != 0,
         jiffies: if sent { event.syn_ns } else { 0 },
         since_send_jiffies: if sent { event.since_send_jiffies } else { 0 },
+        cut: sent && event.flags & flags::CUT != 0,
     })
 }
 
@@ -353,10 +361,19 @@ impl OutcomeJoiner {
                 out.push(record);
             }
             kind::SENT => {
-                let outcome = Outcome::Sent {
-                    last_send: self.last_send(&raw),
-                };
-                out.push(ConnectRecord::from_raw(&raw, outcome));
+                let last_send = self.last_send(&raw);
+                out.push(ConnectRecord::from_raw(&raw, Outcome::Sent { last_send }));
+                if raw.cut {
+                    // The request in flight is lost: a failure of the pod,
+                    // at the close, having waited since it was sent.
+                    let outcome = Outcome::Failed {
+                        class: FailureClass::Cut,
+                        errno: 0,
+                        waited_ns: raw.ts.saturating_since(last_send).as_nanos() as u64,
+                        synchronous: false,
+                    };
+                    out.push(ConnectRecord::from_raw(&raw, outcome));
+                }
             }
             kind::ESTABLISHED => {
                 let outcome = Outcome::Established {

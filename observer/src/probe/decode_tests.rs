@@ -272,3 +272,27 @@ fn kernel_hz_from_jiffies_and_the_monotonic_clock() {
     // Too close to the wrap to tell.
     assert_eq!(kernel_hz(at(310.0), jiffies(250, 310)), None);
 }
+
+#[test]
+fn a_close_under_a_request_in_flight_is_a_cut_failure_of_the_pod() {
+    let ts = 1_000_000_000_000u64;
+    let mut e = v4_event(kind::SENT, ts, 41000, 0);
+    e.syn_ns = (1u64 << 32) + 250 * 700;
+    e.since_send_jiffies = 5; // 20 ms at 250 Hz
+    e.flags = flags::WATCHED | flags::CUT;
+    let out = joined(&[e]);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert!(matches!(out[0].outcome, Outcome::Sent { .. }));
+    assert_eq!(
+        out[1].outcome,
+        Outcome::Failed {
+            class: FailureClass::Cut,
+            errno: 0,
+            waited_ns: 20_000_000,
+            synchronous: false,
+        }
+    );
+    // Without the flag: a close, no failure.
+    e.flags = flags::WATCHED;
+    assert_eq!(joined(&[e]).len(), 1);
+}

@@ -14,7 +14,7 @@ use crate::probe::FailureClass;
 
 /// Failed connects by class, in [`FailureClass::ALL`] order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FailureTally(pub [u64; 7]);
+pub struct FailureTally(pub [u64; 8]);
 
 impl FailureTally {
     fn index(class: FailureClass) -> usize {

@@ -384,6 +384,7 @@ fn failures_are_counted_by_class() {
         timed_out: 1,
         aborted: 1,
         reset: 1,
+        cut: 0,
         other: 1,
     };
     assert_eq!(t.failures, expected);
