@@ -307,6 +307,22 @@ fn emit(fill: impl FnOnce(&mut ConnectEvent)) {
 }
 
 #[inline(always)]
+fn set_endpoints(
+    event: &mut ConnectEvent,
+    family: u16,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+    sport: u16,
+    dport: u16,
+) {
+    event.family = family;
+    event.saddr = *saddr;
+    event.daddr = *daddr;
+    event.sport = sport;
+    event.dport = dport;
+}
+
+#[inline(always)]
 fn fill_from_sock(event: &mut ConnectEvent, info: &SockInfo) {
     event.syn_ns = info.syn_ns;
     event.cgroup_id = info.cgroup_id;
@@ -399,11 +415,7 @@ fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(), i32> {
         event.ts_ns = now;
         event.syn_ns = jiffies;
         event.cgroup_id = cgroup_id;
-        event.saddr = saddr;
-        event.daddr = daddr;
-        event.family = family;
-        event.sport = sport;
-        event.dport = dport;
+        set_endpoints(event, family, &saddr, &daddr, sport, dport);
         event.flags |= flags::WATCHED;
         if cut {
             event.flags |= flags::CUT;
@@ -636,11 +648,7 @@ fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(), i32> {
         emit(|event| {
             event.ts_ns = now;
             event.cgroup_id = cgroup_id;
-            event.saddr = saddr;
-            event.daddr = daddr;
-            event.family = family;
-            event.sport = sport;
-            event.dport = dport;
+            set_endpoints(event, family, &saddr, &daddr, sport, dport);
             event.errno = errno;
             event.kind = kind::ERROR;
         });

@@ -66,11 +66,7 @@ impl Connectors {
             let Some(t0) = pod.deletion_seen else {
                 continue;
             };
-            let end = pods
-                .iter()
-                .filter(|o| o.name != pod.name && o.ip == pod.ip && o.first_seen > t0)
-                .map(|o| o.first_seen)
-                .min();
+            let end = pod.tenure_end(pods, t0);
             let in_window = |t: MonoTime| t >= t0 && end.is_none_or(|end| t < end);
             let mut seen: BTreeMap<String, ConnectorActivity> = BTreeMap::new();
             for r in records.iter().filter(|r| r.dst.ip() == pod.ip) {

@@ -114,6 +114,17 @@ pub struct SeenPod {
     pub deletion_seen: Option<MonoTime>,
 }
 
+impl SeenPod {
+    /// When the pod's IP passed to its next holder after `from`: what a
+    /// connect to the IP means changes there.
+    pub fn tenure_end(&self, pods: &[SeenPod], from: MonoTime) -> Option<MonoTime> {
+        pods.iter()
+            .filter(|o| o.name != self.name && o.ip == self.ip && o.first_seen > from)
+            .map(|o| o.first_seen)
+            .min()
+    }
+}
+
 /// Per pod: the last SYN to its IP within [deletion_seen, next holder's
 /// first_seen), and the failed connects in that window, by class —
 /// counting only the records `is_ingress` accepts (the ingress's
@@ -128,11 +139,7 @@ pub fn gaps_from_records(
         let Some(t0) = pod.deletion_seen else {
             continue;
         };
-        let end = pods
-            .iter()
-            .filter(|o| o.name != pod.name && o.ip == pod.ip && o.first_seen > t0)
-            .map(|o| o.first_seen)
-            .min();
+        let end = pod.tenure_end(pods, t0);
         let mut last: Option<MonoTime> = None;
         let mut failures = FailureCounts::default();
         let in_window = |t: MonoTime| t >= t0 && end.is_none_or(|end| t < end);
