@@ -29,7 +29,7 @@ pub struct ConnectFact {
     /// connection carried (`at` is then that request's time).
     pub is_send: bool,
     /// Counts towards last_choice: a send that is not a retry (a first
-    /// try, or a request on a pooled connection). A watched SYN's outcome
+    /// try, or a request on a pooled connection that retried nothing). A watched SYN's outcome
     /// is not counted again: its `Connect` record was.
     pub is_choice: bool,
     pub failure: Option<FailureClass>,
@@ -67,7 +67,7 @@ impl ConnectFact {
         ConnectFact {
             established: matches!(record.outcome, Outcome::Established { .. }),
             is_send: is_connect || is_sent,
-            is_choice: is_sent || (is_connect && first_sighting && !record.retry),
+            is_choice: !record.retry && (is_sent || (is_connect && first_sighting)),
             ts: record.ts,
             at,
             ip: record.dst.ip(),

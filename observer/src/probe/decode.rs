@@ -15,6 +15,7 @@ use observer_common::{AF_INET, AF_INET6, ConnectEvent, flags, kind};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::retry::RetryTracker;
 use crate::clock::MonoTime;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -210,8 +211,10 @@ pub struct ConnectRecord {
     pub container_id: Option<String>,
     pub watched: bool,
     /// A SYN this thread sent right after one of its own connects failed,
-    /// to another destination: the ingress retrying a request elsewhere,
-    /// not choosing this pod (docs/ENGINE.md, "Choices and retries").
+    /// to another destination, or a pooled connection whose last request
+    /// was sent right after such a failure of its thread: the ingress
+    /// retrying a request elsewhere, not choosing this pod (docs/ENGINE.md,
+    /// "Choices and retries"; `probe::retry`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry: bool,
     #[serde(flatten)]
@@ -256,14 +259,7 @@ fn waited(raw: &RawEvent) -> u64 {
 /// so it is microseconds behind; the margin covers reader batching.
 pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_millis(200);
 
-/// How soon after its own failed connect a thread's next SYN, to another
-/// destination, is taken for a retry. Proxies retry in the same event-loop
-/// turn in which they learn of the failure: microseconds after the kernel
-/// reported it, a few milliseconds on a loaded node.
-pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_millis(5);
-
-/// Threads whose last failure is remembered, at most.
-const MAX_FAILING_THREADS: usize = 16_384;
+pub use super::retry::DEFAULT_RETRY_WINDOW;
 
 /// Joins SYN_CLOSED and ERROR records into connect outcomes, marks
 /// retries, and dates pooled sends.
@@ -271,9 +267,8 @@ const MAX_FAILING_THREADS: usize = 16_384;
 pub struct OutcomeJoiner {
     grace: Duration,
     pending: HashMap<(SocketAddr, SocketAddr), RawEvent>,
-    retry_window: Duration,
-    /// Each thread's latest failed connect: when, and to where.
-    failures: HashMap<u32, (MonoTime, SocketAddr)>,
+    /// Each thread's recent failures, for telling its retries apart.
+    retries: RetryTracker,
     /// The kernel's tick rate, once known (see [`kernel_hz`]).
     hz: Option<u32>,
     /// What to assume when a SENT event cannot tell (see [`kernel_hz`]).
@@ -291,8 +286,7 @@ impl OutcomeJoiner {
         OutcomeJoiner {
             grace,
             pending: HashMap::new(),
-            retry_window: DEFAULT_RETRY_WINDOW,
-            failures: HashMap::new(),
+            retries: RetryTracker::default(),
             hz: None,
             fallback_hz: 250,
         }
@@ -301,7 +295,7 @@ impl OutcomeJoiner {
     /// How soon after a thread's failed connect its next SYN elsewhere is
     /// taken for a retry.
     pub fn with_retry_window(mut self, window: Duration) -> OutcomeJoiner {
-        self.retry_window = window;
+        self.retries = RetryTracker::new(window);
         self
     }
 
@@ -312,39 +306,22 @@ impl OutcomeJoiner {
         self
     }
 
-    /// Remembers a failed connect of `tid`, for telling retries apart.
+    /// Remembers a failure of the event's thread, for telling its
+    /// retries apart.
     fn note_failure(&mut self, raw: &RawEvent) {
-        if raw.pid == 0 {
-            return;
-        }
-        if self.failures.len() >= MAX_FAILING_THREADS {
-            let horizon = self.retry_window;
-            let now = raw.ts;
-            self.failures
-                .retain(|_, (at, _)| now.saturating_since(*at) <= horizon);
-            if self.failures.len() >= MAX_FAILING_THREADS {
-                self.failures.clear();
-            }
-        }
-        self.failures.insert(raw.pid, (raw.ts, raw.dst));
-    }
-
-    /// A SYN from a thread whose own connect failed just before, to
-    /// another destination.
-    fn is_retry(&self, raw: &RawEvent) -> bool {
-        self.failures.get(&raw.pid).is_some_and(|(at, dst)| {
-            *dst != raw.dst && raw.ts >= *at && raw.ts.saturating_since(*at) <= self.retry_window
-        })
+        self.retries.note_failure(raw.pid, raw.ts, raw.dst);
     }
 
     /// When a SENT event's connection last sent data.
-    fn last_send(&mut self, raw: &RawEvent) -> MonoTime {
+    /// With the length of a jiffy: how precisely that time is known.
+    fn last_send(&mut self, raw: &RawEvent) -> (MonoTime, Duration) {
         if self.hz.is_none() {
             self.hz = kernel_hz(raw.ts, raw.jiffies);
         }
         let hz = u64::from(self.hz.unwrap_or(self.fallback_hz));
         let ns = u64::from(raw.since_send_jiffies) * 1_000_000_000 / hz;
-        MonoTime(raw.ts.0.saturating_sub(ns))
+        let jiffy = Duration::from_nanos(1_000_000_000 / hz);
+        (MonoTime(raw.ts.0.saturating_sub(ns)), jiffy)
     }
 
     /// Closes waiting for their error report.
@@ -357,13 +334,23 @@ impl OutcomeJoiner {
         match raw.kind {
             kind::CONNECT => {
                 let mut record = ConnectRecord::from_raw(&raw, Outcome::Connect);
-                record.retry = self.is_retry(&raw);
+                record.retry = self.retries.syn_is_retry(raw.pid, raw.ts, raw.dst);
                 out.push(record);
             }
             kind::SENT => {
-                let last_send = self.last_send(&raw);
-                out.push(ConnectRecord::from_raw(&raw, Outcome::Sent { last_send }));
+                let (last_send, jiffy) = self.last_send(&raw);
+                let mut record = ConnectRecord::from_raw(&raw, Outcome::Sent { last_send });
+                // The owner thread is the connecting one, where the socket
+                // map knew it (nginx and Envoy keep a connection on the
+                // worker that opened it).
+                record.retry = self
+                    .retries
+                    .send_is_retry(raw.pid, last_send, jiffy, raw.dst);
+                out.push(record);
                 if raw.cut {
+                    // The worker learns of it when it reads the close and
+                    // retries then: a failure like a refused connect.
+                    self.note_failure(&raw);
                     // The request in flight is lost: a failure of the pod,
                     // at the close, having waited since it was sent.
                     let outcome = Outcome::Failed {
@@ -420,6 +407,7 @@ impl OutcomeJoiner {
 
     /// Reports as `aborted` every close older than the grace period at `now`.
     pub fn flush(&mut self, now: MonoTime, out: &mut Vec<ConnectRecord>) {
+        self.retries.forget_before(now);
         let grace = self.grace;
         let mut expired: Vec<RawEvent> = Vec::new();
         self.pending.retain(|_, closed| {

@@ -296,3 +296,47 @@ fn a_close_under_a_request_in_flight_is_a_cut_failure_of_the_pod() {
     e.flags = flags::WATCHED;
     assert_eq!(joined(&[e]).len(), 1);
 }
+
+#[test]
+fn a_pooled_request_right_after_the_threads_failure_is_a_retry() {
+    // 1000 s after boot on an HZ=250 kernel.
+    let at_jiffies = |ts: u64| (1u64 << 32) + 250 * 700 + (ts - 1_000_000_000_000) / 4_000_000;
+    let ts = 1_000_000_000_000u64;
+    let mut refused = v4_event(kind::SYN_CLOSED, ts, 40000, libc::ECONNREFUSED);
+    refused.pid = 7;
+    // Two pooled connections of thread 7 to another pod close 2 s later:
+    // the first last carried a request 1 jiffy after the failure (the
+    // retry), the second one 50 ms before it (a choice).
+    let close = ts + 2_000_000_000;
+    let pooled = |sport: u16, since_send_jiffies: u32| {
+        let mut e = v4_event(kind::SENT, close, sport, 0);
+        e.daddr[3] = 3;
+        e.pid = 7;
+        e.syn_ns = at_jiffies(close);
+        e.since_send_jiffies = since_send_jiffies;
+        e.flags = flags::WATCHED;
+        e
+    };
+    let out = joined(&[refused, pooled(41000, 499), pooled(41001, 512)]);
+    let sent: Vec<bool> = out
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Sent { .. }))
+        .map(|r| r.retry)
+        .collect();
+    assert_eq!(sent, [true, false]);
+}
+
+#[test]
+fn a_request_cut_in_flight_makes_the_threads_next_syn_a_retry() {
+    let ts = 1_000_000_000_000u64;
+    let mut cut = v4_event(kind::SENT, ts, 41000, 0);
+    cut.syn_ns = (1u64 << 32) + 250 * 700;
+    cut.since_send_jiffies = 5;
+    cut.flags = flags::WATCHED | flags::CUT;
+    cut.pid = 7;
+    let out = joined(&[cut, syn_to(3, ts + 300_000, 7)]);
+    assert!(
+        out.last()
+            .is_some_and(|r| r.outcome == Outcome::Connect && r.retry)
+    );
+}

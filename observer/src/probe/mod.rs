@@ -7,6 +7,7 @@ pub mod btf;
 pub mod decode;
 pub mod loader;
 pub mod preflight;
+pub mod retry;
 
 pub use decode::{ConnectRecord, FailureClass, Outcome, OutcomeJoiner};
 pub use loader::{EventReader, Probe, ProbeCounters, ProbeError, ProbeOptions, SyncFailureHook};

@@ -53,6 +53,12 @@ fn pooled(dst: &str, sent_ms: u64, closed_ms: u64) -> ConnectRecord {
     )
 }
 
+fn pooled_retry(dst: &str, sent_ms: u64, closed_ms: u64) -> ConnectRecord {
+    let mut r = pooled(dst, sent_ms, closed_ms);
+    r.retry = true;
+    r
+}
+
 fn closed_one(engine: &mut Engine, steps: Vec<Step>) -> PodTermination {
     let out = run(engine, steps);
     let records = closed(&out);
@@ -75,15 +81,17 @@ fn requests_on_pooled_connections_extend_the_gap_past_the_last_syn() {
                 pooled(WEB1_HTTP, 13_000, 14_000),
                 // One idle since before the deletion: not a send after it.
                 pooled(WEB1_HTTP, 9_000, 14_500),
+                // One whose last request retried a failure elsewhere.
+                pooled_retry(WEB1_HTTP, 13_500, 14_600),
             ],
         ),
     );
     assert_eq!(t.last_connect, Some(ms(11_000)));
     assert_eq!(t.last_choice, Some(ms(13_000)));
-    assert_eq!(t.last_send, Some(ms(13_000)));
+    assert_eq!(t.last_send, Some(ms(13_500)));
     assert_eq!(t.propagation_gap_ns, Some(3_000 * MS as i64));
     assert_eq!(t.dataplane_lag_ns, Some(2_500 * MS as i64));
-    assert_eq!(t.retry_tail_ns, None);
+    assert_eq!(t.retry_tail_ns, Some(500 * MS as i64));
     assert_eq!(
         t.connects_after_deletion, 1,
         "a pooled request is no new connection"

@@ -1,0 +1,257 @@
+//! Telling a proxy's retries from its choices, from the kernel's view.
+//!
+//! A proxy retries a failed try in the same event-loop turn in which it
+//! learns of the failure, on the thread that made the try: a SYN (or a
+//! request over a pooled connection) that follows, on that thread and
+//! within the retry window, a failure of that thread's own to another
+//! destination is a retry, not a choice (docs/ENGINE.md, "Choices and
+//! retries").
+//!
+//! Each failure licenses one retry. A worker learns of failures in bursts
+//! (a neighbour entry expiring fails every connect to that address in one
+//! softirq) and retries each request in turn, so the burst's retries go to
+//! every destination, including one that failed in the same burst for
+//! another request: pairing each retry with the *oldest* unused failure to
+//! another destination is what tells them all apart.
+//!
+//! A pooled connection is seen once, when it closes, with the time of its
+//! last send (jiffy resolution). That send was a retry when a failure of
+//! the connection's owner thread, not already taken by a SYN, lies just
+//! before it; so failures are kept for a while after their SYN window.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::clock::MonoTime;
+
+/// How soon after its own failed connect a thread's next SYN, to another
+/// destination, is taken for a retry. Proxies retry in the same event-loop
+/// turn in which they learn of the failure: microseconds after the kernel
+/// reported it, a few milliseconds on a loaded node.
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_millis(5);
+
+/// How long a failure stays available to a pooled connection's last send.
+/// Such a send is reported when its connection closes, which an ingress
+/// does at the latest when its idle keep-alive timeout runs out (nginx:
+/// 60 s by default).
+const KEPT_FOR_POOLED_SENDS: Duration = Duration::from_secs(120);
+
+/// Failures remembered per thread, at most (the newest are kept).
+const MAX_FAILURES_PER_THREAD: usize = 256;
+
+/// Threads whose failures are remembered, at most.
+const MAX_FAILING_THREADS: usize = 1024;
+
+#[derive(Clone, Copy, Debug)]
+struct Failure {
+    at: MonoTime,
+    dst: SocketAddr,
+    /// A retry has been paired with it.
+    taken: bool,
+}
+
+/// Each thread's recent failures, and the pairing of retries with them.
+#[derive(Debug)]
+pub struct RetryTracker {
+    window: Duration,
+    threads: HashMap<u32, VecDeque<Failure>>,
+}
+
+impl Default for RetryTracker {
+    fn default() -> Self {
+        RetryTracker::new(DEFAULT_RETRY_WINDOW)
+    }
+}
+
+impl RetryTracker {
+    pub fn new(window: Duration) -> RetryTracker {
+        RetryTracker {
+            window,
+            threads: HashMap::new(),
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Remembers that a connect (or a pooled request) of thread `tid` to
+    /// `dst` failed at `at`. Thread 0 (not known) is not remembered.
+    pub fn note_failure(&mut self, tid: u32, at: MonoTime, dst: SocketAddr) {
+        if tid == 0 {
+            return;
+        }
+        if !self.threads.contains_key(&tid) && self.threads.len() >= MAX_FAILING_THREADS {
+            self.forget_before(at);
+            if self.threads.len() >= MAX_FAILING_THREADS {
+                self.threads.clear();
+            }
+        }
+        let failures = self.threads.entry(tid).or_default();
+        if failures.len() >= MAX_FAILURES_PER_THREAD {
+            failures.pop_front();
+        }
+        failures.push_back(Failure {
+            at,
+            dst,
+            taken: false,
+        });
+    }
+
+    /// Whether thread `tid`'s SYN to `dst` at `at` retries one of its own
+    /// failures elsewhere; if so, that failure is taken.
+    pub fn syn_is_retry(&mut self, tid: u32, at: MonoTime, dst: SocketAddr) -> bool {
+        let window = self.window;
+        self.take(tid, dst, |failure| {
+            at >= failure && at.saturating_since(failure) <= window
+        })
+    }
+
+    /// Whether the last send of a pooled connection of thread `tid` to
+    /// `dst`, dated `last_send` to within `resolution` (a jiffy), retried
+    /// one of the thread's failures elsewhere; if so, that failure is taken.
+    pub fn send_is_retry(
+        &mut self,
+        tid: u32,
+        last_send: MonoTime,
+        resolution: Duration,
+        dst: SocketAddr,
+    ) -> bool {
+        let slack = resolution.as_nanos() as u64;
+        let reach = (self.window + resolution).as_nanos() as u64;
+        self.take(tid, dst, |failure| {
+            last_send.0.saturating_add(slack) >= failure.0
+                && last_send.0 <= failure.0.saturating_add(reach)
+        })
+    }
+
+    /// Takes the oldest untaken failure of `tid`, to another destination
+    /// than `dst`, whose time `fits`.
+    fn take(&mut self, tid: u32, dst: SocketAddr, fits: impl Fn(MonoTime) -> bool) -> bool {
+        let Some(failures) = self.threads.get_mut(&tid) else {
+            return false;
+        };
+        match failures
+            .iter_mut()
+            .find(|f| !f.taken && f.dst != dst && fits(f.at))
+        {
+            Some(failure) => {
+                failure.taken = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops failures too old for any report still to come.
+    pub fn forget_before(&mut self, now: MonoTime) {
+        let Some(horizon) = now.0.checked_sub(KEPT_FOR_POOLED_SENDS.as_nanos() as u64) else {
+            return;
+        };
+        self.threads.retain(|_, failures| {
+            while failures.front().is_some_and(|f| f.at.0 < horizon) {
+                failures.pop_front();
+            }
+            !failures.is_empty()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn addr(last_octet: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, last_octet], 8080))
+    }
+
+    #[test]
+    fn each_failure_of_a_burst_licenses_one_retry_to_any_other_destination() {
+        // One softirq fails five connects of thread 7: two to .3, three to
+        // .2 (a neighbour entry expiring). The worker then retries each
+        // request in turn, to whichever upstream comes next, including the
+        // other failed one, which it does not know has failed yet.
+        let mut tracker = RetryTracker::default();
+        for (i, dst) in [3, 3, 2, 2, 2].into_iter().enumerate() {
+            tracker.note_failure(7, MonoTime(100 * MS + i as u64 * 10_000), addr(dst));
+        }
+        let retries: Vec<bool> = [2, 2, 3, 3, 3, 3]
+            .into_iter()
+            .enumerate()
+            .map(|(i, dst)| {
+                tracker.syn_is_retry(7, MonoTime(101 * MS + i as u64 * 50_000), addr(dst))
+            })
+            .collect();
+        // Five failures, five retries; the sixth SYN is a new choice.
+        assert_eq!(retries, [true, true, true, true, true, false]);
+    }
+
+    #[test]
+    fn a_syn_is_a_retry_only_on_the_failing_thread_within_the_window() {
+        let mut tracker = RetryTracker::new(Duration::from_millis(5));
+        tracker.note_failure(7, MonoTime(100 * MS), addr(2));
+        assert!(
+            !tracker.syn_is_retry(8, MonoTime(101 * MS), addr(3)),
+            "another thread"
+        );
+        assert!(
+            !tracker.syn_is_retry(7, MonoTime(101 * MS), addr(2)),
+            "the same pod again"
+        );
+        assert!(
+            !tracker.syn_is_retry(7, MonoTime(99 * MS), addr(3)),
+            "before the failure"
+        );
+        assert!(
+            !tracker.syn_is_retry(7, MonoTime(106 * MS), addr(3)),
+            "after the window"
+        );
+        assert!(tracker.syn_is_retry(7, MonoTime(104 * MS), addr(3)));
+        assert!(
+            !tracker.syn_is_retry(7, MonoTime(104 * MS), addr(4)),
+            "already taken"
+        );
+    }
+
+    #[test]
+    fn a_pooled_send_is_matched_to_an_untaken_failure_within_a_jiffy() {
+        let jiffy = Duration::from_millis(4);
+        let mut tracker = RetryTracker::default();
+        tracker.note_failure(7, MonoTime(1_000 * MS), addr(2));
+        tracker.note_failure(7, MonoTime(2_000 * MS), addr(2));
+        // The first failure's retry was a SYN.
+        assert!(tracker.syn_is_retry(7, MonoTime(1_000 * MS + 100_000), addr(3)));
+        // Seen at the connection's close, seconds later: a send dated 3 ms
+        // before the second failure (a jiffy's rounding) retried it.
+        assert!(tracker.send_is_retry(7, MonoTime(1_997 * MS), jiffy, addr(4)));
+        // A send near the first failure: that one was already retried.
+        assert!(!tracker.send_is_retry(7, MonoTime(1_001 * MS), jiffy, addr(4)));
+        // Far from any failure: a choice.
+        tracker.note_failure(7, MonoTime(3_000 * MS), addr(2));
+        assert!(!tracker.send_is_retry(7, MonoTime(3_020 * MS), jiffy, addr(4)));
+    }
+
+    #[test]
+    fn memory_stays_bounded_and_old_failures_go() {
+        let mut tracker = RetryTracker::default();
+        for tid in 1..=(MAX_FAILING_THREADS as u32 + 10) {
+            for i in 0..(MAX_FAILURES_PER_THREAD as u64 + 5) {
+                tracker.note_failure(tid, MonoTime(i * MS), addr(2));
+            }
+        }
+        assert!(tracker.threads.len() <= MAX_FAILING_THREADS);
+        assert!(
+            tracker
+                .threads
+                .values()
+                .all(|f| f.len() <= MAX_FAILURES_PER_THREAD)
+        );
+        tracker.forget_before(MonoTime(
+            KEPT_FOR_POOLED_SENDS.as_nanos() as u64 + 10_000 * MS,
+        ));
+        assert!(tracker.threads.is_empty());
+    }
+}
