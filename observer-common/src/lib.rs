@@ -233,6 +233,19 @@ pub struct SockOffsets {
     /// `inet_connection_sock.icsk_ack.lrcvtime`: jiffies of the last data
     /// received.
     pub lrcvtime: u32,
+    /// `sk_err_soft` (an int): an ICMP error that arrived while the
+    /// connecting task held the socket, which the kernel keeps as a soft
+    /// error rather than failing the connect at once.
+    pub err_soft: u32,
+    /// `sk_error_queue` (a `sk_buff_head`, whose first member is the
+    /// queue's first `sk_buff *`).
+    pub error_queue: u32,
+    /// `sk_buff.cb`, where a queued error keeps its `sock_exterr_skb`.
+    pub skb_cb: u32,
+    /// `sock_exterr_skb.ee.ee_errno` (a u32): the error an ICMP message
+    /// carried, as the application reads it (`SO_ERROR`, `MSG_ERRQUEUE`).
+    /// [`SockOffsets::ABSENT`] where the kernel's BTF lacks the struct.
+    pub exterr_errno: u32,
 }
 
 impl SockOffsets {
@@ -240,7 +253,7 @@ impl SockOffsets {
     pub const ABSENT: u32 = u32::MAX;
 }
 
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::align_of::<ConnectEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);

@@ -160,6 +160,10 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     kn_id: 0,
     lsndtime: 0,
     lrcvtime: 0,
+    err_soft: 0,
+    error_queue: 0,
+    skb_cb: 0,
+    exterr_errno: 0,
 };
 
 /// Non-zero: every program returns at once. The benchmark loads the probe
@@ -530,7 +534,7 @@ fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
             let _ = EARLY_ERRORS.remove(&tuple);
             e.errno
         }
-        _ => 0,
+        _ => error_seen_by_the_application(skaddr),
     };
     with_stats(&key, |stats| {
         add(&mut stats.syn_closed);
@@ -556,6 +560,37 @@ fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
         event.kind = kind::SYN_CLOSED;
     });
     Ok(())
+}
+
+/// The error an application closing a connecting socket has been told,
+/// where the kernel sent no error report: an ICMP error (host or network
+/// unreachable) that arrived while the connecting task held the socket
+/// lock, as it does when the reply comes back within the connect() call
+/// itself. The kernel then keeps it as a soft error and queues it on the
+/// socket's error queue, which wakes a non-blocking connector (EPOLLERR);
+/// `SO_ERROR` hands it over and clears it, the queued copy stays until the
+/// socket is freed. 0 when there is none (an abort: the application gave
+/// up on its own). Not inlined: its reads would add to the caller's stack.
+#[inline(never)]
+fn error_seen_by_the_application(skaddr: u64) -> i32 {
+    let off = offsets();
+    let soft: i32 = read_kernel(skaddr, off.err_soft).unwrap_or(0);
+    if soft != 0 {
+        return soft;
+    }
+    if off.exterr_errno == SockOffsets::ABSENT {
+        return 0;
+    }
+    let head = skaddr.wrapping_add(u64::from(off.error_queue));
+    // The queue's `next` is the head itself when it is empty.
+    let Ok(first) = read_kernel::<u64>(head, 0) else {
+        return 0;
+    };
+    if first == 0 || first == head {
+        return 0;
+    }
+    let errno: u32 = read_kernel(first, off.skb_cb.wrapping_add(off.exterr_errno)).unwrap_or(0);
+    errno as i32
 }
 
 /// Remembers that a connect of `pid_tgid` failed unreachable after its SYN.

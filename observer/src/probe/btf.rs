@@ -51,6 +51,11 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         err: offset_of(btf, "sock", &["sk_err"])?,
         lsndtime: offset_of(btf, "tcp_sock", &["lsndtime"])?,
         lrcvtime: offset_of(btf, "inet_connection_sock", &["icsk_ack", "lrcvtime"])?,
+        err_soft: offset_of(btf, "sock", &["sk_err_soft"])?,
+        error_queue: offset_of(btf, "sock", &["sk_error_queue"])?,
+        skb_cb: offset_of(btf, "sk_buff", &["cb"])?,
+        exterr_errno: offset_of(btf, "sock_exterr_skb", &["ee", "ee_errno"])
+            .unwrap_or(SockOffsets::ABSENT),
         ..socket_cgroup_offsets(btf)
     })
 }
@@ -181,6 +186,19 @@ mod tests {
         assert_ne!(offsets.protocol, offsets.err);
         // inet_sock begins with the whole struct sock.
         assert!(offsets.sport > offsets.err, "{offsets:?}");
+    }
+
+    #[test]
+    fn this_kernel_says_where_a_queued_icmp_error_keeps_its_errno() {
+        let offsets = sock_offsets(&kernel()).expect("offsets");
+        assert_ne!(offsets.exterr_errno, SockOffsets::ABSENT, "{offsets:?}");
+        // The errno follows the IPv4/IPv6 control block header, inside the
+        // 48-byte skb->cb.
+        assert!(
+            offsets.exterr_errno > 0 && offsets.exterr_errno + 4 <= 48,
+            "{offsets:?}"
+        );
+        assert_ne!(offsets.err_soft, offsets.err);
     }
 
     #[test]
