@@ -38,7 +38,10 @@ pub mod kind {
     /// CLOSE_WAIT): `since_send_jiffies` says how long before `ts_ns` it
     /// last sent data, and `syn_ns` carries the kernel's jiffies at
     /// `ts_ns` (to convert). This is how requests sent over pooled,
-    /// keep-alive connections are seen without any per-send work.
+    /// keep-alive connections are seen without any per-send work. `errno`
+    /// is set when the connection ended with an error the kernel gave the
+    /// application (a retransmission timeout, an ICMP unreachable): a
+    /// pooled connection to a vanished pod failing under a request.
     pub const SENT: u8 = 7;
 }
 
@@ -219,6 +222,8 @@ pub struct SockOffsets {
     pub protocol: u32,
     /// `sk_err` (an int).
     pub err: u32,
+    /// `__sk_common.skc_state` (a byte).
+    pub state: u32,
     /// `sk_cgrp_data.cgroup`: the cgroup the socket was created in (a
     /// `struct cgroup *`), or [`SockOffsets::ABSENT`] on kernels without
     /// socket cgroup data. This is the connector even where the program
@@ -253,7 +258,7 @@ impl SockOffsets {
     pub const ABSENT: u32 = u32::MAX;
 }
 
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 72);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 76);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::align_of::<ConnectEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);

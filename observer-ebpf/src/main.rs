@@ -155,6 +155,7 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     v6_rcv_saddr: 0,
     protocol: 0,
     err: 0,
+    state: 0,
     cgroup: 0,
     cgroup_kn: 0,
     kn_id: 0,
@@ -404,6 +405,11 @@ fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(), i32> {
         return Ok(());
     }
     let lsndtime: u32 = read_kernel(skaddr, off.lsndtime)?;
+    // An error the connection ends with (set before the kernel closes it,
+    // on every kernel): a timeout or an unreachable under a request. A
+    // reset is `tcp_receive_reset`'s.
+    let err: i32 = read_kernel(skaddr, off.err).unwrap_or(0);
+    let errno = if err == ECONNRESET || err == EPIPE { 0 } else { err };
     let lrcvtime: u32 = read_kernel(skaddr, off.lrcvtime)?;
     // Sent after the last data received (jiffies wrap: compare signed).
     let cut = peer_closed && (lsndtime.wrapping_sub(lrcvtime) as i32) > 0;
@@ -425,6 +431,7 @@ fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(), i32> {
             event.flags |= flags::CUT;
         }
         event.since_send_jiffies = (jiffies as u32).wrapping_sub(lsndtime);
+        event.errno = errno;
         event.kind = kind::SENT;
     });
     Ok(())
@@ -687,7 +694,10 @@ fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(), i32> {
             event.errno = errno;
             event.kind = kind::ERROR;
         });
-    } else {
+    } else if read_kernel::<u8>(sk, off.state).map(i32::from) == Ok(TCP_SYN_SENT) {
+        // Older kernels report a connect's error before its close: parked
+        // for the close to pick up. Nothing else is parked: an established
+        // connection's error is read at its close (`on_leaving_established`).
         let early = EarlyError {
             ts_ns: now,
             errno,

@@ -180,3 +180,99 @@ fn a_pooled_connections_last_request_is_reported_when_it_closes() {
             .expect("unwatch");
     }
 }
+
+/// A pooled connection to a pod that vanished (its packets go nowhere):
+/// the next request on it is retransmitted until the connection times out,
+/// which the client sees as ETIMEDOUT. The probe reports the last send and
+/// a `timed_out` failure of that destination.
+#[test]
+fn a_pooled_connection_to_a_vanished_pod_fails_timed_out() {
+    require_root();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _context = runtime.enter();
+    let link = Link::create("gone", 63).expect("namespaces");
+    let mut probe = Probe::load(&ProbeOptions::default()).expect("probe loads (run as root)");
+    let mut reader = probe.event_reader().expect("reader");
+    let server = link.server_v4;
+    let dst = SocketAddr::new(server, PORT);
+    let listener = link
+        .server
+        .run_in("pool-server", move || TcpListener::bind(dst).expect("bind"))
+        .expect("server namespace");
+    let serving = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).expect("request");
+        conn.write_all(&buf[..n]).expect("response");
+        // Held open: the pod "vanishes" by dropping everything.
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let mut conn = link
+        .client
+        .run_in("pool-client", move || TcpStream::connect(dst).expect("connect"))
+        .expect("client namespace");
+    probe.watch(server).expect("watch");
+    let mut buf = [0u8; 64];
+    conn.write_all(b"GET 1").expect("send");
+    conn.read_exact(&mut buf[..5]).expect("reply");
+    link.drop_syns(PORT).expect("nft drop");
+    set_user_timeout(&conn, Duration::from_millis(400));
+    conn.write_all(b"GET 2").expect("send");
+    let last_send = MonoTime::now();
+    let err = conn.read(&mut buf).expect_err("the connection times out");
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
+    let local = conn.local_addr().expect("local");
+    drop(conn);
+    let mut records = Vec::new();
+    for _ in 0..10 {
+        let mut batch = Vec::new();
+        runtime
+            .block_on(reader.next_batch(Duration::from_millis(100), &mut batch))
+            .expect("read");
+        records.extend(batch);
+    }
+    let mine: Vec<&ConnectRecord> = records.iter().filter(|r| r.src == local).collect();
+    let sent = sent_records(&records, local);
+    assert_eq!(sent.len(), 1, "{mine:#?}");
+    // The kernel stamps the connection's last send at every retransmission
+    // too: a connection that times out under a request reports its last
+    // retransmission, between the request and the close (docs/ENGINE.md).
+    let (closed_at, reported) = sent[0];
+    assert!(
+        reported.0 + TOLERANCE_NS >= last_send.0 && reported <= closed_at,
+        "last send {reported:?}, request {last_send:?}, close {closed_at:?}"
+    );
+    let failures: Vec<&Outcome> = mine
+        .iter()
+        .map(|r| &r.outcome)
+        .filter(|o| matches!(o, Outcome::Failed { .. }))
+        .collect();
+    assert!(
+        matches!(
+            failures.as_slice(),
+            [Outcome::Failed {
+                class: FailureClass::TimedOut,
+                errno: libc::ETIMEDOUT,
+                ..
+            }]
+        ),
+        "{mine:#?}"
+    );
+    serving.join().expect("server");
+}
+
+fn set_user_timeout(conn: &TcpStream, timeout: Duration) {
+    use std::os::fd::AsRawFd as _;
+    let ms = timeout.as_millis() as libc::c_uint;
+    // SAFETY: a valid socket fd and a c_uint option value that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_USER_TIMEOUT: {}", std::io::Error::last_os_error());
+}

@@ -49,6 +49,7 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
         protocol: offset_of(btf, "sock", &["sk_protocol"])?,
         err: offset_of(btf, "sock", &["sk_err"])?,
+        state: common("skc_state")?,
         lsndtime: offset_of(btf, "tcp_sock", &["lsndtime"])?,
         lrcvtime: offset_of(btf, "inet_connection_sock", &["icsk_ack", "lrcvtime"])?,
         err_soft: offset_of(btf, "sock", &["sk_err_soft"])?,

@@ -347,15 +347,22 @@ impl OutcomeJoiner {
                     .retries
                     .send_is_retry(raw.pid, last_send, jiffy, raw.dst);
                 out.push(record);
-                if raw.cut {
-                    // The worker learns of it when it reads the close and
-                    // retries then: a failure like a refused connect.
+                // The connection ended with an error under a request (a
+                // timeout, an unreachable pod), or the pod closed it with
+                // the request in flight (cut): the request is lost, a
+                // failure of the pod at the close, having waited since it
+                // was sent. The worker learns of it then and retries: a
+                // failure like a refused connect.
+                let class = match raw.errno {
+                    0 if raw.cut => Some(FailureClass::Cut),
+                    0 => None,
+                    errno => Some(FailureClass::from_errno(errno)),
+                };
+                if let Some(class) = class {
                     self.note_failure(&raw);
-                    // The request in flight is lost: a failure of the pod,
-                    // at the close, having waited since it was sent.
                     let outcome = Outcome::Failed {
-                        class: FailureClass::Cut,
-                        errno: 0,
+                        class,
+                        errno: raw.errno,
                         waited_ns: raw.ts.saturating_since(last_send).as_nanos() as u64,
                         synchronous: false,
                     };

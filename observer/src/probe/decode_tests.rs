@@ -340,3 +340,26 @@ fn a_request_cut_in_flight_makes_the_threads_next_syn_a_retry() {
             .is_some_and(|r| r.outcome == Outcome::Connect && r.retry)
     );
 }
+
+#[test]
+fn a_pooled_connection_ending_in_an_error_is_a_failure_of_that_class() {
+    // A pooled connection to a pod whose IP vanished: the request sent
+    // 600 ms before the close was retransmitted until the timeout.
+    let ts = 1_000_000_000_000u64;
+    let mut e = v4_event(kind::SENT, ts, 41000, libc::ETIMEDOUT);
+    e.syn_ns = (1u64 << 32) + 250 * 700;
+    e.since_send_jiffies = 150;
+    e.flags = flags::WATCHED;
+    let out = joined(&[e]);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert!(matches!(out[0].outcome, Outcome::Sent { .. }));
+    assert_eq!(
+        out[1].outcome,
+        Outcome::Failed {
+            class: FailureClass::TimedOut,
+            errno: libc::ETIMEDOUT,
+            waited_ns: 600_000_000,
+            synchronous: false,
+        }
+    );
+}
