@@ -409,7 +409,11 @@ fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(), i32> {
     // on every kernel): a timeout or an unreachable under a request. A
     // reset is `tcp_receive_reset`'s.
     let err: i32 = read_kernel(skaddr, off.err).unwrap_or(0);
-    let errno = if err == ECONNRESET || err == EPIPE { 0 } else { err };
+    let errno = if err == ECONNRESET || err == EPIPE {
+        0
+    } else {
+        err
+    };
     let lrcvtime: u32 = read_kernel(skaddr, off.lrcvtime)?;
     // Sent after the last data received (jiffies wrap: compare signed).
     let cut = peer_closed && (lsndtime.wrapping_sub(lrcvtime) as i32) > 0;

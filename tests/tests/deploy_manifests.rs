@@ -390,6 +390,7 @@ fn grafana_dashboard_charts_every_agent_metric() {
         "observer_failed_connects_total",
         "observer_recommended_prestop_seconds",
         "observer_ringbuf_drops_total",
+        "observer_socket_map_full_total",
         "observer_watch_restarts_total",
         "observer_events_processed_total",
     ] {

@@ -209,7 +209,9 @@ fn a_pooled_connection_to_a_vanished_pod_fails_timed_out() {
     });
     let mut conn = link
         .client
-        .run_in("pool-client", move || TcpStream::connect(dst).expect("connect"))
+        .run_in("pool-client", move || {
+            TcpStream::connect(dst).expect("connect")
+        })
         .expect("client namespace");
     probe.watch(server).expect("watch");
     let mut buf = [0u8; 64];
@@ -274,5 +276,10 @@ fn set_user_timeout(conn: &TcpStream, timeout: Duration) {
             std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, 0, "TCP_USER_TIMEOUT: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "TCP_USER_TIMEOUT: {}",
+        std::io::Error::last_os_error()
+    );
 }

@@ -53,6 +53,7 @@ pub struct Metrics {
     terminations: Counter,
     events_processed: Counter,
     ringbuf_drops: Counter,
+    socket_map_full: Counter,
     sync_failure_hook: Family<HookLabels, Gauge>,
     watch_restarts: Counter,
     watch_errors: Counter,
@@ -61,6 +62,7 @@ pub struct Metrics {
     bystander_failures: Family<RoleLabels, Counter>,
     last_bystander_failures: std::collections::BTreeMap<ConnectorRole, u64>,
     last_ringbuf_drops: u64,
+    last_socket_map_full: u64,
     last_watch_restarts: u64,
     last_watch_errors: u64,
     last_failures: std::collections::BTreeMap<String, u64>,
@@ -123,6 +125,13 @@ impl Metrics {
             "Probe events lost because the kernel ring buffer was full",
             ringbuf_drops.clone(),
         );
+        let socket_map_full = Counter::default();
+        registry.register(
+            "socket_map_full",
+            "Connects the probe could not follow because its socket map was full (their \
+             outcomes go unseen; raise the map size if this grows)",
+            socket_map_full.clone(),
+        );
         let sync_failure_hook = Family::<HookLabels, Gauge>::default();
         registry.register(
             "probe_sync_failure_hook",
@@ -176,10 +185,12 @@ impl Metrics {
             terminations,
             events_processed,
             ringbuf_drops,
+            socket_map_full,
             sync_failure_hook,
             watch_restarts,
             watch_errors,
             last_ringbuf_drops: 0,
+            last_socket_map_full: 0,
             last_watch_restarts: 0,
             last_watch_errors: 0,
             last_failures: std::collections::BTreeMap::new(),
@@ -298,6 +309,9 @@ impl Metrics {
             let delta = probe.ringbuf_drops.saturating_sub(self.last_ringbuf_drops);
             self.ringbuf_drops.inc_by(delta);
             self.last_ringbuf_drops = self.last_ringbuf_drops.max(probe.ringbuf_drops);
+            let delta = probe.map_full.saturating_sub(self.last_socket_map_full);
+            self.socket_map_full.inc_by(delta);
+            self.last_socket_map_full = self.last_socket_map_full.max(probe.map_full);
         }
         self.watch_restarts
             .inc_by(watch_restarts.saturating_sub(self.last_watch_restarts));
@@ -313,5 +327,40 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, metric: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(metric)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn probe_losses_are_exported_as_counters_of_the_probes_totals() {
+        let mut metrics = Metrics::default();
+        let counters = |ringbuf_drops, map_full| ProbeCounters {
+            ringbuf_drops,
+            events_sent: 0,
+            map_full,
+        };
+        metrics.set_health(Some(counters(3, 2)), 0, 0);
+        metrics.set_health(Some(counters(5, 7)), 0, 0);
+        // A probe read that failed changes nothing.
+        metrics.set_health(None, 0, 0);
+        let text = metrics.encode();
+        assert_eq!(
+            value(&text, "observer_ringbuf_drops_total "),
+            Some(5),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "observer_socket_map_full_total "),
+            Some(7),
+            "{text}"
+        );
     }
 }
