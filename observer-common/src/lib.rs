@@ -238,6 +238,10 @@ pub struct SockOffsets {
     /// `inet_connection_sock.icsk_ack.lrcvtime`: jiffies of the last data
     /// received.
     pub lrcvtime: u32,
+    /// `tcp_sock.retrans_stamp`: in SYN_SENT, when the first SYN left, in
+    /// milliseconds of CLOCK_MONOTONIC (low 32 bits). Dates the SYN of a
+    /// connect that was not followed from its start.
+    pub retrans_stamp: u32,
     /// `sk_err_soft` (an int): an ICMP error that arrived while the
     /// connecting task held the socket, which the kernel keeps as a soft
     /// error rather than failing the connect at once.
@@ -258,7 +262,7 @@ impl SockOffsets {
     pub const ABSENT: u32 = u32::MAX;
 }
 
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 76);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 80);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::align_of::<ConnectEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);

@@ -161,6 +161,7 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
     kn_id: 0,
     lsndtime: 0,
     lrcvtime: 0,
+    retrans_stamp: 0,
     err_soft: 0,
     error_queue: 0,
     skb_cb: 0,
@@ -171,6 +172,18 @@ static SOCK_OFFSETS: SockOffsets = SockOffsets {
 /// this way to measure what the hooks themselves cost the kernel.
 #[unsafe(no_mangle)]
 static HOOKS_ONLY: u8 = 0;
+
+/// Non-zero: every connect is followed from its SYN (a socket-map entry
+/// each), so every failure carries its process; `observer trace
+/// --full-attribution`. Zero: only connects to watched destinations are.
+#[unsafe(no_mangle)]
+static FULL_ATTRIBUTION: u8 = 0;
+
+#[inline(always)]
+pub(crate) fn full_attribution() -> bool {
+    // SAFETY: as for `hooks_only`.
+    unsafe { core::ptr::read_volatile(&FULL_ATTRIBUTION) != 0 }
+}
 
 #[inline(always)]
 fn hooks_only() -> bool {
@@ -448,8 +461,13 @@ fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(), i32> {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let (family, saddr, daddr, _, dport) = sk_endpoints(skaddr)?;
-    let pid_tgid = bpf_get_current_pid_tgid();
     let watched = is_watched(family, &daddr);
+    // Connects to destinations nobody watches cost the watch lookup only:
+    // if they fail, their close reports them from the socket itself.
+    if !watched && !full_attribution() {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
     let info = SockInfo {
         syn_ns: now,
         // SAFETY: helper without arguments, valid in tracepoint context.
@@ -521,7 +539,7 @@ fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a map value is copied out before the entry is removed.
     let Some(mut info) = (unsafe { SOCKS.get(&skaddr) }).copied() else {
-        return Ok(());
+        return on_unfollowed_syn_closed(skaddr, now);
     };
     let _ = SOCKS.remove(&skaddr);
     info.sport = read_kernel::<u16>(skaddr, offsets().sport).map_or(0, u16::from_be);
@@ -545,7 +563,7 @@ fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
             let _ = EARLY_ERRORS.remove(&tuple);
             e.errno
         }
-        _ => error_seen_by_the_application(skaddr),
+        _ => connect_error(skaddr),
     };
     with_stats(&key, |stats| {
         add(&mut stats.syn_closed);
@@ -573,18 +591,26 @@ fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
     Ok(())
 }
 
-/// The error an application closing a connecting socket has been told,
-/// where the kernel sent no error report: an ICMP error (host or network
-/// unreachable) that arrived while the connecting task held the socket
-/// lock, as it does when the reply comes back within the connect() call
-/// itself. The kernel then keeps it as a soft error and queues it on the
-/// socket's error queue, which wakes a non-blocking connector (EPOLLERR);
-/// `SO_ERROR` hands it over and clears it, the queued copy stays until the
-/// socket is freed. 0 when there is none (an abort: the application gave
-/// up on its own). Not inlined: its reads would add to the caller's stack.
+/// The error a connect ended with, read at its close. The kernel sets
+/// `sk_err` before it closes a socket it failed (refused, unreachable,
+/// timed out), on every kernel. Failing that, the error the application
+/// closing a connecting socket has been told: an ICMP error (host or
+/// network unreachable) that arrived while the connecting task held the
+/// socket lock, as it does when the reply comes back within the connect()
+/// call itself. The kernel then keeps it as a soft error and queues it on
+/// the socket's error queue, which wakes a non-blocking connector
+/// (EPOLLERR); `SO_ERROR` hands it over and clears it, the queued copy
+/// stays until the socket is freed. 0 when there is none (an abort: the
+/// application gave up on its own; a zero-linger close sets ECONNRESET
+/// only after the close). Not inlined: its reads would add to the
+/// caller's stack.
 #[inline(never)]
-fn error_seen_by_the_application(skaddr: u64) -> i32 {
+fn connect_error(skaddr: u64) -> i32 {
     let off = offsets();
+    let err: i32 = read_kernel(skaddr, off.err).unwrap_or(0);
+    if err != 0 && err != ECONNRESET && err != EPIPE {
+        return err;
+    }
     let soft: i32 = read_kernel(skaddr, off.err_soft).unwrap_or(0);
     if soft != 0 {
         return soft;
@@ -602,6 +628,57 @@ fn error_seen_by_the_application(skaddr: u64) -> i32 {
     }
     let errno: u32 = read_kernel(first, off.skb_cb.wrapping_add(off.exterr_errno)).unwrap_or(0);
     errno as i32
+}
+
+/// A connect not followed from its SYN (its destination was not watched)
+/// left SYN_SENT without being established: reported from the socket
+/// alone, with no map work. The process is known only when the
+/// application closed the socket itself (no error: it gave up); an error
+/// the kernel found (an RST, an ICMP error, a timeout) is handled in
+/// softirq or a timer, on behalf of whatever task was running.
+#[inline(never)]
+fn on_unfollowed_syn_closed(skaddr: u64, now: u64) -> Result<(), i32> {
+    let off = offsets();
+    let protocol: u16 = read_kernel(skaddr, off.protocol)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let (family, saddr, daddr, sport, dport) = sk_endpoints(skaddr)?;
+    let errno = connect_error(skaddr);
+    let syn_ns = first_syn_time(skaddr, now);
+    let cgroup_id = sk_cgroup_id(skaddr).unwrap_or(0);
+    emit(|event| {
+        if errno == 0 {
+            let pid_tgid = bpf_get_current_pid_tgid();
+            event.tgid = (pid_tgid >> 32) as u32;
+            event.pid = pid_tgid as u32;
+            event.comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
+        }
+        event.ts_ns = now;
+        event.syn_ns = syn_ns;
+        event.cgroup_id = cgroup_id;
+        set_endpoints(event, family, &saddr, &daddr, sport, dport);
+        event.errno = errno;
+        event.kind = kind::SYN_CLOSED;
+    });
+    Ok(())
+}
+
+/// When a connecting socket's first SYN left (CLOCK_MONOTONIC ns, to the
+/// millisecond below), from `tcp_sock.retrans_stamp`; 0 when it does not
+/// say.
+#[inline(always)]
+fn first_syn_time(skaddr: u64, now: u64) -> u64 {
+    let Ok(stamp) = read_kernel::<u32>(skaddr, offsets().retrans_stamp) else {
+        return 0;
+    };
+    let now_ms = now / 1_000_000;
+    let ago_ms = (now_ms as u32).wrapping_sub(stamp);
+    // Microsecond stamps (TCP_TS_US routes) or none at all: not a date.
+    if stamp == 0 || u64::from(ago_ms) > now_ms || ago_ms > 3_600_000 {
+        return 0;
+    }
+    (now_ms - u64::from(ago_ms)) * 1_000_000
 }
 
 /// Remembers that a connect of `pid_tgid` failed unreachable after its SYN.

@@ -14,8 +14,8 @@ use aya_ebpf::{
 use observer_common::{AF_INET, AF_INET6, DestKey, TASK_COMM_LEN, flags, kind};
 
 use crate::{
-    CONNECT_START, EHOSTUNREACH, ENETUNREACH, UNREACH_REPORTED, add, canonical, emit, hooks_only,
-    is_watched, read_kernel, set_time, with_stats,
+    CONNECT_START, EHOSTUNREACH, ENETUNREACH, UNREACH_REPORTED, add, canonical, emit,
+    full_attribution, hooks_only, is_watched, read_kernel, set_time, with_stats,
 };
 
 /// Where a syscall's number and its second argument (connect's `uservaddr`)
@@ -192,13 +192,15 @@ fn report_sync_failure(family: u16, addr: [u8; 16], port: u16, errno: i32, start
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = DestKey { family, port, addr };
-    with_stats(&key, |stats| {
-        add(&mut stats.connects);
-        add(&mut stats.sync_failed);
-        stats.last_failure_ns = now;
-    });
     let watched = is_watched(family, &addr);
+    if watched || full_attribution() {
+        let key = DestKey { family, port, addr };
+        with_stats(&key, |stats| {
+            add(&mut stats.connects);
+            add(&mut stats.sync_failed);
+            stats.last_failure_ns = now;
+        });
+    }
     emit(|event| {
         event.ts_ns = now;
         event.syn_ns = started.unwrap_or(now);

@@ -10,6 +10,7 @@ use crate::{
     cluster::selector::LabelSelector,
     cluster::{ClientSource, WatchConfig},
     engine::{EngineConfig, IngressConfig, RecommendConfig},
+    probe::ProbeOptions,
     trace::{ProbeArgs, parse_duration},
 };
 
@@ -177,7 +178,13 @@ impl AgentArgs {
             watch: self.kube.watch_config(),
             cgroup_root: self.kube.cgroup_root.clone(),
             engine: self.engine.engine_config(),
-            probe: self.probe.options(),
+            probe: ProbeOptions {
+                // A host ingress is known by its process name only: every
+                // failure must name its process.
+                full_attribution: self.probe.full_attribution
+                    || !self.engine.ingress_comms.is_empty(),
+                ..self.probe.options()
+            },
             duration: self.duration,
             ..AgentOptions::default()
         }

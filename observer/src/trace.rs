@@ -60,6 +60,17 @@ pub struct ProbeArgs {
     /// within microseconds; raise it on very loaded nodes.
     #[arg(long, default_value = "5ms", value_parser = parse_duration, value_name = "DURATION")]
     pub retry_window: Duration,
+    /// Name the process on every failed connect, to any destination. By
+    /// default only connects to watched destinations (terminating and
+    /// not-ready pods) are followed from their SYN; a failure elsewhere is
+    /// reported from its socket (class, addresses, SYN time, pod) and names
+    /// its process only when the process gave up itself, since the kernel
+    /// finds the others in softirq. This follows every connect instead, at
+    /// the price of a socket-map entry per connect on the node
+    /// (docs/BENCHMARKS.md). `agent --ingress-comm` turns it on: a host
+    /// ingress is known by its process name only.
+    #[arg(long)]
+    pub full_attribution: bool,
 }
 
 impl Default for ProbeArgs {
@@ -69,6 +80,7 @@ impl Default for ProbeArgs {
             ring_bytes: None,
             sync_failure_hook: SyncFailureHook::Auto,
             retry_window: crate::probe::decode::DEFAULT_RETRY_WINDOW,
+            full_attribution: false,
         }
     }
 }
@@ -79,6 +91,7 @@ impl ProbeArgs {
             ring_bytes: self.ring_bytes,
             sync_failure_hook: self.sync_failure_hook,
             hooks_only: false,
+            full_attribution: self.full_attribution,
             retry_window: Some(self.retry_window),
         }
     }

@@ -11,6 +11,10 @@ use std::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_observer");
 
+/// By default a refused connect to a destination nobody watches is
+/// reported from its socket: the kernel refuses it in softirq, so no
+/// process is named (`pid` 0). `--full-attribution` follows every connect
+/// and names it.
 #[test]
 fn trace_prints_a_refused_connect_as_json() {
     // SAFETY: geteuid has no preconditions.
@@ -19,16 +23,36 @@ fn trace_prints_a_refused_connect_as_json() {
         0,
         "run the test suite as root (`sudo ./x test`)"
     );
-    let port = 917;
+    for (port, full_attribution) in [(917, false), (918, true)] {
+        let line = trace_one_refused_connect(port, full_attribution);
+        let event: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
+        assert_eq!(event["outcome"], "failed", "{line}");
+        assert_eq!(event["class"], "refused", "{line}");
+        assert_eq!(event["errno"], 111, "{line}");
+        assert_eq!(event["dst"], format!("127.0.0.1:{port}"), "{line}");
+        let pid = if full_attribution {
+            std::process::id()
+        } else {
+            0
+        };
+        assert_eq!(event["pid"], pid, "{line}");
+    }
+}
+
+fn trace_one_refused_connect(port: u16, full_attribution: bool) -> String {
+    let mut args = vec![
+        "trace".to_string(),
+        "--json".into(),
+        "--count".into(),
+        "1".into(),
+        "--port".into(),
+        port.to_string(),
+    ];
+    if full_attribution {
+        args.push("--full-attribution".into());
+    }
     let mut child = Command::new(BIN)
-        .args([
-            "trace",
-            "--json",
-            "--count",
-            "1",
-            "--port",
-            &port.to_string(),
-        ])
+        .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -55,11 +79,7 @@ fn trace_prints_a_refused_connect_as_json() {
     };
     let status = child.wait().expect("observer exits after --count 1");
     assert!(status.success(), "{status}");
-    let event: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
-    assert_eq!(event["outcome"], "failed", "{line}");
-    assert_eq!(event["class"], "refused", "{line}");
-    assert_eq!(event["dst"], format!("127.0.0.1:{port}"), "{line}");
-    assert_eq!(event["pid"], std::process::id(), "{line}");
+    line
 }
 
 #[test]

@@ -156,7 +156,12 @@ fn connects_from_pod_cgroups_name_their_pod_under_both_drivers() {
                 id.len() == 64 && container_id.contains(id),
                 "{record:?} in {container_id}"
             );
-            assert_eq!(record.comm, "bash");
+            // Nobody watches these destinations: errors the kernel found
+            // in softirq name the pod (the socket's cgroup), not a process.
+            assert!(
+                record.comm == "bash" || (record.pid == 0 && record.comm.is_empty()),
+                "{record:?}"
+            );
         }
     }
     drop(probe);

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use observer::clock::MonoTime;
 use observer::probe::{ConnectRecord, FailureClass, Outcome, Probe, ProbeOptions, SyncFailureHook};
 use observer_common::DestStats;
 use observer_tests::{Link, Netns, require_root};
@@ -514,7 +515,8 @@ fn scenario(tag: &str, subnet: u8, v6: bool, hook: SyncFailureHook) {
     );
     assert_eq!(expect(SLOW_DROP, 1, 0, 1, 0).timed_out, 1);
     expect(RESETTING, 1, 1, 0, 1);
-    assert_eq!(expect(80, 2, 0, 0, 0).sync_failed, 2);
+    // Nobody watches the unroutable address: no map writes, no counters.
+    assert_eq!(stat(80), DestStats::default(), "unwatched: no counters");
 
     let counters = probe.counters().expect("counters");
     assert_eq!(counters.ringbuf_drops, 0, "{counters:?}");
@@ -600,9 +602,135 @@ fn sync_failure_hook_off_sees_socket_outcomes_only() {
         (low..=high).contains(&refused_record.src.port()),
         "source port of {refused_record:?} in {low}..={high}"
     );
+    // Neither destination is watched: no counters.
     let stats = probe.dest_stats().expect("counters");
-    assert_eq!(stats.get(&refused).map(|s| s.refused), Some(1), "{stats:?}");
-    assert!(!stats.contains_key(&unroutable), "{stats:?}");
+    assert!(stats.is_empty(), "{stats:?}");
+}
+
+/// Failures to destinations nobody watches cost no map writes, yet reach
+/// user space from the socket itself: class, errno, 4-tuple, SYN time and
+/// the socket's cgroup. The process is named where it closed the socket
+/// itself (it gave up); an error the kernel found in softirq names none,
+/// unless the probe follows every connect (`--full-attribution`).
+#[test]
+fn unwatched_failures_are_reported_from_the_socket() {
+    for full_attribution in [false, true] {
+        unwatched_failures(full_attribution);
+    }
+}
+
+fn unwatched_failures(full_attribution: bool) {
+    require_root();
+    let link = Link::create(
+        if full_attribution { "pua" } else { "pun" },
+        if full_attribution { 15 } else { 14 },
+    )
+    .expect("namespaces");
+    link.reject_host_unreachable(HOST_UNREACHABLE)
+        .expect("nft reject");
+    link.drop_syns(DROPPED).expect("nft drop");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _guard = runtime.enter();
+    let options = ProbeOptions {
+        full_attribution,
+        ..ProbeOptions::default()
+    };
+    let mut probe = Probe::load(&options).expect("the probe must load here");
+    let mut reader = probe.event_reader().expect("reader");
+    let (client_ip, server_ip) = (link.client_v4, link.server_v4);
+    // (source port, destination port, class, errno, the client gave up)
+    let cases = [
+        (
+            42_001,
+            CLOSED,
+            FailureClass::Refused,
+            libc::ECONNREFUSED,
+            false,
+        ),
+        (
+            42_002,
+            HOST_UNREACHABLE,
+            FailureClass::HostUnreachable,
+            libc::EHOSTUNREACH,
+            false,
+        ),
+        (42_003, DROPPED, FailureClass::Aborted, 0, true),
+    ];
+    let started: Vec<MonoTime> = link
+        .client
+        .run_in(CLIENT_COMM, move || {
+            cases
+                .iter()
+                .map(|&(sport, dport, _, _, gave_up)| {
+                    let src = SocketAddr::new(client_ip, sport);
+                    let dst = SocketAddr::new(server_ip, dport);
+                    let at = MonoTime::now();
+                    let result = if gave_up {
+                        connect_from(src, dst, Some(Duration::from_millis(300)), None).map(|_| ())
+                    } else {
+                        connect_nonblocking(src, dst, Waiting::Epoll).map(|_| ())
+                    };
+                    result.expect_err("must fail");
+                    at
+                })
+                .collect()
+        })
+        .expect("client thread");
+    let pid = std::process::id();
+    let mut records: Vec<ConnectRecord> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let seen = |records: &[ConnectRecord], sport: u16| {
+        records
+            .iter()
+            .find(|r| r.src.port() == sport && matches!(r.outcome, Outcome::Failed { .. }))
+            .cloned()
+    };
+    while cases.iter().any(|c| seen(&records, c.0).is_none()) && Instant::now() < deadline {
+        runtime
+            .block_on(reader.next_batch(Duration::from_millis(100), &mut records))
+            .expect("read events");
+    }
+    for (case, at) in cases.iter().zip(&started) {
+        let &(sport, dport, class, errno, gave_up) = case;
+        let record = seen(&records, sport).unwrap_or_else(|| panic!("port {sport}: {records:#?}"));
+        assert_eq!(record.dst, SocketAddr::new(server_ip, dport), "{record:?}");
+        assert_eq!(record.src, SocketAddr::new(client_ip, sport), "{record:?}");
+        assert!(!record.watched, "{record:?}");
+        let Outcome::Failed {
+            class: seen_class,
+            errno: seen_errno,
+            ..
+        } = record.outcome
+        else {
+            unreachable!("filtered above");
+        };
+        assert_eq!((seen_class, seen_errno), (class, errno), "{record:?}");
+        assert_ne!(record.cgroup_id, 0, "the socket's cgroup: {record:?}");
+        // The SYN left right after the client started; the socket dates
+        // it to the millisecond below.
+        let syn = record
+            .syn
+            .unwrap_or_else(|| panic!("a SYN time: {record:?}"));
+        assert!(
+            syn.0 + 1_000_000 >= at.0 && syn.0 <= at.0 + 5_000_000,
+            "SYN at {syn:?}, client started {at:?}"
+        );
+        let named = full_attribution || gave_up;
+        assert_eq!(record.pid == pid, named, "process of {record:?}");
+        if named {
+            assert_eq!(record.comm, CLIENT_COMM, "{record:?}");
+        }
+    }
+    let stats = probe.dest_stats().expect("counters");
+    let counted = cases
+        .iter()
+        .filter(|c| stats.contains_key(&SocketAddr::new(server_ip, c.1)))
+        .count();
+    assert_eq!(
+        counted,
+        if full_attribution { cases.len() } else { 0 },
+        "map writes for unwatched destinations only with full attribution: {stats:?}"
+    );
 }
 
 /// The benchmark's floor (`observer trace --hooks-only`): every program is

@@ -12,9 +12,9 @@ use observer_common::kind;
 use observer_tests::{Netns, require_root};
 
 /// Connects refused on loopback inside a fresh namespace. Each one makes
-/// two kernel events: the close of the SYN_SENT socket and its error.
+/// one kernel event: the close of the SYN_SENT socket, carrying its error.
 const REFUSED_CONNECTS: u32 = 300;
-const EVENTS_PER_REFUSED: u64 = 2;
+const EVENTS_PER_REFUSED: u64 = 1;
 
 #[test]
 fn overflowing_ring_counts_every_drop() {
@@ -66,12 +66,11 @@ fn overflowing_ring_counts_every_drop() {
     );
     assert_eq!(reader.decode_errors(), 0);
 
-    // The kernel's counters saw every connect, whatever the ring dropped.
+    // Nobody watches 127.0.0.1:9: its connects cost no map writes, so the
+    // kernel keeps no counters for it.
     let stats = probe.dest_stats().expect("stats");
-    let loopback = stats
-        .get(&SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9))
-        .copied()
-        .expect("counters for 127.0.0.1:9");
-    assert_eq!(loopback.connects, REFUSED_CONNECTS as u64);
-    assert_eq!(loopback.refused, REFUSED_CONNECTS as u64);
+    assert!(
+        !stats.contains_key(&SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9)),
+        "{stats:?}"
+    );
 }

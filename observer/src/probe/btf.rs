@@ -52,6 +52,7 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         state: common("skc_state")?,
         lsndtime: offset_of(btf, "tcp_sock", &["lsndtime"])?,
         lrcvtime: offset_of(btf, "inet_connection_sock", &["icsk_ack", "lrcvtime"])?,
+        retrans_stamp: offset_of(btf, "tcp_sock", &["retrans_stamp"])?,
         err_soft: offset_of(btf, "sock", &["sk_err_soft"])?,
         error_queue: offset_of(btf, "sock", &["sk_error_queue"])?,
         skb_cb: offset_of(btf, "sk_buff", &["cb"])?,

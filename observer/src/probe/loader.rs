@@ -141,6 +141,12 @@ pub struct ProbeOptions {
     /// Attach every hook but make each program return at once: no events,
     /// no counters. Only for measuring what the hooks alone cost.
     pub hooks_only: bool,
+    /// Follow every connect from its SYN (a socket-map entry each), so
+    /// that every failure names its process. Otherwise only connects to
+    /// watched destinations are followed, and a failure elsewhere is
+    /// reported from its socket at the close: class, 4-tuple, SYN time,
+    /// cgroup, and the process only where it closed the socket itself.
+    pub full_attribution: bool,
     /// How soon after a thread's failed connect its next SYN elsewhere is a
     /// retry; `None`: [`DEFAULT_RETRY_WINDOW`].
     pub retry_window: Option<Duration>,
@@ -173,9 +179,11 @@ impl Probe {
         }
         let offsets = btf::sock_offsets_from(std::path::Path::new(btf::VMLINUX_BTF))?;
         let hooks_only = u8::from(options.hooks_only);
+        let full_attribution = u8::from(options.full_attribution);
         let mut loader = EbpfLoader::new();
         loader.override_global("SOCK_OFFSETS", &offsets, true);
         loader.override_global("HOOKS_ONLY", &hooks_only, true);
+        loader.override_global("FULL_ATTRIBUTION", &full_attribution, true);
         if let Some(bytes) = options.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
         }
