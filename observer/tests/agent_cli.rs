@@ -258,7 +258,7 @@ fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_id
             .contains("observer_recommended_prestop_seconds{namespace=\"shop\",service=\"web\"}"),
         "{metrics}"
     );
-    let hooks_in_use: Vec<&str> = ["connect_exits", "syscalls"]
+    let hooks_in_use: Vec<&str> = ["connect_exits", "syscalls", "off"]
         .into_iter()
         .filter(|hook| {
             metrics.contains(&format!(
@@ -267,6 +267,10 @@ fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_id
         })
         .collect();
     assert_eq!(hooks_in_use.len(), 1, "one hook in use: {metrics}");
+    assert_ne!(
+        hooks_in_use[0], "syscalls",
+        "auto never slows every syscall on the node: {metrics}"
+    );
 
     // SAFETY: kill with the pid of a child we spawned.
     unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };

@@ -370,16 +370,33 @@ fn scenario(tag: &str, subnet: u8, v6: bool, hook: SyncFailureHook) {
         ..ProbeOptions::default()
     };
     let mut probe = Probe::load(&options).expect("the probe must load here");
+    let chosen = probe.sync_failure_hook();
     match hook {
-        // Whichever it chose on this kernel is what the no-route connects
-        // below exercise.
-        SyncFailureHook::Auto => assert_ne!(probe.sync_failure_hook(), SyncFailureHook::Auto),
-        forced => assert_eq!(probe.sync_failure_hook(), forced),
+        // The connect exits wherever this kernel attaches them, else off:
+        // never the syscall hooks, which slow every process on the node.
+        SyncFailureHook::Auto => {
+            let exits_load = Probe::load(&ProbeOptions {
+                sync_failure_hook: SyncFailureHook::ConnectExits,
+                ..ProbeOptions::default()
+            })
+            .is_ok();
+            let expected = if exits_load {
+                SyncFailureHook::ConnectExits
+            } else {
+                SyncFailureHook::Off
+            };
+            assert_eq!(chosen, expected, "auto on this kernel");
+        }
+        forced => assert_eq!(chosen, forced),
     }
     probe.watch(server_ip).expect("watch");
     let mut reader = probe.event_reader().expect("reader");
 
-    let attempts = make_connects(&link, v6);
+    let mut attempts = make_connects(&link, v6);
+    if chosen == SyncFailureHook::Off {
+        // Connects with no route were made, and must go unseen.
+        attempts.retain(|a| !matches!(a.expected, Expected::Failed(_, true, _)));
+    }
     let pid = std::process::id();
 
     let mut records = Vec::new();
@@ -517,6 +534,17 @@ fn scenario(tag: &str, subnet: u8, v6: bool, hook: SyncFailureHook) {
     expect(RESETTING, 1, 1, 0, 1);
     // Nobody watches the unroutable address: no map writes, no counters.
     assert_eq!(stat(80), DestStats::default(), "unwatched: no counters");
+    if chosen == SyncFailureHook::Off {
+        let unroutable = if v6 {
+            link.unroutable_v6
+        } else {
+            link.unroutable_v4
+        };
+        assert!(
+            !records.iter().any(|r| r.dst.ip() == unroutable),
+            "with the hook off, no-route connects go unseen: {records:#?}"
+        );
+    }
 
     let counters = probe.counters().expect("counters");
     assert_eq!(counters.ringbuf_drops, 0, "{counters:?}");

@@ -136,7 +136,8 @@ impl Metrics {
         registry.register(
             "probe_sync_failure_hook",
             "How the probe sees connects that fail before their SYN (1 for the hook in use): \
-             connect_exits (fexit), syscalls (the fallback, slower for every process), or off",
+             connect_exits (fexit), syscalls (opt-in, slower for every process), or off \
+             (what auto becomes where fexit does not load)",
             sync_failure_hook.clone(),
         );
         let watch_restarts = Counter::default();

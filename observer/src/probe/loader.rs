@@ -56,20 +56,22 @@ const SYSCALL_TRACEPOINTS: [&str; 2] = ["sys_enter", "sys_exit"];
 /// route to the destination).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum SyncFailureHook {
-    /// The exits of `tcp_v4_connect` and `tcp_v6_connect`, falling back to
-    /// the syscall tracepoints where the kernel cannot attach them.
+    /// The exits of `tcp_v4_connect` and `tcp_v6_connect` where the kernel
+    /// attaches them; otherwise off, with one warning (the syscall
+    /// tracepoints slow every process on the node, so they are never
+    /// chosen for you).
     #[default]
     Auto,
     /// fexit on `tcp_v4_connect`/`tcp_v6_connect` (Linux 5.5 on x86_64, 6.0
     /// on arm64, with IPv6 built in): costs nothing outside TCP connects.
     ConnectExits,
-    /// Raw `sys_enter`/`sys_exit`: works on every kernel, but switches every
-    /// task onto the kernel's slower syscall path while the probe runs.
+    /// Raw `sys_enter`/`sys_exit`, opt-in: works on every kernel, but
+    /// switches every task onto the kernel's slower syscall path while the
+    /// probe runs (docs/BENCHMARKS.md gives the cost).
     Syscalls,
     /// Not seen at all: connects that fail for want of a route go
-    /// uncounted. For kernels without fexit where the syscall path's cost
-    /// matters more than those failures (rare on an ingress: a pod IP the
-    /// node has no route to).
+    /// uncounted (rare on an ingress: a pod IP the node has no route to).
+    /// What `auto` becomes where fexit does not load.
     Off,
 }
 
@@ -198,12 +200,14 @@ impl Probe {
             SyncFailureHook::Auto => match attach_connect_exits(&mut ebpf) {
                 Ok(hook) => hook,
                 Err(error) => {
-                    tracing::info!(
+                    tracing::warn!(
                         %error,
-                        "connect failures before a SYN are seen through the syscall \
-                         tracepoints instead (slower for every process on the node)"
+                        "connects that fail before their SYN (no route) go unseen: this kernel \
+                         cannot attach the exits of tcp_v4_connect/tcp_v6_connect; \
+                         `--sync-failure-hook syscalls` sees them at the price of every \
+                         syscall on the node"
                     );
-                    attach_syscalls(&mut ebpf)?
+                    SyncFailureHook::Off
                 }
             },
         };
