@@ -122,6 +122,53 @@ pub struct DestKey {
     pub addr: [u8; 16],
 }
 
+/// Key of the failure-storm map: one destination and the connector (the
+/// socket's cgroup) failing to reach it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StormKey {
+    pub family: u16,
+    /// Destination port, host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+    pub cgroup_id: u64,
+}
+
+/// Failures of one [`StormKey`] beyond the events the kernel sends one by
+/// one ([`storm::EVENTS_PER_WINDOW`] per [`storm::WINDOW_NS`]): counted
+/// here instead, cumulatively (user space reads the map and sends on what
+/// grew since its last look).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StormStats {
+    /// When the current rate window began (CLOCK_MONOTONIC ns).
+    pub window_start_ns: u64,
+    /// Events sent one by one in the current window.
+    pub sent_in_window: u64,
+    /// Failures counted here and not sent, by class (cumulative).
+    pub refused: u64,
+    pub host_unreachable: u64,
+    pub net_unreachable: u64,
+    pub timed_out: u64,
+    /// Closed by the application while connecting, with no error.
+    pub aborted: u64,
+    pub other_error: u64,
+    /// The latest failure counted here, and the latest SYN among them
+    /// (0: unknown).
+    pub last_failure_ns: u64,
+    pub last_syn_ns: u64,
+}
+
+/// The kernel's failure-storm budget.
+pub mod storm {
+    /// The rate window.
+    pub const WINDOW_NS: u64 = 100_000_000;
+    /// Failures of one destination and connector sent one by one per
+    /// window; the rest are counted in the storm map.
+    pub const EVENTS_PER_WINDOW: u64 = 64;
+}
+
 /// Key of the watch map: a destination address, any port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,6 +238,7 @@ pub mod capacity {
     pub const TUPLES: u32 = 16_384;
     pub const WATCH: u32 = 16_384;
     pub const CONNECTING_TASKS: u32 = 16_384;
+    pub const STORMS: u32 = 4_096;
 }
 
 /// Where the fields the probe reads live in the running kernel's
@@ -269,6 +317,8 @@ const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
 const _: () = assert!(core::mem::size_of::<TupleKey>() == 40);
 const _: () = assert!(core::mem::size_of::<DestStats>() == 13 * 8);
+const _: () = assert!(core::mem::size_of::<StormKey>() == 32);
+const _: () = assert!(core::mem::size_of::<StormStats>() == 10 * 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -285,6 +335,10 @@ mod pod {
     unsafe impl aya::Pod for TupleKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for DestStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StormKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StormStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockOffsets {}
 }

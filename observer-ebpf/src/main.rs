@@ -42,8 +42,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    AF_INET, AF_INET6, AddrKey, ConnectEvent, DestKey, DestStats, SockOffsets, TASK_COMM_LEN,
-    TupleKey, capacity, counter, flags, kind,
+    AF_INET, AF_INET6, AddrKey, ConnectEvent, DestKey, DestStats, SockOffsets, StormKey,
+    StormStats, TASK_COMM_LEN, TupleKey, capacity, counter, flags, kind, storm,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -110,6 +110,11 @@ static DEST_STATS: LruHashMap<DestKey, DestStats> =
 
 #[map]
 static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(capacity::SOCKETS, 0);
+
+/// Failures beyond the per-destination event budget, counted instead of
+/// sent (`storm_absorbs`).
+#[map]
+static STORMS: LruHashMap<StormKey, StormStats> = LruHashMap::with_max_entries(capacity::STORMS, 0);
 
 /// 4-tuples of sockets that just left SYN_SENT, awaiting their error report.
 #[map]
@@ -647,6 +652,16 @@ fn on_unfollowed_syn_closed(skaddr: u64, now: u64) -> Result<(), i32> {
     let errno = connect_error(skaddr);
     let syn_ns = first_syn_time(skaddr, now);
     let cgroup_id = sk_cgroup_id(skaddr).unwrap_or(0);
+    let key = StormKey {
+        family,
+        port: dport,
+        _pad: 0,
+        addr: daddr,
+        cgroup_id,
+    };
+    if storm_absorbs(&key, errno, now, syn_ns) {
+        return Ok(());
+    }
     emit(|event| {
         if errno == 0 {
             let pid_tgid = bpf_get_current_pid_tgid();
@@ -662,6 +677,50 @@ fn on_unfollowed_syn_closed(skaddr: u64, now: u64) -> Result<(), i32> {
         event.kind = kind::SYN_CLOSED;
     });
     Ok(())
+}
+
+/// A failure storm must not make an incident worse: past
+/// `storm::EVENTS_PER_WINDOW` failures of one destination and connector in
+/// a `storm::WINDOW_NS` window, failures are counted in `STORMS` (by
+/// class, with the latest failure and SYN times) instead of sent, and user
+/// space reads the counts. Returns whether this failure was counted so.
+/// Concurrent CPUs may both open a window or overshoot the budget by an
+/// event: the budget is a rate, the counts stay exact.
+#[inline(never)]
+fn storm_absorbs(key: &StormKey, errno: i32, now: u64, syn_ns: u64) -> bool {
+    let Some(ptr) = STORMS.get_ptr_mut(key) else {
+        let fresh = StormStats {
+            window_start_ns: now,
+            sent_in_window: 1,
+            ..StormStats::default()
+        };
+        let _ = STORMS.insert(key, &fresh, 0);
+        return false;
+    };
+    // SAFETY: a valid pointer to a map value returned by the kernel.
+    let stats = unsafe { &mut *ptr };
+    if now.saturating_sub(stats.window_start_ns) >= storm::WINDOW_NS {
+        stats.window_start_ns = now;
+        stats.sent_in_window = 1;
+        return false;
+    }
+    if stats.sent_in_window < storm::EVENTS_PER_WINDOW {
+        stats.sent_in_window += 1;
+        return false;
+    }
+    match errno {
+        0 => add(&mut stats.aborted),
+        ECONNREFUSED => add(&mut stats.refused),
+        EHOSTUNREACH => add(&mut stats.host_unreachable),
+        ENETUNREACH => add(&mut stats.net_unreachable),
+        ETIMEDOUT => add(&mut stats.timed_out),
+        _ => add(&mut stats.other_error),
+    }
+    stats.last_failure_ns = now;
+    if syn_ns > stats.last_syn_ns {
+        stats.last_syn_ns = syn_ns;
+    }
+    true
 }
 
 /// When a connecting socket's first SYN left (CLOCK_MONOTONIC ns, to the

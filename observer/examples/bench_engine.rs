@@ -272,6 +272,7 @@ impl Recording {
             pod_uid: None,
             container_id: None,
             retry: false,
+            count: 1,
             watched,
             outcome,
         }

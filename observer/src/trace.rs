@@ -330,6 +330,7 @@ mod tests {
             pod_uid: None,
             container_id: None,
             retry: false,
+            count: 1,
             watched: false,
             outcome: Outcome::Failed {
                 class: FailureClass::Refused,

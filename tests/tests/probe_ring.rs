@@ -11,10 +11,11 @@ use observer::probe::{Probe, ProbeOptions, decode::RawEvent};
 use observer_common::kind;
 use observer_tests::{Netns, require_root};
 
-/// Connects refused on loopback inside a fresh namespace. Each one makes
-/// one kernel event: the close of the SYN_SENT socket, carrying its error.
+/// Connects refused on loopback inside a fresh namespace, to a watched
+/// address (so no failure-storm budget applies). Each one makes two kernel
+/// events: its SYN, and the close of the SYN_SENT socket with its error.
 const REFUSED_CONNECTS: u32 = 300;
-const EVENTS_PER_REFUSED: u64 = 1;
+const EVENTS_PER_REFUSED: u64 = 2;
 
 #[test]
 fn overflowing_ring_counts_every_drop() {
@@ -28,6 +29,9 @@ fn overflowing_ring_counts_every_drop() {
         ..ProbeOptions::default()
     };
     let mut probe = Probe::load(&options).expect("the probe must load here");
+    probe
+        .watch(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .expect("watch loopback");
     let mut reader = probe.event_reader().expect("reader");
 
     ns.run_in("obs-burst", || {
@@ -45,7 +49,9 @@ fn overflowing_ring_counts_every_drop() {
     let counters = probe.counters().expect("counters");
     let ours = delivered
         .iter()
-        .filter(|e| e.dst.port() == 9 && matches!(e.kind, kind::SYN_CLOSED | kind::ERROR))
+        .filter(|e| {
+            e.dst.port() == 9 && matches!(e.kind, kind::CONNECT | kind::SYN_CLOSED | kind::ERROR)
+        })
         .count() as u64;
     let sent = REFUSED_CONNECTS as u64 * EVENTS_PER_REFUSED;
     assert!(
@@ -66,11 +72,12 @@ fn overflowing_ring_counts_every_drop() {
     );
     assert_eq!(reader.decode_errors(), 0);
 
-    // Nobody watches 127.0.0.1:9: its connects cost no map writes, so the
-    // kernel keeps no counters for it.
+    // The kernel's counters saw every connect, whatever the ring dropped.
     let stats = probe.dest_stats().expect("stats");
-    assert!(
-        !stats.contains_key(&SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9)),
-        "{stats:?}"
-    );
+    let loopback = stats
+        .get(&SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9))
+        .copied()
+        .expect("counters for 127.0.0.1:9");
+    assert_eq!(loopback.connects, REFUSED_CONNECTS as u64);
+    assert_eq!(loopback.refused, REFUSED_CONNECTS as u64);
 }

@@ -33,6 +33,9 @@ pub struct ConnectFact {
     /// is not counted again: its `Connect` record was.
     pub is_choice: bool,
     pub failure: Option<FailureClass>,
+    /// How many connects this fact stands for: more than one for a
+    /// failure storm the kernel counted (`probe::storm`).
+    pub count: u64,
     /// The connect was accepted (SYN_SENT -> ESTABLISHED).
     pub established: bool,
     /// Who connected: the ingress or a bystander, and the connector's name
@@ -76,6 +79,7 @@ impl ConnectFact {
             new_attempt,
             is_connect,
             failure: record.failure_class(),
+            count: record.count.max(1),
             role,
             connector,
         }

@@ -108,23 +108,25 @@ impl Engine {
             // The kubelet's probes and other bystanders fail against a
             // terminating pod as a matter of course; they are counted, in
             // its record when a window is open, never made findings.
-            *self.counters.bystander_failures.entry(role).or_insert(0) += 1;
+            *self.counters.bystander_failures.entry(role).or_insert(0) += fact.count;
             return;
         }
         if in_window {
             // Counted in the termination record; not a finding of its own.
-            self.count_failure(PodState::Terminating, class);
+            self.count_failure(PodState::Terminating, class, fact.count);
         } else {
             self.on_failure(record, &fact, class, out);
         }
     }
 
-    fn count_failure(&mut self, state: PodState, class: FailureClass) {
+    fn count_failure(&mut self, state: PodState, class: FailureClass, count: u64) {
         let key = record::failure_key_str(state, class);
         match self.counters.failures_by_state.get_mut(key) {
-            Some(n) => *n += 1,
+            Some(n) => *n += count,
             None => {
-                self.counters.failures_by_state.insert(key.to_owned(), 1);
+                self.counters
+                    .failures_by_state
+                    .insert(key.to_owned(), count);
             }
         }
     }
@@ -137,9 +139,9 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let found = classify(&self.model, &self.retired, &self.ready, fact.ip, fact.at);
-        self.count_failure(found.state, class);
+        self.count_failure(found.state, class, fact.count);
         if found.state == PodState::Unknown {
-            self.counters.unknown_ip_failures += 1;
+            self.counters.unknown_ip_failures += fact.count;
         }
         let Some(kind) = found.kind else {
             return;

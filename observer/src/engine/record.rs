@@ -43,7 +43,11 @@ pub struct FailureCounts {
 
 impl FailureCounts {
     pub fn add(&mut self, class: FailureClass) {
-        *self.slot(class) += 1;
+        self.add_n(class, 1);
+    }
+
+    pub fn add_n(&mut self, class: FailureClass, n: u64) {
+        *self.slot(class) += n;
     }
 
     pub fn get(&self, class: FailureClass) -> u64 {

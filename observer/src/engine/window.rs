@@ -181,16 +181,16 @@ impl Window {
             r.last_choice = r.last_choice.max(Some(fact.at));
         }
         if fact.new_attempt {
-            r.connects_after_deletion += 1;
+            r.connects_after_deletion += fact.count;
             if !fact.is_choice {
-                r.retries_after_deletion += 1;
+                r.retries_after_deletion += fact.count;
             }
         }
         if fact.established {
             r.served_after_deletion += 1;
         }
         if let Some(class) = fact.failure {
-            r.failures.add(class);
+            r.failures.add_n(class, fact.count);
             r.first_failure = Some(r.first_failure.map_or(fact.ts, |t| t.min(fact.ts)));
             r.last_failure = r.last_failure.max(Some(fact.ts));
             if r.failure_times.len() < MAX_FAILURE_TIMES {
@@ -235,10 +235,10 @@ impl Window {
         };
         let activity = &mut connectors[index];
         if fact.new_attempt {
-            activity.connects += 1;
+            activity.connects += fact.count;
         }
         if fact.failure.is_some() {
-            activity.failures += 1;
+            activity.failures += fact.count;
         }
         if fact.is_connect {
             activity.last_connect = activity.last_connect.max(Some(fact.at));

@@ -377,6 +377,7 @@ mod tests {
             pod_uid: None,
             container_id: None,
             retry: false,
+            count: 1,
             watched: true,
             outcome,
         }

@@ -106,7 +106,7 @@ pub struct RawEvent {
     pub cut: bool,
 }
 
-fn ip_from(family: u16, bytes: [u8; 16]) -> Result<IpAddr, DecodeError> {
+pub(crate) fn ip_from(family: u16, bytes: [u8; 16]) -> Result<IpAddr, DecodeError> {
     match family {
         AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
             bytes[0], bytes[1], bytes[2], bytes[3],
@@ -217,8 +217,21 @@ pub struct ConnectRecord {
     /// "Choices and retries"; `probe::retry`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry: bool,
+    /// How many failures this record stands for: more than one for a
+    /// failure storm the kernel counted instead of sending each failure
+    /// (`probe::storm`); `ts` and `syn` are then the latest ones.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
     #[serde(flatten)]
     pub outcome: Outcome,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(count: &u64) -> bool {
+    *count == 1
 }
 
 impl ConnectRecord {
@@ -243,6 +256,7 @@ impl ConnectRecord {
             container_id: None,
             watched: raw.watched,
             retry: false,
+            count: 1,
             outcome,
         }
     }

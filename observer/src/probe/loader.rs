@@ -13,10 +13,13 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{FExit, RawTracePoint},
 };
-use observer_common::{AF_INET, AF_INET6, AddrKey, DestKey, DestStats, counter};
+use observer_common::{
+    AF_INET, AF_INET6, AddrKey, DestKey, DestStats, StormKey, StormStats, counter,
+};
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 
+use super::storm::StormLedger;
 use super::{
     btf::{self, BtfError},
     decode::{
@@ -257,8 +260,19 @@ impl Probe {
             source,
         })?;
         let ring = register_readable(ring).map_err(ProbeError::AsyncFd)?;
+        let storms = self
+            .ebpf
+            .take_map("STORMS")
+            .ok_or(ProbeError::MissingMap("STORMS"))?;
+        let storms = HashMap::try_from(storms).map_err(|source| ProbeError::Map {
+            name: "STORMS",
+            source,
+        })?;
         Ok(EventReader {
             ring,
+            storms,
+            ledger: StormLedger::default(),
+            last_storm_read: std::time::Instant::now(),
             joiner: OutcomeJoiner::default()
                 .with_retry_window(self.retry_window)
                 .with_fallback_hz(kernel_config_hz().unwrap_or(250)),
@@ -468,6 +482,10 @@ fn kernel_config_hz() -> Option<u32> {
 /// Reads the event ring and yields joined connect outcomes.
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Failures the kernel counted instead of sending (`probe::storm`).
+    storms: HashMap<MapData, StormKey, StormStats>,
+    ledger: StormLedger,
+    last_storm_read: std::time::Instant,
     joiner: OutcomeJoiner,
     decode_errors: u64,
     /// When the last read that found events ended.
@@ -478,6 +496,9 @@ pub struct EventReader {
 
 /// The shortest time between two reads while events keep coming.
 const BUSY_READ_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How often the storm map is read.
+const STORM_READ_INTERVAL: Duration = Duration::from_millis(250);
 
 impl EventReader {
     /// From now on, fills in each record's pod and container from its
@@ -547,7 +568,27 @@ impl EventReader {
             out,
         );
         self.joiner.flush(MonoTime::now(), out);
+        if self.last_storm_read.elapsed() >= STORM_READ_INTERVAL {
+            self.read_storms(out);
+        }
         self.annotate(&mut out[before..]);
+    }
+
+    /// Appends what the kernel counted in failure storms since the last
+    /// look, one record per destination, connector and class.
+    fn read_storms(&mut self, out: &mut Vec<ConnectRecord>) {
+        self.last_storm_read = std::time::Instant::now();
+        let mut live = std::collections::HashSet::new();
+        for entry in self.storms.iter() {
+            // An entry evicted while being walked is skipped: its counts
+            // come with the next look, or went with the eviction.
+            let Ok((key, stats)) = entry else {
+                continue;
+            };
+            self.ledger.fold(&key, &stats, out);
+            live.insert(key);
+        }
+        self.ledger.retain(|key| live.contains(key));
     }
 
     /// Appends the undecoded-but-parsed records available now, without
@@ -566,6 +607,7 @@ impl EventReader {
     pub fn finish(&mut self, out: &mut Vec<ConnectRecord>) {
         self.drain_now(out);
         let before = out.len();
+        self.read_storms(out);
         self.joiner.drain(out);
         self.annotate(&mut out[before..]);
     }

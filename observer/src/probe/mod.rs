@@ -8,6 +8,7 @@ pub mod decode;
 pub mod loader;
 pub mod preflight;
 pub mod retry;
+pub mod storm;
 
 pub use decode::{ConnectRecord, FailureClass, Outcome, OutcomeJoiner};
 pub use loader::{EventReader, Probe, ProbeCounters, ProbeError, ProbeOptions, SyncFailureHook};

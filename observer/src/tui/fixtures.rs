@@ -321,6 +321,7 @@ pub fn finding(
             pod_uid: None,
             container_id: None,
             retry: false,
+            count: 1,
             watched: true,
             outcome: Outcome::Failed {
                 class,

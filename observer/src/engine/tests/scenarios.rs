@@ -515,3 +515,37 @@ fn an_error_report_without_its_close_counts_but_does_not_extend_the_gap() {
     assert_eq!(t.propagation_gap_ns, Some(1_000 * MS as i64));
     assert_eq!(t.failures.host_unreachable, 1, "the failure still counts");
 }
+
+/// A failure storm the kernel counted arrives as one record per class with
+/// a count: the termination's figures and the metrics count every failure.
+#[test]
+fn a_counted_failure_storm_counts_every_failure() {
+    use FailureClass::*;
+    let mut engine = Engine::new(ingress_nginx());
+    let mut steps = web1_listed();
+    steps.push(Step::Pod(
+        10_000,
+        Event::Apply(pod("web-1", "u1", WEB1, true, true)),
+    ));
+    let mut storm = failed(WEB1_HTTP, 11_400, 1, Refused, false);
+    storm.count = 5_000;
+    steps.extend([
+        Step::Connect(failed(WEB1_HTTP, 11_000, 1, Refused, false)),
+        Step::Connect(storm),
+        Step::Tick(12_000),
+    ]);
+    run(&mut engine, steps);
+    let t = &engine.snapshot(ms(12_000)).open[0];
+    assert_eq!(t.failures.refused, 5_001);
+    assert_eq!(t.connects_after_deletion, 5_001);
+    assert_eq!(t.last_connect, Some(ms(11_400)), "the storm's latest SYN");
+    assert_eq!(
+        engine.counters().failures(PodState::Terminating, Refused),
+        5_001
+    );
+    // Outside any window (a ready pod of another Service): counted by state.
+    let mut elsewhere = failed("10.0.0.99:80", 13_000, 1, Refused, false);
+    elsewhere.count = 300;
+    run(&mut engine, vec![Step::Connect(elsewhere)]);
+    assert_eq!(engine.counters().failures(PodState::Unknown, Refused), 300);
+}
