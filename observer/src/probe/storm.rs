@@ -18,9 +18,12 @@ use observer_common::{AF_INET6, StormKey, StormStats};
 use super::decode::{ConnectRecord, FailureClass, Outcome, ip_from};
 use crate::clock::MonoTime;
 
+/// Reads one class's count out of the kernel's stats.
+type ClassCount = fn(&StormStats) -> u64;
+
 /// The classes the kernel counts, with the field holding each and the
 /// errno a record of that class carries.
-const CLASSES: [(FailureClass, fn(&StormStats) -> u64, i32); 6] = [
+const CLASSES: [(FailureClass, ClassCount, i32); 6] = [
     (FailureClass::Refused, |s| s.refused, libc::ECONNREFUSED),
     (
         FailureClass::HostUnreachable,
