@@ -181,7 +181,16 @@ pub fn format_line(clock: &WallClock, record: &ConnectRecord) -> String {
             waited_ns,
             synchronous,
         } => {
-            let mut detail = format!("after {}", ms(*waited_ns));
+            let mut detail = if record.count > 1 {
+                // A storm the kernel counted: the latest of them waited so.
+                format!(
+                    "{} failures counted, the latest after {}",
+                    record.count,
+                    ms(*waited_ns)
+                )
+            } else {
+                format!("after {}", ms(*waited_ns))
+            };
             if *errno != 0 {
                 detail.push_str(&format!(" (errno {errno})"));
             }
@@ -349,6 +358,20 @@ mod tests {
             line,
             "00:00:00.002  refused          10.0.0.1:40000 -> 10.0.0.2:8080  pid 42 (nginx)  \
              after 0.500 ms (errno 111)"
+        );
+    }
+
+    #[test]
+    fn a_counted_storm_reads_as_a_count_without_a_process() {
+        let clock = WallClock { offset_ns: 0 };
+        let mut storm = refused();
+        storm.count = 5_000;
+        storm.pid = 0;
+        storm.src = "0.0.0.0:0".parse().unwrap();
+        assert_eq!(
+            format_line(&clock, &storm),
+            "00:00:00.002  refused          0.0.0.0:0 -> 10.0.0.2:8080  pid ?  \
+             5000 failures counted, the latest after 0.500 ms (errno 111)"
         );
     }
 
