@@ -37,7 +37,7 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, raw_tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use aya_log_ebpf::warn;
@@ -146,6 +146,39 @@ static WATCH: HashMap<AddrKey, u8> = HashMap::with_max_entries(capacity::WATCH, 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// How many addresses `WATCH` holds, kept by user space: while it is 0
+/// (no pod terminating, the usual case), a connect costs no watch lookup.
+#[map]
+static WATCHED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// An upper bound on the entries in `SOCKS`: raised by each insert,
+/// lowered by each delete that found its entry. Overwrites and LRU
+/// evictions leave it high, never low, so 0 means the map is empty and
+/// the socket programs skip their lookups (no connect is being followed:
+/// the usual case between rollouts).
+#[map]
+static FOLLOWED: Array<u64> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn maybe_followed() -> bool {
+    FOLLOWED.get(0).is_none_or(|n| *n != 0)
+}
+
+#[inline(always)]
+fn count_followed(delta: i64) {
+    if let Some(ptr) = FOLLOWED.get_ptr_mut(0) {
+        // SAFETY: a valid pointer to the array's one value; the add is
+        // atomic, as several CPUs may follow and forget sockets at once.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(ptr, delta as u64) };
+    }
+}
+
+/// Whether any destination is watched, or every connect is followed.
+#[inline(always)]
+fn following_any() -> bool {
+    full_attribution() || WATCHED.get(0).is_none_or(|n| *n != 0)
+}
+
 /// Where `struct sock`'s fields are on this kernel: written by user space
 /// from the kernel's BTF before the object is loaded (zeros here only
 /// until then; the loader refuses to run without them).
@@ -197,11 +230,14 @@ fn hooks_only() -> bool {
     unsafe { core::ptr::read_volatile(&HOOKS_ONLY) != 0 }
 }
 
-#[inline(always)]
-fn offsets() -> SockOffsets {
-    // SAFETY: a read of a global the loader initialised; volatile so the
-    // compiler does not fold in the zeros it was declared with.
-    unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
+/// One field of `SOCK_OFFSETS`, read on its own (copying the whole struct
+/// at every use would cost a load per field).
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: a read of a global the loader initialised; volatile so
+        // the compiler does not fold in the zeros it was declared with.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(SOCK_OFFSETS.$field)) }
+    };
 }
 
 /// Reads a `T` at `offset` bytes into the kernel object at `sk`.
@@ -211,23 +247,39 @@ fn read_kernel<T>(sk: u64, offset: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel((sk + u64::from(offset)) as *const T) }.map_err(|e| e as i32)
 }
 
+/// The socket's family and destination address (canonicalised): all the
+/// watch lookup needs, read before anything else.
+#[inline(always)]
+fn sk_destination(sk: u64) -> Result<(u16, [u8; 16]), i32> {
+    let family: u16 = read_kernel(sk, offset!(family))?;
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        daddr[..4].copy_from_slice(&read_kernel::<[u8; 4]>(sk, offset!(daddr))?);
+        Ok((family, daddr))
+    } else if family == AF_INET6 {
+        daddr = read_kernel(sk, offset!(v6_daddr))?;
+        Ok(canonical(family, daddr))
+    } else {
+        Err(0)
+    }
+}
+
 /// The socket's family, addresses (canonicalised) and ports (host order;
 /// the local port is 0 until the kernel has picked one).
 #[inline(always)]
 fn sk_endpoints(sk: u64) -> Result<(u16, [u8; 16], [u8; 16], u16, u16), i32> {
-    let off = offsets();
-    let family: u16 = read_kernel(sk, off.family)?;
-    let dport = u16::from_be(read_kernel::<u16>(sk, off.dport)?);
-    let sport = u16::from_be(read_kernel::<u16>(sk, off.sport)?);
+    let family: u16 = read_kernel(sk, offset!(family))?;
+    let dport = u16::from_be(read_kernel::<u16>(sk, offset!(dport))?);
+    let sport = u16::from_be(read_kernel::<u16>(sk, offset!(sport))?);
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     if family == AF_INET {
-        saddr[..4].copy_from_slice(&read_kernel::<[u8; 4]>(sk, off.rcv_saddr)?);
-        daddr[..4].copy_from_slice(&read_kernel::<[u8; 4]>(sk, off.daddr)?);
+        saddr[..4].copy_from_slice(&read_kernel::<[u8; 4]>(sk, offset!(rcv_saddr))?);
+        daddr[..4].copy_from_slice(&read_kernel::<[u8; 4]>(sk, offset!(daddr))?);
         Ok((family, saddr, daddr, sport, dport))
     } else if family == AF_INET6 {
-        saddr = read_kernel(sk, off.v6_rcv_saddr)?;
-        daddr = read_kernel(sk, off.v6_daddr)?;
+        saddr = read_kernel(sk, offset!(v6_rcv_saddr))?;
+        daddr = read_kernel(sk, offset!(v6_daddr))?;
         let (fam_s, s) = canonical(family, saddr);
         let (fam_d, d) = canonical(family, daddr);
         if fam_s == fam_d {
@@ -245,19 +297,18 @@ fn sk_endpoints(sk: u64) -> Result<(u16, [u8; 16], [u8; 16], u16, u16), i32> {
 /// socket cgroup data or the socket carries none.
 #[inline(always)]
 fn sk_cgroup_id(sk: u64) -> Option<u64> {
-    let off = offsets();
-    if off.cgroup == SockOffsets::ABSENT {
+    if offset!(cgroup) == SockOffsets::ABSENT {
         return None;
     }
-    let cgroup: u64 = read_kernel(sk, off.cgroup).ok()?;
+    let cgroup: u64 = read_kernel(sk, offset!(cgroup)).ok()?;
     if cgroup == 0 {
         return None;
     }
-    let kn: u64 = read_kernel(cgroup, off.cgroup_kn).ok()?;
+    let kn: u64 = read_kernel(cgroup, offset!(cgroup_kn)).ok()?;
     if kn == 0 {
         return None;
     }
-    read_kernel(kn, off.kn_id).ok()
+    read_kernel(kn, offset!(kn_id)).ok()
 }
 
 fn bump(index: u32) {
@@ -392,15 +443,29 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
             let peer_closed = oldstate == TCP_ESTABLISHED && newstate == TCP_CLOSE_WAIT;
             let result = on_leaving_established(skaddr, peer_closed);
             if newstate == TCP_CLOSE {
-                let _ = SOCKS.remove(&skaddr);
+                forget_socket(skaddr);
             }
             result
         }
         (_, TCP_CLOSE) => {
-            let _ = SOCKS.remove(&skaddr);
+            forget_socket(skaddr);
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+/// Drops a closing socket's `SOCKS` entry. Most sockets have none (only
+/// followed connects do): a lock-free lookup first spares them the
+/// bucket lock a delete takes.
+#[inline(always)]
+fn forget_socket(skaddr: u64) {
+    if !maybe_followed() {
+        return;
+    }
+    // SAFETY: only whether the entry exists is read.
+    if unsafe { SOCKS.get(&skaddr) }.is_some() && SOCKS.remove(&skaddr).is_ok() {
+        count_followed(-1);
     }
 }
 
@@ -413,26 +478,29 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
 /// stack would add to the other state handlers' in one frame.
 #[inline(never)]
 fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(), i32> {
-    let off = offsets();
-    let protocol: u16 = read_kernel(skaddr, off.protocol)?;
+    if !following_any() {
+        return Ok(());
+    }
+    let protocol: u16 = read_kernel(skaddr, offset!(protocol))?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let (family, saddr, daddr, sport, dport) = sk_endpoints(skaddr)?;
+    let (family, daddr) = sk_destination(skaddr)?;
     if !is_watched(family, &daddr) {
         return Ok(());
     }
-    let lsndtime: u32 = read_kernel(skaddr, off.lsndtime)?;
+    let (family, saddr, daddr, sport, dport) = sk_endpoints(skaddr)?;
+    let lsndtime: u32 = read_kernel(skaddr, offset!(lsndtime))?;
     // An error the connection ends with (set before the kernel closes it,
     // on every kernel): a timeout or an unreachable under a request. A
     // reset is `tcp_receive_reset`'s.
-    let err: i32 = read_kernel(skaddr, off.err).unwrap_or(0);
+    let err: i32 = read_kernel(skaddr, offset!(err)).unwrap_or(0);
     let errno = if err == ECONNRESET || err == EPIPE {
         0
     } else {
         err
     };
-    let lrcvtime: u32 = read_kernel(skaddr, off.lrcvtime)?;
+    let lrcvtime: u32 = read_kernel(skaddr, offset!(lrcvtime))?;
     // Sent after the last data received (jiffies wrap: compare signed).
     let cut = peer_closed && (lsndtime.wrapping_sub(lrcvtime) as i32) > 0;
     // SAFETY: helpers without arguments, valid in tracepoint context.
@@ -460,18 +528,22 @@ fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(), i32> {
 }
 
 fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(), i32> {
-    let protocol: u16 = read_kernel(skaddr, offsets().protocol)?;
+    if !following_any() {
+        return Ok(());
+    }
+    let protocol: u16 = read_kernel(skaddr, offset!(protocol))?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (family, saddr, daddr, _, dport) = sk_endpoints(skaddr)?;
+    let (family, daddr) = sk_destination(skaddr)?;
     let watched = is_watched(family, &daddr);
     // Connects to destinations nobody watches cost the watch lookup only:
     // if they fail, their close reports them from the socket itself.
     if !watched && !full_attribution() {
         return Ok(());
     }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (family, saddr, daddr, _, dport) = sk_endpoints(skaddr)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     let info = SockInfo {
         syn_ns: now,
@@ -488,7 +560,9 @@ fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(), i32> {
         established: 0,
         watched: watched as u8,
     };
-    if SOCKS.insert(&skaddr, &info, 0).is_err() {
+    if SOCKS.insert(&skaddr, &info, 0).is_ok() {
+        count_followed(1);
+    } else {
         bump(counter::MAP_FULL);
         warn!(ctx, "observer: socket map insert failed");
     }
@@ -512,13 +586,16 @@ fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(), i32> {
 }
 
 fn on_established(skaddr: u64) -> Result<(), i32> {
+    if !maybe_followed() {
+        return Ok(());
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(ptr) = SOCKS.get_ptr_mut(&skaddr) else {
         return Ok(());
     };
     // SAFETY: a valid pointer to a map value returned by the kernel.
     let info = unsafe { &mut *ptr };
-    info.sport = u16::from_be(read_kernel::<u16>(skaddr, offsets().sport)?);
+    info.sport = u16::from_be(read_kernel::<u16>(skaddr, offset!(sport))?);
     info.established = 1;
     let key = DestKey {
         family: info.family,
@@ -543,11 +620,19 @@ fn on_established(skaddr: u64) -> Result<(), i32> {
 fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a map value is copied out before the entry is removed.
-    let Some(mut info) = (unsafe { SOCKS.get(&skaddr) }).copied() else {
+    let followed = if maybe_followed() {
+        // SAFETY: as below.
+        unsafe { SOCKS.get(&skaddr) }.copied()
+    } else {
+        None
+    };
+    let Some(mut info) = followed else {
         return on_unfollowed_syn_closed(skaddr, now);
     };
-    let _ = SOCKS.remove(&skaddr);
-    info.sport = read_kernel::<u16>(skaddr, offsets().sport).map_or(0, u16::from_be);
+    if SOCKS.remove(&skaddr).is_ok() {
+        count_followed(-1);
+    }
+    info.sport = read_kernel::<u16>(skaddr, offset!(sport)).map_or(0, u16::from_be);
     let tuple = TupleKey {
         family: info.family,
         sport: info.sport,
@@ -611,19 +696,18 @@ fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
 /// caller's stack.
 #[inline(never)]
 fn connect_error(skaddr: u64) -> i32 {
-    let off = offsets();
-    let err: i32 = read_kernel(skaddr, off.err).unwrap_or(0);
+    let err: i32 = read_kernel(skaddr, offset!(err)).unwrap_or(0);
     if err != 0 && err != ECONNRESET && err != EPIPE {
         return err;
     }
-    let soft: i32 = read_kernel(skaddr, off.err_soft).unwrap_or(0);
+    let soft: i32 = read_kernel(skaddr, offset!(err_soft)).unwrap_or(0);
     if soft != 0 {
         return soft;
     }
-    if off.exterr_errno == SockOffsets::ABSENT {
+    if offset!(exterr_errno) == SockOffsets::ABSENT {
         return 0;
     }
-    let head = skaddr.wrapping_add(u64::from(off.error_queue));
+    let head = skaddr.wrapping_add(u64::from(offset!(error_queue)));
     // The queue's `next` is the head itself when it is empty.
     let Ok(first) = read_kernel::<u64>(head, 0) else {
         return 0;
@@ -631,7 +715,8 @@ fn connect_error(skaddr: u64) -> i32 {
     if first == 0 || first == head {
         return 0;
     }
-    let errno: u32 = read_kernel(first, off.skb_cb.wrapping_add(off.exterr_errno)).unwrap_or(0);
+    let errno: u32 =
+        read_kernel(first, offset!(skb_cb).wrapping_add(offset!(exterr_errno))).unwrap_or(0);
     errno as i32
 }
 
@@ -643,8 +728,7 @@ fn connect_error(skaddr: u64) -> i32 {
 /// softirq or a timer, on behalf of whatever task was running.
 #[inline(never)]
 fn on_unfollowed_syn_closed(skaddr: u64, now: u64) -> Result<(), i32> {
-    let off = offsets();
-    let protocol: u16 = read_kernel(skaddr, off.protocol)?;
+    let protocol: u16 = read_kernel(skaddr, offset!(protocol))?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
@@ -728,7 +812,7 @@ fn storm_absorbs(key: &StormKey, errno: i32, now: u64, syn_ns: u64) -> bool {
 /// say.
 #[inline(always)]
 fn first_syn_time(skaddr: u64, now: u64) -> u64 {
-    let Ok(stamp) = read_kernel::<u32>(skaddr, offsets().retrans_stamp) else {
+    let Ok(stamp) = read_kernel::<u32>(skaddr, offset!(retrans_stamp)) else {
         return 0;
     };
     let now_ms = now / 1_000_000;
@@ -784,8 +868,7 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
 fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(), i32> {
     // TP_PROTO(const struct sock *sk)
     let sk: u64 = ctx.arg(0);
-    let off = offsets();
-    let errno: i32 = read_kernel(sk, off.err)?;
+    let errno: i32 = read_kernel(sk, offset!(err))?;
     // No error, nothing to classify. Resets (and the EPIPE that follows
     // one) end established connections, which `tcp_receive_reset` reports;
     // a connect the application aborts with a zero-linger close is reported
@@ -794,7 +877,7 @@ fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(), i32> {
     if errno == 0 || errno == ECONNRESET || errno == EPIPE {
         return Ok(());
     }
-    let protocol: u16 = read_kernel(sk, off.protocol)?;
+    let protocol: u16 = read_kernel(sk, offset!(protocol))?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
@@ -834,7 +917,7 @@ fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(), i32> {
             event.errno = errno;
             event.kind = kind::ERROR;
         });
-    } else if read_kernel::<u8>(sk, off.state).map(i32::from) == Ok(TCP_SYN_SENT) {
+    } else if read_kernel::<u8>(sk, offset!(state)).map(i32::from) == Ok(TCP_SYN_SENT) {
         // Older kernels report a connect's error before its close: parked
         // for the close to pick up. Nothing else is parked: an established
         // connection's error is read at its close (`on_leaving_established`).
@@ -861,6 +944,9 @@ pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
 fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
     // TP_PROTO(struct sock *sk)
     let skaddr: u64 = ctx.arg(0);
+    if !maybe_followed() {
+        return Ok(());
+    }
     // SAFETY: the value is copied out immediately.
     let Some(info) = (unsafe { SOCKS.get(&skaddr) }).copied() else {
         return Ok(());

@@ -170,6 +170,8 @@ pub struct ProbeCounters {
 /// The loaded, attached probe. Dropping it detaches every program.
 pub struct Probe {
     ebpf: Ebpf,
+    /// The addresses in the kernel's watch map.
+    watched: std::collections::HashSet<IpAddr>,
     sync_failure_hook: SyncFailureHook,
     retry_window: Duration,
 }
@@ -217,6 +219,7 @@ impl Probe {
         tracing::debug!(?sync_failure_hook, "probe attached");
         Ok(Probe {
             ebpf,
+            watched: std::collections::HashSet::new(),
             sync_failure_hook,
             retry_window: options.retry_window.unwrap_or(DEFAULT_RETRY_WINDOW),
         })
@@ -300,19 +303,44 @@ impl Probe {
             .map_err(|source| ProbeError::Map {
                 name: "WATCH",
                 source,
-            })
+            })?;
+        self.watched.insert(ip);
+        self.publish_watched_count()
     }
 
     /// Stops reporting successes to `ip`. Unwatching an address that is not
     /// watched is not an error.
     pub fn unwatch(&mut self, ip: IpAddr) -> Result<(), ProbeError> {
         match self.watch_map()?.remove(&addr_key(ip)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ProbeError::Map {
-                name: "WATCH",
-                source,
-            }),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => {
+                return Err(ProbeError::Map {
+                    name: "WATCH",
+                    source,
+                });
+            }
         }
+        self.watched.remove(&ip);
+        self.publish_watched_count()
+    }
+
+    /// Tells the kernel how many addresses are watched: with none, its
+    /// programs skip the watch lookup on every connect.
+    fn publish_watched_count(&mut self) -> Result<(), ProbeError> {
+        let count = u32::try_from(self.watched.len()).unwrap_or(u32::MAX);
+        let map = self
+            .ebpf
+            .map_mut("WATCHED")
+            .ok_or(ProbeError::MissingMap("WATCHED"))?;
+        let mut array =
+            aya::maps::Array::<_, u32>::try_from(map).map_err(|source| ProbeError::Map {
+                name: "WATCHED",
+                source,
+            })?;
+        array.set(0, &count, 0).map_err(|source| ProbeError::Map {
+            name: "WATCHED",
+            source,
+        })
     }
 
     /// Per-destination counters aggregated in the kernel.
