@@ -323,7 +323,8 @@ impl OutcomeJoiner {
     /// Remembers a failure of the event's thread, for telling its
     /// retries apart.
     fn note_failure(&mut self, raw: &RawEvent) {
-        self.retries.note_failure(raw.pid, raw.ts, raw.dst);
+        self.retries
+            .note_failure(raw.pid, raw.cgroup_id, raw.ts, raw.dst);
     }
 
     /// When a SENT event's connection last sent data.
@@ -348,7 +349,9 @@ impl OutcomeJoiner {
         match raw.kind {
             kind::CONNECT => {
                 let mut record = ConnectRecord::from_raw(&raw, Outcome::Connect);
-                record.retry = self.retries.syn_is_retry(raw.pid, raw.ts, raw.dst);
+                record.retry = self
+                    .retries
+                    .syn_is_retry(raw.pid, raw.cgroup_id, raw.ts, raw.dst);
                 out.push(record);
             }
             kind::SENT => {
@@ -356,10 +359,10 @@ impl OutcomeJoiner {
                 let mut record = ConnectRecord::from_raw(&raw, Outcome::Sent { last_send });
                 // The owner thread is the connecting one, where the socket
                 // map knew it (nginx and Envoy keep a connection on the
-                // worker that opened it).
-                record.retry = self
-                    .retries
-                    .send_is_retry(raw.pid, last_send, jiffy, raw.dst);
+                // worker that opened it); else any thread of its connector.
+                record.retry =
+                    self.retries
+                        .send_is_retry(raw.pid, raw.cgroup_id, last_send, jiffy, raw.dst);
                 out.push(record);
                 // The connection ended with an error under a request (a
                 // timeout, an unreachable pod), or the pod closed it with

@@ -18,6 +18,12 @@
 //! last send (jiffy resolution). That send was a retry when a failure of
 //! the connection's owner thread, not already taken by a SYN, lies just
 //! before it; so failures are kept for a while after their SYN window.
+//! A connection opened before its pod was watched (the usual pooled
+//! connection) was not followed, so its owner thread is not known: its
+//! send is then matched against the failures of every thread of its
+//! connector (the socket's cgroup, the ingress pod), each still licensing
+//! one retry. Failures are kept per connector for that reason; a thread
+//! always belongs to one.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -37,25 +43,34 @@ pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_millis(5);
 /// 60 s by default).
 const KEPT_FOR_POOLED_SENDS: Duration = Duration::from_secs(120);
 
-/// Failures remembered per thread, at most (the newest are kept).
-const MAX_FAILURES_PER_THREAD: usize = 256;
+/// Failures remembered per connector, at most (the newest are kept).
+const MAX_FAILURES_PER_CONNECTOR: usize = 1024;
 
-/// Threads whose failures are remembered, at most.
-const MAX_FAILING_THREADS: usize = 1024;
+/// Connectors whose failures are remembered, at most.
+const MAX_FAILING_CONNECTORS: usize = 1024;
 
 #[derive(Clone, Copy, Debug)]
 struct Failure {
     at: MonoTime,
     dst: SocketAddr,
+    /// The failing thread; 0 when the kernel could not tell.
+    tid: u32,
     /// A retry has been paired with it.
     taken: bool,
 }
 
-/// Each thread's recent failures, and the pairing of retries with them.
+/// Whether a failure of thread `failed` may be retried by thread `trying`
+/// (0: not known, so any thread of the connector).
+fn same_thread(failed: u32, trying: u32) -> bool {
+    failed == 0 || trying == 0 || failed == trying
+}
+
+/// Each connector's recent failures, and the pairing of retries with
+/// them.
 #[derive(Debug)]
 pub struct RetryTracker {
     window: Duration,
-    threads: HashMap<u32, VecDeque<Failure>>,
+    connectors: HashMap<u64, VecDeque<Failure>>,
 }
 
 impl Default for RetryTracker {
@@ -68,7 +83,7 @@ impl RetryTracker {
     pub fn new(window: Duration) -> RetryTracker {
         RetryTracker {
             window,
-            threads: HashMap::new(),
+            connectors: HashMap::new(),
         }
     }
 
@@ -76,65 +91,86 @@ impl RetryTracker {
         self.window
     }
 
-    /// Remembers that a connect (or a pooled request) of thread `tid` to
-    /// `dst` failed at `at`. Thread 0 (not known) is not remembered.
-    pub fn note_failure(&mut self, tid: u32, at: MonoTime, dst: SocketAddr) {
-        if tid == 0 {
+    /// Remembers that a connect (or a pooled request) of thread `tid`
+    /// (0: not known) of `connector` (a cgroup id) to `dst` failed at `at`.
+    /// Failures known to neither thread nor connector are not remembered.
+    pub fn note_failure(&mut self, tid: u32, connector: u64, at: MonoTime, dst: SocketAddr) {
+        if tid == 0 && connector == 0 {
             return;
         }
-        if !self.threads.contains_key(&tid) && self.threads.len() >= MAX_FAILING_THREADS {
+        if !self.connectors.contains_key(&connector)
+            && self.connectors.len() >= MAX_FAILING_CONNECTORS
+        {
             self.forget_before(at);
-            if self.threads.len() >= MAX_FAILING_THREADS {
-                self.threads.clear();
+            if self.connectors.len() >= MAX_FAILING_CONNECTORS {
+                self.connectors.clear();
             }
         }
-        let failures = self.threads.entry(tid).or_default();
-        if failures.len() >= MAX_FAILURES_PER_THREAD {
+        let failures = self.connectors.entry(connector).or_default();
+        if failures.len() >= MAX_FAILURES_PER_CONNECTOR {
             failures.pop_front();
         }
         failures.push_back(Failure {
             at,
             dst,
+            tid,
             taken: false,
         });
     }
 
     /// Whether thread `tid`'s SYN to `dst` at `at` retries one of its own
     /// failures elsewhere; if so, that failure is taken.
-    pub fn syn_is_retry(&mut self, tid: u32, at: MonoTime, dst: SocketAddr) -> bool {
+    pub fn syn_is_retry(
+        &mut self,
+        tid: u32,
+        connector: u64,
+        at: MonoTime,
+        dst: SocketAddr,
+    ) -> bool {
+        if tid == 0 {
+            return false;
+        }
         let window = self.window;
-        self.take(tid, dst, |failure| {
+        self.take(tid, connector, dst, |failure| {
             at >= failure && at.saturating_since(failure) <= window
         })
     }
 
-    /// Whether the last send of a pooled connection of thread `tid` to
-    /// `dst`, dated `last_send` to within `resolution` (a jiffy), retried
-    /// one of the thread's failures elsewhere; if so, that failure is taken.
+    /// Whether the last send of a pooled connection of thread `tid` (0:
+    /// not known, any thread of `connector`) to `dst`, dated `last_send`
+    /// to within `resolution` (a jiffy), retried a failure elsewhere; if
+    /// so, that failure is taken.
     pub fn send_is_retry(
         &mut self,
         tid: u32,
+        connector: u64,
         last_send: MonoTime,
         resolution: Duration,
         dst: SocketAddr,
     ) -> bool {
         let slack = resolution.as_nanos() as u64;
         let reach = (self.window + resolution).as_nanos() as u64;
-        self.take(tid, dst, |failure| {
+        self.take(tid, connector, dst, |failure| {
             last_send.0.saturating_add(slack) >= failure.0
                 && last_send.0 <= failure.0.saturating_add(reach)
         })
     }
 
-    /// Takes the oldest untaken failure of `tid`, to another destination
-    /// than `dst`, whose time `fits`.
-    fn take(&mut self, tid: u32, dst: SocketAddr, fits: impl Fn(MonoTime) -> bool) -> bool {
-        let Some(failures) = self.threads.get_mut(&tid) else {
+    /// Takes the oldest untaken failure of `connector` that thread `tid`
+    /// may retry, to another destination than `dst`, whose time `fits`.
+    fn take(
+        &mut self,
+        tid: u32,
+        connector: u64,
+        dst: SocketAddr,
+        fits: impl Fn(MonoTime) -> bool,
+    ) -> bool {
+        let Some(failures) = self.connectors.get_mut(&connector) else {
             return false;
         };
         match failures
             .iter_mut()
-            .find(|f| !f.taken && f.dst != dst && fits(f.at))
+            .find(|f| !f.taken && f.dst != dst && same_thread(f.tid, tid) && fits(f.at))
         {
             Some(failure) => {
                 failure.taken = true;
@@ -149,7 +185,7 @@ impl RetryTracker {
         let Some(horizon) = now.0.checked_sub(KEPT_FOR_POOLED_SENDS.as_nanos() as u64) else {
             return;
         };
-        self.threads.retain(|_, failures| {
+        self.connectors.retain(|_, failures| {
             while failures.front().is_some_and(|f| f.at.0 < horizon) {
                 failures.pop_front();
             }
@@ -163,6 +199,8 @@ mod tests {
     use super::*;
 
     const MS: u64 = 1_000_000;
+    /// The ingress pod's cgroup.
+    const NGINX: u64 = 9;
 
     fn addr(last_octet: u8) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, last_octet], 8080))
@@ -176,13 +214,13 @@ mod tests {
         // other failed one, which it does not know has failed yet.
         let mut tracker = RetryTracker::default();
         for (i, dst) in [3, 3, 2, 2, 2].into_iter().enumerate() {
-            tracker.note_failure(7, MonoTime(100 * MS + i as u64 * 10_000), addr(dst));
+            tracker.note_failure(7, NGINX, MonoTime(100 * MS + i as u64 * 10_000), addr(dst));
         }
         let retries: Vec<bool> = [2, 2, 3, 3, 3, 3]
             .into_iter()
             .enumerate()
             .map(|(i, dst)| {
-                tracker.syn_is_retry(7, MonoTime(101 * MS + i as u64 * 50_000), addr(dst))
+                tracker.syn_is_retry(7, NGINX, MonoTime(101 * MS + i as u64 * 50_000), addr(dst))
             })
             .collect();
         // Five failures, five retries; the sixth SYN is a new choice.
@@ -192,26 +230,26 @@ mod tests {
     #[test]
     fn a_syn_is_a_retry_only_on_the_failing_thread_within_the_window() {
         let mut tracker = RetryTracker::new(Duration::from_millis(5));
-        tracker.note_failure(7, MonoTime(100 * MS), addr(2));
+        tracker.note_failure(7, NGINX, MonoTime(100 * MS), addr(2));
         assert!(
-            !tracker.syn_is_retry(8, MonoTime(101 * MS), addr(3)),
+            !tracker.syn_is_retry(8, NGINX, MonoTime(101 * MS), addr(3)),
             "another thread"
         );
         assert!(
-            !tracker.syn_is_retry(7, MonoTime(101 * MS), addr(2)),
+            !tracker.syn_is_retry(7, NGINX, MonoTime(101 * MS), addr(2)),
             "the same pod again"
         );
         assert!(
-            !tracker.syn_is_retry(7, MonoTime(99 * MS), addr(3)),
+            !tracker.syn_is_retry(7, NGINX, MonoTime(99 * MS), addr(3)),
             "before the failure"
         );
         assert!(
-            !tracker.syn_is_retry(7, MonoTime(106 * MS), addr(3)),
+            !tracker.syn_is_retry(7, NGINX, MonoTime(106 * MS), addr(3)),
             "after the window"
         );
-        assert!(tracker.syn_is_retry(7, MonoTime(104 * MS), addr(3)));
+        assert!(tracker.syn_is_retry(7, NGINX, MonoTime(104 * MS), addr(3)));
         assert!(
-            !tracker.syn_is_retry(7, MonoTime(104 * MS), addr(4)),
+            !tracker.syn_is_retry(7, NGINX, MonoTime(104 * MS), addr(4)),
             "already taken"
         );
     }
@@ -220,38 +258,57 @@ mod tests {
     fn a_pooled_send_is_matched_to_an_untaken_failure_within_a_jiffy() {
         let jiffy = Duration::from_millis(4);
         let mut tracker = RetryTracker::default();
-        tracker.note_failure(7, MonoTime(1_000 * MS), addr(2));
-        tracker.note_failure(7, MonoTime(2_000 * MS), addr(2));
+        tracker.note_failure(7, NGINX, MonoTime(1_000 * MS), addr(2));
+        tracker.note_failure(7, NGINX, MonoTime(2_000 * MS), addr(2));
         // The first failure's retry was a SYN.
-        assert!(tracker.syn_is_retry(7, MonoTime(1_000 * MS + 100_000), addr(3)));
+        assert!(tracker.syn_is_retry(7, NGINX, MonoTime(1_000 * MS + 100_000), addr(3)));
         // Seen at the connection's close, seconds later: a send dated 3 ms
         // before the second failure (a jiffy's rounding) retried it.
-        assert!(tracker.send_is_retry(7, MonoTime(1_997 * MS), jiffy, addr(4)));
+        assert!(tracker.send_is_retry(7, NGINX, MonoTime(1_997 * MS), jiffy, addr(4)));
         // A send near the first failure: that one was already retried.
-        assert!(!tracker.send_is_retry(7, MonoTime(1_001 * MS), jiffy, addr(4)));
+        assert!(!tracker.send_is_retry(7, NGINX, MonoTime(1_001 * MS), jiffy, addr(4)));
         // Far from any failure: a choice.
-        tracker.note_failure(7, MonoTime(3_000 * MS), addr(2));
-        assert!(!tracker.send_is_retry(7, MonoTime(3_020 * MS), jiffy, addr(4)));
+        tracker.note_failure(7, NGINX, MonoTime(3_000 * MS), addr(2));
+        assert!(!tracker.send_is_retry(7, NGINX, MonoTime(3_020 * MS), jiffy, addr(4)));
+    }
+
+    #[test]
+    fn a_pooled_send_of_an_unknown_owner_may_retry_any_thread_of_its_connector() {
+        let jiffy = Duration::from_millis(4);
+        let mut tracker = RetryTracker::default();
+        tracker.note_failure(7, NGINX, MonoTime(1_000 * MS), addr(2));
+        // Another connector's send at that moment: not a retry of it.
+        assert!(!tracker.send_is_retry(0, 10, MonoTime(1_002 * MS), jiffy, addr(4)));
+        // The connection was opened before its pod was watched: owner
+        // unknown, so any of the ingress's threads.
+        assert!(tracker.send_is_retry(0, NGINX, MonoTime(1_002 * MS), jiffy, addr(4)));
+        // That failure licensed one retry only.
+        assert!(!tracker.send_is_retry(0, NGINX, MonoTime(1_002 * MS), jiffy, addr(5)));
+        // A failure whose thread is unknown (a cut seen in softirq) may be
+        // retried by any thread of its connector, once.
+        tracker.note_failure(0, NGINX, MonoTime(2_000 * MS), addr(2));
+        assert!(tracker.syn_is_retry(8, NGINX, MonoTime(2_001 * MS), addr(3)));
+        assert!(!tracker.syn_is_retry(7, NGINX, MonoTime(2_001 * MS), addr(3)));
     }
 
     #[test]
     fn memory_stays_bounded_and_old_failures_go() {
         let mut tracker = RetryTracker::default();
-        for tid in 1..=(MAX_FAILING_THREADS as u32 + 10) {
-            for i in 0..(MAX_FAILURES_PER_THREAD as u64 + 5) {
-                tracker.note_failure(tid, MonoTime(i * MS), addr(2));
+        for connector in 1..=(MAX_FAILING_CONNECTORS as u64 + 10) {
+            for i in 0..(MAX_FAILURES_PER_CONNECTOR as u64 + 5) {
+                tracker.note_failure(1, connector, MonoTime(i * MS), addr(2));
             }
         }
-        assert!(tracker.threads.len() <= MAX_FAILING_THREADS);
+        assert!(tracker.connectors.len() <= MAX_FAILING_CONNECTORS);
         assert!(
             tracker
-                .threads
+                .connectors
                 .values()
-                .all(|f| f.len() <= MAX_FAILURES_PER_THREAD)
+                .all(|f| f.len() <= MAX_FAILURES_PER_CONNECTOR)
         );
         tracker.forget_before(MonoTime(
             KEPT_FOR_POOLED_SENDS.as_nanos() as u64 + 10_000 * MS,
         ));
-        assert!(tracker.threads.is_empty());
+        assert!(tracker.connectors.is_empty());
     }
 }
