@@ -877,6 +877,11 @@ fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(), i32> {
     if errno == 0 || errno == ECONNRESET || errno == EPIPE {
         return Ok(());
     }
+    // Only a followed socket's close waits for its report: an unfollowed
+    // one read `sk_err` at its close, which every kernel sets before both.
+    if !maybe_followed() {
+        return Ok(());
+    }
     let protocol: u16 = read_kernel(sk, offset!(protocol))?;
     if protocol != IPPROTO_TCP {
         return Ok(());
