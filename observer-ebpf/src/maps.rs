@@ -11,6 +11,13 @@ use observer_common::{
     TupleKey, capacity, counter,
 };
 
+/// CLOCK_MONOTONIC now, in ns.
+#[inline(always)]
+pub(crate) fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments, valid in every program here.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}
+
 /// What the kernel remembers about a socket this node is connecting with.
 #[repr(C)]
 #[derive(Clone, Copy)]

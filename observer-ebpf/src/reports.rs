@@ -1,7 +1,7 @@
 //! `inet_sk_error_report` and `tcp_receive_reset`: errors the kernel
 //! reports for a socket outside its state changes.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use observer_common::{DestKey, TupleKey, kind};
 
 use crate::*;
@@ -37,7 +37,7 @@ pub(crate) fn try_inet_sk_error_report(ctx: &RawTracePointContext) -> Result<(),
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let (family, saddr, daddr, sport, dport) = sk_endpoints(sk)?;
     let tuple = TupleKey {
         family,
@@ -111,7 +111,7 @@ pub(crate) fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i3
     if info.established == 0 {
         return Ok(());
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let key = DestKey {
         family: info.family,
         port: info.dport,

@@ -3,7 +3,6 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64,
-        bpf_ktime_get_ns,
     },
     macros::raw_tracepoint,
     maps::LruHashMap,
@@ -106,8 +105,8 @@ pub(crate) fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(
     let lrcvtime: u32 = read_kernel(skaddr, offset!(lrcvtime))?;
     // Sent after the last data received (jiffies wrap: compare signed).
     let cut = peer_closed && (lsndtime.wrapping_sub(lrcvtime) as i32) > 0;
-    // SAFETY: helpers without arguments, valid in tracepoint context.
-    let (now, jiffies) = unsafe { (bpf_ktime_get_ns(), bpf_jiffies64()) };
+    // SAFETY: a helper without arguments, valid in tracepoint context.
+    let (now, jiffies) = (now_ns(), unsafe { bpf_jiffies64() });
     let cgroup_id = sk_cgroup_id(skaddr).unwrap_or(0);
     // SAFETY: a map value read in place while this program runs.
     let known = unsafe { SOCKS.get(&skaddr) };
@@ -145,7 +144,7 @@ pub(crate) fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(),
     if !watched && !full_attribution() {
         return Ok(());
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let (family, saddr, daddr, _, dport) = sk_endpoints(skaddr)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     let info = SockInfo {
@@ -192,7 +191,7 @@ pub(crate) fn on_established(skaddr: u64) -> Result<(), i32> {
     if !maybe_followed() {
         return Ok(());
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let Some(ptr) = SOCKS.get_ptr_mut(&skaddr) else {
         return Ok(());
     };
@@ -221,7 +220,7 @@ pub(crate) fn on_established(skaddr: u64) -> Result<(), i32> {
 }
 
 pub(crate) fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     // SAFETY: a map value is copied out before the entry is removed.
     let followed = if maybe_followed() {
         // SAFETY: as below.

@@ -6,7 +6,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user,
     },
     macros::{fexit, raw_tracepoint},
     programs::{FExitContext, RawTracePointContext},
@@ -15,7 +15,7 @@ use observer_common::{AF_INET, AF_INET6, DestKey, TASK_COMM_LEN, flags, kind};
 
 use crate::{
     CONNECT_START, EHOSTUNREACH, ENETUNREACH, UNREACH_REPORTED, add, canonical, emit,
-    full_attribution, hooks_only, is_watched, read_kernel, set_time, with_stats,
+    full_attribution, hooks_only, is_watched, now_ns, read_kernel, set_time, with_stats,
 };
 
 /// Where a syscall's number and its second argument (connect's `uservaddr`)
@@ -55,8 +55,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long id)
     let id: i64 = ctx.arg(1);
     if id == syscall_regs::NR_CONNECT {
-        // SAFETY: helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
+        let now = now_ns();
         set_time(&CONNECT_START, bpf_get_current_pid_tgid(), now);
     }
     0
@@ -190,8 +189,7 @@ fn try_connect_exit(ctx: &FExitContext, v6: bool) -> Result<(), i32> {
 fn report_sync_failure(family: u16, addr: [u8; 16], port: u16, errno: i32, started: Option<u64>) {
     let (family, addr) = canonical(family, addr);
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     let watched = is_watched(family, &addr);
     if watched || full_attribution() {
         let key = DestKey { family, port, addr };
