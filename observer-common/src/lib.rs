@@ -165,7 +165,7 @@ pub mod storm {
     /// The rate window.
     pub const WINDOW_NS: u64 = 100_000_000;
     /// Failures of one destination and connector sent one by one per
-    /// window; the rest are counted in the storm map.
+    /// window, on each CPU; the rest are counted in the storm map.
     pub const EVENTS_PER_WINDOW: u64 = 64;
 }
 

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use observer_common::{
@@ -66,10 +66,11 @@ pub(crate) static SOCKS: LruHashMap<u64, SockInfo> =
     LruHashMap::with_max_entries(capacity::SOCKETS, 0);
 
 /// Failures beyond the per-destination event budget, counted instead of
-/// sent (`storm_absorbs`).
+/// sent (`storm_absorbs`). Per CPU: a storm hammers one destination from
+/// every CPU at once, and one shared entry would bounce between them.
 #[map]
-pub(crate) static STORMS: LruHashMap<StormKey, StormStats> =
-    LruHashMap::with_max_entries(capacity::STORMS, 0);
+pub(crate) static STORMS: LruPerCpuHashMap<StormKey, StormStats> =
+    LruPerCpuHashMap::with_max_entries(capacity::STORMS, 0);
 
 /// 4-tuples of sockets that just left SYN_SENT, awaiting their error report.
 #[map]

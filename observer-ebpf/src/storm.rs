@@ -9,8 +9,8 @@ use crate::*;
 /// a `storm::WINDOW_NS` window, failures are counted in `STORMS` (by
 /// class, with the latest failure and SYN times) instead of sent, and user
 /// space reads the counts. Returns whether this failure was counted so.
-/// Concurrent CPUs may both open a window or overshoot the budget by an
-/// event: the budget is a rate, the counts stay exact.
+/// The budget and counts are per CPU (user space sums the CPUs), so a
+/// storm from every CPU at once shares no cache line.
 #[inline(never)]
 pub(crate) fn storm_absorbs(key: &StormKey, errno: i32, now: u64, syn_ns: u64) -> bool {
     let Some(ptr) = STORMS.get_ptr_mut(key) else {

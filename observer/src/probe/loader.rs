@@ -19,7 +19,7 @@ use observer_common::{
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 
-use super::storm::StormLedger;
+use super::storm::{StormLedger, combine_cpus};
 use super::{
     btf::{self, BtfError},
     decode::{
@@ -267,10 +267,11 @@ impl Probe {
             .ebpf
             .take_map("STORMS")
             .ok_or(ProbeError::MissingMap("STORMS"))?;
-        let storms = HashMap::try_from(storms).map_err(|source| ProbeError::Map {
-            name: "STORMS",
-            source,
-        })?;
+        let storms =
+            aya::maps::PerCpuHashMap::try_from(storms).map_err(|source| ProbeError::Map {
+                name: "STORMS",
+                source,
+            })?;
         Ok(EventReader {
             ring,
             storms,
@@ -511,7 +512,7 @@ fn kernel_config_hz() -> Option<u32> {
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
     /// Failures the kernel counted instead of sending (`probe::storm`).
-    storms: HashMap<MapData, StormKey, StormStats>,
+    storms: aya::maps::PerCpuHashMap<MapData, StormKey, StormStats>,
     ledger: StormLedger,
     last_storm_read: std::time::Instant,
     joiner: OutcomeJoiner,
@@ -610,9 +611,10 @@ impl EventReader {
         for entry in self.storms.iter() {
             // An entry evicted while being walked is skipped: its counts
             // come with the next look, or went with the eviction.
-            let Ok((key, stats)) = entry else {
+            let Ok((key, per_cpu)) = entry else {
                 continue;
             };
+            let stats = combine_cpus(per_cpu.iter());
             self.ledger.fold(&key, &stats, out);
             live.insert(key);
         }

@@ -40,6 +40,22 @@ const CLASSES: [(FailureClass, ClassCount, i32); 6] = [
     (FailureClass::Other, |s| s.other_error, 0),
 ];
 
+/// One storm's counts over every CPU: counts add up, times are the latest.
+pub fn combine_cpus<'a>(per_cpu: impl Iterator<Item = &'a StormStats>) -> StormStats {
+    per_cpu.fold(StormStats::default(), |sum, cpu| StormStats {
+        window_start_ns: sum.window_start_ns.max(cpu.window_start_ns),
+        sent_in_window: sum.sent_in_window + cpu.sent_in_window,
+        refused: sum.refused + cpu.refused,
+        host_unreachable: sum.host_unreachable + cpu.host_unreachable,
+        net_unreachable: sum.net_unreachable + cpu.net_unreachable,
+        timed_out: sum.timed_out + cpu.timed_out,
+        aborted: sum.aborted + cpu.aborted,
+        other_error: sum.other_error + cpu.other_error,
+        last_failure_ns: sum.last_failure_ns.max(cpu.last_failure_ns),
+        last_syn_ns: sum.last_syn_ns.max(cpu.last_syn_ns),
+    })
+}
+
 /// What the reader has already turned into records, per storm.
 #[derive(Debug, Default)]
 pub struct StormLedger {
@@ -169,6 +185,15 @@ mod tests {
             counts(&out),
             [(FailureClass::Refused, 500), (FailureClass::TimedOut, 3)]
         );
+    }
+
+    #[test]
+    fn the_cpus_counts_add_up_and_the_latest_times_win() {
+        let cpus = [stats(10, 1, 100), stats(5, 0, 300), StormStats::default()];
+        let all = combine_cpus(cpus.iter());
+        assert_eq!((all.refused, all.timed_out), (15, 1));
+        assert_eq!(all.last_failure_ns, 300_000_000);
+        assert_eq!(all.last_syn_ns, 299_700_000);
     }
 
     #[test]
