@@ -270,6 +270,10 @@ pub struct SockOffsets {
     pub protocol: u32,
     /// `sk_err` (an int).
     pub err: u32,
+    /// 1 when `__sk_common` begins with its long-standing head (`daddr`,
+    /// `rcv_saddr`, hash, `dport`, `num`, `family` at 0, 4, 8, 12, 14, 16
+    /// from `daddr`): the probe then reads the head in one go.
+    pub head_block: u32,
     /// `__sk_common.skc_state` (a byte).
     pub state: u32,
     /// `sk_cgrp_data.cgroup`: the cgroup the socket was created in (a
@@ -310,7 +314,7 @@ impl SockOffsets {
     pub const ABSENT: u32 = u32::MAX;
 }
 
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 80);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 84);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::align_of::<ConnectEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);

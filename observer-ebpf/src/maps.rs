@@ -149,6 +149,7 @@ pub(crate) static SOCK_OFFSETS: SockOffsets = SockOffsets {
     v6_rcv_saddr: 0,
     protocol: 0,
     err: 0,
+    head_block: 0,
     state: 0,
     cgroup: 0,
     cgroup_kn: 0,

@@ -13,14 +13,44 @@ pub(crate) fn read_kernel<T>(sk: u64, offset: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel((sk + u64::from(offset)) as *const T) }.map_err(|e| e as i32)
 }
 
+/// The head of `struct sock_common` in its long-standing layout.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockHead {
+    daddr: [u8; 4],
+    rcv_saddr: [u8; 4],
+    _hash: u32,
+    dport: u16,
+    _num: u16,
+    family: u16,
+    _state: u16,
+}
+
+/// Family, destination port (network order) and the IPv4 addresses
+/// (destination, source): one read where the head has its usual layout,
+/// else one per field. The IPv4 addresses are meaningless for IPv6.
+#[inline(always)]
+fn sk_head(sk: u64) -> Result<(u16, u16, [u8; 4], [u8; 4]), i32> {
+    if offset!(head_block) != 0 {
+        let head: SockHead = read_kernel(sk, offset!(daddr))?;
+        return Ok((head.family, head.dport, head.daddr, head.rcv_saddr));
+    }
+    Ok((
+        read_kernel(sk, offset!(family))?,
+        read_kernel(sk, offset!(dport))?,
+        read_kernel(sk, offset!(daddr))?,
+        read_kernel(sk, offset!(rcv_saddr))?,
+    ))
+}
+
 /// The socket's family and destination address (canonicalised): all the
 /// watch lookup needs, read before anything else.
 #[inline(always)]
 pub(crate) fn sk_destination(sk: u64) -> Result<(u16, [u8; 16]), i32> {
-    let family: u16 = read_kernel(sk, offset!(family))?;
+    let (family, _, daddr4, _) = sk_head(sk)?;
     let mut daddr = [0u8; 16];
     if family == AF_INET {
-        daddr[..4].copy_from_slice(&read_kernel::<[u8; 4]>(sk, offset!(daddr))?);
+        daddr[..4].copy_from_slice(&daddr4);
         Ok((family, daddr))
     } else if family == AF_INET6 {
         daddr = read_kernel(sk, offset!(v6_daddr))?;
@@ -34,14 +64,14 @@ pub(crate) fn sk_destination(sk: u64) -> Result<(u16, [u8; 16]), i32> {
 /// the local port is 0 until the kernel has picked one).
 #[inline(always)]
 pub(crate) fn sk_endpoints(sk: u64) -> Result<(u16, [u8; 16], [u8; 16], u16, u16), i32> {
-    let family: u16 = read_kernel(sk, offset!(family))?;
-    let dport = u16::from_be(read_kernel::<u16>(sk, offset!(dport))?);
+    let (family, dport, daddr4, saddr4) = sk_head(sk)?;
+    let dport = u16::from_be(dport);
     let sport = u16::from_be(read_kernel::<u16>(sk, offset!(sport))?);
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     if family == AF_INET {
-        saddr[..4].copy_from_slice(&read_kernel::<[u8; 4]>(sk, offset!(rcv_saddr))?);
-        daddr[..4].copy_from_slice(&read_kernel::<[u8; 4]>(sk, offset!(daddr))?);
+        saddr[..4].copy_from_slice(&saddr4);
+        daddr[..4].copy_from_slice(&daddr4);
         Ok((family, saddr, daddr, sport, dport))
     } else if family == AF_INET6 {
         saddr = read_kernel(sk, offset!(v6_rcv_saddr))?;

@@ -17,6 +17,10 @@ use observer_tests::{Netns, require_root};
 const REFUSED_CONNECTS: u32 = 300;
 const EVENTS_PER_REFUSED: u64 = 2;
 
+/// A loopback address nothing else on the host uses: the probe is global,
+/// and only this test's connects may reach the watched address.
+const TARGET: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 77);
+
 #[test]
 fn overflowing_ring_counts_every_drop() {
     require_root();
@@ -30,12 +34,12 @@ fn overflowing_ring_counts_every_drop() {
     };
     let mut probe = Probe::load(&options).expect("the probe must load here");
     probe
-        .watch(IpAddr::V4(Ipv4Addr::LOCALHOST))
-        .expect("watch loopback");
+        .watch(IpAddr::V4(TARGET))
+        .expect("watch the target");
     let mut reader = probe.event_reader().expect("reader");
 
     ns.run_in("obs-burst", || {
-        let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+        let dst = SocketAddr::new(IpAddr::V4(TARGET), 9);
         for _ in 0..REFUSED_CONNECTS {
             let err = TcpStream::connect_timeout(&dst, Duration::from_secs(1))
                 .expect_err("nothing listens on port 9");
@@ -75,9 +79,9 @@ fn overflowing_ring_counts_every_drop() {
     // The kernel's counters saw every connect, whatever the ring dropped.
     let stats = probe.dest_stats().expect("stats");
     let loopback = stats
-        .get(&SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9))
+        .get(&SocketAddr::new(IpAddr::V4(TARGET), 9))
         .copied()
-        .expect("counters for 127.0.0.1:9");
+        .expect("counters for 127.0.0.77:9");
     assert_eq!(loopback.connects, REFUSED_CONNECTS as u64);
     assert_eq!(loopback.refused, REFUSED_CONNECTS as u64);
 }

@@ -50,6 +50,7 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         protocol: offset_of(btf, "sock", &["sk_protocol"])?,
         err: offset_of(btf, "sock", &["sk_err"])?,
         state: common("skc_state")?,
+        head_block: 0,
         lsndtime: offset_of(btf, "tcp_sock", &["lsndtime"])?,
         lrcvtime: offset_of(btf, "inet_connection_sock", &["icsk_ack", "lrcvtime"])?,
         retrans_stamp: offset_of(btf, "tcp_sock", &["retrans_stamp"])?,
@@ -59,7 +60,23 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         exterr_errno: offset_of(btf, "sock_exterr_skb", &["ee", "ee_errno"])
             .unwrap_or(SockOffsets::ABSENT),
         ..socket_cgroup_offsets(btf)
-    })
+    }
+    .with_head_block())
+}
+
+trait HeadBlock {
+    fn with_head_block(self) -> Self;
+}
+
+impl HeadBlock for SockOffsets {
+    /// Marks the long-standing `__sk_common` head, which the probe reads in
+    /// one go instead of field by field.
+    fn with_head_block(mut self) -> SockOffsets {
+        let d = self.daddr;
+        self.head_block =
+            u32::from(self.rcv_saddr == d + 4 && self.dport == d + 12 && self.family == d + 16);
+        self
+    }
 }
 
 /// Where a socket's cgroup id is: `sk_cgrp_data.cgroup->kn->id`. Kernels
@@ -174,6 +191,13 @@ mod tests {
         assert_eq!(offsets.dport, 12);
         assert_eq!(offsets.family, 16);
         assert_eq!(offsets.v6_rcv_saddr, offsets.v6_daddr + 16);
+        assert_eq!(offsets.head_block, 1, "read in one go");
+        let moved = SockOffsets {
+            family: 20,
+            ..offsets
+        }
+        .with_head_block();
+        assert_eq!(moved.head_block, 0, "any other layout: field by field");
     }
 
     #[test]
