@@ -33,9 +33,7 @@ fn overflowing_ring_counts_every_drop() {
         ..ProbeOptions::default()
     };
     let mut probe = Probe::load(&options).expect("the probe must load here");
-    probe
-        .watch(IpAddr::V4(TARGET))
-        .expect("watch the target");
+    probe.watch(IpAddr::V4(TARGET)).expect("watch the target");
     let mut reader = probe.event_reader().expect("reader");
 
     ns.run_in("obs-burst", || {
