@@ -175,6 +175,13 @@ async fn main() -> anyhow::Result<()> {
             jitter: Duration::from_millis(point.jitter_ms),
             seed: i as u64 + 1,
             ipv6: point.ipv6,
+            // Each point's nginx logs and measured records, to read a miss.
+            keep_logs: Some(std::path::PathBuf::from(format!(
+                "target/bench-lab/{}-{}ms-{}ms",
+                if point.ipv6 { "ipv6" } else { "ipv4" },
+                point.delay_ms,
+                point.jitter_ms
+            ))),
             ..LabScenario::default()
         };
         eprintln!(

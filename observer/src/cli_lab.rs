@@ -60,7 +60,9 @@ pub struct LabArgs {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Copy nginx's access and error logs (the ground truth's raw
-    /// material) into this directory at the end of each run.
+    /// material) into this directory at the end of each run, and write
+    /// there the connect records the engine measured from
+    /// (`obslab<ID>-records.ndjson`), to read a measurement again later.
     #[arg(long, value_name = "DIR")]
     pub keep_logs: Option<PathBuf>,
     /// Watch the run in the interactive TUI; `q` leaves it (and stops the

@@ -212,12 +212,14 @@ async fn reused_ips_are_attributed_by_time() {
 async fn engine_gap_matches_nginx_truth() {
     require_root();
     let _serial = SERIAL.lock().await;
+    let kept = std::env::temp_dir().join(format!("obslab15-logs-{}", std::process::id()));
     let scenario = LabScenario {
         pods: 2,
         rollouts: 1,
         propagation_delay: Duration::from_secs(1),
         qps: 100,
         lab_id: 15,
+        keep_logs: Some(kept.clone()),
         // The default neighbours: the kubelet probing every second and a
         // bystander scraping 5 times a second.
         ..LabScenario::default()
@@ -227,6 +229,8 @@ async fn engine_gap_matches_nginx_truth() {
         .expect("lab run");
     println!("{}", render_summary(&report));
     assert_eq!(report.terminations.len(), 2);
+    assert_kept_records(&kept, &report);
+    let _ = std::fs::remove_dir_all(&kept);
     // The gap ends at the last choice, over pooled connections and new
     // ones alike; retries after failures (SYNs and pooled requests) do not
     // move it.
@@ -247,6 +251,28 @@ async fn engine_gap_matches_nginx_truth() {
             t.pod
         );
     }
+}
+
+/// `--keep-logs` keeps nginx's logs and the connect records the engine
+/// measured from: every failure it counted for the terminations is there.
+fn assert_kept_records(dir: &std::path::Path, report: &LabReport) {
+    assert!(dir.join("obslab15-access.log").exists(), "nginx's log kept");
+    let text = std::fs::read_to_string(dir.join("obslab15-records.ndjson")).expect("records kept");
+    let records: Vec<observer::probe::ConnectRecord> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a record a line"))
+        .collect();
+    let pods: Vec<std::net::IpAddr> = report.terminations.iter().map(|t| t.ip).collect();
+    let failures: u64 = records
+        .iter()
+        .filter(|r| pods.contains(&r.dst.ip()) && r.failure_class().is_some())
+        .map(|r| r.count)
+        .sum();
+    assert!(
+        failures > 0 && failures >= report.failed_connects(),
+        "{failures} failures kept, {} measured",
+        report.failed_connects()
+    );
 }
 
 /// How far the engine's gap may be from the truth's last choice when the

@@ -84,8 +84,12 @@ impl LabMeasure for EngineMeasure {
         self.config.ingress.node = Some(ctx.node_name.clone());
         let engine = Engine::new(self.config.clone());
         let feed = self.feed.take();
+        let records = match &ctx.records {
+            Some(path) => Some(RecordLog::create(path)?),
+            None => None,
+        };
         self.task = Some(tokio::spawn(drive(
-            engine, probe, reader, events, stopped, feed,
+            engine, probe, reader, events, stopped, feed, records,
         )));
         Ok(())
     }
@@ -149,6 +153,7 @@ async fn drive(
     events: impl futures::Stream<Item = crate::cluster::StampedEvent> + Send + 'static,
     mut stopped: oneshot::Receiver<()>,
     mut feed: Option<LocalFeed>,
+    mut records: Option<RecordLog>,
 ) -> Result<Finished> {
     futures::pin_mut!(events);
     let mut out = Vec::new();
@@ -174,6 +179,9 @@ async fn drive(
             r = reader.next_batch(Duration::from_millis(50), &mut batch) => {
                 r.map_err(|e| LabError::Measure(format!("reading probe events: {e}")))?;
                 for record in batch.drain(..) {
+                    if let Some(log) = records.as_mut() {
+                        log.write(&record)?;
+                    }
                     engine.on_connect(&record, &mut out);
                 }
             }
@@ -196,7 +204,13 @@ async fn drive(
     }
     reader.finish(&mut batch);
     for record in batch.drain(..) {
+        if let Some(log) = records.as_mut() {
+            log.write(&record)?;
+        }
         engine.on_connect(&record, &mut out);
+    }
+    if let Some(log) = records.as_mut() {
+        log.flush()?;
     }
     let now = MonoTime::now();
     engine.finish(now, &mut out);
@@ -218,6 +232,39 @@ async fn drive(
         recommendation,
     };
     Ok((measurements, closed))
+}
+
+/// The connect records a run was measured from, one JSON object a line
+/// (`--keep-logs`).
+struct RecordLog {
+    path: std::path::PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl RecordLog {
+    fn create(path: &std::path::Path) -> Result<RecordLog> {
+        let file = std::fs::File::create(path)
+            .map_err(LabError::io(format!("creating {}", path.display())))?;
+        Ok(RecordLog {
+            path: path.to_path_buf(),
+            out: std::io::BufWriter::new(file),
+        })
+    }
+
+    fn write(&mut self, record: &crate::probe::ConnectRecord) -> Result<()> {
+        use std::io::Write as _;
+        let line = serde_json::to_string(record)
+            .map_err(|e| LabError::Measure(format!("encoding a record: {e}")))?;
+        writeln!(self.out, "{line}")
+            .map_err(LabError::io(format!("writing {}", self.path.display())))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        use std::io::Write as _;
+        self.out
+            .flush()
+            .map_err(LabError::io(format!("writing {}", self.path.display())))
+    }
 }
 
 fn to_measurement(t: &PodTermination) -> Option<PodMeasurement> {

@@ -53,6 +53,10 @@ pub struct LabContext {
     /// Idle connections each nginx worker keeps to the pods; 0: every
     /// request opens a connection, so every send is a SYN.
     pub upstream_keepalive: u32,
+    /// Where the measurement writes the connect records it measured from
+    /// (NDJSON, as `observer trace --json` prints them), with
+    /// `--keep-logs`: next to nginx's logs, so a miss can be read later.
+    pub records: Option<PathBuf>,
 }
 
 /// A pod outside the measured Deployment, known by its cgroup.

@@ -418,6 +418,7 @@ async fn run(
         ingress_pod: known(&ingress_pod),
         bystander_pod: bystander.as_ref().map(|b| known(b.pod())),
         upstream_keepalive: scenario.upstream_keepalive,
+        records: kept_records(scenario)?,
     };
     measure.start(&ctx).await?;
     // Let the measurement's watchers list the cluster before anything ends.
@@ -549,6 +550,18 @@ pub fn add_connectors(report: &mut LabReport, connectors: &ConnectorsByPod) {
                 .collect();
         }
     }
+}
+
+/// Where the measurement's connect records go with `--keep-logs`.
+fn kept_records(scenario: &LabScenario) -> Result<Option<std::path::PathBuf>> {
+    let Some(dir) = &scenario.keep_logs else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
+    Ok(Some(dir.join(format!(
+        "{}-records.ndjson",
+        scenario.name_prefix()
+    ))))
 }
 
 fn keep_logs(dir: &std::path::Path, prefix: &str, paths: &super::nginx::NginxPaths) -> Result<()> {
