@@ -80,7 +80,11 @@ pub(crate) fn forget_socket(skaddr: u64) {
 /// stack would add to the other state handlers' in one frame.
 #[inline(never)]
 pub(crate) fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(), i32> {
-    if !following_any() {
+    let following = following_any();
+    // A peer closing under a request in flight is a failure wherever it
+    // goes (a pod's app exits a moment before its address is watched):
+    // every peer close is looked at, other closes only when watched.
+    if !following && !peer_closed {
         return Ok(());
     }
     let protocol: u16 = read_kernel(skaddr, offset!(protocol))?;
@@ -88,11 +92,15 @@ pub(crate) fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(
         return Ok(());
     }
     let (family, daddr) = sk_destination(skaddr)?;
-    if !is_watched(family, &daddr) {
+    let watched = following && is_watched(family, &daddr);
+    let lsndtime: u32 = read_kernel(skaddr, offset!(lsndtime))?;
+    let lrcvtime: u32 = read_kernel(skaddr, offset!(lrcvtime))?;
+    // Sent after the last data received (jiffies wrap: compare signed).
+    let cut = peer_closed && (lsndtime.wrapping_sub(lrcvtime) as i32) > 0;
+    if !watched && !cut {
         return Ok(());
     }
     let (family, saddr, daddr, sport, dport) = sk_endpoints(skaddr)?;
-    let lsndtime: u32 = read_kernel(skaddr, offset!(lsndtime))?;
     // An error the connection ends with (set before the kernel closes it,
     // on every kernel): a timeout or an unreachable under a request. A
     // reset is `tcp_receive_reset`'s.
@@ -102,9 +110,6 @@ pub(crate) fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(
     } else {
         err
     };
-    let lrcvtime: u32 = read_kernel(skaddr, offset!(lrcvtime))?;
-    // Sent after the last data received (jiffies wrap: compare signed).
-    let cut = peer_closed && (lsndtime.wrapping_sub(lrcvtime) as i32) > 0;
     // SAFETY: a helper without arguments, valid in tracepoint context.
     let (now, jiffies) = (now_ns(), unsafe { bpf_jiffies64() });
     let cgroup_id = sk_cgroup_id(skaddr).unwrap_or(0);
@@ -118,7 +123,9 @@ pub(crate) fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(
         event.syn_ns = jiffies;
         event.cgroup_id = cgroup_id;
         set_endpoints(event, family, &saddr, &daddr, sport, dport);
-        event.flags |= flags::WATCHED;
+        if watched {
+            event.flags |= flags::WATCHED;
+        }
         if cut {
             event.flags |= flags::CUT;
         }

@@ -52,8 +52,10 @@ impl ConnectFact {
             // A watched SYN was already reported as `Connect`; an unwatched
             // one shows up only through its outcome.
             Outcome::Established { .. } => (record.syn.unwrap_or(record.ts), true, !record.watched),
+            // A reset or a cut ends a connection opened before: a failure,
+            // not a new connect.
             Outcome::Failed {
-                class: FailureClass::Reset,
+                class: FailureClass::Reset | FailureClass::Cut,
                 ..
             } => (record.ts, false, false),
             Outcome::Failed { .. } => match record.syn {
