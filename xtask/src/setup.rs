@@ -23,6 +23,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "the lab's ingress"),
     ("curl", "the lab's bystander pod, scraping pod IPs"),
     ("bpftrace", "the probe benchmark's comparison"),
+    ("wrk", "the probe benchmark's load on the lab's ingress"),
     ("tmux", "the TUI smoke test"),
 ];
 

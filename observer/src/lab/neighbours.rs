@@ -101,6 +101,7 @@ pub fn ingress_pod(
             container: "controller".into(),
             ports: vec![i32::from(port)],
             ip,
+            ready: true,
         },
     )
 }
@@ -123,6 +124,7 @@ pub fn bystander_pod(
             container: "prometheus".into(),
             ports: vec![9090],
             ip,
+            ready: true,
         },
     )
 }

@@ -370,8 +370,9 @@ impl Cluster {
         }
     }
 
-    /// Creates a running, Ready pod that no Deployment owns and no rollout
-    /// touches (an ingress controller, a scraper), on this cluster's node.
+    /// Creates a running pod (Ready or not, as `pod.ready` says) that no
+    /// Deployment owns and no rollout touches (an ingress controller, a
+    /// scraper), on this cluster's node.
     /// Returns it as stored, with its uid.
     pub fn add_standalone_pod(&self, pod: StandalonePod) -> Result<Pod, SimError> {
         super::standalone::create(&self.shared.store, &self.shared.config.node_name, pod)

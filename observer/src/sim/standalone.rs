@@ -1,5 +1,5 @@
 //! Pods that no Deployment owns: an ingress controller's pod, a scraper's.
-//! They are created running and Ready, on the cluster's node, and nothing
+//! They are created running (Ready, or not yet), on the cluster's node, and nothing
 //! in the simulator terminates them: rollouts only touch their own
 //! Deployment's pods.
 
@@ -24,6 +24,9 @@ pub struct StandalonePod {
     pub container: String,
     pub ports: Vec<i32>,
     pub ip: IpAddr,
+    /// Its Ready condition. A running pod that is not Ready is one the
+    /// agent watches (as it watches a starting pod).
+    pub ready: bool,
 }
 
 pub(crate) fn create(store: &Store, node: &str, pod: StandalonePod) -> Result<Pod, SimError> {
@@ -76,10 +79,15 @@ pub(crate) fn create(store: &Store, node: &str, pod: StandalonePod) -> Result<Po
             ),
             start_time: Some(now),
             conditions: Some(
-                ["PodScheduled", "Initialized", "ContainersReady", "Ready"]
-                    .into_iter()
-                    .map(|t| condition(t, true))
-                    .collect(),
+                [
+                    ("PodScheduled", true),
+                    ("Initialized", true),
+                    ("ContainersReady", pod.ready),
+                    ("Ready", pod.ready),
+                ]
+                .into_iter()
+                .map(|(t, on)| condition(t, on))
+                .collect(),
             ),
             ..Default::default()
         }),

@@ -1,5 +1,4 @@
-//! `cargo xtask bench probe`: what the probe costs a node that connects as
-//! fast as it can.
+//! What the probe costs a node that connects as fast as it can, on loopback.
 //!
 //! A connect storm on loopback (bounded in time), measured in connects per
 //! second with no tracer, with `observer trace` running, and with a
@@ -8,10 +7,9 @@
 //! ratios, because absolute rates on a shared machine mean little.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,32 +19,16 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use crate::tracer::{Tracer, median, process_cpu_us, start, thread_cpu_us};
+
 const ROUNDS: usize = 5;
 const RUN: Duration = Duration::from_secs(3);
 const CLIENT_THREADS: usize = 2;
 
-const BPFTRACE_SCRIPT: &str = r#"
-tracepoint:sock:inet_sock_set_state { printf("state %d %d %d %d\n", pid, args->oldstate, args->newstate, args->dport); }
-tracepoint:sock:inet_sk_error_report { printf("error %d %d\n", args->error, args->dport); }
-tracepoint:tcp:tcp_receive_reset { printf("reset %d\n", args->dport); }
-tracepoint:syscalls:sys_enter_connect { printf("connect %d\n", pid); }
-tracepoint:syscalls:sys_exit_connect { printf("connected %d %d\n", pid, args->ret); }
-"#;
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Tracer {
-    None,
-    /// observer's hooks attached, every program returning at once: what
-    /// the tracepoints themselves cost, whatever a program does.
-    HooksOnly,
-    Observer,
-    Bpftrace,
-}
-
 const TRACERS: [Tracer; 4] = [
     Tracer::None,
     Tracer::HooksOnly,
-    Tracer::Observer,
+    Tracer::Trace,
     Tracer::Bpftrace,
 ];
 
@@ -72,18 +54,19 @@ struct ProbeBench {
 }
 
 pub fn run(observer_bin: &str) -> anyhow::Result<String> {
-    crate::cmd::require_root("the probe benchmark")?;
-    ensure_tracefs()?;
     let mut rows = Vec::new();
     for storm in [Storm::Established, Storm::Refused] {
         let mut rates: [Vec<f64>; 4] = Default::default();
         let mut cpu: [Vec<f64>; 4] = Default::default();
         for round in 0..ROUNDS {
             for (i, tracer) in TRACERS.iter().enumerate() {
+                if !crate::tracer::runs_in_round(*tracer, round) {
+                    continue;
+                }
                 let sample = measure(*tracer, storm, observer_bin)
                     .with_context(|| format!("{storm:?} storm with {tracer:?}"))?;
-                println!(
-                    "bench probe: round {} {storm:?} {tracer:?}: {:.0} connects/s, {:.2} µs CPU per connect",
+                eprintln!(
+                    "bench probe: loopback round {} {storm:?} {tracer:?}: {:.0} connects/s, {:.2} µs CPU per connect",
                     round + 1,
                     sample.connects_per_sec,
                     sample.cpu_us_per_connect,
@@ -103,12 +86,12 @@ pub fn run(observer_bin: &str) -> anyhow::Result<String> {
 
 /// bpftrace attaches classic tracepoints, which it finds in tracefs
 /// (observer needs none: its tracepoints are raw).
-fn ensure_tracefs() -> anyhow::Result<()> {
+pub fn ensure_tracefs() -> anyhow::Result<()> {
     const TRACEFS: &str = "/sys/kernel/tracing";
     if std::path::Path::new(TRACEFS).join("events").exists() {
         return Ok(());
     }
-    println!("bench probe: mounting tracefs at {TRACEFS} for bpftrace");
+    eprintln!("bench probe: mounting tracefs at {TRACEFS} for bpftrace");
     let status = Command::new("mount")
         .args(["-t", "tracefs", "tracefs", TRACEFS])
         .status()
@@ -117,12 +100,6 @@ fn ensure_tracefs() -> anyhow::Result<()> {
         bail!("mounting tracefs at {TRACEFS} failed ({status}); bpftrace needs it");
     }
     Ok(())
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn render(bench: &ProbeBench) -> String {
@@ -166,104 +143,6 @@ fn render(bench: &ProbeBench) -> String {
     out
 }
 
-/// CPU time (user + system) of the calling thread, in microseconds.
-fn thread_cpu_us() -> u64 {
-    // SAFETY: an all-zero rusage is valid; getrusage writes into it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_THREAD with a valid, writable rusage.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
-    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    us(usage.ru_utime) + us(usage.ru_stime)
-}
-
-/// CPU time (user + system) of a process, in microseconds, from
-/// /proc/PID/stat; 0 when it cannot be read.
-fn process_cpu_us(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the `(comm)`, which may contain spaces: utime is the
-    // 14th field of the line, stime the 15th.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1_000_000 / hz
-}
-
-struct Tracing(Option<Child>);
-
-impl Drop for Tracing {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            // SIGINT: both tracers detach cleanly on it.
-            // SAFETY: kill with a pid we spawned and a valid signal.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Starts a tracer and waits until it has attached (it says so on a line
-/// of its output).
-fn start(tracer: Tracer, observer_bin: &str) -> anyhow::Result<Tracing> {
-    let (mut cmd, ready_on_stderr, marker) = match tracer {
-        Tracer::None => return Ok(Tracing(None)),
-        Tracer::HooksOnly | Tracer::Observer => {
-            let mut cmd = Command::new(observer_bin);
-            cmd.args(["trace", "--json"]);
-            if tracer == Tracer::HooksOnly {
-                cmd.arg("--hooks-only");
-            }
-            (cmd, true, "tracing TCP connect outcomes")
-        }
-        Tracer::Bpftrace => {
-            let mut cmd = Command::new("bpftrace");
-            cmd.args(["-e", BPFTRACE_SCRIPT]);
-            (cmd, false, "Attaching")
-        }
-    };
-    cmd.stdin(Stdio::null());
-    if ready_on_stderr {
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    } else {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {tracer:?}"))?;
-    let pipe: Box<dyn std::io::Read + Send> = if ready_on_stderr {
-        Box::new(child.stderr.take().context("stderr")?)
-    } else {
-        Box::new(child.stdout.take().context("stdout")?)
-    };
-    let mut reader = BufReader::new(pipe);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            bail!("{tracer:?} exited before attaching");
-        }
-        if line.contains(marker) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("{tracer:?} did not attach within 60 s");
-        }
-    }
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    std::thread::sleep(Duration::from_millis(300));
-    Ok(Tracing(Some(child)))
-}
-
 fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<Sample> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a listener")?;
     let open = listener.local_addr()?;
@@ -288,12 +167,12 @@ fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<S
         }
         acceptor_cpu.fetch_add(thread_cpu_us(), Ordering::Relaxed);
     });
-    let _tracing = start(tracer, observer_bin)?;
+    let _tracing = start(tracer, observer_bin, None)?;
     let target = match storm {
         Storm::Established => open,
         Storm::Refused => closed,
     };
-    let tracer_pid = _tracing.0.as_ref().map(Child::id);
+    let tracer_pid = _tracing.pid();
     let tracer_cpu_before = tracer_pid.map_or(0, process_cpu_us);
     let count = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
