@@ -262,7 +262,7 @@ fn input_time(input: &Input) -> MonoTime {
 async fn start_sources(
     options: &AgentOptions,
     probe: &mut Probe,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<Vec<Input>>,
 ) -> anyhow::Result<Option<Arc<WatchCounters>>> {
     let mut reader = probe.event_reader()?;
     let resolver = match &options.cgroup_root {
@@ -290,10 +290,14 @@ async fn start_sources(
                 tracing::error!(%error, "reading probe events stopped");
                 return;
             }
-            for record in batch.drain(..) {
-                if probe_tx.send(Input::Connect(record)).await.is_err() {
-                    return;
-                }
+            if batch.is_empty() {
+                continue;
+            }
+            // A batch a message: one hand-off to the engine's loop per
+            // read of the ring, not one per record.
+            let inputs = batch.drain(..).map(Input::Connect).collect();
+            if probe_tx.send(inputs).await.is_err() {
+                return;
             }
         }
     });
@@ -312,7 +316,7 @@ async fn start_sources(
     ));
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
-            if tx.send(Input::Cluster(event)).await.is_err() {
+            if tx.send(vec![Input::Cluster(event)]).await.is_err() {
                 return;
             }
         }
@@ -358,7 +362,7 @@ pub async fn run_agent(
         options.record.as_ref(),
     )?;
     sinks.record_ingress(&options.engine.ingress)?;
-    let (tx, mut rx) = mpsc::channel::<Input>(65_536);
+    let (tx, mut rx) = mpsc::channel::<Vec<Input>>(4_096);
     let watch_counters = start_sources(&options, &mut probe, tx).await?;
     if watch_counters.is_none() {
         state.set_not_ready(None);
@@ -367,8 +371,13 @@ pub async fn run_agent(
         let _ = tx.send(server.local_addr);
     }
     let deadline = options.duration.map(|d| MonoTime::now().saturating_add(d));
+    // Both streams live for the whole loop: a `ctrl_c()` future made anew
+    // each turn would miss a SIGINT that arrives while the loop is busy
+    // with events, and the agent would not stop.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(options.tick);
     let mut outputs = Vec::new();
     let mut processed = 0u64;
@@ -376,14 +385,16 @@ pub async fn run_agent(
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-            input = rx.recv() => {
-                let Some(input) = input else { break };
-                processed += 1;
-                if let (Some(feed), Input::Connect(_)) = (feed.as_mut(), &input) {
-                    process_feeding(&mut engine, input, &mut sinks, &mut probe, &mut outputs, feed)?;
-                } else {
-                    process(&mut engine, input, &mut sinks, Some(&mut probe), &mut outputs)?;
+            _ = sigint.recv() => break,
+            inputs = rx.recv() => {
+                let Some(inputs) = inputs else { break };
+                for input in inputs {
+                    processed += 1;
+                    if let (Some(feed), Input::Connect(_)) = (feed.as_mut(), &input) {
+                        process_feeding(&mut engine, input, &mut sinks, &mut probe, &mut outputs, feed)?;
+                    } else {
+                        process(&mut engine, input, &mut sinks, Some(&mut probe), &mut outputs)?;
+                    }
                 }
             }
             _ = tick.tick() => {
