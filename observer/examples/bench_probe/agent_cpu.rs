@@ -9,7 +9,6 @@
 //! not Ready, as if all 300 were terminating at once: every connect is
 //! followed and measured).
 
-use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd as _;
 use std::path::Path;
@@ -19,7 +18,8 @@ use anyhow::Context as _;
 use tokio::runtime::Handle;
 
 use crate::cluster::SimCluster;
-use crate::tracer::{Tracer, median, process_cpu_us, start};
+use crate::own_cpu::{Baseline, BpfStats, OwnCpu};
+use crate::tracer::{Tracer, median, start};
 
 const DESTINATIONS: usize = 300;
 const CONNECTS_PER_SEC: u64 = 10_000;
@@ -85,28 +85,18 @@ fn measure(
     cluster: &SimCluster,
     destinations: &[SocketAddr],
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let before: BTreeSet<u32> = program_run_times()?.into_iter().map(|(id, _)| id).collect();
+    let baseline = Baseline::now()?;
     let tracing = start(Tracer::Agent, observer_bin, Some(&cluster.agent))?;
-    let pid = tracing.pid().context("the agent's pid")?;
-    // The agent's own programs: the ones that appeared with it.
-    let ours = |all: Vec<(u32, u64)>| -> u64 {
-        all.into_iter()
-            .filter(|(id, _)| !before.contains(id))
-            .map(|(_, ns)| ns)
-            .sum()
-    };
-    let programs_before = ours(program_run_times()?);
-    let cpu_before = process_cpu_us(pid);
+    let own = OwnCpu::start(baseline, &tracing)?;
     let started = Instant::now();
     let connects = paced_connects(destinations, CONNECTS_PER_SEC, RUN);
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = process_cpu_us(pid).saturating_sub(cpu_before);
-    let programs = ours(program_run_times()?).saturating_sub(programs_before);
+    let (cpu_us, programs_us) = own.spent_us()?;
     drop(tracing);
     Ok((
         connects as f64 / elapsed,
-        cpu as f64 / 1_000.0 / elapsed,
-        programs as f64 / 1_000_000.0 / elapsed,
+        cpu_us / 1_000.0 / elapsed,
+        programs_us / 1_000.0 / elapsed,
     ))
 }
 
@@ -148,16 +138,6 @@ fn reset_on_close(stream: &TcpStream) {
     }
 }
 
-/// (program id, cumulative run time in ns) of every loaded program.
-fn program_run_times() -> anyhow::Result<Vec<(u32, u64)>> {
-    aya::programs::loaded_programs()
-        .map(|info| {
-            let info = info.context("reading a loaded program's info")?;
-            Ok((info.id(), info.run_time().as_nanos() as u64))
-        })
-        .collect()
-}
-
 /// A listener on each destination, accepting and dropping.
 struct Acceptors(Vec<tokio::task::JoinHandle<()>>);
 
@@ -185,26 +165,6 @@ impl Drop for Acceptors {
         for task in &self.0 {
             task.abort();
         }
-    }
-}
-
-/// `kernel.bpf_stats_enabled` on while it lives, restored after.
-struct BpfStats(String);
-
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-impl BpfStats {
-    fn enable() -> anyhow::Result<BpfStats> {
-        let old =
-            std::fs::read_to_string(BPF_STATS).with_context(|| format!("reading {BPF_STATS}"))?;
-        std::fs::write(BPF_STATS, "1").with_context(|| format!("writing {BPF_STATS}"))?;
-        Ok(BpfStats(old.trim().to_string()))
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(BPF_STATS, &self.0);
     }
 }
 

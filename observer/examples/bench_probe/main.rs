@@ -18,6 +18,7 @@ mod agent_cpu;
 mod cluster;
 mod ingress;
 mod loopback;
+mod own_cpu;
 mod tracer;
 
 use std::process::Command;
