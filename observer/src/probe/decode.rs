@@ -323,8 +323,11 @@ impl OutcomeJoiner {
     /// Remembers a failure of the event's thread, for telling its
     /// retries apart.
     fn note_failure(&mut self, raw: &RawEvent) {
+        // A connect closed in SYN_SENT with no error the kernel found: the
+        // application gave up on it (its own connect timeout).
+        let closed_by_app = raw.kind == kind::SYN_CLOSED && raw.errno == 0;
         self.retries
-            .note_failure(raw.pid, raw.cgroup_id, raw.ts, raw.dst);
+            .note_failure(raw.pid, raw.cgroup_id, raw.ts, raw.dst, closed_by_app);
     }
 
     /// When a SENT event's connection last sent data.
