@@ -14,17 +14,18 @@
 //! another request: pairing each retry with the *oldest* unused failure to
 //! another destination is what tells them all apart.
 //!
-//! How soon the retry follows depends on who declared the failure. The
-//! kernel's failures (a refusal, an unreachable, a reset) reach the
-//! worker when it next wakes, so its retries trail them by up to the
-//! retry window. A failure the proxy declared itself, closing a connect
-//! it gave up on (its own connect timeout: the kernel's `aborted`), is
-//! retried in the same call, microseconds after the close: such a failure
-//! licenses a retry only within [`APP_CLOSE_RETRY_WINDOW`]. Otherwise a
-//! request whose tries are spent (nginx answers 504 and retries nothing)
-//! would leave its failure to the next request's first try, and a worker
-//! timing out every few milliseconds would have its last choices of a pod
-//! taken for retries.
+//! A failure the proxy declared itself, closing a connect it gave up on
+//! (its own connect timeout: the kernel's `aborted`), is different: the
+//! proxy handles such failures one at a time, each retry in the same call
+//! as its close. So a SYN that retries one takes the *newest* such failure
+//! of its thread, and every older one of that thread still untaken is
+//! spent: its request had no try left (nginx answered 504) and it
+//! licenses nothing. Otherwise a worker timing out every few milliseconds
+//! on an old upstream list, half of those timeouts ending their request,
+//! keeps a spent failure within the window at all times, and takes its
+//! first tries of a pod for retries. (The window itself cannot be
+//! shorter: on a loaded node the retry trails its close by a scheduler
+//! tick now and then, 4 ms here.)
 //!
 //! A pooled connection is seen once, when it closes, with the time of its
 //! last send (jiffy resolution). That send was a retry when a failure of
@@ -53,12 +54,6 @@ pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_millis(5);
 /// Such a send is reported when its connection closes, which an ingress
 /// does at the latest when its idle keep-alive timeout runs out (nginx:
 /// 60 s by default).
-/// How soon a proxy's retry follows a failure it declared itself, by
-/// closing the connect (`Failed` as `aborted`). nginx's retry follows the
-/// close within 110 µs in 99 % of the lab's cases; ten times that covers
-/// a loaded node's hiccup between the two calls.
-pub const APP_CLOSE_RETRY_WINDOW: Duration = Duration::from_millis(1);
-
 const KEPT_FOR_POOLED_SENDS: Duration = Duration::from_secs(120);
 
 /// Failures remembered per connector, at most (the newest are kept).
@@ -70,8 +65,8 @@ const MAX_FAILING_CONNECTORS: usize = 1024;
 #[derive(Clone, Copy, Debug)]
 struct Failure {
     at: MonoTime,
-    /// How long after `at` a retry may follow.
-    window: Duration,
+    /// The connecting application closed it (its own timeout).
+    closed_by_app: bool,
     dst: SocketAddr,
     /// The failing thread; 0 when the kernel could not tell.
     tid: u32,
@@ -139,14 +134,9 @@ impl RetryTracker {
         if failures.len() >= MAX_FAILURES_PER_CONNECTOR {
             failures.pop_front();
         }
-        let window = if closed_by_app {
-            self.window.min(APP_CLOSE_RETRY_WINDOW)
-        } else {
-            self.window
-        };
         failures.push_back(Failure {
             at,
-            window,
+            closed_by_app,
             dst,
             tid,
             taken: false,
@@ -165,9 +155,39 @@ impl RetryTracker {
         if tid == 0 {
             return false;
         }
-        self.take(tid, connector, dst, |failure| {
-            at >= failure.at && at.saturating_since(failure.at) <= failure.window
-        })
+        let window = self.window;
+        let Some(failures) = self.connectors.get_mut(&connector) else {
+            return false;
+        };
+        let fits = |f: &Failure| {
+            !f.taken
+                && f.dst != dst
+                && same_thread(f.tid, tid)
+                && at >= f.at
+                && at.saturating_since(f.at) <= window
+        };
+        // The newest failure the proxy declared itself: this SYN is its
+        // retry, and the thread's older ones were spent.
+        let newest_own = failures
+            .iter()
+            .rposition(|f| fits(f))
+            .filter(|&i| failures[i].closed_by_app);
+        if let Some(i) = newest_own {
+            let newest_at = failures[i].at;
+            for f in failures.iter_mut() {
+                if f.closed_by_app && !f.taken && f.tid == tid && f.at <= newest_at {
+                    f.taken = true;
+                }
+            }
+            return true;
+        }
+        match failures.iter_mut().find(|f| fits(f)) {
+            Some(failure) => {
+                failure.taken = true;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether the last send of a pooled connection of thread `tid` (0:
@@ -183,8 +203,8 @@ impl RetryTracker {
         dst: SocketAddr,
     ) -> bool {
         let slack = resolution.as_nanos() as u64;
+        let reach = (self.window + resolution).as_nanos() as u64;
         self.take(tid, connector, dst, |failure| {
-            let reach = (failure.window + resolution).as_nanos() as u64;
             last_send.0.saturating_add(slack) >= failure.at.0
                 && last_send.0 <= failure.at.0.saturating_add(reach)
         })
@@ -295,24 +315,23 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_the_proxy_declared_itself_is_retried_at_once_or_not_at_all() {
+    fn a_proxys_own_timeouts_are_retried_one_at_a_time_and_older_ones_were_spent() {
         // An nginx worker whose old upstream list holds two vanished pods:
         // every try waits out its 5 s connect timeout, which the worker
-        // declares by closing the connect. Request A's first try times out
-        // and is retried at once; request B's second try times out with no
-        // try left (a 504, no retry). Request C arrives 2 ms after B's
-        // failure and chooses .3: a first try, not B's retry.
+        // declares by closing the connect. Request B's second try times out
+        // with no try left (a 504, no retry); request A's first try times
+        // out 1 ms later and is retried at once. Request C arrives 1 ms
+        // after that and chooses .3: a first try, not B's retry.
         let mut tracker = RetryTracker::default();
         tracker.note_failure(7, NGINX, MonoTime(100 * MS), addr(2), true);
-        assert!(tracker.syn_is_retry(7, NGINX, MonoTime(100 * MS + 40_000), addr(3)));
-        tracker.note_failure(7, NGINX, MonoTime(105 * MS), addr(3), true);
+        tracker.note_failure(7, NGINX, MonoTime(101 * MS), addr(2), true);
+        assert!(tracker.syn_is_retry(7, NGINX, MonoTime(101 * MS + 40_000), addr(3)));
         assert!(
-            !tracker.syn_is_retry(7, NGINX, MonoTime(107 * MS), addr(2)),
+            !tracker.syn_is_retry(7, NGINX, MonoTime(102 * MS), addr(3)),
             "a new request's first try"
         );
-        // A failure the kernel found (a refusal) reaches the worker when it
-        // wakes: its retry may trail it by the whole window.
-        tracker.note_failure(7, NGINX, MonoTime(200 * MS), addr(2), false);
+        // A retry may trail its close by a scheduler tick on a loaded node.
+        tracker.note_failure(7, NGINX, MonoTime(200 * MS), addr(2), true);
         assert!(tracker.syn_is_retry(7, NGINX, MonoTime(204 * MS), addr(3)));
     }
 
