@@ -170,7 +170,7 @@ impl RetryTracker {
         // retry, and the thread's older ones were spent.
         let newest_own = failures
             .iter()
-            .rposition(|f| fits(f))
+            .rposition(&fits)
             .filter(|&i| failures[i].closed_by_app);
         if let Some(i) = newest_own {
             let newest_at = failures[i].at;
