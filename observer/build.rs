@@ -8,8 +8,9 @@ use std::{env, fs, path::PathBuf};
 
 use anyhow::{Context as _, anyhow};
 
-/// Nightly that builds the kernel crate; its LLVM (22) matches bpf-linker's.
-const EBPF_TOOLCHAIN: &str = "nightly-2026-07-01";
+/// The kernel crate's toolchain file: the one place its nightly is pinned
+/// (included, so a change to it rebuilds this script).
+const EBPF_TOOLCHAIN_FILE: &str = include_str!("../observer-ebpf/rust-toolchain.toml");
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
@@ -33,9 +34,19 @@ fn main() -> anyhow::Result<()> {
             root_dir: ebpf_dir,
             ..Default::default()
         }],
-        aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
+        aya_build::Toolchain::Custom(&ebpf_toolchain()?),
     )
     .context("building the eBPF object (run `cargo xtask setup` to install the toolchain and bpf-linker)")
+}
+
+/// The `channel` of observer-ebpf/rust-toolchain.toml.
+fn ebpf_toolchain() -> anyhow::Result<String> {
+    EBPF_TOOLCHAIN_FILE
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("channel"))
+        .find_map(|rest| rest.trim().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"').to_string())
+        .ok_or_else(|| anyhow!("observer-ebpf/rust-toolchain.toml names no channel"))
 }
 
 fn cargo_metadata_root() -> anyhow::Result<PathBuf> {

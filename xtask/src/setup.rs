@@ -7,8 +7,9 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd::{run, succeeds};
 
-/// Nightly that builds the kernel crate (its LLVM matches bpf-linker's).
-pub const EBPF_TOOLCHAIN: &str = "nightly-2026-07-01";
+/// The kernel crate's toolchain file, where its nightly (whose LLVM matches
+/// bpf-linker's) is pinned, once for the build script and for setup.
+const EBPF_TOOLCHAIN_FILE: &str = include_str!("../../observer-ebpf/rust-toolchain.toml");
 /// LLVM major version bpf-linker is built against.
 const LLVM: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13";
@@ -75,26 +76,27 @@ pub fn setup() -> anyhow::Result<()> {
 }
 
 fn ebpf_toolchain() -> anyhow::Result<()> {
+    let ebpf_toolchain = ebpf_channel()?;
     let installed = Command::new("rustup")
         .args([
             "component",
             "list",
             "--installed",
             "--toolchain",
-            EBPF_TOOLCHAIN,
+            &ebpf_toolchain,
         ])
         .output()
         .context("running rustup (install it from your distribution or rustup.rs)")?;
     let list = String::from_utf8_lossy(&installed.stdout);
     if installed.status.success() && list.lines().any(|l| l.starts_with("rust-src")) {
-        println!("setup: {EBPF_TOOLCHAIN} with rust-src present");
+        println!("setup: {ebpf_toolchain} with rust-src present");
         return Ok(());
     }
-    println!("setup: installing {EBPF_TOOLCHAIN} with rust-src (builds the eBPF programs)");
+    println!("setup: installing {ebpf_toolchain} with rust-src (builds the eBPF programs)");
     run(Command::new("rustup").args([
         "toolchain",
         "install",
-        EBPF_TOOLCHAIN,
+        &ebpf_toolchain,
         "--profile",
         "minimal",
         "--component",
@@ -142,4 +144,14 @@ pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The `channel` of observer-ebpf/rust-toolchain.toml.
+fn ebpf_channel() -> anyhow::Result<String> {
+    EBPF_TOOLCHAIN_FILE
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("channel"))
+        .find_map(|rest| rest.trim().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"').to_string())
+        .context("observer-ebpf/rust-toolchain.toml names no channel")
 }
