@@ -10,7 +10,6 @@
 //! followed and measured).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use tokio::runtime::Handle;
 
 use crate::cluster::SimCluster;
 use crate::own_cpu::{Baseline, BpfStats, OwnCpu};
-use crate::tracer::{Tracer, median, start};
+use crate::tracer::{Tracer, median, reset_on_close, start};
 
 const DESTINATIONS: usize = 300;
 const CONNECTS_PER_SEC: u64 = 10_000;
@@ -119,23 +118,6 @@ fn paced_connects(destinations: &[SocketAddr], rate: u64, run: Duration) -> u64 
         std::thread::sleep(TICK);
     }
     done
-}
-
-fn reset_on_close(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a linger struct that outlives the call.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }
 
 /// A listener on each destination, accepting and dropping.

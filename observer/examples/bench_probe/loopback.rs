@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::tracer::{Tracer, median, process_cpu_us, start, thread_cpu_us};
+use crate::tracer::{Tracer, median, process_cpu_us, reset_on_close, start, thread_cpu_us};
 
 const ROUNDS: usize = 5;
 const RUN: Duration = Duration::from_secs(3);
@@ -207,21 +207,7 @@ fn measure(tracer: Tracer, storm: Storm, observer_bin: &str) -> anyhow::Result<S
 fn storm_loop(target: SocketAddr, stop: &AtomicBool, count: &AtomicU64) {
     while !stop.load(Ordering::Relaxed) {
         if let Ok(stream) = TcpStream::connect(target) {
-            // Close with RST so no TIME_WAIT piles up and exhausts ports.
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: a valid socket fd and a linger struct that outlives the call.
-            unsafe {
-                libc::setsockopt(
-                    stream.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                );
-            }
+            reset_on_close(&stream);
         }
         count.fetch_add(1, Ordering::Relaxed);
     }
