@@ -219,6 +219,26 @@ pub struct DestStats {
     pub last_failure_ns: u64,
 }
 
+impl DestStats {
+    /// Nothing counted yet (a constant, so the kernel side can keep it in
+    /// read-only data instead of building it on its small stack).
+    pub const ZERO: DestStats = DestStats {
+        connects: 0,
+        established: 0,
+        syn_closed: 0,
+        refused: 0,
+        host_unreachable: 0,
+        net_unreachable: 0,
+        timed_out: 0,
+        other_error: 0,
+        sync_failed: 0,
+        resets: 0,
+        last_syn_ns: 0,
+        last_established_ns: 0,
+        last_failure_ns: 0,
+    };
+}
+
 /// Index of the counters in the per-CPU `COUNTERS` array.
 pub mod counter {
     /// Ring-buffer reservations that failed: events lost.

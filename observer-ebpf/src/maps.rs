@@ -201,13 +201,17 @@ pub(crate) fn add(field: &mut u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, 1) };
 }
 
+/// A fresh destination's counters.
+static ZERO_DEST_STATS: DestStats = DestStats::ZERO;
+
 #[inline(always)]
 pub(crate) fn dest_stats(key: &DestKey) -> Option<*mut DestStats> {
     if let Some(ptr) = DEST_STATS.get_ptr_mut(key) {
         return Some(ptr);
     }
-    // BPF_NOEXIST: another CPU may have inserted it in the meantime.
-    let _ = DEST_STATS.insert(key, &DestStats::default(), 1);
+    // BPF_NOEXIST: another CPU may have inserted it in the meantime. The
+    // zeroes come from read-only data rather than the stack.
+    let _ = DEST_STATS.insert(key, &ZERO_DEST_STATS, 1);
     DEST_STATS.get_ptr_mut(key)
 }
 
@@ -234,9 +238,18 @@ pub(crate) fn is_watched(family: u16, addr: &[u8; 16]) -> bool {
 pub(crate) fn emit(fill: impl FnOnce(&mut ConnectEvent)) {
     match EVENTS.reserve::<ConnectEvent>(0) {
         Some(mut entry) => {
-            let mut event = ConnectEvent::zeroed();
-            fill(&mut event);
-            entry.write(event);
+            // Filled in place in the ring: an event built on the stack and
+            // copied would cost 96 bytes of stack at every call site, and
+            // kernels before private stacks (6.13) allow 512 bytes for a
+            // program and every function it calls.
+            let event = entry.as_mut_ptr();
+            // SAFETY: `event` points at the reserved, writable record of
+            // exactly one ConnectEvent; every byte is zeroed before the
+            // reference is made, and all-zero is a valid ConnectEvent.
+            unsafe { core::ptr::write_bytes(event, 0, 1) };
+            // SAFETY: as above: initialised, and only this program holds it
+            // until it is submitted.
+            fill(unsafe { &mut *event });
             entry.submit(0);
             bump(counter::EVENTS_SENT);
         }

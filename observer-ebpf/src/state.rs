@@ -38,7 +38,16 @@ pub(crate) fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), 
         (TCP_CLOSE, TCP_SYN_SENT) => on_syn_sent(ctx, skaddr),
         // Only TCP sockets are in SOCKS, so these need no protocol check.
         (TCP_SYN_SENT, TCP_ESTABLISHED) => on_established(skaddr),
-        (TCP_SYN_SENT, TCP_CLOSE) => on_syn_closed(skaddr),
+        (TCP_SYN_SENT, TCP_CLOSE) => {
+            let now = now_ns();
+            // Called one after the other, not one from the other: a chain
+            // of calls adds up its stack frames.
+            if on_syn_closed(skaddr, now)? {
+                Ok(())
+            } else {
+                on_unfollowed_syn_closed(skaddr, now)
+            }
+        }
         (TCP_ESTABLISHED | TCP_CLOSE_WAIT, _) => {
             // The peer's FIN: whatever was sent since data last came back
             // was in flight.
@@ -136,6 +145,7 @@ pub(crate) fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(
     Ok(())
 }
 
+#[inline(never)]
 pub(crate) fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(), i32> {
     if !following_any() {
         return Ok(());
@@ -194,6 +204,7 @@ pub(crate) fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(),
     Ok(())
 }
 
+#[inline(never)]
 pub(crate) fn on_established(skaddr: u64) -> Result<(), i32> {
     if !maybe_followed() {
         return Ok(());
@@ -226,8 +237,10 @@ pub(crate) fn on_established(skaddr: u64) -> Result<(), i32> {
     Ok(())
 }
 
-pub(crate) fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
-    let now = now_ns();
+/// A followed connect left SYN_SENT without being established. Returns
+/// whether the socket was followed (else nothing was done).
+#[inline(never)]
+pub(crate) fn on_syn_closed(skaddr: u64, now: u64) -> Result<bool, i32> {
     // SAFETY: a map value is copied out before the entry is removed.
     let followed = if maybe_followed() {
         // SAFETY: as below.
@@ -236,7 +249,7 @@ pub(crate) fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
         None
     };
     let Some(mut info) = followed else {
-        return on_unfollowed_syn_closed(skaddr, now);
+        return Ok(false);
     };
     if SOCKS.remove(&skaddr).is_ok() {
         count_followed(-1);
@@ -287,7 +300,7 @@ pub(crate) fn on_syn_closed(skaddr: u64) -> Result<(), i32> {
         event.errno = errno;
         event.kind = kind::SYN_CLOSED;
     });
-    Ok(())
+    Ok(true)
 }
 
 /// A connect not followed from its SYN (its destination was not watched)
