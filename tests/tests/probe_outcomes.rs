@@ -4,7 +4,7 @@
 //! pid and comm — and against the kernel's per-destination counters, exactly.
 
 use std::{
-    io::Read as _,
+    io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener},
     time::{Duration, Instant},
 };
@@ -153,7 +153,13 @@ fn start_servers(link: &Link, server_ip: IpAddr) {
                     kept.push(conn);
                 }
             });
-            for conn in resetting.incoming().flatten() {
+            for mut conn in resetting.incoming().flatten() {
+                // The client's byte first: a reset that raced the client's
+                // connect() would fail the connect itself (ECONNRESET from
+                // connect, as seen on slow emulated guests), not the
+                // established connection this port is for.
+                let mut byte = [0u8; 1];
+                let _ = conn.read(&mut byte);
                 // SO_LINGER 0 turns close() into an RST.
                 let socket = Socket::from(conn);
                 let _ = socket.set_linger(Some(Duration::ZERO));
@@ -313,6 +319,9 @@ fn make_connects(link: &Link, v6: bool) -> Vec<Attempt> {
             let dst = SocketAddr::new(server_ip, RESETTING);
             let socket = connect_from(src, dst, None, None).expect("resetting port connects");
             let mut stream = std::net::TcpStream::from(socket);
+            stream
+                .write_all(b"x")
+                .expect("a byte to the resetting server");
             let mut buf = [0u8; 1];
             let err = stream.read(&mut buf).expect_err("server resets");
             assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET), "{err}");
@@ -386,6 +395,17 @@ fn scenario(tag: &str, subnet: u8, v6: bool, hook: SyncFailureHook) {
                 SyncFailureHook::Off
             };
             assert_eq!(chosen, expected, "auto on this kernel");
+            // Where the kernel is known (the VM matrix says which hook its
+            // kernel must take), choosing otherwise is a failure, not a
+            // fallback.
+            if let Some(required) = required_auto_hook() {
+                assert_eq!(
+                    chosen.name(),
+                    required,
+                    "auto on {}, which the kernel matrix expects to take {required}",
+                    kernel_release()
+                );
+            }
         }
         forced => assert_eq!(chosen, forced),
     }
@@ -551,6 +571,20 @@ fn scenario(tag: &str, subnet: u8, v6: bool, hook: SyncFailureHook) {
     drop(probe);
 }
 
+/// The hook `auto` must choose on this kernel, when the run says (the VM
+/// matrix sets `OBSERVER_EXPECT_AUTO_HOOK` per kernel).
+fn required_auto_hook() -> Option<String> {
+    std::env::var("OBSERVER_EXPECT_AUTO_HOOK")
+        .ok()
+        .filter(|hook| !hook.is_empty())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|release| release.trim().to_string())
+        .unwrap_or_else(|_| "this kernel".into())
+}
+
 #[test]
 fn every_outcome_class_ipv4() {
     scenario("pv4", 11, false, SyncFailureHook::Auto);
@@ -559,6 +593,37 @@ fn every_outcome_class_ipv4() {
 #[test]
 fn every_outcome_class_ipv6() {
     scenario("pv6", 12, true, SyncFailureHook::Auto);
+}
+
+/// The connect exits, forced: every class where this kernel attaches them
+/// (the VM matrix's 6.1 and 6.12); where it cannot, a load error that names
+/// the function, never a probe that silently sees less.
+#[test]
+fn every_outcome_class_with_connect_exits() {
+    require_root();
+    let loaded = Probe::load(&ProbeOptions {
+        sync_failure_hook: SyncFailureHook::ConnectExits,
+        ..ProbeOptions::default()
+    });
+    match loaded {
+        Ok(probe) => {
+            drop(probe);
+            scenario("pfx", 14, false, SyncFailureHook::ConnectExits);
+        }
+        Err(error) => {
+            assert_ne!(
+                required_auto_hook().as_deref(),
+                Some("connect_exits"),
+                "{} must attach the connect exits: {error}",
+                kernel_release()
+            );
+            let text = error.to_string();
+            assert!(
+                text.contains("attaching to the exit of `tcp_v4_connect`"),
+                "{text}"
+            );
+        }
+    }
 }
 
 /// The syscall hooks are the fallback where the connect exits cannot be

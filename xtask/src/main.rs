@@ -5,6 +5,7 @@ mod cmd;
 mod dist;
 mod docs;
 mod setup;
+mod vm;
 
 use std::process::Command;
 
@@ -48,6 +49,11 @@ enum Task {
         #[arg(long)]
         no_lint: bool,
     },
+    /// The probe's privileged tests inside qemu guests booted with Debian's
+    /// 6.1 and 6.12 kernels (x86_64, or aarch64 cross-compiled and
+    /// emulated), e.g. `./x vm-test --kernel all` (root; a few minutes per
+    /// kernel).
+    VmTest(vm::VmTestArgs),
 }
 
 #[derive(Subcommand)]
@@ -113,6 +119,10 @@ fn main() -> anyhow::Result<()> {
         Task::Dist => {
             setup::setup()?;
             dist::dist()
+        }
+        Task::VmTest(args) => {
+            setup::setup()?;
+            vm::vm_test(args)
         }
         Task::Observer { args } => {
             setup::setup()?;
