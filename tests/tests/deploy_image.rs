@@ -15,8 +15,10 @@
 //! current containerd enforces.
 //!
 //! The image is built by `cargo xtask dist` (the same code as the release
-//! task) the first time a test here needs it; the musl release build takes
-//! a few minutes on a fresh machine and is incremental afterwards.
+//! task) the first time a test here needs it; the musl release builds (x86_64
+//! and aarch64) take several minutes on a fresh machine and are incremental
+//! afterwards. `localhost/observer:latest` is a manifest list over the amd64
+//! and arm64 images; podman runs and inspects the one for this host, amd64.
 
 mod deploy_support;
 
@@ -33,6 +35,11 @@ use observer_tests::Netns;
 use serde_json::Value;
 
 const IMAGE: &str = "localhost/observer:latest";
+/// The images the manifest list gathers: (OCI architecture, tag).
+const ARCH_IMAGES: [(&str, &str); 2] = [
+    ("amd64", "localhost/observer:latest-amd64"),
+    ("arm64", "localhost/observer:latest-arm64"),
+];
 /// The agent's port inside its own network namespace, as in the manifest.
 const AGENT_PORT: u16 = 9990;
 
@@ -69,7 +76,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Builds the binary and the image once per test run.
+/// Builds the binaries and the images once per test run; returns this
+/// host's (x86_64) binary, the one in the image podman runs here.
 fn dist() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -81,7 +89,7 @@ fn dist() -> &'static Path {
             .status()
             .expect("cargo runs");
         assert!(status.success(), "cargo xtask dist failed: {status}");
-        root.join("target/dist/observer")
+        root.join("target/dist/amd64/observer")
     })
 }
 
@@ -415,6 +423,46 @@ fn image_is_one_static_binary_from_scratch() {
         "--version",
     ]));
     assert!(version.starts_with("observer "), "{version}");
+
+    // The manifest list holds both architectures, each image one layer
+    // holding its own architecture's binary.
+    let manifest: Value =
+        serde_json::from_str(&stdout_of(podman().args(["manifest", "inspect", IMAGE])))
+            .expect("manifest JSON");
+    let platforms: Vec<String> = manifest["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap_or("?"),
+                m["platform"]["architecture"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "{manifest}");
+    let root = deploy_support::workspace_root();
+    for (arch, image) in ARCH_IMAGES {
+        let inspect = stdout_of(podman().args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Os}}/{{.Architecture}} {{len .RootFS.Layers}} {{.Size}}",
+            image,
+        ]));
+        let fields: Vec<&str> = inspect.split_whitespace().collect();
+        assert_eq!(fields[0], format!("linux/{arch}"), "{image}: {inspect}");
+        assert_eq!(fields[1], "1", "{image}: one layer");
+        let image_bytes: u64 = fields[2].parse().expect("size");
+        let binary = root.join("target/dist").join(arch).join("observer");
+        let binary_bytes = std::fs::metadata(&binary).expect("binary").len();
+        assert!(
+            image_bytes < binary_bytes + 64 * 1024,
+            "{image}: nothing but {} ({binary_bytes} bytes) in {image_bytes} bytes",
+            binary.display()
+        );
+    }
 }
 
 #[test]

@@ -40,7 +40,8 @@ enum Task {
         #[command(subcommand)]
         what: Bench,
     },
-    /// Setup, then the static (musl) observer binary and the OCI image
+    /// Setup, then the static (musl) observer binaries for x86_64 and
+    /// aarch64 (cross-compiled) and the multi-arch OCI image
     /// localhost/observer:latest from deploy/Containerfile (podman).
     Dist,
     /// Setup, then formatting, lints, and every test (privileged: root).
