@@ -49,6 +49,11 @@ enum Task {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the kernel matrix (`vm-test`: the probe's tests in guests
+        /// with Debian's 6.1 and 6.12 kernels, x86_64 and aarch64), which
+        /// takes about 20 minutes here.
+        #[arg(long)]
+        no_vm: bool,
     },
     /// The probe's privileged tests inside qemu guests booted with Debian's
     /// 6.1 and 6.12 kernels (x86_64, or aarch64 cross-compiled and
@@ -76,7 +81,7 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::setup(),
-        Task::Test { no_lint } => test(no_lint),
+        Task::Test { no_lint, no_vm } => test(no_lint, no_vm),
         Task::Bench { what: Bench::Probe } => {
             setup::setup()?;
             require_root(
@@ -161,12 +166,33 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn test(no_lint: bool) -> anyhow::Result<()> {
+fn test(no_lint: bool, no_vm: bool) -> anyhow::Result<()> {
     require_root("the test suite loads eBPF programs and creates network namespaces; it")?;
     setup::setup()?;
     if !no_lint {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    run(cargo().args(["test", "--no-fail-fast"]))
+    run(cargo().args(["test", "--no-fail-fast"]))?;
+    if no_vm {
+        return Ok(());
+    }
+    // The kernels production nodes run: every probe test in x86_64
+    // guests, the outcome classes in aarch64 guests, and in both the
+    // shipped static binary, which the image test's `dist` just built.
+    let workspace = dist::workspace_root()?;
+    let shipped = |arch: &str| {
+        let binary = dist::static_binary_path(&workspace, arch);
+        binary.exists().then_some(binary)
+    };
+    vm::vm_test(vm::VmTestArgs::suite(
+        vm::Arch::X86_64,
+        &[],
+        shipped("x86_64"),
+    ))?;
+    vm::vm_test(vm::VmTestArgs::suite(
+        vm::Arch::Aarch64,
+        &["probe_outcomes", "trace_cli"],
+        shipped("aarch64"),
+    ))
 }

@@ -139,7 +139,7 @@ pub fn assemble(
     }
     super::binaries::strip_into(arch, observer, &programs.join("observer"))?;
     let init = root.join("init");
-    fs::write(&init, init_script(kernel, built))
+    fs::write(&init, init_script(arch, kernel, built))
         .with_context(|| format!("writing {}", init.display()))?;
     set_executable(&init)?;
 
@@ -212,7 +212,7 @@ fn trim(root: &Path, release: &str) -> anyhow::Result<()> {
 ///
 /// bash rather than busybox sh: Debian's busybox runs its own applets
 /// before PATH, and its `ip` is not iproute2's.
-fn init_script(kernel: &Kernel, built: &Built) -> String {
+fn init_script(arch: Arch, kernel: &Kernel, built: &Built) -> String {
     let mut script = String::from(
         "#!/bin/bash
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -236,7 +236,7 @@ export RUST_BACKTRACE=1 OBSERVER_BIN=/vmtest/observer
     );
     script.push_str(&format!(
         "export OBSERVER_EXPECT_AUTO_HOOK={}\n",
-        kernel.auto_hook
+        kernel.auto_hook(arch)
     ));
     for (program, _) in &built.tests {
         script.push_str(&format!(

@@ -132,8 +132,11 @@ pub struct Kernel {
     /// Debian's meta-package, `{arch}` standing for Debian's architecture:
     /// it always names the newest build of the family.
     meta_package: &'static str,
-    /// What `--sync-failure-hook auto` must choose there.
-    pub auto_hook: &'static str,
+    /// What `--sync-failure-hook auto` must choose there, on x86_64 and on
+    /// aarch64 (where fexit on kernel functions needs ftrace direct calls,
+    /// which arm64 has from Linux 6.4).
+    auto_hook_x86_64: &'static str,
+    auto_hook_aarch64: &'static str,
     /// Whether a connect's error report reaches the socket before its
     /// close (kernels before 6.10), the order EARLY_ERRORS is for.
     pub errors_before_close: bool,
@@ -143,6 +146,13 @@ impl Kernel {
     pub fn package(&self, arch: Arch) -> String {
         self.meta_package.replace("{arch}", arch.debian())
     }
+
+    pub fn auto_hook(&self, arch: Arch) -> &'static str {
+        match arch {
+            Arch::X86_64 => self.auto_hook_x86_64,
+            Arch::Aarch64 => self.auto_hook_aarch64,
+        }
+    }
 }
 
 /// The kernels of the matrix: Debian 12's own (6.1, as on Amazon Linux
@@ -151,13 +161,15 @@ pub const KERNELS: &[Kernel] = &[
     Kernel {
         family: "6.1",
         meta_package: "linux-image-cloud-{arch}",
-        auto_hook: "connect_exits",
+        auto_hook_x86_64: "connect_exits",
+        auto_hook_aarch64: "off",
         errors_before_close: true,
     },
     Kernel {
         family: "6.12",
         meta_package: "linux-image-6.12-cloud-{arch}",
-        auto_hook: "connect_exits",
+        auto_hook_x86_64: "connect_exits",
+        auto_hook_aarch64: "connect_exits",
         errors_before_close: false,
     },
 ];
@@ -192,6 +204,23 @@ pub struct VmTestArgs {
     /// Show the guest's whole console, not only results and failures.
     #[arg(long)]
     verbose: bool,
+}
+
+impl VmTestArgs {
+    /// The matrix as the test suite runs it: every kernel, for `arch`,
+    /// these test binaries (all when empty), this observer binary.
+    pub fn suite(arch: Arch, only: &[&str], observer_bin: Option<PathBuf>) -> VmTestArgs {
+        VmTestArgs {
+            kernel: "all".into(),
+            arch,
+            only: only.iter().map(|name| name.to_string()).collect(),
+            observer_bin,
+            refresh: false,
+            kvm: false,
+            timeout_minutes: 30,
+            verbose: false,
+        }
+    }
 }
 
 pub fn vm_test(args: VmTestArgs) -> anyhow::Result<()> {
@@ -261,7 +290,14 @@ pub fn vm_test(args: VmTestArgs) -> anyhow::Result<()> {
                 verbose: args.verbose,
             },
         )?;
-        let (row, ok) = judge(kernel, &guest, &built, &outcome, started.elapsed());
+        let (row, ok) = judge(
+            kernel,
+            args.arch,
+            &guest,
+            &built,
+            &outcome,
+            started.elapsed(),
+        );
         if !ok {
             failed = true;
             println!("vm-test: console log kept in {}", console_log.display());
@@ -278,6 +314,7 @@ pub fn vm_test(args: VmTestArgs) -> anyhow::Result<()> {
 /// One summary line per guest, and whether every test binary passed.
 fn judge(
     kernel: &Kernel,
+    arch: Arch,
     guest: &guest::Guest,
     built: &binaries::Built,
     outcome: &qemu::Outcome,
@@ -317,7 +354,7 @@ fn judge(
     let row = format!(
         "{:<28} auto hook {:<14} {:<26} {:>5.0} s  {status}",
         guest.release,
-        kernel.auto_hook,
+        kernel.auto_hook(arch),
         order,
         took.as_secs_f64()
     );
