@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod cli_agent;
+#[cfg(feature = "lab")]
 pub mod cli_lab;
 pub mod cli_tui;
 pub mod clock;
@@ -14,8 +15,8 @@ pub mod cluster;
 pub mod connector;
 pub mod engine;
 pub mod export;
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod probe;
-pub mod sim;
 pub mod trace;
 pub mod tui;

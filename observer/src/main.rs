@@ -1,30 +1,47 @@
 //! The observer command line.
 
 use clap::{Parser, Subcommand};
+#[cfg(feature = "lab")]
+use observer::cli_lab::{self, LabArgs};
 use observer::{
     agent,
     cli_agent::{AgentArgs, RecordArgs, ReplayArgs},
-    cli_lab::{self, LabArgs},
     cli_tui::{self, TuiArgs},
     trace::{self, TraceArgs},
 };
 use tracing_subscriber::EnvFilter;
+
+// The lab's lines of the examples below; a macro because `concat!` takes
+// only literals.
+#[cfg(feature = "lab")]
+macro_rules! lab_examples {
+    () => {
+        "  \
+        sudo observer lab                        # a rolling update here: measured gaps and recommended preStop\n  \
+        sudo observer lab --prestop 3s --verify  # check a preStop, then the recommended one\n  \
+        sudo observer lab --tui                  # the same, watched live in the TUI\n"
+    };
+}
+
+#[cfg(not(feature = "lab"))]
+macro_rules! lab_examples {
+    () => {
+        ""
+    };
+}
 
 /// Measures how long your ingress keeps connecting to Kubernetes pods after
 /// they start terminating (the endpoint-propagation gap), from the kernel's
 /// view of TCP connects, and recommends preStop durations from the data.
 #[derive(Debug, Parser)]
 #[command(name = "observer", version, about, long_about = None)]
-#[command(after_help = "Examples:\n  \
-    sudo observer lab                        # a rolling update here: measured gaps and recommended preStop\n  \
-    sudo observer lab --prestop 3s --verify  # check a preStop, then the recommended one\n  \
-    sudo observer lab --tui                  # the same, watched live in the TUI\n  \
+#[command(after_help = concat!("Examples:\n", lab_examples!(), "  \
     sudo observer trace                      # failed connects on this node, as they happen\n  \
     sudo observer trace --watch 10.1.2.3     # also every connect to one pod IP\n  \
     sudo observer trace --json --failures-only --port 8080\n  \
     sudo observer agent --output gaps.ndjson  # measure, serve :9990/metrics and /api/v1\n  \
     observer replay rollout.rec               # re-run a recording through the engine\n\n\
-    Logs go to stderr; set RUST_LOG=debug for more.")]
+    Logs go to stderr; set RUST_LOG=debug for more."))]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +53,7 @@ enum Command {
     /// namespaces, the ingress is nginx, the control plane a simulator),
     /// measure it with the probe, and print the gaps and the recommended
     /// preStop next to the lab's own ground truth. Needs root.
+    #[cfg(feature = "lab")]
     Lab(LabArgs),
     /// Print TCP connect outcomes as they happen (failures on every
     /// destination; successes for --watch addresses). Needs root or
@@ -68,6 +86,7 @@ fn main() -> std::process::ExitCode {
     // The TUI owns the terminal: it sends logs to a file instead.
     let tui_owns_terminal = match &cli.command {
         Command::Tui(_) => true,
+        #[cfg(feature = "lab")]
         Command::Lab(args) => args.tui,
         _ => false,
     };
@@ -86,6 +105,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            #[cfg(feature = "lab")]
             Command::Lab(args) => cli_lab::run(args).await,
             Command::Trace(args) => trace::run(args).await,
             Command::Agent(args) => agent::run_agent(args.options(), None, None).await,

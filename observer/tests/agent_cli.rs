@@ -11,10 +11,8 @@ use std::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_observer");
 
-use observer::sim::{
-    SimServer,
-    k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice},
-};
+use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
+use observer_sim::SimServer;
 
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::Write as _;

@@ -5,22 +5,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, ExecAction, Lifecycle, LifecycleHandler, Pod, PodCondition, PodIP,
+    PodSpec, PodStatus, Probe, TCPSocketAction,
+};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions as ApiConditions, EndpointPort, EndpointSlice,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Client;
 use observer::clock::MonoTime;
 use observer::cluster::{
     ClientSource, ClusterHandle, ClusterModel, EndpointConditions, EndpointKey, WatchConfig,
     connect, run,
 };
-use observer::sim::k8s_openapi::api::core::v1::{
-    Container, ContainerPort, ExecAction, Lifecycle, LifecycleHandler, Pod, PodCondition, PodIP,
-    PodSpec, PodStatus, Probe, TCPSocketAction,
-};
-use observer::sim::k8s_openapi::api::discovery::v1::{
-    Endpoint, EndpointConditions as ApiConditions, EndpointPort, EndpointSlice,
-};
-use observer::sim::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use observer::sim::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use observer::sim::kube::Client;
-use observer::sim::{Cluster, ClusterConfig, DeploymentSpec, SimConfig, SimServer, Store};
+use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, SimConfig, SimServer, Store};
 use tokio::sync::Mutex;
 use tokio::time::{Instant, sleep};
 
@@ -164,7 +164,7 @@ fn manual_slice(
                         serving: Some(*serving),
                         terminating: Some(*terminating),
                     }),
-                    target_ref: Some(observer::sim::k8s_openapi::api::core::v1::ObjectReference {
+                    target_ref: Some(k8s_openapi::api::core::v1::ObjectReference {
                         kind: Some("Pod".into()),
                         uid: Some(pod_uid.to_string()),
                         ..Default::default()

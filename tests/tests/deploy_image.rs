@@ -30,7 +30,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use deploy_support::{added_capabilities, agent_container, daemonset, host_mounts, render};
-use observer::sim::{Cluster, ClusterConfig, DeploymentSpec, SimConfig, SimServer};
+use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, SimConfig, SimServer};
 use observer_tests::Netns;
 use serde_json::Value;
 

@@ -13,14 +13,14 @@ use deploy_support::{
     KUSTOMIZATIONS, added_capabilities, agent_container, daemonset, find, host_mounts, render,
     workspace_root,
 };
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use observer::cluster::{WatchConfig, WatchCounters, stamped_events};
-use observer::sim::futures::StreamExt;
-use observer::sim::k8s_openapi::api::apps::v1::DaemonSet;
-use observer::sim::k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
-use observer::sim::k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use observer::sim::k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use observer::sim::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use observer::sim::{Cluster, ClusterConfig, DeploymentSpec, RequestRecord, SimConfig, SimServer};
+use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, RequestRecord, SimConfig, SimServer};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -240,7 +240,7 @@ fn daemonset_updates_without_a_gap_and_probes_the_agent() {
             .iter()
             .any(|p| p.name.as_deref() == Some("http") && p.container_port == PORT)
     );
-    let probe_path = |probe: Option<&observer::sim::k8s_openapi::api::core::v1::Probe>| {
+    let probe_path = |probe: Option<&k8s_openapi::api::core::v1::Probe>| {
         let get = probe
             .and_then(|p| p.http_get.clone())
             .expect("an HTTP probe");

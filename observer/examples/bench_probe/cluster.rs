@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 
 use anyhow::Context as _;
-use observer::sim::{Cluster, ClusterConfig, SimServer, StandalonePod};
+use observer_sim::{Cluster, ClusterConfig, SimServer, StandalonePod};
 use tokio::runtime::Handle;
 
 use crate::tracer::AgentSetup;

@@ -12,8 +12,10 @@ pub mod ip_index;
 pub mod model;
 pub mod pod;
 pub mod prestop;
-pub mod selector;
 pub mod watch;
+
+/// Label selectors: in their own crate, which the API simulator shares.
+pub use observer_selector as selector;
 
 pub use change::{
     ApiTime, ChangeKind, ClusterChange, EndpointConditions, EndpointKey, PodRef, WatchedResource,

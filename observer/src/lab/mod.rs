@@ -6,7 +6,7 @@
 //! watches the simulator's EndpointSlices with kube-rs and applies each
 //! change after a chosen propagation delay ([`ingress`]); a load client
 //! sends requests through nginx for the whole run ([`load`]). The control
-//! plane is [`crate::sim`]. Ground truth — when the ingress really stopped
+//! plane is [`observer_sim`]. Ground truth — when the ingress really stopped
 //! sending to each terminating pod — comes from nginx's own access log
 //! ([`truth`]), independently of the probe, so the measurement can be
 //! checked ([`measure`], [`report`]). [`scenario`] runs it all.
@@ -50,7 +50,7 @@ pub enum LabError {
     #[error("nginx: {0}")]
     Nginx(String),
     #[error("simulator: {0}")]
-    Sim(#[from] crate::sim::SimError),
+    Sim(#[from] observer_sim::SimError),
     #[error("kube client: {0}")]
     Kube(#[from] kube::Error),
     #[error("measurement: {0}")]

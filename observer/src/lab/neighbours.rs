@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::cgroup::{Leftovers, PodCgroup, PodCgroupSpec, place_on_exec};
 use super::netns::{Netns, Registry};
 use super::{LabError, Result};
-use crate::sim::{Cluster, StandalonePod};
+use observer_sim::{Cluster, StandalonePod};
 
 pub const INGRESS_NAMESPACE: &str = "ingress-nginx";
 pub const BYSTANDER_NAMESPACE: &str = "monitoring";

@@ -35,7 +35,7 @@ use super::neighbours::Targets;
 use super::netns::{LabNet, Netns};
 use super::prober::{ProbeSpec, Prober};
 use super::{LabError, Result};
-use crate::sim::{PodInfo, PodRuntime, RuntimeError};
+use observer_sim::{PodInfo, PodRuntime, RuntimeError};
 
 /// How a pod's app behaves on SIGTERM, how its sandbox goes away, and how
 /// the kubelet probes it.

@@ -23,7 +23,7 @@ use super::report::{
 };
 use super::truth::{PodTruth, TimelineRecorder, TryTotals, WallToMono, compute_truth};
 use super::{LabError, Result};
-use crate::sim::{Cluster, ClusterConfig, DeploymentSpec, ServicePort, SimServer};
+use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, ServicePort, SimServer};
 
 const NAMESPACE: &str = "lab";
 const DEPLOYMENT: &str = "web";

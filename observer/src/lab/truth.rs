@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::nginx::AccessEntry;
 use crate::clock::MonoTime;
-use crate::sim::LifecycleEvent;
+use observer_sim::LifecycleEvent;
 
 /// Converts CLOCK_REALTIME nanoseconds to CLOCK_MONOTONIC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

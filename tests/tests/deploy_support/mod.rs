@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use observer::sim::k8s_openapi::api::apps::v1::DaemonSet;
-use observer::sim::k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Container;
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -13,7 +13,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use observer::sim::{Cluster, ClusterConfig, DeploymentSpec, SimServer};
+//! use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, SimServer};
 //! let server = SimServer::start().await?;
 //! let cluster = Cluster::start(server.store().clone(), ClusterConfig::default())?;
 //! cluster.apply_deployment(DeploymentSpec::new("web", 5))?;
@@ -48,10 +48,6 @@ pub use ipam::{IpPool, IpPoolError};
 pub use selector::{FieldSelector, LabelSelector, SelectorError};
 pub use server::{SimConfig, SimServer};
 pub use store::{DEFAULT_MAX_HISTORY, Kind, SimResource, Store};
-
-/// The crate versions this API is typed against, so a test or lab needs no
-/// direct dependency that could drift from them.
-pub use {futures, k8s_openapi, kube};
 
 /// Errors from the object store, mirroring the API server's status reasons.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -2,6 +2,9 @@
 //! equality-based (`=`, `==`, `!=`) and set-based (`in`, `notin`, `key`,
 //! `!key`) requirements, comma-separated. Used to find the ingress's pods
 //! among a node's pods, and by the simulator to answer `labelSelector`.
+//!
+//! A crate of its own so the agent and the simulator (`observer-sim`) share
+//! one grammar while the shipped binary carries no simulator code.
 
 use std::collections::BTreeMap;
 

@@ -157,7 +157,7 @@ async fn lifecycle(
     spec: &DeploymentSpec,
     revision: u64,
     ip_slot: &mut Option<IpAddr>,
-) -> Result<(), crate::sim::SimError> {
+) -> Result<(), crate::SimError> {
     let cfg = &shared.config;
     if !matches!(
         wait_pod(store, ns, name, Some(Instant::now() + cfg.start_delay)).await,
@@ -197,7 +197,7 @@ async fn lifecycle(
         ip,
     });
     if let Err(e) = shared.runtime.start(&info).await {
-        return Err(crate::sim::SimError::Runtime(format!("start {name}: {e}")));
+        return Err(crate::SimError::Runtime(format!("start {name}: {e}")));
     }
     // With a prober, its results set readiness for as long as it runs
     // (through preStop, until the container exits); without, the pod turns

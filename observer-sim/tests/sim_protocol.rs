@@ -4,13 +4,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use observer::sim::futures::{StreamExt, TryStreamExt};
-use observer::sim::k8s_openapi::api::core::v1::{Pod, PodSpec};
-use observer::sim::k8s_openapi::api::discovery::v1::EndpointSlice;
-use observer::sim::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use observer::sim::kube::api::{Api, ListParams, WatchEvent, WatchParams};
-use observer::sim::kube::runtime::{WatchStreamExt, reflector, watcher};
-use observer::sim::{SimConfig, SimServer, Store};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use observer_sim::{SimConfig, SimServer, Store};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, timeout};
@@ -76,7 +76,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 /// Runs a reflector over pods in NS and returns its reader; errors are
 /// retried with backoff, as an agent would.
-fn reflect(client: observer::sim::kube::Client) -> reflector::Store<Pod> {
+fn reflect(client: kube::Client) -> reflector::Store<Pod> {
     let (reader, writer) = reflector::store();
     let api: Api<Pod> = Api::namespaced(client, NS);
     let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
@@ -554,11 +554,11 @@ async fn kubeconfig_file_reaches_the_server() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("config");
     server.write_kubeconfig(&path).unwrap();
-    let kc = observer::sim::kube::config::Kubeconfig::read_from(&path).unwrap();
-    let cfg = observer::sim::kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
         .unwrap();
-    let client = observer::sim::kube::Client::try_from(cfg).unwrap();
+    let client = kube::Client::try_from(cfg).unwrap();
     let slices: Api<EndpointSlice> = Api::all(client);
     assert!(
         slices

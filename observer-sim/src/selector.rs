@@ -4,8 +4,8 @@ use serde_json::Value;
 
 use super::store::Kind;
 
-pub use crate::cluster::selector::LabelSelector;
-use crate::cluster::selector::LabelSelectorError;
+pub use observer_selector::LabelSelector;
+use observer_selector::LabelSelectorError;
 
 /// Label selectors evaluated against JSON objects' `metadata.labels`.
 pub trait MatchesObject {
