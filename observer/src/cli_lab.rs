@@ -10,9 +10,10 @@ use tokio::sync::mpsc;
 
 use crate::{
     engine::EngineConfig,
+    export::AgentState,
     lab::{self, EngineMeasure, LabReport, LabScenario},
     trace::parse_duration,
-    tui::{self, LocalFeed, TuiOptions},
+    tui::{self, TuiOptions},
 };
 
 #[derive(Debug, Args)]
@@ -135,7 +136,9 @@ async fn run_with_tui(scenario: &LabScenario, args: &LabArgs) -> anyhow::Result<
     let make_measure = move || {
         runs += 1;
         let source = if runs == 1 { LAB_SOURCE } else { VERIFY_SOURCE };
-        EngineMeasure::with_feed(EngineConfig::default(), LocalFeed::new(source, tx.clone()))
+        let state = AgentState::default();
+        tui::follow_state(state.clone(), source, tx.clone());
+        EngineMeasure::with_state(EngineConfig::default(), state)
     };
     let options = TuiOptions {
         sources: vec![LAB_SOURCE.to_string()],
@@ -164,12 +167,9 @@ const LAB_SOURCE: &str = "lab";
 const VERIFY_SOURCE: &str = "lab verify";
 
 pub async fn run(args: LabArgs) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        anyhow::bail!(
-            "the lab creates network namespaces, runs nginx and loads the eBPF probe: run it as root (sudo)"
-        );
-    }
+    crate::privileges::require_root(
+        "the lab creates network namespaces, runs nginx and loads the eBPF probe; it",
+    )?;
     let scenario = args.scenario();
     eprintln!(
         "lab: {} pods, {} rollouts, propagation delay {:?} (jitter {:?}), preStop {:?}, {} qps, \

@@ -9,6 +9,7 @@ use clap::Args;
 use crate::{
     agent::{self, AgentOptions},
     cli_agent::{EngineArgs, KubeArgs},
+    export::AgentState,
     tui::{self, TuiOptions},
 };
 
@@ -40,7 +41,8 @@ pub async fn run(args: TuiArgs) -> anyhow::Result<()> {
     if !args.agents.is_empty() {
         return tui::run_remote(&args.agents, options).await;
     }
-    let (feed, updates) = tui::feed::local_channel();
+    let state = AgentState::default();
+    let updates = tui::follow_local(state.clone());
     let agent_options = AgentOptions {
         kube: args.kube.client_source(),
         watch: args.kube.watch_config(),
@@ -48,9 +50,10 @@ pub async fn run(args: TuiArgs) -> anyhow::Result<()> {
         engine: args.engine.engine_config(),
         ..AgentOptions::default()
     };
-    let agent = tokio::spawn(agent::run_agent(agent_options, None, Some(feed)));
+    let agent = tokio::spawn(agent::run_agent(agent_options, state.clone()));
     let shown = tui::run_tui(updates, options).await;
-    // The agent stops once the TUI's channel closes.
+    // The user quit: the agent flushes and stops.
+    state.request_stop();
     match agent.await {
         Ok(Err(error)) => return Err(error.context("the in-process agent failed")),
         Err(join) => anyhow::bail!("the in-process agent panicked: {join}"),

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod export;
 #[cfg(feature = "lab")]
 pub mod lab;
+pub mod privileges;
 pub mod probe;
 pub mod trace;
 pub mod tui;

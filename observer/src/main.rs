@@ -7,6 +7,7 @@ use observer::{
     agent,
     cli_agent::{AgentArgs, RecordArgs, ReplayArgs},
     cli_tui::{self, TuiArgs},
+    export::AgentState,
     trace::{self, TraceArgs},
 };
 use tracing_subscriber::EnvFilter;
@@ -108,8 +109,8 @@ fn main() -> std::process::ExitCode {
             #[cfg(feature = "lab")]
             Command::Lab(args) => cli_lab::run(args).await,
             Command::Trace(args) => trace::run(args).await,
-            Command::Agent(args) => agent::run_agent(args.options(), None, None).await,
-            Command::Record(args) => agent::run_agent(args.options(), None, None).await,
+            Command::Agent(args) => agent::run_agent(args.options(), AgentState::default()).await,
+            Command::Record(args) => agent::run_agent(args.options(), AgentState::default()).await,
             Command::Tui(args) => cli_tui::run(args).await,
             Command::Replay(args) => agent::replay(
                 &args.file,

@@ -142,12 +142,9 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_identically() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "run the test suite as root (`sudo ./x test`)"
-    );
+    if let Err(error) = observer::privileges::require_root("the agent's end-to-end test") {
+        panic!("{error}");
+    }
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let sim = runtime.block_on(SimServer::start()).expect("simulator");
     // Removed on drop, so also when an assertion fails.

@@ -102,12 +102,9 @@ impl Drop for Tmux {
 }
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "run the test suite as root (`sudo ./x test`)"
-    );
+    if let Err(error) = observer::privileges::require_root("the lab's TUI test") {
+        panic!("{error}");
+    }
 }
 
 fn lab_namespaces() -> Vec<String> {

@@ -21,12 +21,9 @@ fn observer_bin() -> String {
 /// and names it.
 #[test]
 fn trace_prints_a_refused_connect_as_json() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "run the test suite as root (`sudo ./x test`)"
-    );
+    if let Err(error) = observer::privileges::require_root("tracing a connect") {
+        panic!("{error}");
+    }
     for (port, full_attribution) in [(917, false), (918, true)] {
         let line = trace_one_refused_connect(port, full_attribution);
         let event: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");

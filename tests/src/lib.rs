@@ -6,14 +6,13 @@
 //! create; nothing is sent to the host's own networks.
 
 use std::{
-    fs::File,
     net::IpAddr,
-    os::fd::AsRawFd,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use anyhow::{Context as _, bail};
+use observer::lab::netns::{Netns as LabNetns, Registry};
 
 /// Runs a command and fails with its stderr when it fails.
 pub fn run(args: &[&str]) -> anyhow::Result<()> {
@@ -31,9 +30,12 @@ pub fn run(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A named network namespace, deleted on drop.
+/// A named network namespace, deleted on drop: the lab's namespace (one
+/// implementation of creating, entering and removing them), with the
+/// conveniences tests want.
 pub struct Netns {
     pub name: String,
+    inner: LabNetns,
 }
 
 impl Netns {
@@ -41,12 +43,12 @@ impl Netns {
     /// that was killed before its clean-up).
     pub fn create(name: &str) -> anyhow::Result<Netns> {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
-        run(&["ip", "netns", "add", name])?;
-        let ns = Netns {
+        let inner = LabNetns::create(name, &Registry::default())
+            .with_context(|| format!("creating network namespace {name}"))?;
+        Ok(Netns {
             name: name.to_string(),
-        };
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok(ns)
+            inner,
+        })
     }
 
     /// Runs a command inside the namespace.
@@ -63,38 +65,31 @@ impl Netns {
         thread_name: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
-        let handle = self.spawn_in(thread_name, f)?;
-        handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("thread {thread_name} panicked"))
+        Ok(self.inner.run_in(thread_name, f)?)
     }
 
-    /// Like [`Netns::run_in`] but returns the thread handle.
+    /// Like [`Netns::run_in`] but returns the thread to join.
     pub fn spawn_in<T: Send + 'static>(
         &self,
         thread_name: &str,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> anyhow::Result<std::thread::JoinHandle<T>> {
-        let path = format!("/var/run/netns/{}", self.name);
-        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-        std::thread::Builder::new()
-            .name(thread_name.to_string())
-            .spawn(move || {
-                // SAFETY: `file` is an open netns file; setns only changes
-                // this thread's network namespace.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .context("spawning a thread")
+    ) -> anyhow::Result<InNamespace<T>> {
+        Ok(InNamespace(self.inner.spawn_in(thread_name, f)?))
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+/// A thread running inside a namespace.
+pub struct InNamespace<T>(std::thread::JoinHandle<Result<T, observer::lab::LabError>>);
+
+impl<T> InNamespace<T> {
+    /// Waits for the thread; entering the namespace failing counts as the
+    /// thread failing.
+    pub fn join(self) -> std::thread::Result<T> {
+        match self.0.join() {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(Box::new(error.to_string())),
+            Err(panic) => Err(panic),
+        }
     }
 }
 
@@ -218,11 +213,9 @@ impl Link {
 /// Fails unless this process can load eBPF programs: privileged tests never
 /// skip, they fail with a reason.
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests load eBPF programs and create network namespaces: run them as root \
-         (`sudo -E cargo xtask test`)"
-    );
+    if let Err(error) =
+        observer::privileges::require_root("loading eBPF programs and creating network namespaces")
+    {
+        panic!("{error}");
+    }
 }

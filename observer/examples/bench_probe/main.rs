@@ -26,12 +26,9 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 
 fn main() -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "the probe benchmark loads eBPF programs and creates network namespaces: run it as root"
-        );
-    }
+    observer::privileges::require_root(
+        "the probe benchmark loads eBPF programs and creates network namespaces; it",
+    )?;
     let observer_bin = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "target/release/observer".into());

@@ -1,12 +1,17 @@
-//! The agent: the live loop that feeds probe events and Kubernetes watch
-//! events to the engine and routes its outputs (`observer agent`,
-//! `observer record`), and the replay of a recording (`observer replay`).
+//! The agent: the one engine loop and its sinks ([`EngineLoop`]), the live
+//! agent that feeds it probe events and Kubernetes watch events
+//! (`observer agent`, `observer record`), and the replay of a recording
+//! (`observer replay`).
 
+pub mod engine_loop;
 pub mod input;
 pub mod run;
+pub mod sinks;
 
+pub use engine_loop::{EngineLoop, Sink, SinkError, WatchMap};
 pub use input::{
     Input, RecordedInput, Recording, RecordingError, read_inputs, read_recording, write_ingress,
     write_input,
 };
-pub use run::{AgentOptions, Sinks, finish, process, replay, run_agent};
+pub use run::{AgentOptions, replay, run_agent};
+pub use sinks::{NdjsonSink, RecordingSink, StateSink};

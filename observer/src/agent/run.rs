@@ -2,28 +2,22 @@
 //! NDJSON, metrics and the HTTP API out. Also `record` (the same sources,
 //! written to a file) and `replay` (a file through the same engine).
 
-use std::{
-    fs::File,
-    io::{BufReader, BufWriter, Write},
-    net::SocketAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{fs::File, io::BufReader, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
-use super::input::{Input, Recording, read_recording, write_ingress, write_input};
+use super::engine_loop::{EngineLoop, Sink};
+use super::input::{Input, Recording, read_recording};
+use super::sinks::{NdjsonSink, RecordingSink, StateSink};
 use crate::{
     clock::MonoTime,
     cluster::{self, ClientSource, WatchConfig, WatchCounters},
     connector::CgroupResolver,
-    engine::{Engine, EngineConfig, IngressConfig, Output},
-    export::{AgentState, HttpServer, Update},
+    engine::{Engine, EngineConfig, IngressConfig},
+    export::{AgentState, HttpServer},
     probe::{Probe, ProbeOptions},
-    tui::feed::LocalFeed,
 };
 
 /// How the agent runs.
@@ -65,157 +59,6 @@ impl Default for AgentOptions {
     }
 }
 
-/// Where the engine's outputs are written.
-pub struct Sinks {
-    ndjson: Option<Box<dyn Write + Send>>,
-    recording: Option<BufWriter<File>>,
-    pub state: AgentState,
-}
-
-fn open_output(path: &PathBuf) -> anyhow::Result<Box<dyn Write + Send>> {
-    if path.as_os_str() == "-" {
-        Ok(Box::new(std::io::stdout()))
-    } else {
-        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Box::new(BufWriter::new(file)))
-    }
-}
-
-impl Sinks {
-    pub fn new(
-        state: AgentState,
-        output: Option<&PathBuf>,
-        record: Option<&PathBuf>,
-    ) -> anyhow::Result<Sinks> {
-        let ndjson = output.map(open_output).transpose()?;
-        let recording = record
-            .map(|path| {
-                File::create(path)
-                    .map(BufWriter::new)
-                    .with_context(|| format!("creating recording {}", path.display()))
-            })
-            .transpose()?;
-        Ok(Sinks {
-            ndjson,
-            recording,
-            state,
-        })
-    }
-
-    fn write_line(&mut self, line: &str) -> anyhow::Result<()> {
-        if let Some(out) = self.ndjson.as_mut() {
-            writeln!(out, "{line}").context("writing NDJSON output")?;
-        }
-        Ok(())
-    }
-
-    /// Starts the recording (if any) with the ingress configuration.
-    pub fn record_ingress(&mut self, ingress: &IngressConfig) -> anyhow::Result<()> {
-        if let Some(rec) = self.recording.as_mut() {
-            write_ingress(rec, ingress)?;
-        }
-        Ok(())
-    }
-
-    pub fn flush(&mut self) -> anyhow::Result<()> {
-        if let Some(out) = self.ndjson.as_mut() {
-            out.flush().context("flushing NDJSON output")?;
-        }
-        if let Some(rec) = self.recording.as_mut() {
-            rec.flush().context("flushing the recording")?;
-        }
-        Ok(())
-    }
-}
-
-/// Feeds one input to the engine and routes its outputs. `probe` receives
-/// watch-map changes when present (live); replay has none.
-pub fn process(
-    engine: &mut Engine,
-    input: Input,
-    sinks: &mut Sinks,
-    probe: Option<&mut Probe>,
-    outputs: &mut Vec<Output>,
-) -> anyhow::Result<()> {
-    if let Some(rec) = sinks.recording.as_mut() {
-        write_input(rec, &input)?;
-    }
-    match input {
-        Input::Connect(record) => engine.on_connect(&record, outputs),
-        Input::Cluster(event) => engine.on_cluster(event, outputs),
-        Input::Tick(now) => engine.on_tick(now, outputs),
-    }
-    route(outputs, sinks, probe)
-}
-
-fn route(
-    outputs: &mut Vec<Output>,
-    sinks: &mut Sinks,
-    mut probe: Option<&mut Probe>,
-) -> anyhow::Result<()> {
-    for output in outputs.drain(..) {
-        match output {
-            Output::Watch(ip) => {
-                if let Some(probe) = probe.as_deref_mut()
-                    && let Err(error) = probe.watch(ip)
-                {
-                    tracing::warn!(%ip, %error, "could not watch address");
-                }
-            }
-            Output::Unwatch(ip) => {
-                if let Some(probe) = probe.as_deref_mut()
-                    && let Err(error) = probe.unwatch(ip)
-                {
-                    tracing::warn!(%ip, %error, "could not unwatch address");
-                }
-            }
-            Output::TerminationOpened(_) => {}
-            Output::TerminationClosed(termination) => {
-                sinks.write_line(&Update::Termination(&termination).to_line())?;
-                sinks.state.publish_termination(&termination);
-            }
-            Output::Finding(finding) => {
-                sinks.write_line(&Update::Finding(&finding).to_line())?;
-                sinks.state.publish_finding(&finding);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Like [`process`], also handing findings to an in-process TUI.
-fn process_feeding(
-    engine: &mut Engine,
-    input: Input,
-    sinks: &mut Sinks,
-    probe: &mut Probe,
-    outputs: &mut Vec<Output>,
-    feed: &mut LocalFeed,
-) -> anyhow::Result<()> {
-    if let Some(rec) = sinks.recording.as_mut() {
-        write_input(rec, &input)?;
-    }
-    if let Input::Connect(record) = &input {
-        engine.on_connect(record, outputs);
-    }
-    feed.findings_in(outputs);
-    route(outputs, sinks, Some(probe))
-}
-
-/// Closes every open window and writes what remains.
-pub fn finish(
-    engine: &mut Engine,
-    now: MonoTime,
-    sinks: &mut Sinks,
-    probe: Option<&mut Probe>,
-) -> anyhow::Result<()> {
-    let mut outputs = Vec::new();
-    engine.finish(now, &mut outputs);
-    route(&mut outputs, sinks, probe)?;
-    sinks.state.set_snapshot(engine.snapshot(now));
-    sinks.flush()
-}
-
 /// `observer replay FILE`: the recording through the engine, NDJSON out.
 /// The recording's own ingress configuration is used unless
 /// `ingress_from_flags` (the user named the ingress on the command line).
@@ -233,20 +76,16 @@ pub fn replay(
     {
         config.ingress = recorded;
     }
-    let mut engine = Engine::new(config);
     let stdout = PathBuf::from("-");
-    let mut sinks = Sinks::new(
-        AgentState::new(engine.snapshot(MonoTime(0))),
-        Some(output.unwrap_or(&stdout)),
-        None,
-    )?;
+    let ndjson = NdjsonSink::create(output.unwrap_or(&stdout))?;
+    let mut engine_loop = EngineLoop::new(Engine::new(config), vec![Box::new(ndjson)]);
     let mut last = MonoTime(0);
-    let mut outputs = Vec::new();
     for input in inputs {
         last = last.max(input_time(&input));
-        process(&mut engine, input, &mut sinks, None, &mut outputs)?;
+        engine_loop.feed(input, None)?;
     }
-    finish(&mut engine, last, &mut sinks, None)
+    engine_loop.finish(last, None)?;
+    Ok(())
 }
 
 fn input_time(input: &Input) -> MonoTime {
@@ -336,17 +175,15 @@ fn warn_no_ingress(config: &IngressConfig) {
     );
 }
 
-/// `observer agent`: runs until SIGTERM/SIGINT (or `duration`), then
-/// detaches the probe, flushes its outputs and returns.
-pub async fn run_agent(
-    options: AgentOptions,
-    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
-    mut feed: Option<LocalFeed>,
-) -> anyhow::Result<()> {
+/// `observer agent`: runs until SIGTERM/SIGINT, `duration`, or a stop
+/// requested through `state` (an in-process TUI that quit), then detaches
+/// the probe, flushes its outputs and returns. `state` is what the HTTP API
+/// serves and an in-process TUI follows.
+pub async fn run_agent(options: AgentOptions, state: AgentState) -> anyhow::Result<()> {
     let mut probe = Probe::load(&options.probe).context("cannot start the probe")?;
     probe.forward_kernel_logs();
-    let mut engine = Engine::new(options.engine.clone());
-    let state = AgentState::new(engine.snapshot(MonoTime::now()));
+    let engine = Engine::new(options.engine.clone());
+    state.set_snapshot(engine.snapshot(MonoTime::now()));
     state.set_probe_attached(true);
     state.with_metrics(|m| m.set_sync_failure_hook(probe.sync_failure_hook()));
     let http = match options.listen {
@@ -356,19 +193,21 @@ pub async fn run_agent(
     if let Some(server) = &http {
         tracing::info!(addr = %server.local_addr, "serving /metrics and /api/v1");
     }
-    let mut sinks = Sinks::new(
-        state.clone(),
-        options.output.as_ref(),
-        options.record.as_ref(),
-    )?;
-    sinks.record_ingress(&options.engine.ingress)?;
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StateSink::new(state.clone()))];
+    if let Some(path) = &options.output {
+        sinks.push(Box::new(NdjsonSink::create(path)?));
+    }
+    if let Some(path) = &options.record {
+        sinks.push(Box::new(RecordingSink::create(
+            path,
+            &options.engine.ingress,
+        )?));
+    }
+    let mut engine_loop = EngineLoop::new(engine, sinks);
     let (tx, mut rx) = mpsc::channel::<Vec<Input>>(4_096);
     let watch_counters = start_sources(&options, &mut probe, tx).await?;
     if watch_counters.is_none() {
         state.set_not_ready(None);
-    }
-    if let (Some(tx), Some(server)) = (ready, &http) {
-        let _ = tx.send(server.local_addr);
     }
     let deadline = options.duration.map(|d| MonoTime::now().saturating_add(d));
     // Both streams live for the whole loop: a `ctrl_c()` future made anew
@@ -378,36 +217,26 @@ pub async fn run_agent(
         .context("installing the SIGTERM handler")?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
+    let mut stop_requested = state.stop_requested();
     let mut tick = tokio::time::interval(options.tick);
-    let mut outputs = Vec::new();
     let mut processed = 0u64;
     let mut ingress_warned = false;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = stop_requested.changed() => break,
             inputs = rx.recv() => {
                 let Some(inputs) = inputs else { break };
                 for input in inputs {
                     processed += 1;
-                    if let (Some(feed), Input::Connect(_)) = (feed.as_mut(), &input) {
-                        process_feeding(&mut engine, input, &mut sinks, &mut probe, &mut outputs, feed)?;
-                    } else {
-                        process(&mut engine, input, &mut sinks, Some(&mut probe), &mut outputs)?;
-                    }
+                    engine_loop.feed(input, Some(&mut probe))?;
                 }
             }
             _ = tick.tick() => {
                 let now = MonoTime::now();
-                process(&mut engine, Input::Tick(now), &mut sinks, Some(&mut probe), &mut outputs)?;
-                let snapshot = engine.snapshot(now);
-                if let Some(feed) = feed.as_mut() {
-                    feed.snapshot(&snapshot);
-                    if feed.is_closed() {
-                        break;
-                    }
-                }
-                state.set_snapshot(snapshot);
+                engine_loop.feed(Input::Tick(now), Some(&mut probe))?;
+                let engine = engine_loop.engine();
                 let (restarts, errors, synced) = match &watch_counters {
                     Some(c) => {
                         let (p, s) = (c.pods.snapshot(), c.endpoint_slices.snapshot());
@@ -425,7 +254,7 @@ pub async fn run_agent(
                     ingress_warned = true;
                     warn_no_ingress(&options.engine.ingress);
                 }
-                sinks.flush()?;
+                engine_loop.flush()?;
                 if deadline.is_some_and(|d| now >= d) {
                     break;
                 }
@@ -433,7 +262,7 @@ pub async fn run_agent(
         }
     }
     tracing::info!("stopping: flushing measurements");
-    finish(&mut engine, MonoTime::now(), &mut sinks, Some(&mut probe))?;
+    engine_loop.finish(MonoTime::now(), Some(&mut probe))?;
     drop(probe);
     if let Some(server) = http {
         server.shutdown().await;

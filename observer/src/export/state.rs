@@ -7,7 +7,7 @@ use std::sync::{
 };
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::metrics::Metrics;
 use crate::engine::{Finding, PodTermination, Snapshot};
@@ -34,12 +34,27 @@ struct Inner {
     updates: broadcast::Sender<String>,
     probe_attached: AtomicBool,
     not_ready: Mutex<Option<String>>,
+    /// Set by a reader that wants the agent to stop (an in-process TUI the
+    /// user quit).
+    stop: watch::Sender<bool>,
+    /// Set when the engine loop that writes this state has finished.
+    ended: watch::Sender<bool>,
 }
 
 /// Cheap to clone: every clone shares the same state.
 #[derive(Clone)]
 pub struct AgentState {
     inner: Arc<Inner>,
+}
+
+impl Default for AgentState {
+    /// Before the engine's first snapshot: an empty one.
+    fn default() -> Self {
+        AgentState::new(
+            crate::engine::Engine::new(crate::engine::EngineConfig::default())
+                .snapshot(crate::clock::MonoTime(0)),
+        )
+    }
 }
 
 impl AgentState {
@@ -52,6 +67,8 @@ impl AgentState {
                 updates,
                 probe_attached: AtomicBool::new(false),
                 not_ready: Mutex::new(Some("starting".into())),
+                stop: watch::channel(false).0,
+                ended: watch::channel(false).0,
             }),
         }
     }
@@ -94,6 +111,27 @@ impl AgentState {
 
     pub fn publish_finding(&self, finding: &Finding) {
         let _ = self.inner.updates.send(Update::Finding(finding).to_line());
+    }
+
+    /// Asks the agent's loop to stop (it flushes and returns).
+    pub fn request_stop(&self) {
+        self.inner.stop.send_replace(true);
+    }
+
+    /// The engine loop writing this state has finished: nothing more will
+    /// change.
+    pub fn mark_ended(&self) {
+        self.inner.ended.send_replace(true);
+    }
+
+    /// Changes when the engine loop has finished (see [`Self::mark_ended`]).
+    pub fn ended(&self) -> watch::Receiver<bool> {
+        self.inner.ended.subscribe()
+    }
+
+    /// Changes when a stop is requested.
+    pub fn stop_requested(&self) -> watch::Receiver<bool> {
+        self.inner.stop.subscribe()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<String> {

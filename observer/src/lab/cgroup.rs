@@ -422,8 +422,7 @@ mod tests {
 
     #[test]
     fn guard_creates_places_and_removes() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !crate::privileges::is_root() {
             return;
         }
         let Ok(mount) = v2_mount() else { return };

@@ -3,7 +3,7 @@
 //! watched and closes one termination record per pod. What the lab checks
 //! against its truth is then exactly what `observer` reports on a node.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,15 +14,13 @@ use super::connectors::{ConnectorsByPod, TerminationConnectors};
 use super::measure::{LabContext, LabMeasure, Measurements, PodMeasurement};
 use super::report::Recommendation;
 use super::{LabError, Result};
+use crate::agent::{EngineLoop, Input, Sink, SinkError, StateSink};
 use crate::clock::MonoTime;
 use crate::cluster::{WatchConfig, WatchCounters, stamped_events};
 use crate::connector::CgroupResolver;
 use crate::engine::{Engine, EngineConfig, Output, PodTermination};
+use crate::export::AgentState;
 use crate::probe::Probe;
-use crate::tui::LocalFeed;
-
-/// How often an attached TUI gets a fresh snapshot.
-const FEED_SNAPSHOT_EVERY: Duration = Duration::from_millis(500);
 
 /// What the engine task hands back: the measurements and every closed
 /// termination (for its connectors).
@@ -33,7 +31,8 @@ pub struct EngineMeasure {
     config: EngineConfig,
     /// Every closed termination's connectors, once finished.
     connectors: ConnectorsByPod,
-    feed: Option<LocalFeed>,
+    /// Shared with a TUI that follows the run (`observer lab --tui`).
+    state: Option<AgentState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<Finished>>>,
 }
@@ -43,16 +42,17 @@ impl EngineMeasure {
         EngineMeasure {
             config,
             connectors: ConnectorsByPod::new(),
-            feed: None,
+            state: None,
             stop: None,
             task: None,
         }
     }
 
-    /// Also shows the engine's state live in a TUI (`observer lab --tui`).
-    pub fn with_feed(config: EngineConfig, feed: LocalFeed) -> EngineMeasure {
+    /// Also publishes the engine's state to `state`, which a TUI can follow
+    /// (`observer lab --tui`).
+    pub fn with_state(config: EngineConfig, state: AgentState) -> EngineMeasure {
         EngineMeasure {
-            feed: Some(feed),
+            state: Some(state),
             ..EngineMeasure::new(config)
         }
     }
@@ -82,14 +82,22 @@ impl LabMeasure for EngineMeasure {
         // The ingress is found as on a node: by its pod's labels, among
         // the pods of the lab's node.
         self.config.ingress.node = Some(ctx.node_name.clone());
-        let engine = Engine::new(self.config.clone());
-        let feed = self.feed.take();
-        let records = match &ctx.records {
-            Some(path) => Some(RecordLog::create(path)?),
-            None => None,
-        };
+        let closed = Arc::new(Mutex::new(Vec::new()));
+        let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ClosedTerminations(closed.clone()))];
+        if let Some(path) = &ctx.records {
+            sinks.push(Box::new(RecordLog::create(path)?));
+        }
+        if let Some(state) = self.state.take() {
+            sinks.push(Box::new(StateSink::new(state)));
+        }
+        let engine_loop = EngineLoop::new(Engine::new(self.config.clone()), sinks);
         self.task = Some(tokio::spawn(drive(
-            engine, probe, reader, events, stopped, feed, records,
+            engine_loop,
+            probe,
+            reader,
+            events,
+            stopped,
+            closed,
         )));
         Ok(())
     }
@@ -128,47 +136,44 @@ impl LabMeasure for EngineMeasure {
     }
 }
 
-/// Carries out the engine's outputs; keeps the closed terminations.
-fn handle(probe: &mut Probe, out: &mut Vec<Output>, closed: &mut Vec<PodTermination>) {
-    for output in out.drain(..) {
-        let result = match output {
-            Output::Watch(ip) => probe.watch(ip),
-            Output::Unwatch(ip) => probe.unwatch(ip),
-            Output::TerminationClosed(t) => {
-                closed.push(t);
-                Ok(())
+/// Keeps every closed termination, for the measurements and connectors.
+struct ClosedTerminations(Arc<Mutex<Vec<PodTermination>>>);
+
+impl Sink for ClosedTerminations {
+    fn output(&mut self, output: &Output) -> std::result::Result<(), SinkError> {
+        if let Output::TerminationClosed(termination) = output {
+            match self.0.lock() {
+                Ok(mut closed) => closed.push(termination.clone()),
+                Err(poisoned) => poisoned.into_inner().push(termination.clone()),
             }
-            Output::TerminationOpened(_) | Output::Finding(_) => Ok(()),
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, "lab engine measure: watch map update failed");
         }
+        Ok(())
     }
 }
 
+fn measure_error(error: SinkError) -> LabError {
+    LabError::Measure(error.to_string())
+}
+
 async fn drive(
-    mut engine: Engine,
+    mut engine_loop: EngineLoop,
     mut probe: Probe,
     mut reader: crate::probe::EventReader,
     events: impl futures::Stream<Item = crate::cluster::StampedEvent> + Send + 'static,
     mut stopped: oneshot::Receiver<()>,
-    mut feed: Option<LocalFeed>,
-    mut records: Option<RecordLog>,
+    closed: Arc<Mutex<Vec<PodTermination>>>,
 ) -> Result<Finished> {
     futures::pin_mut!(events);
-    let mut out = Vec::new();
-    let mut closed = Vec::new();
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     // After the stop request, keep measuring until every window has closed
     // on its own (bounded): windows closed at shutdown feed no
     // recommendation.
     let mut draining_until: Option<MonoTime> = None;
-    let mut last_fed = MonoTime::from_nanos(0);
     loop {
         if let Some(deadline) = draining_until {
             let now = MonoTime::now();
-            if engine.snapshot(now).open.is_empty() || now >= deadline {
+            if engine_loop.engine().snapshot(now).open.is_empty() || now >= deadline {
                 break;
             }
         }
@@ -179,47 +184,30 @@ async fn drive(
             r = reader.next_batch(Duration::from_millis(50), &mut batch) => {
                 r.map_err(|e| LabError::Measure(format!("reading probe events: {e}")))?;
                 for record in batch.drain(..) {
-                    if let Some(log) = records.as_mut() {
-                        log.write(&record)?;
-                    }
-                    engine.on_connect(&record, &mut out);
+                    engine_loop
+                        .feed(Input::Connect(record), Some(&mut probe))
+                        .map_err(measure_error)?;
                 }
             }
-            Some(event) = events.next() => engine.on_cluster(event, &mut out),
+            Some(event) = events.next() => {
+                engine_loop.feed(Input::Cluster(event), Some(&mut probe)).map_err(measure_error)?;
+            }
             _ = tick.tick() => {
-                let now = MonoTime::now();
-                engine.on_tick(now, &mut out);
-                if let Some(feed) = feed.as_mut()
-                    && now.saturating_since(last_fed) >= FEED_SNAPSHOT_EVERY
-                {
-                    feed.snapshot(&engine.snapshot(now));
-                    last_fed = now;
-                }
+                engine_loop.feed(Input::Tick(MonoTime::now()), Some(&mut probe)).map_err(measure_error)?;
             }
         }
-        if let Some(feed) = feed.as_mut() {
-            feed.findings_in(&out);
-        }
-        handle(&mut probe, &mut out, &mut closed);
     }
     reader.finish(&mut batch);
     for record in batch.drain(..) {
-        if let Some(log) = records.as_mut() {
-            log.write(&record)?;
-        }
-        engine.on_connect(&record, &mut out);
+        engine_loop
+            .feed(Input::Connect(record), Some(&mut probe))
+            .map_err(measure_error)?;
     }
-    if let Some(log) = records.as_mut() {
-        log.flush()?;
-    }
-    let now = MonoTime::now();
-    engine.finish(now, &mut out);
-    if let Some(feed) = feed.as_mut() {
-        feed.findings_in(&out);
-        feed.snapshot(&engine.snapshot(now));
-    }
-    handle(&mut probe, &mut out, &mut closed);
-    let recommendation = engine
+    engine_loop
+        .finish(MonoTime::now(), Some(&mut probe))
+        .map_err(measure_error)?;
+    let recommendation = engine_loop
+        .engine()
         .recommendations()
         .iter()
         .map(|r| Recommendation {
@@ -227,6 +215,10 @@ async fn drive(
             termination_grace_period_seconds: r.recommended_termination_grace_period_seconds,
         })
         .max_by_key(|r| r.prestop_seconds);
+    let closed = match closed.lock() {
+        Ok(mut closed) => std::mem::take(&mut *closed),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    };
     let measurements = Measurements {
         pods: closed.iter().filter_map(to_measurement).collect(),
         recommendation,
@@ -250,20 +242,25 @@ impl RecordLog {
             out: std::io::BufWriter::new(file),
         })
     }
+}
 
-    fn write(&mut self, record: &crate::probe::ConnectRecord) -> Result<()> {
+impl Sink for RecordLog {
+    fn input(&mut self, input: &Input) -> std::result::Result<(), SinkError> {
         use std::io::Write as _;
+        let Input::Connect(record) = input else {
+            return Ok(());
+        };
         let line = serde_json::to_string(record)
-            .map_err(|e| LabError::Measure(format!("encoding a record: {e}")))?;
+            .map_err(|e| SinkError::new("encoding a connect record", e))?;
         writeln!(self.out, "{line}")
-            .map_err(LabError::io(format!("writing {}", self.path.display())))
+            .map_err(|e| SinkError::new(format!("writing {}", self.path.display()), e))
     }
 
-    fn flush(&mut self) -> Result<()> {
+    fn flush(&mut self) -> std::result::Result<(), SinkError> {
         use std::io::Write as _;
         self.out
             .flush()
-            .map_err(LabError::io(format!("writing {}", self.path.display())))
+            .map_err(|e| SinkError::new(format!("writing {}", self.path.display()), e))
     }
 }
 

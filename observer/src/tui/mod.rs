@@ -37,7 +37,7 @@ mod remote_tests;
 mod render_tests;
 
 pub use app::{Action, App, DataUpdate, Effect, Key, Screen, SortKey, SourceEvent};
-pub use feed::LocalFeed;
+pub use feed::{follow_local, follow_state};
 pub use remote::{RemoteError, spawn_agents};
 pub use runtime::{TuiOptions, run_remote, run_tui};
 pub use terminal::{DEFAULT_LOG_FILE, TerminalGuard, log_to_file};
