@@ -2,8 +2,9 @@
 //! nanoseconds, the clock of `bpf_ktime_get_ns()`. Kernel timestamps and the
 //! local receipt times of Kubernetes watch events are both in this clock, so
 //! they subtract directly. API-server timestamps never are (see DESIGN).
+//! [`WallClock`] turns them into times of day for display only.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,66 @@ impl MonoTime {
     }
 }
 
+/// One reading of CLOCK_MONOTONIC and of the wall clock, taken together, so
+/// that monotonic times (which say nothing of the time of day) can be shown
+/// as times of day: `observer trace`'s lines, the TUI's failure log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallClock {
+    mono: MonoTime,
+    /// Nanoseconds since the Unix epoch when CLOCK_MONOTONIC read `mono`.
+    unix_ns: u64,
+}
+
+impl WallClock {
+    /// Reads both clocks now: exact for times of this machine.
+    pub fn now() -> WallClock {
+        let mono = MonoTime::now();
+        let unix_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        WallClock { mono, unix_ns }
+    }
+
+    /// `mono` taken as read at `unix_ms` on the wall clock; for another
+    /// machine's monotonic clock (an agent's snapshot, dated when it was
+    /// received).
+    pub const fn new(mono: MonoTime, unix_ms: u64) -> WallClock {
+        WallClock {
+            mono,
+            unix_ns: unix_ms.saturating_mul(1_000_000),
+        }
+    }
+
+    /// Wall time of `at`, a time on the same monotonic clock as this
+    /// reading, in milliseconds since the Unix epoch.
+    pub fn unix_ms_of(&self, at: MonoTime) -> u64 {
+        let delta_ms = at.signed_since(self.mono) / 1_000_000;
+        (self.unix_ns / 1_000_000).saturating_add_signed(delta_ms)
+    }
+
+    /// `HH:MM:SS.mmm` UTC of `t`.
+    pub fn format(&self, t: MonoTime) -> String {
+        let wall_ns = self.unix_ns as i128 + (t.as_nanos() as i128 - self.mono.as_nanos() as i128);
+        let ms_of_day = (wall_ns / 1_000_000).rem_euclid(86_400_000);
+        let (h, m, s, ms) = (
+            ms_of_day / 3_600_000,
+            ms_of_day / 60_000 % 60,
+            ms_of_day / 1000 % 60,
+            ms_of_day % 1000,
+        );
+        format!("{h:02}:{m:02}:{s:02}.{ms:03}")
+    }
+}
+
+/// The wall clock now, in milliseconds since the Unix epoch.
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +137,24 @@ mod tests {
             Duration::from_nanos(3)
         );
         assert_eq!(MonoTime(5).saturating_since(MonoTime(8)), Duration::ZERO);
+    }
+
+    #[test]
+    fn wall_clock_places_monotonic_times_on_the_wall_clock() {
+        // 12:00:00.000 UTC when CLOCK_MONOTONIC read 5 s.
+        let clock = WallClock::new(MonoTime(5_000_000_000), 1_767_268_800_000);
+        let later = MonoTime(6_500_000_000);
+        assert_eq!(clock.unix_ms_of(later), 1_767_268_801_500);
+        assert_eq!(clock.format(later), "12:00:01.500");
+        let earlier = MonoTime(4_000_000_000);
+        assert_eq!(clock.unix_ms_of(earlier), 1_767_268_799_000);
+        assert_eq!(clock.format(earlier), "11:59:59.000");
+    }
+
+    #[test]
+    fn wall_clock_now_agrees_with_the_system_clock() {
+        let clock = WallClock::now();
+        let unix_ms = clock.unix_ms_of(MonoTime::now());
+        assert!(unix_ms.abs_diff(unix_ms_now()) < 1_000);
     }
 }

@@ -6,10 +6,6 @@
 //! See docs/ARCHITECTURE.md.
 
 pub mod agent;
-pub mod cli_agent;
-#[cfg(feature = "lab")]
-pub mod cli_lab;
-pub mod cli_tui;
 pub mod clock;
 pub mod cluster;
 pub mod connector;

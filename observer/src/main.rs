@@ -1,14 +1,15 @@
 //! The observer command line.
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 #[cfg(feature = "lab")]
-use observer::cli_lab::{self, LabArgs};
-use observer::{
-    agent,
-    cli_agent::{AgentArgs, RecordArgs, ReplayArgs},
-    cli_tui::{self, TuiArgs},
-    export::AgentState,
-    trace::{self, TraceArgs},
+use cli::lab::LabArgs;
+use cli::{
+    agent::{AgentArgs, RecordArgs},
+    replay::ReplayArgs,
+    trace::TraceArgs,
+    tui::TuiArgs,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -107,17 +108,12 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             #[cfg(feature = "lab")]
-            Command::Lab(args) => cli_lab::run(args).await,
-            Command::Trace(args) => trace::run(args).await,
-            Command::Agent(args) => agent::run_agent(args.options(), AgentState::default()).await,
-            Command::Record(args) => agent::run_agent(args.options(), AgentState::default()).await,
-            Command::Tui(args) => cli_tui::run(args).await,
-            Command::Replay(args) => agent::replay(
-                &args.file,
-                args.output.as_ref(),
-                args.engine.engine_config(),
-                args.engine.names_the_ingress(),
-            ),
+            Command::Lab(args) => args.run().await,
+            Command::Trace(args) => args.run().await,
+            Command::Agent(args) => args.run().await,
+            Command::Record(args) => args.run().await,
+            Command::Tui(args) => args.run().await,
+            Command::Replay(args) => args.run(),
         }
     });
     match result {

@@ -4,48 +4,15 @@
 //! produced them: an agent's `MonoTime`s are only comparable with each
 //! other, so the view carries ms after `deletion_seen` and wall times.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::app::{DataUpdate, SourceEvent};
 use super::view::{
     ConnectorView, FailureRow, FailureTally, ServiceRow, SourceData, TerminationView,
 };
-use crate::clock::MonoTime;
+use crate::clock::{MonoTime, WallClock};
 use crate::engine::{
     CloseReason, FailureCounts, Finding, PodTermination, Recommendation, Snapshot,
 };
 use crate::probe::{FailureClass, Outcome};
-
-/// One reading of the monotonic and the wall clock, taken together, so a
-/// monotonic timestamp can be shown as a time of day.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClockPair {
-    pub mono: MonoTime,
-    pub unix_ms: u64,
-}
-
-impl ClockPair {
-    /// Reads both clocks now (the in-process engine's case: exact).
-    pub fn now() -> ClockPair {
-        ClockPair {
-            mono: MonoTime::now(),
-            unix_ms: unix_ms_now(),
-        }
-    }
-
-    /// Wall time of `at`, a time on the same monotonic clock as `self.mono`.
-    pub fn unix_ms_of(&self, at: MonoTime) -> u64 {
-        let delta_ms = at.signed_since(self.mono) / 1_000_000;
-        self.unix_ms.saturating_add_signed(delta_ms)
-    }
-}
-
-pub fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn tally(counts: &FailureCounts) -> FailureTally {
     let mut out = FailureTally::default();
@@ -157,7 +124,7 @@ pub fn source_data(snapshot: &Snapshot) -> SourceData {
 
 /// A failed connect for the log; `None` for findings that are not
 /// failures (the log lists failures only).
-pub fn failure_row(f: &Finding, clock: &ClockPair) -> Option<FailureRow> {
+pub fn failure_row(f: &Finding, clock: &WallClock) -> Option<FailureRow> {
     let Outcome::Failed {
         class, waited_ns, ..
     } = f.record.outcome
@@ -196,7 +163,7 @@ pub fn snapshot_update(source: &str, snapshot: &Snapshot) -> DataUpdate {
 pub fn findings_update(
     source: &str,
     findings: &[Finding],
-    clock: &ClockPair,
+    clock: &WallClock,
 ) -> Option<DataUpdate> {
     let rows: Vec<FailureRow> = findings
         .iter()

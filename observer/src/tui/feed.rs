@@ -10,10 +10,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio::task::JoinHandle;
 
-use super::adapt::unix_ms_now;
 use super::app::DataUpdate;
 use super::remote::AgentDecoder;
-use crate::clock::MonoTime;
+use crate::clock::{MonoTime, unix_ms_now};
 use crate::export::AgentState;
 
 /// The name the in-process engine appears under in the status line.

@@ -4,23 +4,20 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use crate::clock::MonoTime;
+use crate::clock::{MonoTime, WallClock};
 use crate::engine::connector::ConnectorRole;
 use crate::engine::{
     CloseReason, ConnectorActivity, EngineCounters, FailureCounts, Finding, FindingKind, PodState,
     PodTermination, Recommendation, Snapshot,
 };
 use crate::probe::{ConnectRecord, FailureClass, Outcome};
-use crate::tui::adapt::{ClockPair, findings_update, snapshot_update};
+use crate::tui::adapt::{findings_update, snapshot_update};
 use crate::tui::app::{Action, App};
 
 pub const NOW: MonoTime = MonoTime(1_000_000_000_000);
 /// 2026-01-01T12:00:00Z: the wall time that goes with [`NOW`].
 pub const NOW_UNIX_MS: u64 = 1_767_268_800_000;
-pub const CLOCK: ClockPair = ClockPair {
-    mono: NOW,
-    unix_ms: NOW_UNIX_MS,
-};
+pub const CLOCK: WallClock = WallClock::new(NOW, NOW_UNIX_MS);
 /// The TUI clock when the fixture snapshot arrives.
 pub const RECEIVED_MS: u64 = 60_000;
 

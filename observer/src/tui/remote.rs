@@ -20,8 +20,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::adapt::{ClockPair, findings_update, snapshot_update, unix_ms_now};
+use super::adapt::{findings_update, snapshot_update};
 use super::app::{DataUpdate, SourceEvent};
+use crate::clock::{WallClock, unix_ms_now};
 use crate::engine::{Finding, Snapshot};
 
 pub const SNAPSHOT_PATH: &str = "/api/v1/snapshot";
@@ -119,7 +120,7 @@ enum StreamItem {
 #[derive(Debug)]
 pub struct AgentDecoder {
     source: String,
-    clock: Option<ClockPair>,
+    clock: Option<WallClock>,
 }
 
 impl AgentDecoder {
@@ -133,10 +134,7 @@ impl AgentDecoder {
     pub fn snapshot(&mut self, snapshot: &Snapshot, received_unix_ms: u64) -> DataUpdate {
         // The agent's `now` is when it built the snapshot; taking that as
         // the receive time errs by the network delay only.
-        self.clock = Some(ClockPair {
-            mono: snapshot.now,
-            unix_ms: received_unix_ms,
-        });
+        self.clock = Some(WallClock::new(snapshot.now, received_unix_ms));
         snapshot_update(&self.source, snapshot)
     }
 
@@ -153,10 +151,9 @@ impl AgentDecoder {
         match serde_json::from_str::<StreamItem>(line)? {
             StreamItem::Snapshot(snapshot) => Ok(Some(self.snapshot(&snapshot, received_unix_ms))),
             StreamItem::Finding(finding) => {
-                let clock = self.clock.unwrap_or(ClockPair {
-                    mono: finding.at,
-                    unix_ms: received_unix_ms,
-                });
+                let clock = self
+                    .clock
+                    .unwrap_or(WallClock::new(finding.at, received_unix_ms));
                 Ok(findings_update(
                     &self.source,
                     std::slice::from_ref(&finding),

@@ -6,15 +6,15 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::Args;
 
-use tokio::sync::mpsc;
-
-use crate::{
+use observer::{
     engine::EngineConfig,
     export::AgentState,
     lab::{self, EngineMeasure, LabReport, LabScenario},
-    trace::parse_duration,
     tui::{self, TuiOptions},
 };
+use tokio::sync::mpsc;
+
+use super::parse_duration;
 
 #[derive(Debug, Args)]
 pub struct LabArgs {
@@ -99,7 +99,7 @@ pub struct LabArgs {
 }
 
 impl LabArgs {
-    pub fn scenario(&self) -> LabScenario {
+    fn scenario(&self) -> LabScenario {
         LabScenario {
             pods: self.pods,
             rollouts: self.rollouts,
@@ -166,49 +166,51 @@ async fn run_with_tui(scenario: &LabScenario, args: &LabArgs) -> anyhow::Result<
 const LAB_SOURCE: &str = "lab";
 const VERIFY_SOURCE: &str = "lab verify";
 
-pub async fn run(args: LabArgs) -> anyhow::Result<()> {
-    crate::privileges::require_root(
-        "the lab creates network namespaces, runs nginx and loads the eBPF probe; it",
-    )?;
-    let scenario = args.scenario();
-    eprintln!(
-        "lab: {} pods, {} rollouts, propagation delay {:?} (jitter {:?}), preStop {:?}, {} qps, \
-         upstream keep-alive {}, probes every {:?}, bystander {} qps{}",
-        scenario.pods,
-        scenario.rollouts,
-        scenario.propagation_delay,
-        scenario.jitter,
-        scenario.prestop,
-        scenario.qps,
-        scenario.upstream_keepalive,
-        scenario.probe_period,
-        scenario.bystander_qps,
-        if args.verify {
-            ", then a verify run"
-        } else {
-            ""
-        }
-    );
-    let report = if args.tui {
-        match run_with_tui(&scenario, &args).await? {
-            Some(report) => report,
-            None => {
-                eprintln!(
-                    "lab: stopped from the TUI before the run ended; everything it created has been removed"
-                );
-                return Ok(());
+impl LabArgs {
+    pub async fn run(self) -> anyhow::Result<()> {
+        observer::privileges::require_root(
+            "the lab creates network namespaces, runs nginx and loads the eBPF probe; it",
+        )?;
+        let scenario = self.scenario();
+        eprintln!(
+            "lab: {} pods, {} rollouts, propagation delay {:?} (jitter {:?}), preStop {:?}, {} qps, \
+             upstream keep-alive {}, probes every {:?}, bystander {} qps{}",
+            scenario.pods,
+            scenario.rollouts,
+            scenario.propagation_delay,
+            scenario.jitter,
+            scenario.prestop,
+            scenario.qps,
+            scenario.upstream_keepalive,
+            scenario.probe_period,
+            scenario.bystander_qps,
+            if self.verify {
+                ", then a verify run"
+            } else {
+                ""
             }
+        );
+        let report = if self.tui {
+            match run_with_tui(&scenario, &self).await? {
+                Some(report) => report,
+                None => {
+                    eprintln!(
+                        "lab: stopped from the TUI before the run ended; everything it created has been removed"
+                    );
+                    return Ok(());
+                }
+            }
+        } else {
+            lab::run_lab(&scenario, self.verify, EngineMeasure::default)
+                .await
+                .context(LAB_FAILED)?
+        };
+        print!("{}", lab::render_summary(&report));
+        if let Some(path) = &self.report {
+            let json = serde_json::to_vec_pretty(&report).context("encoding the report")?;
+            std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("lab: report written to {}", path.display());
         }
-    } else {
-        lab::run_lab(&scenario, args.verify, EngineMeasure::default)
-            .await
-            .context(LAB_FAILED)?
-    };
-    print!("{}", lab::render_summary(&report));
-    if let Some(path) = &args.report {
-        let json = serde_json::to_vec_pretty(&report).context("encoding the report")?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("lab: report written to {}", path.display());
+        Ok(())
     }
-    Ok(())
 }

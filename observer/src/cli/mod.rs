@@ -1,18 +1,101 @@
-//! Command-line arguments of `observer agent`, `record` and `replay`, and
-//! their translation into [`AgentOptions`].
+//! The command line: one module per command, each an arguments struct that
+//! runs itself, and here the argument groups several commands share.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+pub mod agent;
+#[cfg(feature = "lab")]
+pub mod lab;
+pub mod replay;
+pub mod trace;
+pub mod tui;
+
+use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
-
-use crate::{
-    agent::AgentOptions,
+use observer::{
     cluster::selector::LabelSelector,
     cluster::{ClientSource, WatchConfig},
     engine::{EngineConfig, IngressConfig, RecommendConfig},
-    probe::ProbeOptions,
-    trace::{ProbeArgs, parse_duration},
+    probe::{ProbeOptions, SyncFailureHook},
 };
+
+/// The probe's settings, shared by `trace` and `agent`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Size of the kernel's event ring in bytes (power of two, >= 4096).
+    #[arg(long, value_name = "BYTES")]
+    pub ring_bytes: Option<u32>,
+    /// How connect()'s failures before a SYN (no route) are seen.
+    #[arg(long, value_enum, default_value_t = SyncFailureHook::Auto, value_name = "HOOK")]
+    pub sync_failure_hook: SyncFailureHook,
+    /// A SYN that a thread sends this soon after its own connect failed,
+    /// to another destination, is a retry of that failure, not a choice
+    /// of the pod (docs/ENGINE.md, "Choices and retries"). Proxies retry
+    /// within microseconds; raise it on very loaded nodes.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub retry_window: Duration,
+    /// Name the process on every failed connect, to any destination. By
+    /// default only connects to watched destinations (terminating and
+    /// not-ready pods) are followed from their SYN; a failure elsewhere is
+    /// reported from its socket (class, addresses, SYN time, pod) and names
+    /// its process only when the process gave up itself, since the kernel
+    /// finds the others in softirq. This follows every connect instead, at
+    /// the price of a socket-map entry per connect on the node
+    /// (docs/BENCHMARKS.md). `agent --ingress-comm` turns it on: a host
+    /// ingress is known by its process name only.
+    #[arg(long)]
+    pub full_attribution: bool,
+}
+
+impl Default for ProbeArgs {
+    /// What the command line gives without flags.
+    fn default() -> Self {
+        ProbeArgs {
+            ring_bytes: None,
+            sync_failure_hook: SyncFailureHook::Auto,
+            retry_window: observer::probe::decode::DEFAULT_RETRY_WINDOW,
+            full_attribution: false,
+        }
+    }
+}
+
+impl ProbeArgs {
+    pub fn options(&self) -> ProbeOptions {
+        ProbeOptions {
+            ring_bytes: self.ring_bytes,
+            sync_failure_hook: self.sync_failure_hook,
+            hooks_only: false,
+            full_attribution: self.full_attribution,
+            retry_window: Some(self.retry_window),
+        }
+    }
+}
+
+/// Parses `500ms`, `2s`, `1.5s`, `3m`, `1h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 500ms, 2s, 1.5s, 3m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("`{text}` is not a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
 
 /// Where the Kubernetes API is and what to watch.
 #[derive(Debug, Clone, Args)]
@@ -146,82 +229,21 @@ impl EngineArgs {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct AgentArgs {
-    /// Address of the HTTP port: /metrics, /healthz, /readyz, /api/v1/…
-    #[arg(long, default_value = "0.0.0.0:9990", value_name = "ADDR")]
-    pub listen: SocketAddr,
-    /// Write closed terminations and findings as NDJSON here (`-` = stdout).
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Also record every input for `observer replay`.
-    #[arg(long, value_name = "FILE")]
-    pub record: Option<PathBuf>,
-    /// Stop by itself after this long.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub duration: Option<Duration>,
-    #[command(flatten)]
-    pub probe: ProbeArgs,
-    #[command(flatten)]
-    pub kube: KubeArgs,
-    #[command(flatten)]
-    pub engine: EngineArgs,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl AgentArgs {
-    pub fn options(&self) -> AgentOptions {
-        AgentOptions {
-            listen: Some(self.listen),
-            output: self.output.clone(),
-            record: self.record.clone(),
-            kube: self.kube.client_source(),
-            watch: self.kube.watch_config(),
-            cgroup_root: self.kube.cgroup_root.clone(),
-            engine: self.engine.engine_config(),
-            probe: ProbeOptions {
-                // A host ingress is known by its process name only: every
-                // failure must name its process.
-                full_attribution: self.probe.full_attribution
-                    || !self.engine.ingress_comms.is_empty(),
-                ..self.probe.options()
-            },
-            duration: self.duration,
-            ..AgentOptions::default()
-        }
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
+        assert!(
+            parse_duration("fast")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(parse_duration("3d").unwrap_err().contains("unknown unit"));
     }
-}
-
-#[derive(Debug, Args)]
-pub struct RecordArgs {
-    /// The recording to write (NDJSON, one input per line).
-    pub file: PathBuf,
-    /// Stop after this long (default: until Ctrl-C).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub duration: Option<Duration>,
-    #[command(flatten)]
-    pub kube: KubeArgs,
-}
-
-impl RecordArgs {
-    pub fn options(&self) -> AgentOptions {
-        AgentOptions {
-            record: Some(self.file.clone()),
-            kube: self.kube.client_source(),
-            watch: self.kube.watch_config(),
-            cgroup_root: self.kube.cgroup_root.clone(),
-            duration: self.duration,
-            ..AgentOptions::default()
-        }
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct ReplayArgs {
-    /// A recording made by `observer record` or `observer agent --record`.
-    pub file: PathBuf,
-    /// Write NDJSON here instead of stdout.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    #[command(flatten)]
-    pub engine: EngineArgs,
 }

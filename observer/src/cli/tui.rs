@@ -1,0 +1,66 @@
+//! `observer tui`: the interactive view, in-process on a node or remote
+//! across agents.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use observer::{
+    agent::{self, AgentOptions},
+    export::AgentState,
+    tui::{self, TuiOptions},
+};
+
+use super::{EngineArgs, KubeArgs};
+
+#[derive(Debug, Args)]
+pub struct TuiArgs {
+    /// Read these agents' HTTP APIs (e.g. http://10.0.0.7:9990) instead of
+    /// running the probe here; a lost agent is shown and reconnected.
+    #[arg(long, value_delimiter = ',', value_name = "URL[,URL...]")]
+    pub agents: Vec<String>,
+    /// Where logs go while the TUI owns the terminal.
+    #[arg(long, default_value = "observer-tui.log", value_name = "FILE")]
+    pub log_file: PathBuf,
+    /// Where `e` writes the current recommendations.
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<PathBuf>,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+impl TuiArgs {
+    pub async fn run(self) -> anyhow::Result<()> {
+        tui::log_to_file(&self.log_file)
+            .with_context(|| format!("sending logs to {}", self.log_file.display()))?;
+        let mut options = TuiOptions::default();
+        if let Some(path) = &self.export {
+            options.export_path = path.clone();
+        }
+        if !self.agents.is_empty() {
+            return tui::run_remote(&self.agents, options).await;
+        }
+        let state = AgentState::default();
+        let updates = tui::follow_local(state.clone());
+        let agent_options = AgentOptions {
+            kube: self.kube.client_source(),
+            watch: self.kube.watch_config(),
+            cgroup_root: self.kube.cgroup_root.clone(),
+            engine: self.engine.engine_config(),
+            ..AgentOptions::default()
+        };
+        let agent = tokio::spawn(agent::run_agent(agent_options, state.clone()));
+        let shown = tui::run_tui(updates, options).await;
+        // The user quit: the agent flushes and stops.
+        state.request_stop();
+        match agent.await {
+            Ok(Err(error)) => return Err(error.context("the in-process agent failed")),
+            Err(join) => anyhow::bail!("the in-process agent panicked: {join}"),
+            Ok(Ok(())) => {}
+        }
+        shown
+    }
+}
