@@ -1,6 +1,10 @@
 //! The real `observer trace` binary: it shows a refused connect as it
 //! happens, and without privileges it names what is missing.
 
+// A test states what it expects with expect/unwrap: a failure there is the
+// test failing, with its message (the workspace denies them in runtime code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     io::{BufRead as _, BufReader},
     net::{Ipv4Addr, SocketAddr, TcpStream},

@@ -6,6 +6,10 @@
 //! retransmit timer, while the connecting process sleeps), where the
 //! current task is not the connector.
 
+// A test states what it expects with expect/unwrap: a failure there is the
+// test failing, with its message (the workspace denies them in runtime code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};

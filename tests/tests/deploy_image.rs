@@ -20,6 +20,12 @@
 //! afterwards. `localhost/observer:latest` is a manifest list over the amd64
 //! and arm64 images; podman runs and inspects the one for this host, amd64.
 
+// A test states what it expects with expect/unwrap: a failure there is the
+// test failing, with its message (the workspace denies them in runtime code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+// The rendering helpers live with the rootless manifest tests.
+#[path = "../../observer/tests/deploy_support/mod.rs"]
 mod deploy_support;
 
 use std::io::{Read as _, Write as _};

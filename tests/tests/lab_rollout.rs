@@ -10,6 +10,10 @@
 //! pooled connections, so every scenario it measures turns upstream
 //! keep-alive off; the engine's scenarios keep the default (nginx pools).
 
+// A test states what it expects with expect/unwrap: a failure there is the
+// test failing, with its message (the workspace denies them in runtime code).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::time::Duration;
 
