@@ -490,6 +490,13 @@ fn binary_works_as_a_kubectl_plugin() {
     );
     assert!(help.contains("Usage: kubectl-observer"), "{help}");
     assert!(help.contains("trace"), "{help}");
+    // The image ships the agent, not the lab (dist builds without it).
+    assert!(
+        !help
+            .lines()
+            .any(|line| line.split_whitespace().next() == Some("lab")),
+        "the shipped binary offers the lab: {help}"
+    );
     let plugins = output(
         Command::new("kubectl")
             .args(["plugin", "list"])

@@ -244,6 +244,9 @@ fn build_static_binary(workspace: &Path, arch: &Arch) -> anyhow::Result<PathBuf>
     let mut build = Command::new(cargo);
     build
         .args(["build", "--release", "-p", "observer"])
+        // The image runs the agent: `observer lab` and its API simulator
+        // (the default feature lab) stay out of it.
+        .arg("--no-default-features")
         .args(["--target", arch.target])
         // Whole-program optimisation: 15% smaller than the plain release
         // build. Given as --config, these reach only this cargo, not the

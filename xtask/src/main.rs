@@ -172,6 +172,18 @@ fn test(no_lint: bool, no_vm: bool) -> anyhow::Result<()> {
     if !no_lint {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+        // dist builds the shipped binary without the lab; the default build
+        // above does not lint that one.
+        run(cargo().args([
+            "clippy",
+            "-p",
+            "observer",
+            "--no-default-features",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     run(cargo().args(["test", "--no-fail-fast"]))?;
     if no_vm {
