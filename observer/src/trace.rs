@@ -10,6 +10,19 @@ fn ms(ns: u64) -> String {
     format!("{:.3} ms", ns as f64 / 1e6)
 }
 
+/// Whether `observer trace` prints `record`: to one of `ports` (any when
+/// empty), and a failure unless `failures_only` is off.
+pub fn shown(record: &ConnectRecord, ports: &[u16], failures_only: bool) -> bool {
+    if !ports.is_empty() && !ports.contains(&record.dst.port()) {
+        return false;
+    }
+    match record.outcome {
+        Outcome::Failed { .. } => true,
+        // Successes only reach user space for watched destinations.
+        Outcome::Connect | Outcome::Established { .. } | Outcome::Sent { .. } => !failures_only,
+    }
+}
+
 /// One human-readable line for a record.
 pub fn format_line(clock: &WallClock, record: &ConnectRecord) -> String {
     let (what, detail) = match &record.outcome {
@@ -124,5 +137,16 @@ mod tests {
             "00:00:00.002  refused          0.0.0.0:0 -> 10.0.0.2:8080  pid ?  \
              5000 failures counted, the latest after 0.500 ms (errno 111)"
         );
+    }
+
+    #[test]
+    fn filters_by_port_and_failures_only() {
+        let mut record = refused();
+        assert!(shown(&record, &[8080], true));
+        record.outcome = Outcome::Established { latency_ns: 1 };
+        assert!(!shown(&record, &[8080], true));
+        assert!(shown(&record, &[8080], false));
+        assert!(!shown(&record, &[9090], false));
+        assert!(shown(&record, &[], false));
     }
 }

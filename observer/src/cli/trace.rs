@@ -7,7 +7,7 @@ use clap::Args;
 use observer::{
     clock::{MonoTime, WallClock},
     connector::CgroupResolver,
-    probe::{ConnectRecord, Outcome, Probe, ProbeOptions},
+    probe::{ConnectRecord, Probe, ProbeOptions},
     trace::format_line,
 };
 
@@ -44,16 +44,7 @@ pub struct TraceArgs {
 }
 
 fn wanted(args: &TraceArgs, record: &ConnectRecord) -> bool {
-    if !args.port.is_empty() && !args.port.contains(&record.dst.port()) {
-        return false;
-    }
-    match record.outcome {
-        Outcome::Failed { .. } => true,
-        // Successes only reach user space for watched destinations.
-        Outcome::Connect | Outcome::Established { .. } | Outcome::Sent { .. } => {
-            !args.failures_only
-        }
-    }
+    observer::trace::shown(record, &args.port, args.failures_only)
 }
 
 impl TraceArgs {
@@ -128,57 +119,5 @@ impl TraceArgs {
             );
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use observer::probe::FailureClass;
-
-    fn refused() -> ConnectRecord {
-        ConnectRecord {
-            ts: MonoTime(2_500_000),
-            syn: Some(MonoTime(2_000_000)),
-            src: "10.0.0.1:40000".parse().unwrap(),
-            dst: "10.0.0.2:8080".parse().unwrap(),
-            pid: 42,
-            tid: 42,
-            comm: "nginx".into(),
-            cgroup_id: 0,
-            pod_uid: None,
-            container_id: None,
-            retry: false,
-            count: 1,
-            watched: false,
-            outcome: Outcome::Failed {
-                class: FailureClass::Refused,
-                errno: 111,
-                waited_ns: 500_000,
-                synchronous: false,
-            },
-        }
-    }
-
-    #[test]
-    fn filters_by_port_and_failures_only() {
-        let mut args = TraceArgs {
-            json: false,
-            failures_only: true,
-            watch: vec![],
-            port: vec![8080],
-            count: None,
-            duration: None,
-            probe: ProbeArgs::default(),
-            hooks_only: false,
-        };
-        let mut record = refused();
-        assert!(wanted(&args, &record));
-        record.outcome = Outcome::Established { latency_ns: 1 };
-        assert!(!wanted(&args, &record));
-        args.failures_only = false;
-        assert!(wanted(&args, &record));
-        args.port = vec![9090];
-        assert!(!wanted(&args, &record));
     }
 }
