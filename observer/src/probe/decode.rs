@@ -315,8 +315,12 @@ impl OutcomeJoiner {
 
     /// The kernel's `CONFIG_HZ` where it is known (the kernel config),
     /// for SENT events that cannot tell it themselves.
+    /// A rate of 0 (a damaged kernel config) keeps the default: it would
+    /// divide by zero.
     pub fn with_fallback_hz(mut self, hz: u32) -> OutcomeJoiner {
-        self.fallback_hz = hz;
+        if hz > 0 {
+            self.fallback_hz = hz;
+        }
         self
     }
 
