@@ -119,7 +119,7 @@ fn json(value: &impl serde::Serialize) -> Response<Body> {
     }
 }
 
-fn route(
+pub fn route(
     request: Request<Incoming>,
     state: &AgentState,
     stopped: watch::Receiver<bool>,
