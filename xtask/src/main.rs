@@ -4,6 +4,7 @@
 mod cmd;
 mod dist;
 mod docs;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -54,12 +55,18 @@ enum Task {
         /// takes about 20 minutes here.
         #[arg(long)]
         no_vm: bool,
+        /// Skip the short run of every fuzz target.
+        #[arg(long)]
+        no_fuzz: bool,
     },
     /// The probe's privileged tests inside qemu guests booted with Debian's
     /// 6.1 and 6.12 kernels (x86_64, or aarch64 cross-compiled and
     /// emulated), e.g. `./x vm-test --kernel all` (root; a few minutes per
     /// kernel).
     VmTest(vm::VmTestArgs),
+    /// Runs the fuzz targets of fuzz/ (docs/FUZZING.md) with cargo-fuzz on
+    /// the eBPF crate's nightly, each for a bounded time; a crash fails.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Subcommand)]
@@ -81,7 +88,11 @@ enum Bench {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::setup(),
-        Task::Test { no_lint, no_vm } => test(no_lint, no_vm),
+        Task::Test {
+            no_lint,
+            no_vm,
+            no_fuzz,
+        } => test(no_lint, no_vm, no_fuzz),
         Task::Bench { what: Bench::Probe } => {
             setup::setup()?;
             require_root(
@@ -126,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             dist::dist()
         }
+        Task::Fuzz(args) => fuzz::fuzz(&args),
         Task::VmTest(args) => {
             setup::setup()?;
             vm::vm_test(args)
@@ -166,7 +178,11 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn test(no_lint: bool, no_vm: bool) -> anyhow::Result<()> {
+/// Seconds each fuzz target runs in `test`: the whole step, its build
+/// included, stays within about eight minutes on a fresh machine.
+const TEST_FUZZ_SECONDS: u64 = 20;
+
+fn test(no_lint: bool, no_vm: bool, no_fuzz: bool) -> anyhow::Result<()> {
     require_root("the test suite loads eBPF programs and creates network namespaces; it")?;
     setup::setup()?;
     if !no_lint {
@@ -186,6 +202,12 @@ fn test(no_lint: bool, no_vm: bool) -> anyhow::Result<()> {
         ]))?;
     }
     run(cargo().args(["test", "--no-fail-fast"]))?;
+    if !no_fuzz {
+        fuzz::fuzz(&fuzz::FuzzArgs {
+            target: None,
+            seconds: TEST_FUZZ_SECONDS,
+        })?;
+    }
     if no_vm {
         return Ok(());
     }

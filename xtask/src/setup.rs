@@ -75,7 +75,7 @@ pub fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ebpf_toolchain() -> anyhow::Result<()> {
+pub(crate) fn ebpf_toolchain() -> anyhow::Result<()> {
     let ebpf_toolchain = ebpf_channel()?;
     let installed = Command::new("rustup")
         .args([
@@ -147,7 +147,7 @@ pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The `channel` of observer-ebpf/rust-toolchain.toml.
-fn ebpf_channel() -> anyhow::Result<String> {
+pub(crate) fn ebpf_channel() -> anyhow::Result<String> {
     EBPF_TOOLCHAIN_FILE
         .lines()
         .filter_map(|line| line.trim().strip_prefix("channel"))
