@@ -81,7 +81,15 @@ pub struct FuzzArgs {
     /// How long each target runs.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
+    /// rustc's codegen units for the instrumented build. cargo-fuzz's own
+    /// choice, 1, runs the targets faster but builds the observer crate
+    /// and its dependencies on one core: on two cores the build then takes
+    /// most of the test flow's budget (docs/FUZZING.md).
+    #[arg(long, default_value_t = DEFAULT_CODEGEN_UNITS)]
+    pub codegen_units: u32,
 }
+
+pub const DEFAULT_CODEGEN_UNITS: u32 = 16;
 
 fn target_name(name: &str) -> Result<String, String> {
     if TARGETS.iter().any(|t| t.name == name) {
@@ -115,10 +123,9 @@ pub fn fuzz(args: &FuzzArgs) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     // One build for every target: they share the observer crate.
-    run(cargo_fuzz(&channel, &workspace)
-        .arg("build")
-        .args(FUZZ_FLAGS))
-    .context("building the fuzz targets")?;
+    let flags = build_flags(args.codegen_units);
+    run(cargo_fuzz(&channel, &workspace).arg("build").args(&flags))
+        .context("building the fuzz targets")?;
     println!("fuzz: built in {:.0} s", started.elapsed().as_secs_f64());
     let mut stats = Vec::new();
     for target in selected {
@@ -126,6 +133,7 @@ pub fn fuzz(args: &FuzzArgs) -> anyhow::Result<()> {
             &channel,
             &workspace,
             &fuzz_dir,
+            &flags,
             target,
             args.seconds,
         )?);
@@ -141,7 +149,15 @@ pub fn fuzz(args: &FuzzArgs) -> anyhow::Result<()> {
 /// read is length-checked first), and AddressSanitizer would halve the
 /// executions and lengthen the build. Debug assertions on: an arithmetic
 /// overflow is a crash, as in the tests.
-const FUZZ_FLAGS: &[&str] = &["--sanitizer", "none", "--debug-assertions"];
+fn build_flags(codegen_units: u32) -> Vec<String> {
+    vec![
+        "--sanitizer".into(),
+        "none".into(),
+        "--debug-assertions".into(),
+        "--codegen-units".into(),
+        codegen_units.to_string(),
+    ]
+}
 
 fn cargo_fuzz(channel: &str, workspace: &Path) -> Command {
     let mut cmd = Command::new("rustup");
@@ -258,6 +274,7 @@ fn run_target(
     channel: &str,
     workspace: &Path,
     fuzz_dir: &Path,
+    flags: &[String],
     target: Target,
     seconds: u64,
 ) -> anyhow::Result<RunStats> {
@@ -274,7 +291,7 @@ fn run_target(
         fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut cmd = cargo_fuzz(channel, workspace);
     cmd.arg("run")
-        .args(FUZZ_FLAGS)
+        .args(flags)
         .arg(target)
         .arg(&corpus)
         .arg("--")
@@ -300,8 +317,9 @@ fn run_target(
         }
         bail!(
             "the fuzz target {target} failed ({status}): its input is in fuzz/artifacts/{target}/, \
-             the whole log in {}; reproduce with `cargo +{channel} fuzz run -s none -a {target} <input>`",
-            log_path.display()
+             the whole log in {}; reproduce with `AYA_BUILD_SKIP=1 cargo +{channel} fuzz run {} {target} <input>`",
+            log_path.display(),
+            flags.join(" ")
         );
     }
     let stat = |name: &str| {

@@ -180,7 +180,7 @@ fn cargo() -> Command {
 
 /// Seconds each fuzz target runs in `test`: the whole step, its build
 /// included, stays within about eight minutes on a fresh machine.
-const TEST_FUZZ_SECONDS: u64 = 20;
+const TEST_FUZZ_SECONDS: u64 = 15;
 
 fn test(no_lint: bool, no_vm: bool, no_fuzz: bool) -> anyhow::Result<()> {
     require_root("the test suite loads eBPF programs and creates network namespaces; it")?;
@@ -206,6 +206,7 @@ fn test(no_lint: bool, no_vm: bool, no_fuzz: bool) -> anyhow::Result<()> {
         fuzz::fuzz(&fuzz::FuzzArgs {
             target: None,
             seconds: TEST_FUZZ_SECONDS,
+            codegen_units: fuzz::DEFAULT_CODEGEN_UNITS,
         })?;
     }
     if no_vm {
