@@ -30,7 +30,7 @@ pub mod view;
 #[cfg(test)]
 mod app_tests;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod remote_tests;
 #[cfg(test)]
