@@ -1,5 +1,5 @@
-//! The agent's HTTP port: Prometheus `/metrics`, health, and a JSON API with
-//! a live stream — what the TUI and other tooling read.
+//! What the agent's HTTP port serves: Prometheus `/metrics`, health, and
+//! a JSON API with a live stream — what the TUI and other tooling read.
 //!
 //! | path | body |
 //! |---|---|
@@ -9,92 +9,152 @@
 //! | `GET /api/v1/snapshot` | the engine's current [`Snapshot`](crate::engine::Snapshot) |
 //! | `GET /api/v1/recommendations` | the current recommendations |
 //! | `GET /api/v1/stream` | NDJSON: `{"snapshot":…}` first and every second, `{"termination":…}`, `{"finding":…}` as they happen |
+//!
+//! With a token configured, `/api/v1/…` answers 401 without
+//! `Authorization: Bearer <token>`, and so do `/metrics` and the probes if
+//! [`TokenScope`] says so. Only `GET` without a body is served.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::{
     Method, Request, Response, StatusCode,
-    body::{Frame, Incoming},
-    server::conn::http1,
-    service::service_fn,
+    body::{Body as _, Frame, Incoming},
+    header,
 };
-use hyper_util::rt::TokioIo;
-use thiserror::Error;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::{mpsc::error::TrySendError, watch};
 
+use super::api_token::ApiToken;
+use super::http::HttpConfig;
+use super::http_io::{InFlight, Tracked};
 use super::state::AgentState;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-#[derive(Debug, Error)]
-pub enum HttpError {
-    #[error("binding the HTTP port {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+/// A response as the server hands it to hyper: its body ends the request's
+/// [`InFlight`] count when dropped.
+pub type TrackedResponse = Response<Tracked<Body>>;
+
+/// Which paths besides the JSON API and the stream require the token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenScope {
+    /// `/metrics` (Prometheus then needs the token: its `authorization`
+    /// scrape setting).
+    pub metrics: bool,
+    /// `/healthz` and `/readyz` (the kubelet's probes then need it in
+    /// `httpHeaders`).
+    pub probes: bool,
 }
 
-/// A running HTTP server; it stops when `shutdown` is signalled.
-pub struct HttpServer {
-    pub local_addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-    stop: watch::Sender<bool>,
-}
-
-impl HttpServer {
-    pub async fn start(addr: SocketAddr, state: Arc<AgentState>) -> Result<HttpServer, HttpError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| HttpError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| HttpError::Bind { addr, source })?;
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = stopped.changed() => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let state = state.clone();
-                        let stopped = stopped.clone();
-                        connections.spawn(serve(stream, state, stopped));
-                    }
-                }
-            }
-            connections.shutdown().await;
-        });
-        Ok(HttpServer {
-            local_addr,
-            task,
-            stop,
-        })
-    }
-
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-}
-
-async fn serve(
-    stream: tokio::net::TcpStream,
+/// The paths, over one agent's state.
+pub struct Routes {
     state: Arc<AgentState>,
-    stopped: watch::Receiver<bool>,
-) {
-    let service = service_fn(move |request| {
-        let state = state.clone();
-        let stopped = stopped.clone();
-        async move { Ok::<_, Infallible>(route(request, &state, stopped)) }
-    });
-    let _ = http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    token: Option<ApiToken>,
+    scope: TokenScope,
+    stream_buffer_lines: usize,
+}
+
+impl Routes {
+    pub fn new(state: Arc<AgentState>, config: HttpConfig) -> Routes {
+        Routes {
+            state,
+            token: config.token,
+            scope: config.token_scope,
+            stream_buffer_lines: config.limits.stream_buffer_lines.max(1),
+        }
+    }
+
+    pub fn respond(
+        &self,
+        request: Request<Incoming>,
+        in_flight: &InFlight,
+        stopped: watch::Receiver<bool>,
+    ) -> TrackedResponse {
+        let guard = in_flight.start();
+        self.route(&request, stopped)
+            .map(|body| Tracked::new(body, guard))
+    }
+
+    fn route(&self, request: &Request<Incoming>, stopped: watch::Receiver<bool>) -> Response<Body> {
+        if request.method() != Method::GET {
+            return closing(full(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "only GET is served\n",
+            ));
+        }
+        // A body on a GET is refused rather than read: nothing here takes
+        // one, and reading it would let a client hold the connection.
+        if !request.body().is_end_stream() {
+            return closing(full(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                "this API takes no request body\n",
+            ));
+        }
+        let path = request.uri().path();
+        let protected = match path {
+            "/metrics" => self.scope.metrics,
+            "/healthz" | "/readyz" => self.scope.probes,
+            _ => true,
+        };
+        if protected
+            && let Some(token) = &self.token
+            && !token.accepts(
+                request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+            )
+        {
+            let mut response = full(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "this agent's API needs `Authorization: Bearer <token>` (observer tui --api-token-file)\n",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"observer\""),
+            );
+            return response;
+        }
+        let state = &self.state;
+        match path {
+            "/metrics" => full(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                state.encode_metrics(),
+            ),
+            "/healthz" => full(StatusCode::OK, "text/plain", "ok\n"),
+            "/readyz" => match state.not_ready_reason() {
+                None => full(StatusCode::OK, "text/plain", "ready\n"),
+                Some(reason) => full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{reason}\n"),
+                ),
+            },
+            "/api/v1/snapshot" => json(&state.snapshot()),
+            "/api/v1/recommendations" => json(&state.snapshot().recommendations),
+            "/api/v1/stream" => stream(state, stopped, self.stream_buffer_lines),
+            _ => full(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found; try /metrics, /readyz, /api/v1/snapshot, /api/v1/recommendations, /api/v1/stream\n",
+            ),
+        }
+    }
+}
+
+/// The connection closes after this response (hyper reads no further
+/// request from it).
+fn closing(mut response: Response<Body>) -> Response<Body> {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
@@ -119,52 +179,22 @@ fn json(value: &impl serde::Serialize) -> Response<Body> {
     }
 }
 
-fn route(
-    request: Request<Incoming>,
-    state: &AgentState,
-    stopped: watch::Receiver<bool>,
-) -> Response<Body> {
-    if request.method() != Method::GET {
-        return full(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET is served\n",
-        );
-    }
-    match request.uri().path() {
-        "/metrics" => full(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.encode_metrics(),
-        ),
-        "/healthz" => full(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" => match state.not_ready_reason() {
-            None => full(StatusCode::OK, "text/plain", "ready\n"),
-            Some(reason) => full(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                format!("{reason}\n"),
-            ),
-        },
-        "/api/v1/snapshot" => json(&state.snapshot()),
-        "/api/v1/recommendations" => json(&state.snapshot().recommendations),
-        "/api/v1/stream" => stream(state, stopped),
-        _ => full(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found; try /metrics, /readyz, /api/v1/snapshot, /api/v1/recommendations, /api/v1/stream\n",
-        ),
-    }
-}
-
 /// Live updates: a snapshot now and every second, and every closed
-/// termination and finding as it happens. A slow reader skips lines rather
-/// than slow the agent down (the next snapshot catches it up).
-fn stream(state: &AgentState, mut stopped: watch::Receiver<bool>) -> Response<Body> {
+/// termination and finding as it happens. A client that reads slower than
+/// lines come has at most `buffer_lines` queued; past that, lines are
+/// skipped rather than queued or the agent slowed (the next snapshot
+/// catches it up). One that reads nothing at all is cut off by the
+/// server's write-stall limit.
+fn stream(
+    state: &AgentState,
+    mut stopped: watch::Receiver<bool>,
+    buffer_lines: usize,
+) -> Response<Body> {
     let first = state.snapshot_line();
     let mut updates = state.subscribe();
     let snapshots = state.clone_handle();
-    let lines = async_stream_lines(move |tx| async move {
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(buffer_lines);
+    tokio::spawn(async move {
         if tx.send(first).await.is_err() {
             return;
         }
@@ -180,34 +210,22 @@ fn stream(state: &AgentState, mut stopped: watch::Receiver<bool>) -> Response<Bo
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
             };
-            if tx.send(line).await.is_err() {
-                return;
+            match tx.try_send(line) {
+                Ok(()) | Err(TrySendError::Full(_)) => {}
+                Err(TrySendError::Closed(_)) => return,
             }
         }
     });
-    let mut response = Response::new(StreamBody::new(lines).boxed_unsync());
-    if let Ok(value) = "application/x-ndjson".parse() {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, value);
-    }
-    response
-}
-
-/// Runs `produce` on a task and turns the lines it sends into body frames.
-fn async_stream_lines<F, Fut>(
-    produce: F,
-) -> impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + 'static
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<String>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(64);
-    tokio::spawn(produce(tx));
-    futures::stream::unfold(rx, |mut rx| async move {
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
         let line = rx.recv().await?;
         let mut bytes = line.into_bytes();
         bytes.push(b'\n');
-        Some((Ok(Frame::data(Bytes::from(bytes))), rx))
-    })
+        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(bytes))), rx))
+    });
+    let mut response = Response::new(StreamBody::new(lines).boxed_unsync());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
 }
