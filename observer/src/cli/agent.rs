@@ -192,3 +192,20 @@ impl RecordArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_a_bare_ip_of_either_family_or_an_address_with_port() {
+        let parsed = |text| parse_listen(text).unwrap().to_string();
+        assert_eq!(parsed("10.1.2.3"), "10.1.2.3:9990");
+        assert_eq!(parsed("10.1.2.3:8080"), "10.1.2.3:8080");
+        assert_eq!(parsed("fd00::1"), "[fd00::1]:9990");
+        assert_eq!(parsed("[fd00::1]:8080"), "[fd00::1]:8080");
+        let error = parse_listen("fd00::1:99999").unwrap_err();
+        assert!(error.contains("brackets"), "{error}");
+        assert!(parse_listen("$(POD_IP)").is_err());
+    }
+}

@@ -7,7 +7,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum TokenError {
-    #[error("reading the API token from {path}: {source}")]
+    #[error("reading the API token from {path}")]
     Read {
         path: String,
         #[source]
