@@ -495,6 +495,9 @@ async fn a_stream_client_that_never_reads_is_dropped() {
         limits: HttpLimits {
             write_stall_timeout: stall,
             socket_send_buffer: 64 * 1024,
+            // Shorter than the test: a stream being read is not cut off by
+            // the header timeout, which only runs while a request is awaited.
+            header_read_timeout: Duration::from_secs(1),
             ..HttpLimits::default()
         },
         ..HttpConfig::default()
@@ -557,6 +560,13 @@ async fn a_stream_client_that_never_reads_is_dropped() {
         rest.len()
     );
     assert!(read_bytes > 0);
+    // The reading client outlived the header timeout and still gets lines.
+    let mut more = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), reader.read(&mut more))
+        .await
+        .expect("lines keep coming")
+        .expect("the reading client is still connected");
+    assert!(n > 0, "the reading client was cut off");
     drop(reader);
     engine.assert_nothing_lost(addr, None).await;
     server.shutdown().await;
