@@ -679,9 +679,53 @@ fn agent_runs_with_the_daemonset_grants_and_stops_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// What the kernel says when it refuses a call: errno 1 (EPERM) as
-/// std::io::Error shows it. No message of observer's own contains it.
-const KERNEL_EPERM: &str = "Operation not permitted (os error 1)";
+/// How std shows errno `errno` (`Operation not permitted (os error 1)`):
+/// the kernel's answer, as no message of observer's own is worded.
+fn errno_text(errno: i32) -> String {
+    std::io::Error::from_raw_os_error(errno).to_string()
+}
+
+/// The errno a seccomp profile answers bpf() with for a container holding
+/// `granted`: that of the first ERRNO rule naming bpf() that applies (its
+/// `includes.caps` all granted, none of its `excludes.caps`), else the
+/// profile's `defaultErrnoRet` (EPERM when it names none). podman's
+/// profile answers EPERM by an explicit rule, and ENOSYS by default.
+fn seccomp_bpf_errno(profile: &Path, granted: &[String]) -> i32 {
+    let text = std::fs::read_to_string(profile).expect("the seccomp profile");
+    let profile: Value = serde_json::from_str(&text).expect("a JSON profile");
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+    let caps = |rule: &Value, key: &str| -> Vec<String> {
+        rule[key]["caps"]
+            .as_array()
+            .map(|caps| {
+                caps.iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let default = profile["defaultErrnoRet"]
+        .as_i64()
+        .map_or(libc::EPERM, |errno| errno as i32);
+    for rule in profile["syscalls"].as_array().expect("a syscalls list") {
+        let names_bpf = rule["names"]
+            .as_array()
+            .is_some_and(|names| names.iter().any(|n| n == "bpf"));
+        let applies = caps(rule, "includes").iter().all(|c| granted.contains(c))
+            && !caps(rule, "excludes").iter().any(|c| granted.contains(c));
+        if !(names_bpf && applies) {
+            continue;
+        }
+        assert_eq!(
+            rule["action"], "SCMP_ACT_ERRNO",
+            "the profile allows bpf() to {granted:?}: {rule}"
+        );
+        return rule["errnoRet"]
+            .as_i64()
+            .map_or(default, |errno| errno as i32);
+    }
+    default
+}
 
 /// The agent's own capability check, skipped below with `--skip-preflight`.
 const PREFLIGHT_MESSAGE: &str = "missing capabilities";
@@ -693,26 +737,30 @@ fn each_grant_is_needed() {
     let grants = daemonset_grants();
     let netns = Netns::create("obs-deploy-less").expect("namespace");
     // The agent's capability check is skipped (`--skip-preflight`), so
-    // what refuses each reduced grant is the kernel: its bpf() answers
-    // EPERM. (grants, what is missing, the bpf() command that must be
-    // refused, as aya reports it.)
-    let mut cases: Vec<(Grants, String, &str)> = Vec::new();
+    // what refuses each reduced grant is the kernel: its capability checks
+    // answer EPERM, a seccomp filter the errno its profile gives bpf(). (grants, what is
+    // missing, the bpf() command that must be refused as aya reports it,
+    // the errno.)
+    let mut cases: Vec<(Grants, String, &str, i32)> = Vec::new();
     for cap in &grants.capabilities {
         // Without CAP_BPF nothing may be created (BPF_MAP_CREATE is the
         // first call that matters); without CAP_PERFMON the maps are made
         // but a tracing program may not be loaded (BPF_PROG_LOAD).
-        let refused_call = match cap.as_str() {
-            "CAP_BPF" => "failed to create map",
-            "CAP_PERFMON" => "BPF_PROG_LOAD",
-            other => panic!("no expectation for {other}: add one"),
-        };
-        // Under the DaemonSet's seccomp profile, which allows bpf() only
-        // with CAP_BPF (so without it, seccomp is what answers EPERM)...
         let mut fewer = daemonset_grants();
         fewer.capabilities.retain(|c| c != cap);
-        cases.push((fewer, cap.clone(), refused_call));
-        // ...and with no seccomp filter at all, where only the kernel's
-        // capability check stands between the agent and bpf().
+        let (refused_call, under_runtime_default) = match cap.as_str() {
+            // The DaemonSet's profile lets bpf() through only with CAP_BPF:
+            // without it, the filter answers before the kernel's check.
+            "CAP_BPF" => (
+                "failed to create map",
+                seccomp_bpf_errno(runtime_default_seccomp(), &fewer.capabilities),
+            ),
+            "CAP_PERFMON" => ("BPF_PROG_LOAD", libc::EPERM),
+            other => panic!("no expectation for {other}: add one"),
+        };
+        cases.push((fewer, cap.clone(), refused_call, under_runtime_default));
+        // With no seccomp filter at all, only the kernel's capability
+        // check stands between the agent and bpf().
         let mut unconfined = daemonset_grants();
         unconfined.capabilities.retain(|c| c != cap);
         unconfined.seccomp_instead = Some("unconfined".into());
@@ -720,6 +768,7 @@ fn each_grant_is_needed() {
             unconfined,
             format!("{cap} (seccomp unconfined)"),
             refused_call,
+            libc::EPERM,
         ));
     }
     // Both capabilities, but podman's own default seccomp profile, which
@@ -731,8 +780,9 @@ fn each_grant_is_needed() {
         stock_seccomp,
         "a seccomp profile that allows bpf()".into(),
         "failed to create map",
+        seccomp_bpf_errno(Path::new(PODMAN_SECCOMP), &grants.capabilities),
     ));
-    for (fewer, missing, refused_call) in cases {
+    for (fewer, missing, refused_call, errno) in cases {
         let container = Container::start(
             &run_flags(&fewer, "observer-deploy-less", &netns),
             &["agent", "--no-kube", "--skip-preflight"],
@@ -751,9 +801,16 @@ fn each_grant_is_needed() {
             !logs.contains(PREFLIGHT_MESSAGE),
             "without {missing}: {logs}"
         );
+        // The error the agent exits with (its chain may run on with a
+        // verifier log), not the warnings of aya's feature probes before it.
+        let error = logs
+            .find("error: ")
+            .map(|at| &logs[at..])
+            .unwrap_or_else(|| panic!("without {missing}: no error: {logs}"));
+        let expected = errno_text(errno);
         assert!(
-            logs.contains(KERNEL_EPERM) && logs.contains(refused_call),
-            "without {missing}: the kernel refuses {refused_call:?} with EPERM: {logs}"
+            error.contains(refused_call) && error.contains(&expected),
+            "without {missing}: the kernel refuses {refused_call:?} with {expected:?}: {error}"
         );
     }
 
