@@ -4,7 +4,7 @@
 pub mod api_token;
 pub mod http;
 mod http_io;
-pub mod http_routes;
+mod http_routes;
 pub mod metrics;
 pub mod state;
 
