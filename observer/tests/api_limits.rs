@@ -102,6 +102,7 @@ fn connect(i: u64, at_ms: u64) -> Input {
         container_id: None,
         watched: true,
         retry: false,
+        retried: None,
         count: 1,
         outcome: Outcome::Connect,
     })
