@@ -310,17 +310,21 @@ fn assert_wire_agrees_with_the_log(report: &LabReport) {
 }
 
 /// Failed connects split into those the ingress retried elsewhere and
-/// those users saw, within 5 % of the ingress's own records.
+/// those users saw, within 5 % of the ingress's own records. A retry over
+/// a pooled connection makes no connect: the kernel counts its failure as
+/// not retried (docs/ENGINE.md, "Hidden failures"), and so does this
+/// check.
 fn assert_hidden_failures_match(report: &LabReport) {
     let h = &report.hidden;
     assert!(h.truth_retried > 0, "the ingress retried failures: {h:?}");
     assert!(
-        h.retried_error_percent() <= 5.0 && h.not_retried_error_percent() <= 5.0,
-        "measured {} retried / {} not, the ingress's records {} / {}",
+        h.visible_retried_error_percent() <= 5.0 && h.visible_not_retried_error_percent() <= 5.0,
+        "measured {} retried / {} not, the ingress's records {} / {} ({} retried over pooled connections)",
         h.measured_retried,
         h.measured_not_retried,
         h.truth_retried,
-        h.truth_not_retried
+        h.truth_not_retried,
+        h.truth_retried_pooled
     );
 }
 

@@ -220,6 +220,12 @@ pub struct HiddenReport {
     pub measured_not_retried: u64,
     pub truth_retried: u64,
     pub truth_not_retried: u64,
+    /// Of `truth_retried`, the retries that went over a pooled connection
+    /// (nginx tells; HAProxy's log does not, and its lab pools nothing):
+    /// they make no connect, so the kernel counts their failures as not
+    /// retried.
+    #[serde(default)]
+    pub truth_retried_pooled: u64,
 }
 
 impl HiddenReport {
@@ -231,6 +237,25 @@ impl HiddenReport {
 
     pub fn not_retried_error_percent(&self) -> f64 {
         percent_off(self.measured_not_retried, self.truth_not_retried)
+    }
+
+    /// The retries a connect-level view can see: those that opened a
+    /// connection.
+    pub fn visible_retried(&self) -> u64 {
+        self.truth_retried - self.truth_retried_pooled.min(self.truth_retried)
+    }
+
+    /// |measured − truth| / truth of the retried count, against the
+    /// retries that opened a connection.
+    pub fn visible_retried_error_percent(&self) -> f64 {
+        percent_off(self.measured_retried, self.visible_retried())
+    }
+
+    /// |measured − truth| / truth of the not-retried count, with the
+    /// pooled retries' failures counted where the kernel counts them.
+    pub fn visible_not_retried_error_percent(&self) -> f64 {
+        let pooled = self.truth_retried - self.visible_retried();
+        percent_off(self.measured_not_retried, self.truth_not_retried + pooled)
     }
 }
 
@@ -406,6 +431,13 @@ pub fn render_summary(report: &LabReport) -> String {
         "failed connects: {} retried elsewhere (hidden), {} not retried; the ingress's own records: {} retried, {} not retried",
         h.measured_retried, h.measured_not_retried, h.truth_retried, h.truth_not_retried
     );
+    if h.truth_retried_pooled > 0 {
+        let _ = writeln!(
+            out,
+            "  of the retries, {} went over pooled connections: no connect, so the kernel counts their failures as not retried",
+            h.truth_retried_pooled
+        );
+    }
     if report.only_hidden_failures() {
         out.push_str(
             "hidden failures: users saw no error, but every failed connect cost a retry \
@@ -545,6 +577,7 @@ mod tests {
                 cut_requests: 3,
                 failed_retried: 41,
                 failed_not_retried: 2,
+                failed_retried_pooled: 5,
             },
             served: ServedReport {
                 ingress: 900,
@@ -562,6 +595,7 @@ mod tests {
                 measured_not_retried: 2,
                 truth_retried: 41,
                 truth_not_retried: 2,
+                truth_retried_pooled: 5,
             },
             wire: WireReport::default(),
         }

@@ -519,7 +519,11 @@ async fn run(
             (
                 truth,
                 totals,
-                (totals.failed_retried, totals.failed_not_retried),
+                (
+                    totals.failed_retried,
+                    totals.failed_not_retried,
+                    totals.failed_retried_pooled,
+                ),
             )
         }
         Plane::Haproxy(haproxy) => {
@@ -533,7 +537,7 @@ async fn run(
                 retries: own.retried,
                 ..TryTotals::default()
             };
-            (truth, totals, (own.retried, own.not_retried))
+            (truth, totals, (own.retried, own.not_retried, 0))
         }
     };
     truth.sort_by_key(|t| t.deletion);
@@ -572,6 +576,7 @@ async fn run(
     report.ingress = totals;
     report.hidden.truth_retried = hidden_truth.0;
     report.hidden.truth_not_retried = hidden_truth.1;
+    report.hidden.truth_retried_pooled = hidden_truth.2;
     report.wire = WireReport {
         dropped: wire.dropped,
         clock_drift_ns: wire.clock_drift_ns,

@@ -238,6 +238,11 @@ pub struct TryTotals {
     pub failed_retried: u64,
     #[serde(default)]
     pub failed_not_retried: u64,
+    /// Of the retried failures, those whose retry went over a pooled
+    /// connection: no connect, so the kernel cannot see the retry
+    /// (docs/ENGINE.md, "Hidden failures").
+    #[serde(default)]
+    pub failed_retried_pooled: u64,
 }
 
 impl TryTotals {
@@ -252,6 +257,8 @@ impl TryTotals {
                 if try_.failed() {
                     if i < last {
                         t.failed_retried += 1;
+                        let next = &entry.tries[i + 1];
+                        t.failed_retried_pooled += u64::from(next.pooled == Some(true));
                     } else {
                         t.failed_not_retried += 1;
                     }
@@ -456,6 +463,12 @@ mod tests {
         assert_eq!(totals.pooled_tries, 2);
         assert_eq!(totals.new_connection_tries, 2);
         assert_eq!(totals.cut_requests, 1);
+        // Three failed tries were retried: the second line's refused try,
+        // whose retry went over a pooled connection, the third's refused
+        // try (its retry was cut, connection age unknown) and the timed out
+        // one (its retry on a new connection).
+        assert_eq!(totals.failed_retried, 3);
+        assert_eq!(totals.failed_retried_pooled, 1);
     }
 
     #[test]
