@@ -10,13 +10,12 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use arbitrary::Arbitrary;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use libfuzzer_sys::fuzz_target;
-use observer::export::AgentState;
-use observer::export::http::route;
+use observer::export::http::serve_stream;
+use observer::export::{AgentState, ApiToken, HttpConfig, TokenScope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -54,6 +53,7 @@ struct Request<'a> {
     body: &'a [u8],
     /// Sent after the request as is: pipelined requests or garbage.
     trailing: &'a [u8],
+    protected: bool,
 }
 
 impl Request<'_> {
@@ -96,21 +96,12 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 /// Serves `request` on one in-memory connection; returns what the client
 /// read.
-async fn serve(request: Vec<u8>, state: AgentState) -> Vec<u8> {
+async fn serve(request: Vec<u8>, state: Arc<AgentState>, config: HttpConfig) -> Vec<u8> {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let (stop, stopped) = watch::channel(false);
     // Stopped from the start: the stream sends its first line and ends.
     stop.send_replace(true);
-    let service = service_fn(move |request| {
-        let state = state.clone();
-        let stopped = stopped.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(request, &state, stopped)) }
-    });
-    let server = tokio::spawn(async move {
-        let _ = http1::Builder::new()
-            .serve_connection(TokioIo::new(server), service)
-            .await;
-    });
+    let server = tokio::spawn(serve_stream(server, state, config, stopped));
     let (mut read, mut write) = tokio::io::split(client);
     let writer = async move {
         // The server may close before it has read everything: not an error.
@@ -128,15 +119,31 @@ async fn serve(request: Vec<u8>, state: AgentState) -> Vec<u8> {
     response
 }
 
-fn state() -> AgentState {
-    static STATE: OnceLock<AgentState> = OnceLock::new();
-    STATE.get_or_init(AgentState::default).clone()
+fn state() -> Arc<AgentState> {
+    static STATE: OnceLock<Arc<AgentState>> = OnceLock::new();
+    STATE.get_or_init(Default::default).clone()
+}
+
+/// Half the inputs meet a token-protected API (every path), so the
+/// `Authorization` check sees arbitrary headers too.
+fn config(protected: bool) -> HttpConfig {
+    HttpConfig {
+        token: protected.then(|| ApiToken::new("fuzz-token").expect("a valid token")),
+        token_scope: TokenScope {
+            metrics: protected,
+            probes: protected,
+        },
+        ..HttpConfig::default()
+    }
 }
 
 fuzz_target!(|request: Request| {
     let bytes = request.bytes();
     let response = runtime().block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), serve(bytes, state()))
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            serve(bytes, state(), config(request.protected)),
+        )
             .await
             .expect("the server answers and closes within 5 s")
     });

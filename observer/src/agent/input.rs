@@ -30,6 +30,9 @@ use crate::{
 };
 
 /// One input to the engine.
+// Connect records are nearly every input, so boxing them would cost an
+// allocation per event to save bytes on the rare cluster event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Input {
     Connect(ConnectRecord),
@@ -227,6 +230,7 @@ mod tests {
             pod_uid: None,
             container_id: None,
             retry: false,
+            retried: None,
             count: 1,
             watched: true,
             outcome: Outcome::Failed {
