@@ -76,6 +76,16 @@ enum Bench {
     /// delays of 0.5–10 s, with and without jitter, IPv4 and IPv6 (root;
     /// about 20 minutes).
     Lab,
+    /// The agent's watchers and engine loop at cluster scale, against the
+    /// API simulator in another process: 10 000 pods in 2 000
+    /// EndpointSlices, 500 terminations a minute with IP reuse, a watch
+    /// fault every 30 s; checks every termination is reported once, in
+    /// order, and measures the agent's memory and CPU.
+    Soak {
+        /// Minutes of churn (the whole run takes about a minute more).
+        #[arg(long, default_value_t = 3.0)]
+        minutes: f64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,7 +98,7 @@ fn main() -> anyhow::Result<()> {
                 "the probe benchmark loads eBPF programs and creates network namespaces; it",
             )?;
             run(cargo().args(["build", "--release", "-p", "observer"]))?;
-            let (table, status) = run_example("bench_probe")?;
+            let (table, status) = run_example("bench_probe", &[])?;
             if !status.success() {
                 anyhow::bail!("the probe benchmark failed with {status}");
             }
@@ -99,7 +109,7 @@ fn main() -> anyhow::Result<()> {
             what: Bench::Engine,
         } => {
             setup::setup()?;
-            let (table, status) = run_example("bench_engine")?;
+            let (table, status) = run_example("bench_engine", &[])?;
             if !status.success() {
                 anyhow::bail!("the engine benchmark failed with {status}");
             }
@@ -109,7 +119,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { what: Bench::Lab } => {
             require_root("the lab creates network namespaces and loads the eBPF probe; it")?;
             setup::setup()?;
-            let (table, status) = run_example("bench_lab")?;
+            let (table, status) = run_example("bench_lab", &[])?;
             // Exit code 2: the sweep ran but missed the target; the table
             // is still written down.
             if !status.success() && status.code() != Some(2) {
@@ -119,6 +129,24 @@ fn main() -> anyhow::Result<()> {
             docs::write_section("lab", &table)?;
             if !status.success() {
                 anyhow::bail!("the lab sweep missed its accuracy target (see docs/BENCHMARKS.md)");
+            }
+            Ok(())
+        }
+        Task::Bench {
+            what: Bench::Soak { minutes },
+        } => {
+            setup::setup()?;
+            let minutes = minutes.to_string();
+            let (table, status) = run_example("bench_soak", &["--minutes", &minutes])?;
+            // Exit code 2: the run finished but a check failed; the table
+            // is still written down.
+            if !status.success() && status.code() != Some(2) {
+                anyhow::bail!("the soak failed with {status}");
+            }
+            println!("{table}");
+            docs::write_section("soak", &table)?;
+            if !status.success() {
+                anyhow::bail!("the soak failed a check (see docs/BENCHMARKS.md)");
             }
             Ok(())
         }
@@ -142,7 +170,7 @@ fn main() -> anyhow::Result<()> {
 /// Runs an example of the observer crate, built optimised, so xtask itself
 /// never needs the eBPF toolchain. Returns its stdout (the table) and exit
 /// status; its stderr (progress) goes to the terminal.
-fn run_example(name: &str) -> anyhow::Result<(String, std::process::ExitStatus)> {
+fn run_example(name: &str, args: &[&str]) -> anyhow::Result<(String, std::process::ExitStatus)> {
     let output = cargo()
         .args([
             "run",
@@ -152,7 +180,9 @@ fn run_example(name: &str) -> anyhow::Result<(String, std::process::ExitStatus)>
             "observer",
             "--example",
             name,
+            "--",
         ])
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("running the {name} example"))?;
