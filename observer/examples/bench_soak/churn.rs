@@ -275,7 +275,7 @@ pub fn slot_order() -> Vec<usize> {
     order
 }
 
-/// Counts per simulator log, for the report.
+/// The simulator's log by pod UID.
 pub fn names_by_uid(log: &[TerminationLog]) -> BTreeMap<&str, &TerminationLog> {
     log.iter().map(|t| (t.uid.as_str(), t)).collect()
 }
