@@ -11,6 +11,13 @@
 /// Length of a task's `comm`, as in the kernel.
 pub const TASK_COMM_LEN: usize = 16;
 
+/// How long after a thread's failed connect (to a watched destination) the
+/// kernel also reports that thread's connects to destinations nobody
+/// watches: its retry usually goes to a healthy pod, and user space needs
+/// to see it to tell a failure the ingress hid from one users saw. User
+/// space pairs within its own, shorter retry window.
+pub const RETRY_REPORT_WINDOW_NS: u64 = 50_000_000;
+
 /// `AF_INET` and `AF_INET6`, as the tracepoints report them.
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;

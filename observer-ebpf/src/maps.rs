@@ -82,6 +82,12 @@ pub(crate) static CLOSED_TUPLES: LruHashMap<TupleKey, ClosedSyn> =
 pub(crate) static CONNECT_START: LruHashMap<u64, u64> =
     LruHashMap::with_max_entries(capacity::CONNECTING_TASKS, 0);
 
+/// When each thread's latest followed connect failed, so that its next
+/// connects (its retries) are reported wherever they go.
+#[map]
+pub(crate) static RECENT_FAILURES: LruHashMap<u64, u64> =
+    LruHashMap::with_max_entries(capacity::CONNECTING_TASKS, 0);
+
 /// When a connect of each task was last reported unreachable by the
 /// network (after its SYN): a blocking connect() then returns the same
 /// errno, which is not a failure before the SYN.

@@ -10,7 +10,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    DestKey, DestStats, StormKey, TASK_COMM_LEN, TupleKey, counter, flags, kind,
+    DestKey, DestStats, RETRY_REPORT_WINDOW_NS, StormKey, TASK_COMM_LEN, TupleKey, counter, flags,
+    kind,
 };
 
 use crate::*;
@@ -156,14 +157,21 @@ pub(crate) fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(),
     }
     let (family, daddr) = sk_destination(skaddr)?;
     let watched = is_watched(family, &daddr);
-    // Connects to destinations nobody watches cost the watch lookup only:
-    // if they fail, their close reports them from the socket itself.
-    if !watched && !full_attribution() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let now = now_ns();
+    // A thread whose connect just failed is retrying: its connects are
+    // reported (not followed) wherever they go.
+    // SAFETY: the value is a plain u64, copied out at once.
+    let retrying = !watched
+        && unsafe { RECENT_FAILURES.get(&pid_tgid) }
+            .is_some_and(|failed| now.saturating_sub(*failed) <= RETRY_REPORT_WINDOW_NS);
+    // Connects to destinations nobody watches cost the watch lookup and
+    // the thread's failure lookup only: if they fail, their close reports
+    // them from the socket itself.
+    if !watched && !retrying && !full_attribution() {
         return Ok(());
     }
-    let now = now_ns();
     let (family, saddr, daddr, _, dport) = sk_endpoints(skaddr)?;
-    let pid_tgid = bpf_get_current_pid_tgid();
     let info = SockInfo {
         syn_ns: now,
         // SAFETY: helper without arguments, valid in tracepoint context.
@@ -179,6 +187,14 @@ pub(crate) fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(),
         established: 0,
         watched: watched as u8,
     };
+    if !watched && !full_attribution() {
+        emit(|event| {
+            fill_from_sock(event, &info);
+            event.ts_ns = now;
+            event.kind = kind::CONNECT;
+        });
+        return Ok(());
+    }
     if SOCKS.insert(&skaddr, &info, 0).is_ok() {
         count_followed(1);
     } else {
@@ -194,7 +210,7 @@ pub(crate) fn on_syn_sent(ctx: &RawTracePointContext, skaddr: u64) -> Result<(),
         add(&mut stats.connects);
         stats.last_syn_ns = now;
     });
-    if watched {
+    if watched || retrying {
         emit(|event| {
             fill_from_sock(event, &info);
             event.ts_ns = now;
@@ -285,6 +301,7 @@ pub(crate) fn on_syn_closed(skaddr: u64, now: u64) -> Result<bool, i32> {
         }
     });
     let pid_tgid = (u64::from(info.tgid) << 32) | u64::from(info.pid);
+    set_time(&RECENT_FAILURES, pid_tgid, now);
     if errno == 0 {
         let closed = ClosedSyn {
             ts_ns: now,

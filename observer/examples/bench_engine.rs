@@ -35,7 +35,9 @@ const EVENT_SPACING_NS: u64 = 10_000;
 const TERMINATION_EVERY: Duration = Duration::from_millis(40);
 const TICK_EVERY: Duration = Duration::from_millis(100);
 
-/// One input to the engine.
+/// One input to the engine (as the agent's, unboxed: connects are
+/// nearly every input).
+#[allow(clippy::large_enum_variant)]
 enum Input {
     Connect(ConnectRecord),
     Cluster(StampedEvent),
@@ -272,6 +274,7 @@ impl Recording {
             pod_uid: None,
             container_id: None,
             retry: false,
+            retried: None,
             count: 1,
             watched,
             outcome,

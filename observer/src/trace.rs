@@ -103,6 +103,7 @@ mod tests {
             pod_uid: None,
             container_id: None,
             retry: false,
+            retried: None,
             count: 1,
             watched: false,
             outcome: Outcome::Failed {

@@ -1,7 +1,9 @@
 //! The manifests in deploy/: every kustomization renders, every object is
 //! a valid Kubernetes object with no unknown field, the DaemonSet is as
-//! unprivileged as the agent allows, and the ClusterRole grants exactly
-//! what the agent's watchers ask the API for.
+//! unprivileged as the agent allows, its API port listens on the pod IP
+//! and loopback only, the NetworkPolicy admits only Prometheus, the token
+//! overlay mounts its Secret, and the ClusterRole grants exactly what the
+//! agent's watchers ask the API for.
 
 // A test states what it expects with expect/unwrap: a failure there is the
 // test failing, with its message (the workspace denies them in runtime code).
@@ -20,6 +22,7 @@ use deploy_support::{
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -110,6 +113,7 @@ fn every_kustomization_renders_into_known_types_with_no_unknown_field() {
                 "ClusterRoleBinding" => drop(strictly::<ClusterRoleBinding>(doc)),
                 "Service" => drop(strictly::<Service>(doc)),
                 "DaemonSet" => drop(strictly::<DaemonSet>(doc)),
+                "NetworkPolicy" => drop(strictly::<NetworkPolicy>(doc)),
                 "ServiceMonitor" => {
                     let monitor = strictly::<ServiceMonitor>(doc);
                     assert_eq!(monitor.api_version, "monitoring.coreos.com/v1");
@@ -130,6 +134,7 @@ fn every_kustomization_renders_into_known_types_with_no_unknown_field() {
             "ClusterRoleBinding",
             "Service",
             "DaemonSet",
+            "NetworkPolicy",
         ]
         .map(String::from)
         .into();
@@ -234,10 +239,23 @@ fn daemonset_updates_without_a_gap_and_probes_the_agent() {
 
     let agent = agent_container(&ds);
     assert_eq!(agent.image.as_deref(), Some("localhost/observer:latest"));
+    // The API on the pod IP (probes, Prometheus) and loopback (kubectl
+    // port-forward), not on every interface; the pod IP from the downward
+    // API, passed bare so an IPv6 one needs no brackets.
     assert_eq!(
         agent.args.clone().unwrap_or_default(),
-        ["agent", "--listen", "0.0.0.0:9990"]
+        ["agent", "--listen=$(POD_IP)", "--listen=127.0.0.1:9990"]
     );
+    let pod_ip = agent
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == "POD_IP")
+        .and_then(|e| e.value_from)
+        .and_then(|v| v.field_ref)
+        .map(|f| f.field_path);
+    assert_eq!(pod_ip.as_deref(), Some("status.podIP"));
     let ports = agent.ports.clone().unwrap_or_default();
     assert!(
         ports
@@ -297,6 +315,96 @@ fn daemonset_updates_without_a_gap_and_probes_the_agent() {
         annotations.get("prometheus.io/port").map(String::as_str),
         Some("9990")
     );
+}
+
+#[test]
+fn network_policy_admits_only_prometheus_to_the_agent_port() {
+    let docs = render("deploy");
+    let policy: NetworkPolicy =
+        serde_json::from_value(find(&docs, "NetworkPolicy").clone()).expect("NetworkPolicy");
+    let spec = policy.spec.expect("spec");
+    let ds = daemonset(&docs);
+    let pod_labels = ds
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    let selected = spec
+        .pod_selector
+        .and_then(|s| s.match_labels)
+        .unwrap_or_default();
+    assert!(!selected.is_empty());
+    for (key, value) in &selected {
+        assert_eq!(
+            pod_labels.get(key),
+            Some(value),
+            "the policy selects the agent"
+        );
+    }
+    assert_eq!(
+        spec.policy_types,
+        Some(vec!["Ingress".to_string()]),
+        "egress stays open: the API server"
+    );
+    let rules = spec.ingress.unwrap_or_default();
+    assert_eq!(rules.len(), 1, "one rule: Prometheus");
+    let ports = rules[0].ports.clone().unwrap_or_default();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].port, Some(IntOrString::Int(PORT)));
+    let peers = rules[0].from.clone().unwrap_or_default();
+    assert_eq!(
+        peers.len(),
+        1,
+        "one peer, both selectors in it (AND, not OR)"
+    );
+    let namespace = peers[0]
+        .namespace_selector
+        .clone()
+        .and_then(|s| s.match_labels)
+        .unwrap_or_default();
+    let pods = peers[0]
+        .pod_selector
+        .clone()
+        .and_then(|s| s.match_labels)
+        .unwrap_or_default();
+    assert!(!namespace.is_empty() && !pods.is_empty(), "{peers:?}");
+    assert!(peers[0].ip_block.is_none());
+}
+
+#[test]
+fn api_token_overlay_mounts_the_secret_and_passes_it() {
+    let ds = daemonset(&render("deploy/overlays/api-token"));
+    let agent = agent_container(&ds);
+    let args = agent.args.clone().unwrap_or_default();
+    let token_file = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--api-token-file="))
+        .expect("--api-token-file");
+    let mount = agent
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| token_file.starts_with(&format!("{}/", m.mount_path)))
+        .expect("the token file is in a mount");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = ds
+        .spec
+        .template
+        .spec
+        .clone()
+        .and_then(|s| s.volumes)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == mount.name)
+        .expect("the mount's volume");
+    let secret = volume.secret.expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("observer-api-token"));
+    assert_ne!(secret.optional, Some(true), "no token, no start");
+    assert!(token_file.ends_with("/token"), "the Secret's key `token`");
+    // The probes stay open: they carry no token.
+    assert!(!args.iter().any(|a| a.contains("probes")), "{args:?}");
 }
 
 #[test]

@@ -133,6 +133,9 @@ struct Grants {
     memory_request_bytes: u64,
     /// Hide the kernel's BTF (/sys/kernel/btf) from the container.
     mask_btf: bool,
+    /// Another seccomp profile than the manifest's RuntimeDefault, as
+    /// podman's `--security-opt=seccomp=` takes it.
+    seccomp_instead: Option<String>,
 }
 
 fn daemonset_grants() -> Grants {
@@ -163,6 +166,7 @@ fn daemonset_grants() -> Grants {
         ),
         memory_request_bytes: parse_binary_quantity(&memory),
         mask_btf: false,
+        seccomp_instead: None,
     }
 }
 
@@ -260,10 +264,11 @@ fn run_flags(grants: &Grants, name: &str, netns: &Netns) -> Vec<String> {
         grants.seccomp_runtime_default,
         "the manifest asks for RuntimeDefault"
     );
-    flags.push(format!(
-        "--security-opt=seccomp={}",
-        runtime_default_seccomp().display()
-    ));
+    let profile = match &grants.seccomp_instead {
+        Some(profile) => profile.clone(),
+        None => runtime_default_seccomp().display().to_string(),
+    };
+    flags.push(format!("--security-opt=seccomp={profile}"));
     flags
 }
 
@@ -674,34 +679,158 @@ fn agent_runs_with_the_daemonset_grants_and_stops_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// How std shows errno `errno` (`Operation not permitted (os error 1)`):
+/// the kernel's answer, as no message of observer's own is worded.
+fn errno_text(errno: i32) -> String {
+    std::io::Error::from_raw_os_error(errno).to_string()
+}
+
+/// The errno a seccomp profile answers bpf() with for a container holding
+/// `granted`: that of the first ERRNO rule naming bpf() that applies (its
+/// `includes.caps` all granted, none of its `excludes.caps`), else the
+/// profile's `defaultErrnoRet` (EPERM when it names none). podman's
+/// profile answers EPERM by an explicit rule, and ENOSYS by default.
+fn seccomp_bpf_errno(profile: &Path, granted: &[String]) -> i32 {
+    let text = std::fs::read_to_string(profile).expect("the seccomp profile");
+    let profile: Value = serde_json::from_str(&text).expect("a JSON profile");
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+    let caps = |rule: &Value, key: &str| -> Vec<String> {
+        rule[key]["caps"]
+            .as_array()
+            .map(|caps| {
+                caps.iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let default = profile["defaultErrnoRet"]
+        .as_i64()
+        .map_or(libc::EPERM, |errno| errno as i32);
+    for rule in profile["syscalls"].as_array().expect("a syscalls list") {
+        let names_bpf = rule["names"]
+            .as_array()
+            .is_some_and(|names| names.iter().any(|n| n == "bpf"));
+        let applies = caps(rule, "includes").iter().all(|c| granted.contains(c))
+            && !caps(rule, "excludes").iter().any(|c| granted.contains(c));
+        if !(names_bpf && applies) {
+            continue;
+        }
+        assert_eq!(
+            rule["action"], "SCMP_ACT_ERRNO",
+            "the profile allows bpf() to {granted:?}: {rule}"
+        );
+        return rule["errnoRet"]
+            .as_i64()
+            .map_or(default, |errno| errno as i32);
+    }
+    default
+}
+
+/// The agent's own capability check, skipped below with `--skip-preflight`.
+const PREFLIGHT_MESSAGE: &str = "missing capabilities";
+
 #[test]
 fn each_grant_is_needed() {
     dist();
     let _serial = serial();
     let grants = daemonset_grants();
     let netns = Netns::create("obs-deploy-less").expect("namespace");
-    // Without each capability in turn, and without the kernel's BTF (which
-    // the container sees in /sys without any mount), the agent refuses to
-    // start and says what is missing.
-    let mut cases: Vec<(Grants, String)> = Vec::new();
+    // The agent's capability check is skipped (`--skip-preflight`), so
+    // what refuses each reduced grant is the kernel: its capability checks
+    // answer EPERM, a seccomp filter the errno its profile gives bpf(). (grants, what is
+    // missing, the bpf() command that must be refused as aya reports it,
+    // the errno.)
+    let mut cases: Vec<(Grants, String, &str, i32)> = Vec::new();
     for cap in &grants.capabilities {
+        // Without CAP_BPF nothing may be created (BPF_MAP_CREATE is the
+        // first call that matters); without CAP_PERFMON the maps are made
+        // but a tracing program may not be loaded (BPF_PROG_LOAD).
         let mut fewer = daemonset_grants();
         fewer.capabilities.retain(|c| c != cap);
-        cases.push((fewer, cap.clone()));
+        let (refused_call, under_runtime_default) = match cap.as_str() {
+            // The DaemonSet's profile lets bpf() through only with CAP_BPF:
+            // without it, the filter answers before the kernel's check.
+            "CAP_BPF" => (
+                "failed to create map",
+                seccomp_bpf_errno(runtime_default_seccomp(), &fewer.capabilities),
+            ),
+            "CAP_PERFMON" => ("BPF_PROG_LOAD", libc::EPERM),
+            other => panic!("no expectation for {other}: add one"),
+        };
+        cases.push((fewer, cap.clone(), refused_call, under_runtime_default));
+        // With no seccomp filter at all, only the kernel's capability
+        // check stands between the agent and bpf().
+        let mut unconfined = daemonset_grants();
+        unconfined.capabilities.retain(|c| c != cap);
+        unconfined.seccomp_instead = Some("unconfined".into());
+        cases.push((
+            unconfined,
+            format!("{cap} (seccomp unconfined)"),
+            refused_call,
+            libc::EPERM,
+        ));
     }
-    let mut no_btf = daemonset_grants();
-    no_btf.mask_btf = true;
-    cases.push((no_btf, "CONFIG_DEBUG_INFO_BTF".into()));
-    for (fewer, missing) in cases {
+    // Both capabilities, but podman's own default seccomp profile, which
+    // allows bpf() only to CAP_SYS_ADMIN (as older containerd and CRI-O
+    // releases do: overlays/unconfined-seccomp).
+    let mut stock_seccomp = daemonset_grants();
+    stock_seccomp.seccomp_instead = Some(PODMAN_SECCOMP.into());
+    cases.push((
+        stock_seccomp,
+        "a seccomp profile that allows bpf()".into(),
+        "failed to create map",
+        seccomp_bpf_errno(Path::new(PODMAN_SECCOMP), &grants.capabilities),
+    ));
+    for (fewer, missing, refused_call, errno) in cases {
         let container = Container::start(
             &run_flags(&fewer, "observer-deploy-less", &netns),
-            &["agent", "--no-kube"],
+            &["agent", "--no-kube", "--skip-preflight"],
         );
         container
             .wait_exit(Duration::from_secs(30))
             .unwrap_or_else(|| panic!("still running without {missing}:\n{}", container.logs()));
         let logs = container.logs();
+        eprintln!("without {missing}:\n{logs}");
         assert_ne!(container.exit_code(), 0, "without {missing}: {logs}");
-        assert!(logs.contains(&missing), "without {missing}: {logs}");
+        assert!(
+            logs.contains("capability check skipped"),
+            "without {missing}: the agent's own check was skipped: {logs}"
+        );
+        assert!(
+            !logs.contains(PREFLIGHT_MESSAGE),
+            "without {missing}: {logs}"
+        );
+        // The error the agent exits with (its chain may run on with a
+        // verifier log), not the warnings of aya's feature probes before it.
+        let error = logs
+            .find("error: ")
+            .map(|at| &logs[at..])
+            .unwrap_or_else(|| panic!("without {missing}: no error: {logs}"));
+        let expected = errno_text(errno);
+        assert!(
+            error.contains(refused_call) && error.contains(&expected),
+            "without {missing}: the kernel refuses {refused_call:?} with {expected:?}: {error}"
+        );
     }
+
+    // The kernel's BTF is the agent's own need, not the kernel's: user
+    // space reads the socket layout from it before loading anything. Hidden
+    // (the container sees it in /sys without any mount), the agent stops
+    // and names the kernel option that provides it.
+    let mut no_btf = daemonset_grants();
+    no_btf.mask_btf = true;
+    let container = Container::start(
+        &run_flags(&no_btf, "observer-deploy-less", &netns),
+        &["agent", "--no-kube", "--skip-preflight"],
+    );
+    container
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("still running without BTF:\n{}", container.logs()));
+    let logs = container.logs();
+    assert_ne!(container.exit_code(), 0, "without BTF: {logs}");
+    assert!(
+        logs.contains("CONFIG_DEBUG_INFO_BTF"),
+        "without BTF: {logs}"
+    );
 }

@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use observer::lab::report::{ConnectorRole, TerminationReport};
+use observer::lab::scenario::IngressKind;
 use observer::lab::{
     EngineMeasure, LabReport, LabScenario, ProbeOnlyMeasure, cgroup, render_summary, run_lab,
 };
@@ -241,6 +242,7 @@ async fn engine_gap_matches_nginx_truth() {
     assert_choices_within(&report, POOLED_TOLERANCE_MS);
     assert!(report.failed_connects() > 0, "failures are measured");
     assert!(report.recommendation.is_some(), "the engine recommends");
+    assert_hidden_failures_match(&report);
     // nginx retried the refused tries elsewhere, and old workers kept
     // retrying at the pods after they stopped choosing them: the engine's
     // last send sees those retries, its gap does not.
@@ -255,6 +257,132 @@ async fn engine_gap_matches_nginx_truth() {
             t.pod
         );
     }
+}
+
+/// The sandboxes linger past the propagation delay, so every address
+/// still resolves while nginx sends to it and the wire sees each send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_truth_agrees_with_nginx_log() {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let scenario = LabScenario {
+        pods: 2,
+        rollouts: 1,
+        propagation_delay: Duration::from_secs(1),
+        sandbox_linger: Duration::from_secs(4),
+        lab_id: 23,
+        ..LabScenario::default()
+    };
+    let report = run_lab(&scenario, false, EngineMeasure::default)
+        .await
+        .expect("lab run");
+    println!("{}", render_summary(&report));
+    assert_clean(&scenario);
+    assert_eq!(report.terminations.len(), 2);
+    assert_wire_agrees_with_the_log(&report);
+    assert_hidden_failures_match(&report);
+}
+
+/// The wire truth (frames on the lab's bridge) and nginx's log agree on
+/// each termination's last send, wherever the pod's address still
+/// resolved (else the wire cannot see the sends queued behind it).
+fn assert_wire_agrees_with_the_log(report: &LabReport) {
+    assert_eq!(report.wire.dropped, 0, "the capture lost frames");
+    for t in &report.terminations {
+        if t.wire_unresolved {
+            continue;
+        }
+        let error = t
+            .wire_error_ms()
+            .unwrap_or_else(|| panic!("{}: no wire truth: {t:?}", t.pod));
+        assert!(
+            error <= 5.0,
+            "{}: nginx's log says the last send was at {:?} ms, the wire {:?} ms",
+            t.pod,
+            t.truth_last_send_ms,
+            t.wire_last_send_ms
+        );
+    }
+    assert!(
+        report.terminations.iter().all(|t| !t.wire_unresolved),
+        "the wire saw every termination whole"
+    );
+}
+
+/// Failed connects split into those the ingress retried elsewhere and
+/// those users saw, within 5 % of the ingress's own records.
+fn assert_hidden_failures_match(report: &LabReport) {
+    let h = &report.hidden;
+    assert!(h.truth_retried > 0, "the ingress retried failures: {h:?}");
+    assert!(
+        h.retried_error_percent() <= 5.0 && h.not_retried_error_percent() <= 5.0,
+        "measured {} retried / {} not, the ingress's records {} / {}",
+        h.measured_retried,
+        h.measured_not_retried,
+        h.truth_retried,
+        h.truth_not_retried
+    );
+}
+
+/// HAProxy, its servers changed in place over the runtime API (no
+/// reload), `retries 3` with `option redispatch`: the last send against
+/// the wire truth, the failures it hid against its own log, and the
+/// recommendation verified. The sandboxes linger past the propagation
+/// delay, so the wire sees every send. One connection per request: a
+/// retry over a pooled connection to a healthy pod makes no connect, and
+/// the kernel cannot see it (docs/ENGINE.md, "Hidden failures").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_matches_the_wire_and_its_own_retries() {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let scenario = LabScenario {
+        pods: 3,
+        rollouts: 1,
+        propagation_delay: Duration::from_millis(1000),
+        jitter: Duration::from_millis(300),
+        sandbox_linger: Duration::from_secs(3),
+        upstream_keepalive: 0,
+        ingress: IngressKind::Haproxy,
+        lab_id: 22,
+        ..LabScenario::default()
+    };
+    let report = run_lab(&scenario, true, EngineMeasure::default)
+        .await
+        .expect("lab run");
+    println!("{}", render_summary(&report));
+    assert_clean(&scenario);
+    assert_eq!(report.terminations.len(), 3);
+    assert_eq!(report.wire.dropped, 0, "the capture lost frames");
+    for t in &report.terminations {
+        assert!(
+            !t.wire_unresolved,
+            "{}: the wire missed sends: {t:?}",
+            t.pod
+        );
+        let wire = t.wire_last_send_ms.unwrap_or(0.0);
+        let send = t.measured_last_send_ms.unwrap_or(0.0);
+        let gap = t.measured_gap_ms.unwrap_or(0.0);
+        assert!(
+            (send - wire).abs() <= POOLED_TOLERANCE_MS,
+            "{}: the wire's last send {wire} ms, measured {send} ms",
+            t.pod
+        );
+        // The gap ends at the last choice: at or before the last send,
+        // which may be a retry (the wire cannot tell one from a choice).
+        assert!(
+            gap <= wire + POOLED_TOLERANCE_MS,
+            "{}: the wire's last send {wire} ms, measured gap {gap} ms",
+            t.pod
+        );
+    }
+    assert!(report.failed_connects() > 0, "failures are measured");
+    assert_hidden_failures_match(&report);
+    let verify = report.verify.expect("verified");
+    assert_eq!(
+        (verify.failed_connects, verify.client_errors),
+        (0, 0),
+        "the recommended preStop removes every failure"
+    );
 }
 
 /// `--keep-logs` keeps nginx's logs and the connect records the engine

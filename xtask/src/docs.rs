@@ -8,6 +8,11 @@ use anyhow::{Context as _, bail};
 const PATH: &str = "docs/BENCHMARKS.md";
 
 pub fn write_section(name: &str, body: &str) -> anyhow::Result<()> {
+    write_section_from(name, &format!("cargo xtask bench {name}"), body)
+}
+
+/// As [`write_section`], naming the command that measured the figures.
+pub fn write_section_from(name: &str, command: &str, body: &str) -> anyhow::Result<()> {
     let begin = format!("<!-- {name}:begin -->");
     let end = format!("<!-- {name}:end -->");
     let page = fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
@@ -20,7 +25,7 @@ pub fn write_section(name: &str, body: &str) -> anyhow::Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let updated = format!(
-        "{}{begin}\nLast run: {date}, `cargo xtask bench {name}`.\n\n{body}{}",
+        "{}{begin}\nLast run: {date}, `{command}`.\n\n{body}{}",
         &page[..start],
         &page[stop..]
     );

@@ -22,6 +22,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("nftables", "rejecting and dropping SYNs in the tests"),
     ("nginx", "the lab's ingress"),
+    (
+        "haproxy",
+        "the lab's second ingress (updated over its runtime API)",
+    ),
     ("curl", "the lab's bystander pod, scraping pod IPs"),
     ("bpftrace", "the probe benchmark's comparison"),
     ("wrk", "the probe benchmark's load on the lab's ingress"),

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use observer::lab::app;
+use observer::lab::ingress::DataPlane as _;
 use observer::lab::netns::{LabNet, Netns, Registry};
 use observer::lab::nginx::{Nginx, NginxPaths};
 use tokio::runtime::Handle;

@@ -36,6 +36,9 @@ use crate::{
 };
 
 /// One input to the engine.
+// Connect records are nearly every input, so boxing them would cost an
+// allocation per event to save bytes on the rare cluster event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Input {
     Connect(ConnectRecord),
@@ -229,6 +232,7 @@ mod tests {
             pod_uid: None,
             container_id: None,
             retry: false,
+            retried: None,
             count: 1,
             watched: true,
             outcome: Outcome::Failed {

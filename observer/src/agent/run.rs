@@ -16,15 +16,18 @@ use crate::{
     cluster::{self, ClientSource, WatchConfig, WatchCounters},
     connector::CgroupResolver,
     engine::{Engine, EngineConfig, IngressConfig},
-    export::{AgentState, HttpServer},
+    export::{AgentState, HttpConfig, HttpServer},
     probe::{Probe, ProbeOptions},
 };
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
-    /// Address of the HTTP port (metrics, health, API); `None` serves none.
-    pub listen: Option<SocketAddr>,
+    /// Addresses of the HTTP port (metrics, health, API); empty serves
+    /// none.
+    pub listen: Vec<SocketAddr>,
+    /// The HTTP server's limits and token.
+    pub http: HttpConfig,
     /// NDJSON output of closed terminations and findings; `-` is stdout.
     pub output: Option<PathBuf>,
     /// Also write every input to this recording (for `observer replay`).
@@ -45,7 +48,8 @@ pub struct AgentOptions {
 impl Default for AgentOptions {
     fn default() -> Self {
         AgentOptions {
-            listen: None,
+            listen: Vec::new(),
+            http: HttpConfig::default(),
             output: None,
             record: None,
             kube: ClientSource::Infer,
@@ -186,13 +190,23 @@ pub async fn run_agent(options: AgentOptions, state: AgentState) -> anyhow::Resu
     state.set_snapshot(engine.snapshot(MonoTime::now()));
     state.set_probe_attached(true);
     state.with_metrics(|m| m.set_sync_failure_hook(probe.sync_failure_hook()));
-    let http = match options.listen {
-        Some(addr) => Some(HttpServer::start(addr, Arc::new(state.clone())).await?),
-        None => None,
+    let http = if options.listen.is_empty() {
+        None
+    } else {
+        let server = HttpServer::start(
+            &options.listen,
+            Arc::new(state.clone()),
+            options.http.clone(),
+        )
+        .await?;
+        tracing::info!(
+            addrs = ?server.local_addrs,
+            token = options.http.token.is_some(),
+            max_connections = options.http.limits.max_connections,
+            "serving /metrics and /api/v1"
+        );
+        Some(server)
     };
-    if let Some(server) = &http {
-        tracing::info!(addr = %server.local_addr, "serving /metrics and /api/v1");
-    }
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(StateSink::new(state.clone()))];
     if let Some(path) = &options.output {
         sinks.push(Box::new(NdjsonSink::create(path)?));

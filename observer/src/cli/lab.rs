@@ -81,7 +81,7 @@ pub struct LabArgs {
     /// scraper. 0: no bystander.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub bystander_qps: u32,
-    /// Idle connections each nginx worker keeps open to the pods (nginx's
+    /// Idle connections the ingress keeps open to the pods (nginx's
     /// `keepalive N` in the upstream block, HTTP/1.1 to the pods). Real
     /// ingresses pool by default (ingress-nginx:
     /// upstream-keepalive-connections 320), so requests reach a terminating
@@ -89,6 +89,21 @@ pub struct LabArgs {
     /// exits at once on SIGTERM cuts them. 0: a new connection per request.
     #[arg(long, default_value_t = lab::scenario::DEFAULT_UPSTREAM_KEEPALIVE, value_name = "N")]
     pub upstream_keepalive: u32,
+    /// How long a pod's sandbox (its network namespace) outlives its app:
+    /// the kubelet noticing the exit and tearing the sandbox down. Until
+    /// then the pod's address refuses connects; after it, connects meet a
+    /// vanished address (unreachable or timed out).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub sandbox_linger: Duration,
+    /// The ingress data plane. nginx: the config is rewritten and nginx
+    /// reloaded on every endpoint change; the truth is its access log
+    /// (which knows each try's address and whether it was a retry) and
+    /// the wire. haproxy: servers are changed in place over HAProxy's
+    /// runtime API (no reload), `retries 3` with `option redispatch`; the
+    /// truth is the wire (every SYN and request the ingress put on the
+    /// lab's bridge), and HAProxy's log tells which failures it retried.
+    #[arg(long, value_enum, default_value_t = lab::scenario::IngressKind::Nginx)]
+    pub ingress: lab::scenario::IngressKind,
     /// Keeps concurrent labs apart: namespaces obslab<ID>-*, cgroups
     /// obslab<ID>.slice, pod CIDR 10.247.<ID>.0/24 (fd00:247:<ID>::/120).
     #[arg(long, default_value_t = 0, value_name = "ID")]
@@ -116,6 +131,8 @@ impl LabArgs {
             probe_period: self.probe_period,
             bystander_qps: self.bystander_qps,
             upstream_keepalive: self.upstream_keepalive,
+            ingress: self.ingress,
+            sandbox_linger: self.sandbox_linger,
             lab_id: self.lab_id,
             ..LabScenario::default()
         }

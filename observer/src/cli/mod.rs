@@ -44,6 +44,11 @@ pub struct ProbeArgs {
     /// ingress is known by its process name only.
     #[arg(long)]
     pub full_attribution: bool,
+    /// For tests only: skip the capability check, so that a missing grant
+    /// fails in the kernel (bpf() refused) rather than in the agent's own
+    /// check. Hidden from --help.
+    #[arg(long, hide = true)]
+    pub skip_preflight: bool,
 }
 
 impl Default for ProbeArgs {
@@ -54,6 +59,7 @@ impl Default for ProbeArgs {
             sync_failure_hook: SyncFailureHook::Auto,
             retry_window: observer::probe::decode::DEFAULT_RETRY_WINDOW,
             full_attribution: false,
+            skip_preflight: false,
         }
     }
 }
@@ -66,6 +72,7 @@ impl ProbeArgs {
             hooks_only: false,
             full_attribution: self.full_attribution,
             retry_window: Some(self.retry_window),
+            skip_preflight: self.skip_preflight,
         }
     }
 }

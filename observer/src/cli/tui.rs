@@ -8,8 +8,8 @@ use clap::Args;
 
 use observer::{
     agent::{self, AgentOptions},
-    export::AgentState,
-    tui::{self, TuiOptions},
+    export::{AgentState, ApiToken},
+    tui::{self, RemoteOptions, TuiOptions},
 };
 
 use super::{EngineArgs, KubeArgs};
@@ -20,6 +20,10 @@ pub struct TuiArgs {
     /// running the probe here; a lost agent is shown and reconnected.
     #[arg(long, value_delimiter = ',', value_name = "URL[,URL...]")]
     pub agents: Vec<String>,
+    /// With --agents: the agents' API token (`agent --api-token-file`),
+    /// read from this file and sent as `Authorization: Bearer …`.
+    #[arg(long, value_name = "FILE", requires = "agents")]
+    pub api_token_file: Option<PathBuf>,
     /// Where logs go while the TUI owns the terminal.
     #[arg(long, default_value = "observer-tui.log", value_name = "FILE")]
     pub log_file: PathBuf,
@@ -41,7 +45,14 @@ impl TuiArgs {
             options.export_path = path.clone();
         }
         if !self.agents.is_empty() {
-            return tui::run_remote(&self.agents, options).await;
+            let remote = RemoteOptions {
+                api_token: match &self.api_token_file {
+                    Some(path) => Some(ApiToken::from_file(path).context("--api-token-file")?),
+                    None => None,
+                },
+                ..RemoteOptions::default()
+            };
+            return tui::run_remote(&self.agents, remote, options).await;
         }
         let state = AgentState::default();
         let updates = tui::follow_local(state.clone());

@@ -2,11 +2,12 @@
 //! it is a new connection attempt, and how it failed. Shared by the live
 //! path and the replay buffer so both count the same way.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::connector::ConnectorRole;
 use crate::clock::MonoTime;
 use crate::probe::decode::{ConnectRecord, FailureClass, Outcome};
+use crate::probe::retry::RetriedFailure;
 
 /// The part of a connect record the engine keeps (fixed size, no heap), so
 /// buffering recent connects costs no allocation.
@@ -42,6 +43,8 @@ pub struct ConnectFact {
     /// in the engine's table.
     pub role: ConnectorRole,
     pub connector: u16,
+    /// The failure elsewhere this send retried (hid from the user).
+    pub retried: Option<RetriedFailure>,
 }
 
 impl ConnectFact {
@@ -84,6 +87,17 @@ impl ConnectFact {
             count: record.count.max(1),
             role,
             connector,
+            retried: record.retried,
         }
+    }
+
+    /// How a retry names this failure, if it is one the decoder could
+    /// pair with a retry: one failure (not a storm's count), dated by its
+    /// record.
+    pub fn failure_key(&self) -> Option<RetriedFailure> {
+        (self.failure.is_some() && self.count == 1).then_some(RetriedFailure {
+            dst: SocketAddr::new(self.ip, self.port),
+            at: self.ts,
+        })
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod connect;
 pub mod connector;
 pub mod findings;
+pub mod hidden;
 pub mod recommend;
 pub mod record;
 pub mod replay;
@@ -26,10 +27,12 @@ use std::net::IpAddr;
 use crate::clock::MonoTime;
 use crate::cluster::{ChangeKind, ClusterChange, ClusterModel, PodRef, StampedEvent};
 use crate::probe::decode::{ConnectRecord, FailureClass};
+use crate::probe::retry::RetriedFailure;
 
 use connect::ConnectFact;
 use connector::{ConnectorRole, Connectors, IngressStatus};
 use findings::{RecentlyReady, RetiredIps, classify};
+use hidden::RetryCredits;
 use replay::ReplayBuffer;
 use samples::Samples;
 use window::Window;
@@ -61,6 +64,8 @@ pub struct Engine {
     retired: RetiredIps,
     ready: RecentlyReady,
     counters: EngineCounters,
+    /// Retries whose failure no window has counted yet.
+    credits: RetryCredits,
     /// The newest time any input carried: the engine's notion of now.
     latest: MonoTime,
 }
@@ -79,6 +84,7 @@ impl Engine {
             retired: RetiredIps::default(),
             ready: RecentlyReady::default(),
             counters: EngineCounters::default(),
+            credits: RetryCredits::default(),
             latest: MonoTime(0),
         }
     }
@@ -97,9 +103,19 @@ impl Engine {
         {
             window.touch(fact.ts);
             if window.accepts(&fact) {
-                window.apply(&fact, self.connectors.name(connector));
+                apply(
+                    window,
+                    &fact,
+                    self.connectors.name(connector),
+                    &mut self.credits,
+                );
                 in_window = true;
             }
+        }
+        if role == ConnectorRole::Ingress
+            && let Some(failure) = fact.retried
+        {
+            self.credit_retry(failure);
         }
         let Some(class) = fact.failure else {
             return;
@@ -116,6 +132,19 @@ impl Engine {
             self.count_failure(PodState::Terminating, class, fact.count);
         } else {
             self.on_failure(record, &fact, class, out);
+        }
+    }
+
+    /// Counts the failure a retry named as retried, in the window that
+    /// counted it; else the retry waits for it.
+    fn credit_retry(&mut self, failure: RetriedFailure) {
+        let credited = self
+            .model
+            .pod_for_ip_at(failure.dst.ip(), failure.at)
+            .and_then(|pod| self.windows.get_mut(&pod.uid))
+            .is_some_and(|window| window.credit_retry(failure));
+        if !credited {
+            self.credits.remember(failure);
         }
     }
 
@@ -207,10 +236,17 @@ impl Engine {
             }
             ChangeKind::PodRemoved { pod } => self.removed(&pod, at, false, out),
             ChangeKind::PodRemovedWhileUnwatched { pod } => {
-                if !self.windows.contains_key(&pod.uid) {
-                    // Deleted and gone while unwatched: the start of its
-                    // termination is unknown, but connects to it from now
-                    // on are still worth counting.
+                // Deleted and gone while unwatched: the start of its
+                // termination is unknown, but connects to it from now on
+                // are still worth counting. A pod whose deletion was seen
+                // already had its window (perhaps closed since, when its
+                // address went to another pod): a second would report the
+                // termination twice.
+                let deletion_seen = self
+                    .model
+                    .pod(&pod.uid)
+                    .is_some_and(|record| record.deletion.is_some());
+                if !deletion_seen {
                     self.open(&pod, at, true, out);
                 }
                 self.removed(&pod, at, true, out);
@@ -256,7 +292,8 @@ impl Engine {
             }
             window.touch(fact.ts);
             if window.accepts(fact) {
-                window.apply(fact, self.connectors.name(fact.connector));
+                let name = self.connectors.name(fact.connector);
+                apply(&mut window, fact, name, &mut self.credits);
             }
         }
         out.push(Output::TerminationOpened(window.record.clone()));
@@ -304,6 +341,8 @@ impl Engine {
             );
         }
         self.counters.terminations_closed += 1;
+        self.counters.failures_retried += record.failures_retried;
+        self.counters.failures_not_retried += record.failures_not_retried;
         if self.recent.len() >= RECENT_CLOSED {
             self.recent.pop_front();
         }
@@ -349,6 +388,7 @@ impl Engine {
     pub fn on_tick(&mut self, now: MonoTime, out: &mut Vec<Output>) {
         self.latest = self.latest.max(now);
         self.replay.expire(now);
+        self.credits.expire(now);
         self.ready.expire(now);
         let quiet = self.config.quiet_period;
         let due: Vec<(String, CloseReason)> = self
@@ -434,7 +474,20 @@ impl Engine {
             retired_ips: self.retired.len(),
             recently_ready: self.ready.len(),
             model_pods: self.model.stats().pods,
+            retry_credits: self.credits.len(),
         }
+    }
+}
+
+/// Applies a connect to a window; a failure that a retry already named is
+/// counted as retried at once.
+fn apply(window: &mut Window, fact: &ConnectFact, connector: &str, credits: &mut RetryCredits) {
+    window.apply(fact, connector);
+    if fact.role == ConnectorRole::Ingress
+        && let Some(failure) = fact.failure_key()
+        && credits.take(failure)
+    {
+        window.credit_retry(failure);
     }
 }
 
@@ -448,4 +501,7 @@ pub struct EngineSizes {
     pub retired_ips: usize,
     pub recently_ready: usize,
     pub model_pods: usize,
+    /// Retries waiting for the failure they name.
+    #[serde(default)]
+    pub retry_credits: usize,
 }

@@ -158,6 +158,15 @@ pub struct PodTermination {
     pub last_failure: Option<MonoTime>,
     pub connects_after_deletion: u64,
     pub failures: FailureCounts,
+    /// Of `failures`, those the ingress retried to another endpoint: the
+    /// user got an answer (later). Hidden failures.
+    #[serde(default)]
+    pub failures_retried: u64,
+    /// Of `failures`, those no retry followed: the user got an error
+    /// (or a failure the kernel counted in a storm, which cannot be
+    /// paired with its retry).
+    #[serde(default)]
+    pub failures_not_retried: u64,
     /// last_choice − deletion_seen; 0 when the ingress chose the pod
     /// nothing after deletion.
     pub propagation_gap_ns: Option<i64>,
@@ -256,6 +265,12 @@ pub struct EngineCounters {
     /// findings, never in `failures_by_state`), by role.
     #[serde(default)]
     pub bystander_failures: BTreeMap<ConnectorRole, u64>,
+    /// The ingress's failures to terminating pods, over closed
+    /// terminations: retried (hidden from users) and not.
+    #[serde(default)]
+    pub failures_retried: u64,
+    #[serde(default)]
+    pub failures_not_retried: u64,
 }
 
 impl EngineCounters {

@@ -5,15 +5,20 @@ use std::net::IpAddr;
 
 use super::connect::ConnectFact;
 use super::connector::ConnectorRole;
+use super::hidden::FailureSet;
 use super::record::{CloseReason, ConnectorActivity, FailureCounts, PodTermination};
 use crate::clock::MonoTime;
 use crate::cluster::{ClusterModel, PodRecord};
+use crate::probe::retry::RetriedFailure;
 
 /// Distinct connectors kept per termination.
 pub const MAX_CONNECTORS: usize = 16;
 /// Failures kept with their times per termination (the first ones: the
 /// start of trouble is what a timeline needs).
 pub const MAX_FAILURE_TIMES: usize = 64;
+/// The ingress's failures per termination that a later retry may still
+/// name (the newest are kept; one beyond stays `not_retried`).
+pub const MAX_UNRETRIED: usize = 4096;
 
 /// What is known about the pod's configuration, kept for recommendations.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -39,6 +44,8 @@ pub struct Window {
     /// Latest of deletion_seen, removal, and any connect to the pod's IPs:
     /// the quiet period counts from here.
     pub last_activity: MonoTime,
+    /// The ingress's failures no retry has named yet.
+    unretried: FailureSet,
 }
 
 impl Window {
@@ -79,6 +86,8 @@ impl Window {
             last_failure: None,
             connects_after_deletion: 0,
             failures: FailureCounts::default(),
+            failures_retried: 0,
+            failures_not_retried: 0,
             propagation_gap_ns: None,
             control_plane_lag_ns: None,
             dataplane_lag_ns: None,
@@ -98,6 +107,7 @@ impl Window {
             removed_at: None,
             removed_while_unwatched: false,
             last_activity: deletion_seen,
+            unretried: FailureSet::default(),
         };
         window.refresh_from_model(model);
         window
@@ -191,6 +201,9 @@ impl Window {
         }
         if let Some(class) = fact.failure {
             r.failures.add_n(class, fact.count);
+            if let Some(key) = fact.failure_key() {
+                self.unretried.insert(key, MAX_UNRETRIED);
+            }
             r.first_failure = Some(r.first_failure.map_or(fact.ts, |t| t.min(fact.ts)));
             r.last_failure = r.last_failure.max(Some(fact.ts));
             if r.failure_times.len() < MAX_FAILURE_TIMES {
@@ -200,6 +213,17 @@ impl Window {
             }
         }
         self.derive();
+    }
+
+    /// Counts `failure`, one of this window's, as retried by the ingress
+    /// (hidden from the user); whether it was one of them.
+    pub fn credit_retry(&mut self, failure: RetriedFailure) -> bool {
+        if !self.unretried.remove(failure) {
+            return false;
+        }
+        self.record.failures_retried += 1;
+        self.derive();
+        true
     }
 
     /// Notes activity on the pod's IPs (any port), restarting the quiet period.
@@ -273,6 +297,7 @@ impl Window {
         let t0 = r.deletion_seen;
         // No choice after deletion: the ingress stopped in time, gap 0.
         r.propagation_gap_ns = Some(r.last_choice.map_or(0, |last| last.signed_since(t0)));
+        r.failures_not_retried = r.failures.total().saturating_sub(r.failures_retried);
         r.control_plane_lag_ns = r.endpoint_not_ready.map(|t| t.signed_since(t0));
         r.dataplane_lag_ns = match (r.last_choice, r.endpoint_not_ready) {
             (Some(last), Some(not_ready)) => Some(last.signed_since(not_ready)),

@@ -41,6 +41,15 @@ pub struct FailureLabels {
     pub pod_state: String,
 }
 
+/// The ingress's failed connects to terminating pods, by whether it hid
+/// them with a retry: `retried` or `not_retried` (two values).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HiddenLabels {
+    pub namespace: String,
+    pub service: String,
+    pub outcome: String,
+}
+
 fn gap_histogram() -> Histogram {
     Histogram::new(GAP_BUCKETS)
 }
@@ -49,6 +58,7 @@ pub struct Metrics {
     registry: Registry,
     propagation_gap: Family<ServiceLabels, Histogram, fn() -> Histogram>,
     failed_connects: Family<FailureLabels, Counter>,
+    connect_failures: Family<HiddenLabels, Counter>,
     recommended_prestop: Family<ServiceLabels, Gauge>,
     terminations: Counter,
     events_processed: Counter,
@@ -100,6 +110,15 @@ impl Metrics {
             "failed_connects",
             "Failed TCP connects by failure class and the destination pod's state",
             failed_connects.clone(),
+        );
+        let connect_failures = Family::<HiddenLabels, Counter>::default();
+        registry.register(
+            "connect_failures",
+            "The ingress's failed connects to terminating pods, per Service, counted when the \
+             termination closes: outcome=\"retried\" when the ingress retried the request on \
+             another endpoint (a failure hidden from the user, who got a slower answer), \
+             \"not_retried\" when no retry followed (the user got an error)",
+            connect_failures.clone(),
         );
         let recommended_prestop = Family::<ServiceLabels, Gauge>::default();
         registry.register(
@@ -182,6 +201,7 @@ impl Metrics {
             last_bystander_failures: std::collections::BTreeMap::new(),
             propagation_gap,
             failed_connects,
+            connect_failures,
             recommended_prestop,
             terminations,
             events_processed,
@@ -207,17 +227,31 @@ impl Metrics {
                 })
                 .inc_by(connector.connects);
         }
+        let services: Vec<&str> = if termination.services.is_empty() {
+            vec![""]
+        } else {
+            termination.services.iter().map(String::as_str).collect()
+        };
+        for service in &services {
+            for (outcome, n) in [
+                ("retried", termination.failures_retried),
+                ("not_retried", termination.failures_not_retried),
+            ] {
+                self.connect_failures
+                    .get_or_create(&HiddenLabels {
+                        namespace: termination.namespace.clone(),
+                        service: service.to_string(),
+                        outcome: outcome.into(),
+                    })
+                    .inc_by(n);
+            }
+        }
         let Some(gap_ns) = termination.propagation_gap_ns else {
             return;
         };
         if termination.deletion_observed_late {
             return;
         }
-        let services: Vec<&str> = if termination.services.is_empty() {
-            vec![""]
-        } else {
-            termination.services.iter().map(String::as_str).collect()
-        };
         for service in services {
             self.propagation_gap
                 .get_or_create(&ServiceLabels {
@@ -338,6 +372,26 @@ mod tests {
     fn value(text: &str, metric: &str) -> Option<u64> {
         text.lines()
             .find_map(|line| line.strip_prefix(metric)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn hidden_and_visible_failures_are_counted_per_service() {
+        let metrics = Metrics::default();
+        let mut termination = crate::tui::fixtures::recent_terminations().remove(0);
+        termination.namespace = "shop".into();
+        termination.services = vec!["web".into()];
+        termination.failures_retried = 7;
+        termination.failures_not_retried = 2;
+        metrics.record_termination(&termination);
+        metrics.record_termination(&termination);
+        let text = metrics.encode();
+        let line = |outcome: &str| {
+            format!(
+                "observer_connect_failures_total{{namespace=\"shop\",service=\"web\",outcome=\"{outcome}\"}} "
+            )
+        };
+        assert_eq!(value(&text, &line("retried")), Some(14), "{text}");
+        assert_eq!(value(&text, &line("not_retried")), Some(4), "{text}");
     }
 
     #[test]

@@ -129,6 +129,7 @@ mod tests {
             pod_uid: None,
             container_id: None,
             retry: false,
+            retried: None,
             count: 1,
             watched: true,
             outcome,

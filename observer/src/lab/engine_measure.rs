@@ -275,5 +275,6 @@ fn to_measurement(t: &PodTermination) -> Option<PodMeasurement> {
             .last_send
             .map(|last| last.signed_since(t.deletion_seen) as f64 / 1e6),
         failures: t.failures,
+        failures_retried: Some(t.failures_retried),
     })
 }

@@ -18,8 +18,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::nginx::Nginx;
 use crate::clock::MonoTime;
+
+/// An ingress data plane the controller configures: nginx (rewritten and
+/// reloaded) or HAProxy (changed in place through its runtime API).
+pub trait DataPlane: Send + Sync + 'static {
+    /// Routes to exactly `upstreams` from now on.
+    fn apply(&self, upstreams: &[SocketAddr]) -> super::Result<()>;
+}
 
 /// How the controller lags behind the API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,12 +71,12 @@ impl Jitter {
     }
 }
 
-/// One configuration nginx was given.
+/// One configuration the data plane was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
     /// When the controller saw the EndpointSlice change.
     pub seen: MonoTime,
-    /// When nginx was told to reload.
+    /// When the data plane was told (nginx: reloaded).
     pub applied: MonoTime,
     pub upstreams: Vec<SocketAddr>,
 }
@@ -107,7 +113,7 @@ pub struct IngressController {
 }
 
 impl IngressController {
-    pub fn start(client: kube::Client, nginx: Arc<Nginx>, config: IngressConfig) -> Self {
+    pub fn start(client: kube::Client, plane: Arc<dyn DataPlane>, config: IngressConfig) -> Self {
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let (applied_tx, applied) = watch::channel(Vec::new());
         let history = Arc::new(Mutex::new(Vec::new()));
@@ -115,7 +121,7 @@ impl IngressController {
         let selector = format!("kubernetes.io/service-name={}", config.service);
         let watch_task = tokio::spawn(watch_slices(api, selector, changes_tx));
         let apply_task = tokio::spawn(apply_changes(
-            nginx,
+            plane,
             config,
             changes_rx,
             applied_tx,
@@ -128,7 +134,7 @@ impl IngressController {
         }
     }
 
-    /// Waits until nginx has been given an upstream set satisfying `f`.
+    /// Waits until the data plane has been given an upstream set satisfying `f`.
     pub async fn wait_applied(&mut self, f: impl Fn(&[SocketAddr]) -> bool) -> bool {
         self.applied.wait_for(|set| f(set)).await.is_ok()
     }
@@ -203,7 +209,7 @@ async fn watch_slices(
 
 /// Applies each change after its (jittered) delay, in order.
 async fn apply_changes(
-    nginx: Arc<Nginx>,
+    plane: Arc<dyn DataPlane>,
     config: IngressConfig,
     mut changes: mpsc::UnboundedReceiver<(MonoTime, Vec<SocketAddr>)>,
     applied: watch::Sender<Vec<SocketAddr>>,
@@ -217,7 +223,7 @@ async fn apply_changes(
         let due = (Instant::now() + delay.saturating_sub(waited)).max(not_before);
         tokio::time::sleep_until(due).await;
         not_before = due;
-        if let Err(error) = nginx.apply(&set) {
+        if let Err(error) = plane.apply(&set) {
             tracing::warn!(%error, "lab ingress: could not apply a configuration");
             continue;
         }

@@ -80,6 +80,9 @@ pub struct PodMeasurement {
     /// when the measurement cannot tell.
     pub measured_last_send_ms: Option<f64>,
     pub failures: FailureCounts,
+    /// Of `failures`, those the ingress retried elsewhere (hidden); None
+    /// when the measurement cannot tell.
+    pub failures_retried: Option<u64>,
 }
 
 /// Everything a measurement reports at the end.
@@ -184,6 +187,7 @@ pub fn gaps_from_records(
             // SYNs alone say nothing of pooled sends.
             measured_last_send_ms: None,
             failures,
+            failures_retried: None,
         });
     }
     out
@@ -269,14 +273,14 @@ impl LabMeasure for ProbeOnlyMeasure {
 
 /// An address range, to keep only connects to pod IPs.
 #[derive(Clone, Copy, Debug)]
-struct Subnet {
+pub(super) struct Subnet {
     base: u128,
     mask: u128,
     v6: bool,
 }
 
 impl Subnet {
-    fn parse(cidr: &str) -> Result<Subnet> {
+    pub(super) fn parse(cidr: &str) -> Result<Subnet> {
         PodSubnet::parse(cidr)?;
         let bad = || LabError::Invalid(format!("pod CIDR {cidr:?}"));
         let (addr, len) = cidr.split_once('/').ok_or_else(bad)?;
@@ -298,7 +302,7 @@ impl Subnet {
         })
     }
 
-    fn contains(&self, ip: IpAddr) -> bool {
+    pub(super) fn contains(&self, ip: IpAddr) -> bool {
         let (raw, v6) = match ip {
             IpAddr::V4(a) => (u128::from(u32::from(a)), false),
             IpAddr::V6(a) => (u128::from(a), true),
@@ -381,6 +385,7 @@ mod tests {
             pod_uid: None,
             container_id: None,
             retry: false,
+            retried: None,
             count: 1,
             watched: true,
             outcome,

@@ -19,6 +19,7 @@ pub mod app;
 pub mod cgroup;
 pub mod connectors;
 pub mod engine_measure;
+pub mod haproxy;
 pub mod ingress;
 pub mod load;
 pub mod measure;
@@ -30,6 +31,7 @@ pub mod prober;
 pub mod report;
 pub mod scenario;
 pub mod truth;
+pub mod wire;
 
 pub use engine_measure::EngineMeasure;
 pub use measure::{LabContext, LabMeasure, Measurements, PodMeasurement, ProbeOnlyMeasure};

@@ -229,16 +229,6 @@ impl Nginx {
         self.listen
     }
 
-    /// Rewrites the config for `upstreams` and reloads (SIGHUP): the master
-    /// starts new workers and lets the old ones finish their requests.
-    pub fn apply(&self, upstreams: &[SocketAddr]) -> Result<()> {
-        write_config(
-            &self.paths,
-            &render_config(&self.paths, self.listen, upstreams, self.keepalive),
-        )?;
-        self.signal(libc::SIGHUP)
-    }
-
     fn signal(&self, signal: libc::c_int) -> Result<()> {
         // SAFETY: kill(2) has no memory preconditions; `master` is the
         // positive pid of the nginx master this lab started.
@@ -259,6 +249,18 @@ impl Nginx {
         while Instant::now() < deadline && process_exists(self.master) {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+impl super::ingress::DataPlane for Nginx {
+    /// Rewrites the config for `upstreams` and reloads (SIGHUP): the master
+    /// starts new workers and lets the old ones finish their requests.
+    fn apply(&self, upstreams: &[SocketAddr]) -> Result<()> {
+        write_config(
+            &self.paths,
+            &render_config(&self.paths, self.listen, upstreams, self.keepalive),
+        )?;
+        self.signal(libc::SIGHUP)
     }
 }
 

@@ -40,6 +40,13 @@ pub struct ScenarioSummary {
     /// connection per request (what reports without the field ran).
     #[serde(default)]
     pub upstream_keepalive: u32,
+    /// The lab's ingress: `nginx` or `haproxy`.
+    #[serde(default = "nginx")]
+    pub ingress: String,
+}
+
+fn nginx() -> String {
+    "nginx".into()
 }
 
 pub use crate::engine::ConnectorActivity;
@@ -110,6 +117,20 @@ pub struct TerminationReport {
     #[serde(default)]
     pub measured_last_send_ms: Option<f64>,
     pub failures: FailureCounts,
+    /// Of `failures`, those the measurement found the ingress retried
+    /// elsewhere (hidden from users), when it tells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures_retried: Option<u64>,
+    /// The wire truth: the ingress's last SYN or data segment to the pod
+    /// on the lab's bridge − deletion.
+    #[serde(default)]
+    pub wire_last_send_ms: Option<f64>,
+    /// The wire saw the ingress ask for the pod's link address after its
+    /// last segment: connects queued behind an unanswered neighbour
+    /// solicitation never reach the wire, so the wire's last send is a
+    /// lower bound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wire_unresolved: bool,
     /// Who connected after the deletion, as the measurement tells them
     /// apart (empty when it does not).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -121,6 +142,15 @@ impl TerminationReport {
     /// gap of 0 on either side (the engine reports it as 0).
     pub fn error_ms(&self) -> f64 {
         (self.measured_gap_ms.unwrap_or(0.0) - self.truth_gap_ms.unwrap_or(0.0)).abs()
+    }
+
+    /// |truth − wire| of the last send, in ms, where both exist and the
+    /// wire saw every send.
+    pub fn wire_error_ms(&self) -> Option<f64> {
+        if self.wire_unresolved {
+            return None;
+        }
+        Some((self.truth_last_send_ms? - self.wire_last_send_ms?).abs())
     }
 
     /// |measured − truth| of the last send, in ms, when the measurement
@@ -172,6 +202,53 @@ pub struct LabReport {
     pub recommendation: Option<Recommendation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyReport>,
+    /// The ingress's failures: hidden by its retries or seen by users.
+    #[serde(default)]
+    pub hidden: HiddenReport,
+    /// How the wire capture went.
+    #[serde(default)]
+    pub wire: WireReport,
+}
+
+/// Failed connects the ingress retried elsewhere (hidden: users got a
+/// slower answer) and those it did not (users got an error), as measured
+/// and as the ingress's own records tell (nginx: its access log's tries;
+/// HAProxy: its log's connect retries and server-side failures).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HiddenReport {
+    pub measured_retried: u64,
+    pub measured_not_retried: u64,
+    pub truth_retried: u64,
+    pub truth_not_retried: u64,
+}
+
+impl HiddenReport {
+    /// |measured − truth| / truth of the retried count, in percent (0 when
+    /// both are 0).
+    pub fn retried_error_percent(&self) -> f64 {
+        percent_off(self.measured_retried, self.truth_retried)
+    }
+
+    pub fn not_retried_error_percent(&self) -> f64 {
+        percent_off(self.measured_not_retried, self.truth_not_retried)
+    }
+}
+
+fn percent_off(measured: u64, truth: u64) -> f64 {
+    if measured == truth {
+        return 0.0;
+    }
+    (measured as f64 - truth as f64).abs() * 100.0 / (truth.max(1) as f64)
+}
+
+/// The wire capture's own account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireReport {
+    /// Frames the kernel dropped from the capture (the truth is incomplete
+    /// when not zero).
+    pub dropped: u64,
+    /// How far realtime − monotonic moved over the capture, ns.
+    pub clock_drift_ns: i64,
 }
 
 impl LabReport {
@@ -183,6 +260,12 @@ impl LabReport {
     /// Requests cut in flight over the run (the truth's).
     pub fn cut_requests(&self) -> u64 {
         self.ingress.cut_requests
+    }
+
+    /// Every failed connect was hidden by a retry: users saw no error, but
+    /// the rollout was not clean (their answers were slower).
+    pub fn only_hidden_failures(&self) -> bool {
+        self.client.errors == 0 && self.failed_connects() > 0
     }
 
     /// The largest |measured − truth| over terminations where both exist.
@@ -230,7 +313,8 @@ pub fn render_summary(report: &LabReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "lab: {} pods, {} rollouts, propagation delay {} ms ± {} ms, preStop {} ms, grace {} s, drain {} ms, app latency {} ms, {} qps, {}{}, {}; probes every {} ms, bystander {} qps",
+        "lab ({}): {} pods, {} rollouts, propagation delay {} ms ± {} ms, preStop {} ms, grace {} s, drain {} ms, app latency {} ms, {} qps, {}{}, {}; probes every {} ms, bystander {} qps",
+        s.ingress,
         s.pods,
         s.rollouts,
         s.propagation_delay_ms,
@@ -254,11 +338,12 @@ pub fn render_summary(report: &LabReport) -> String {
     // ERR compare the measurement's gap with the truth's choice gap.
     let _ = writeln!(
         out,
-        "{:<28} {:<24} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5} {:>8} {:>8} {:>6}",
+        "{:<28} {:<24} {:>10} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5} {:>8} {:>8} {:>6}",
         "POD",
         "IP",
         "CHOICE ms",
         "LAST SEND",
+        "WIRE",
         "MEASURED",
         "ERR ms",
         "RETRY",
@@ -272,11 +357,16 @@ pub fn render_summary(report: &LabReport) -> String {
         let f = &t.failures;
         let _ = writeln!(
             out,
-            "{:<28} {:<24} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5} {:>8} {:>8} {:>6}",
+            "{:<28} {:<24} {:>10} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5} {:>8} {:>8} {:>6}",
             t.pod,
             t.ip.to_string(),
             ms(t.truth_gap_ms),
             ms(t.truth_last_send_ms),
+            format!(
+                "{}{}",
+                ms(t.wire_last_send_ms),
+                if t.wire_unresolved { "+" } else { "" }
+            ),
             ms(t.measured_gap_ms),
             ms(Some(t.error_ms())),
             t.retries,
@@ -297,10 +387,37 @@ pub fn render_summary(report: &LabReport) -> String {
         ms(report.max_error_ms()),
     );
     let n = &report.ingress;
+    if s.ingress == "nginx" {
+        let _ = writeln!(
+            out,
+            "nginx: {} requests, {} tries: {} pooled, {} on new connections, {} retries, {} cut in flight",
+            n.requests, n.tries, n.pooled_tries, n.new_connection_tries, n.retries, n.cut_requests
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{}: {} requests, {} connect retries",
+            s.ingress, n.requests, n.retries
+        );
+    }
+    let h = &report.hidden;
     let _ = writeln!(
         out,
-        "nginx: {} requests, {} tries: {} pooled, {} on new connections, {} retries, {} cut in flight",
-        n.requests, n.tries, n.pooled_tries, n.new_connection_tries, n.retries, n.cut_requests
+        "failed connects: {} retried elsewhere (hidden), {} not retried; the ingress's own records: {} retried, {} not retried",
+        h.measured_retried, h.measured_not_retried, h.truth_retried, h.truth_not_retried
+    );
+    if report.only_hidden_failures() {
+        out.push_str(
+            "hidden failures: users saw no error, but every failed connect cost a retry \
+             (a slower answer); this rollout was not clean\n",
+        );
+    }
+    let w = &report.wire;
+    let _ = writeln!(
+        out,
+        "wire: {} frames dropped, clock drift {} µs over the capture (WIRE + : the pod's address stopped resolving, a lower bound)",
+        w.dropped,
+        w.clock_drift_ns / 1000
     );
     let sv = &report.served;
     let _ = writeln!(
@@ -354,6 +471,7 @@ mod tests {
                 probe_period_ms: 500,
                 bystander_qps: 20,
                 upstream_keepalive: 32,
+                ingress: "nginx".into(),
             },
             terminations: vec![
                 TerminationReport {
@@ -366,6 +484,9 @@ mod tests {
                     cut_requests: 2,
                     measured_gap_ms: Some(1012.5),
                     measured_last_send_ms: None,
+                    failures_retried: Some(40),
+                    wire_last_send_ms: Some(1890.4),
+                    wire_unresolved: false,
                     failures: FailureCounts {
                         refused: 40,
                         host_unreachable: 2,
@@ -399,6 +520,9 @@ mod tests {
                     measured_gap_ms: None,
                     measured_last_send_ms: None,
                     failures: FailureCounts::default(),
+                    failures_retried: Some(0),
+                    wire_last_send_ms: None,
+                    wire_unresolved: false,
                     connectors: vec![ConnectorReport {
                         name: "kubelet".into(),
                         role: ConnectorRole::Kubelet,
@@ -419,6 +543,8 @@ mod tests {
                 pooled_tries: 850,
                 new_connection_tries: 47,
                 cut_requests: 3,
+                failed_retried: 41,
+                failed_not_retried: 2,
             },
             served: ServedReport {
                 ingress: 900,
@@ -431,6 +557,13 @@ mod tests {
                 termination_grace_period_seconds: 33,
             }),
             verify: None,
+            hidden: HiddenReport {
+                measured_retried: 40,
+                measured_not_retried: 2,
+                truth_retried: 41,
+                truth_not_retried: 2,
+            },
+            wire: WireReport::default(),
         }
     }
 
@@ -471,7 +604,12 @@ mod tests {
             client_errors: 0,
         });
         let text = render_summary(&report);
-        assert!(text.contains("2 pods, 1 rollouts, propagation delay 1000 ms"));
+        assert!(text.contains("lab (nginx): 2 pods, 1 rollouts, propagation delay 1000 ms"));
+        assert!(text.contains(
+            "failed connects: 40 retried elsewhere (hidden), 2 not retried; the ingress's own records: 41 retried, 2 not retried"
+        ), "{text}");
+        assert!(!text.contains("hidden failures:"), "users saw 3 errors");
+        assert!((report.hidden.retried_error_percent() - 100.0 / 41.0).abs() < 1e-9);
         let row = text.lines().find(|l| l.starts_with("web-1")).unwrap();
         assert!(row.contains("1010.0") && row.contains("1012.5") && row.contains("2.5"));
         assert!(row.contains("1890.0") && row.contains(" 55 "), "{row}");
@@ -497,6 +635,20 @@ mod tests {
         assert!(
             text.contains("  kubelet (kubelet) until +8.4 s"),
             "the latest: {text}"
+        );
+        let row = text.lines().find(|l| l.starts_with("web-1")).unwrap();
+        assert!(row.contains("1890.4"), "the wire's last send: {row}");
+    }
+
+    #[test]
+    fn failures_users_never_saw_are_reported_as_hidden_not_clean() {
+        let mut report = sample();
+        report.client.errors = 0;
+        let text = render_summary(&report);
+        assert!(report.only_hidden_failures());
+        assert!(
+            text.contains("hidden failures: users saw no error"),
+            "{text}"
         );
     }
 }

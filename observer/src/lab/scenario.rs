@@ -10,18 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cgroup;
-use super::ingress::{IngressConfig, IngressController};
+use super::haproxy::{Haproxy, HaproxyPaths, HaproxySettings, HaproxyTotals, parse_log_line};
+use super::ingress::{DataPlane, IngressConfig, IngressController};
 use super::load::{LoadClient, LoadConfig};
 use super::measure::{ConnectorsByPod, KnownPod, LabContext, LabMeasure, Measurements};
 use super::neighbours::{self, Bystander, NeighbourPod, Targets};
-use super::netns::{LabNet, Registry};
+use super::netns::{BRIDGE, LabNet, Registry};
 use super::nginx::{Nginx, NginxPaths, parse_access_line};
 use super::pod::{LabPods, PodBehaviour};
 use super::report::{
-    ClientReport, ConnectorReport, FailureCounts, LabReport, ScenarioSummary, ServedReport,
-    TerminationReport, VerifyReport,
+    ClientReport, ConnectorReport, FailureCounts, HiddenReport, LabReport, ScenarioSummary,
+    ServedReport, TerminationReport, VerifyReport, WireReport,
 };
 use super::truth::{PodTruth, TimelineRecorder, TryTotals, WallToMono, compute_truth};
+use super::wire::WireCapture;
 use super::{LabError, Result};
 use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, ServicePort, SimServer};
 
@@ -30,6 +32,27 @@ const DEPLOYMENT: &str = "web";
 const POD_PORT: u16 = 8080;
 /// nginx's address inside the ingress namespace.
 const NGINX_LISTEN: &str = "127.0.0.1:8000";
+
+/// The lab's ingress data plane.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IngressKind {
+    /// nginx, its config rewritten and reloaded on every endpoint change
+    /// (as ingress-nginx does without its Lua balancer).
+    #[default]
+    Nginx,
+    /// HAProxy, its servers changed in place through the runtime API (as
+    /// HAProxy- and Envoy-based ingresses do).
+    Haproxy,
+}
+
+impl IngressKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngressKind::Nginx => "nginx",
+            IngressKind::Haproxy => "haproxy",
+        }
+    }
+}
 
 /// What to run. `Default` gives the documented defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +102,7 @@ pub struct LabScenario {
     /// `keepalive`); later requests go over them without a connect. Zero:
     /// one new connection per request.
     pub upstream_keepalive: u32,
+    pub ingress: IngressKind,
 }
 
 /// Real ingresses pool upstream connections by default (ingress-nginx keeps
@@ -107,6 +131,7 @@ impl Default for LabScenario {
             probe_period: Duration::from_secs(1),
             bystander_qps: 5,
             upstream_keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
+            ingress: IngressKind::Nginx,
         }
     }
 }
@@ -159,6 +184,7 @@ impl LabScenario {
             probe_period_ms: self.probe_period.as_millis() as u64,
             bystander_qps: self.bystander_qps,
             upstream_keepalive: self.upstream_keepalive,
+            ingress: self.ingress.as_str().into(),
         }
     }
 
@@ -347,23 +373,38 @@ async fn run(
         net.subnet.gateway,
         listen.port(),
     )?;
-    let nginx = {
-        let (net, paths, registry) = (net.clone(), NginxPaths::new(&dir.0), registry.clone());
+    let plane = {
+        let (net, registry) = (net.clone(), registry.clone());
         let cgroup = ingress_pod.cgroup.path();
         let keepalive = scenario.upstream_keepalive;
-        Arc::new(
-            blocking(move || {
-                Nginx::start(
+        let (kind, dir) = (scenario.ingress, dir.0.clone());
+        let pods = scenario.pods;
+        blocking(move || {
+            Ok(match kind {
+                IngressKind::Nginx => Plane::Nginx(Arc::new(Nginx::start(
                     &net.ingress,
-                    paths,
+                    NginxPaths::new(&dir),
                     listen,
                     keepalive,
                     &registry,
                     Some(&cgroup),
-                )
+                )?)),
+                IngressKind::Haproxy => Plane::Haproxy(Arc::new(Haproxy::start(
+                    &net.ingress,
+                    HaproxyPaths::new(&dir),
+                    listen,
+                    HaproxySettings {
+                        // A rollout surges to twice the pods at most.
+                        pods: pods * 2,
+                        port: POD_PORT,
+                        keepalive,
+                    },
+                    &registry,
+                    Some(&cgroup),
+                )?)),
             })
-            .await?,
-        )
+        })
+        .await?
     };
     let bystander = match &targets {
         Some(targets) => {
@@ -384,7 +425,7 @@ async fn run(
     let timelines = TimelineRecorder::start(cluster.events());
     let mut ingress = IngressController::start(
         client.clone(),
-        nginx.clone(),
+        plane.data_plane(),
         IngressConfig {
             namespace: NAMESPACE.into(),
             service: DEPLOYMENT.into(),
@@ -407,7 +448,7 @@ async fn run(
     let ingress_bound = scenario.propagation_delay + scenario.jitter + Duration::from_secs(15);
     tokio::time::timeout(ingress_bound, ingress.wait_applied(|s| s.len() == want))
         .await
-        .map_err(|_| LabError::Timeout("nginx to get the first pods".into()))?;
+        .map_err(|_| LabError::Timeout("the ingress to get the first pods".into()))?;
 
     let ctx = LabContext {
         client: client.clone(),
@@ -425,6 +466,13 @@ async fn run(
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let clock = WallToMono::measure();
+    let wire = {
+        let subnet = super::measure::Subnet::parse(&scenario.pod_cidr())?;
+        let gateway = net.subnet.gateway;
+        WireCapture::start(&net.ingress, BRIDGE, gateway, move |ip| {
+            ip != gateway && subnet.contains(ip)
+        })?
+    };
     let run_bound = (scenario.rollout_bound() + scenario.propagation_delay) * scenario.rollouts
         + scenario.quiet()
         + Duration::from_secs(60);
@@ -454,14 +502,40 @@ async fn run(
     let measured = measure.finish().await?;
     let connectors = measure.connectors();
 
-    let log_path = nginx.paths().access_log();
-    let log = std::fs::read_to_string(&log_path)
-        .map_err(LabError::io(format!("reading {}", log_path.display())))?;
+    let wire = wire.stop()?;
     if let Some(dir) = &scenario.keep_logs {
-        keep_logs(dir, &scenario.name_prefix(), nginx.paths())?;
+        keep_logs(dir, &scenario.name_prefix(), &plane.logs())?;
     }
-    let entries: Vec<_> = log.lines().filter_map(parse_access_line).collect();
-    let mut truth = compute_truth(&timelines.timelines(), &entries, clock);
+    let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(&path).map_err(LabError::io(format!("reading {}", path.display())))
+    };
+    let timelines = timelines.timelines();
+    let (mut truth, totals, hidden_truth) = match &plane {
+        Plane::Nginx(nginx) => {
+            let log = read(nginx.paths().access_log())?;
+            let entries: Vec<_> = log.lines().filter_map(parse_access_line).collect();
+            let totals = TryTotals::from_log(&entries);
+            let truth = compute_truth(&timelines, &entries, clock, &wire);
+            (
+                truth,
+                totals,
+                (totals.failed_retried, totals.failed_not_retried),
+            )
+        }
+        Plane::Haproxy(haproxy) => {
+            let log = read(haproxy.paths().access_log())?;
+            let requests: Vec<_> = log.lines().filter_map(parse_log_line).collect();
+            let own = HaproxyTotals::from_log(&requests);
+            let mut truth = compute_truth(&timelines, &[], clock, &wire);
+            truth.iter_mut().for_each(PodTruth::take_wire_as_truth);
+            let totals = TryTotals {
+                requests: own.requests,
+                retries: own.retried,
+                ..TryTotals::default()
+            };
+            (truth, totals, (own.retried, own.not_retried))
+        }
+    };
     truth.sort_by_key(|t| t.deletion);
 
     // Tear down in order: the controllers first, then pods and nginx.
@@ -475,7 +549,7 @@ async fn run(
     })
     .await?;
     drop(bystander);
-    drop((nginx, net));
+    drop((plane, net));
     // Its cgroup goes last: nothing of nginx is left in it.
     drop(ingress_pod);
 
@@ -495,9 +569,38 @@ async fn run(
         },
     );
     report.served = served;
-    report.ingress = TryTotals::from_log(&entries);
+    report.ingress = totals;
+    report.hidden.truth_retried = hidden_truth.0;
+    report.hidden.truth_not_retried = hidden_truth.1;
+    report.wire = WireReport {
+        dropped: wire.dropped,
+        clock_drift_ns: wire.clock_drift_ns,
+    };
     add_connectors(&mut report, &connectors);
     Ok(report)
+}
+
+/// The running ingress data plane.
+enum Plane {
+    Nginx(Arc<Nginx>),
+    Haproxy(Arc<Haproxy>),
+}
+
+impl Plane {
+    fn data_plane(&self) -> Arc<dyn DataPlane> {
+        match self {
+            Plane::Nginx(nginx) => nginx.clone(),
+            Plane::Haproxy(haproxy) => haproxy.clone(),
+        }
+    }
+
+    /// Its logs: (access, error).
+    fn logs(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        match self {
+            Plane::Nginx(nginx) => (nginx.paths().access_log(), nginx.paths().error_log()),
+            Plane::Haproxy(haproxy) => (haproxy.paths().access_log(), haproxy.paths().error_log()),
+        }
+    }
 }
 
 /// The lab's fixed addresses: nginx's (the bridge), the node's end, the
@@ -564,11 +667,15 @@ fn kept_records(scenario: &LabScenario) -> Result<Option<std::path::PathBuf>> {
     ))))
 }
 
-fn keep_logs(dir: &std::path::Path, prefix: &str, paths: &super::nginx::NginxPaths) -> Result<()> {
+fn keep_logs(
+    dir: &std::path::Path,
+    prefix: &str,
+    (access, error): &(std::path::PathBuf, std::path::PathBuf),
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(LabError::io(format!("creating {}", dir.display())))?;
-    for (from, name) in [(paths.access_log(), "access"), (paths.error_log(), "error")] {
+    for (from, name) in [(access, "access"), (error, "error")] {
         let to = dir.join(format!("{prefix}-{name}.log"));
-        std::fs::copy(&from, &to).map_err(LabError::io(format!(
+        std::fs::copy(from, &to).map_err(LabError::io(format!(
             "copying {} to {}",
             from.display(),
             to.display()
@@ -606,11 +713,22 @@ pub fn build_report(
                 measured_gap_ms: m.and_then(|m| m.measured_gap_ms),
                 measured_last_send_ms: m.and_then(|m| m.measured_last_send_ms),
                 failures: m.map(|m| m.failures).unwrap_or_else(FailureCounts::default),
+                failures_retried: m.and_then(|m| m.failures_retried),
+                wire_last_send_ms: t.wire_last_send_ms(),
+                wire_unresolved: t.wire.unresolved_after,
                 connectors: Vec::new(),
             }
         })
         .collect();
+    let mut hidden = HiddenReport::default();
+    for m in &measured.pods {
+        let retried = m.failures_retried.unwrap_or(0);
+        hidden.measured_retried += retried;
+        hidden.measured_not_retried += m.failures.total().saturating_sub(retried);
+    }
     LabReport {
+        hidden,
+        wire: WireReport::default(),
         scenario: scenario.summary(),
         terminations,
         client,

@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 use super::nginx::AccessEntry;
+use super::wire::{WireLog, WireSends};
 use crate::clock::MonoTime;
 use observer_sim::LifecycleEvent;
 
@@ -61,6 +62,11 @@ impl WallToMono {
 
     pub fn from_offset_ns(offset_ns: i64) -> WallToMono {
         WallToMono { offset_ns }
+    }
+
+    /// realtime − monotonic, in nanoseconds.
+    pub fn offset_ns(self) -> i64 {
+        self.offset_ns
     }
 
     pub fn to_mono(self, wall_ns: u64) -> MonoTime {
@@ -188,6 +194,26 @@ pub struct PodTruth {
     /// Counted by when the cut happened (the try's end), since a request
     /// sent just before the deletion is cut by the app's exit after it.
     pub cut_requests: u64,
+    /// What the wire saw the ingress send to the pod's address from the
+    /// deletion until another pod took it.
+    pub wire: WireSends,
+}
+
+impl PodTruth {
+    /// For an ingress whose log does not say where each try went
+    /// (HAProxy): the wire is the truth. It cannot tell a retry from a
+    /// choice, so the last send is taken for both.
+    pub fn take_wire_as_truth(&mut self) {
+        self.last_send = self.wire.last_send();
+        self.last_choice = self.last_send;
+        self.truth_gap_ms = ms_since(self.last_choice, self.deletion);
+        self.truth_last_send_ms = ms_since(self.last_send, self.deletion);
+    }
+
+    /// The wire's last send − deletion, in ms.
+    pub fn wire_last_send_ms(&self) -> Option<f64> {
+        ms_since(self.wire.last_send(), self.deletion)
+    }
 }
 
 /// Every try in nginx's log over the whole run: how much it pooled,
@@ -205,6 +231,13 @@ pub struct TryTotals {
     pub new_connection_tries: u64,
     /// Tries cut in flight.
     pub cut_requests: u64,
+    /// Failed tries nginx retried on another upstream (hidden from the
+    /// user), and failed tries that were their request's last (the user
+    /// got the error).
+    #[serde(default)]
+    pub failed_retried: u64,
+    #[serde(default)]
+    pub failed_not_retried: u64,
 }
 
 impl TryTotals {
@@ -213,6 +246,18 @@ impl TryTotals {
             requests: log.len() as u64,
             ..TryTotals::default()
         };
+        for entry in log {
+            let last = entry.tries.len().saturating_sub(1);
+            for (i, try_) in entry.tries.iter().enumerate() {
+                if try_.failed() {
+                    if i < last {
+                        t.failed_retried += 1;
+                    } else {
+                        t.failed_not_retried += 1;
+                    }
+                }
+            }
+        }
         for try_ in log.iter().flat_map(|e| &e.tries) {
             t.tries += 1;
             t.retries += u64::from(try_.retry);
@@ -236,6 +281,7 @@ pub fn compute_truth(
     pods: &[PodTimeline],
     log: &[AccessEntry],
     clock: WallToMono,
+    wire: &WireLog,
 ) -> Vec<PodTruth> {
     let mut out = Vec::new();
     for pod in pods {
@@ -262,6 +308,7 @@ pub fn compute_truth(
             retries: 0,
             pooled_tries: 0,
             cut_requests: 0,
+            wire: wire.sends_to(ip, deletion, end),
         };
         for try_ in log.iter().flat_map(|e| &e.tries) {
             if try_.addr.ip() != ip {
@@ -347,7 +394,7 @@ mod tests {
             entry(&[("10.0.0.2:8080", wall(7_250), 502)]),
             entry(&[("10.0.0.3:8080", wall(9_000), 200)]),
         ];
-        let truth = compute_truth(&pods, &log, clock);
+        let truth = compute_truth(&pods, &log, clock, &WireLog::default());
         assert_eq!(truth.len(), 1, "only terminated pods have a truth");
         assert_eq!(truth[0].pod, "a");
         assert_eq!(truth[0].truth_gap_ms, Some(2_250.0));
@@ -393,7 +440,7 @@ mod tests {
         let clock = WallToMono::from_offset_ns(0);
         let deletion = 1_796_182_004_000 * MS;
         let pods = vec![timeline("p2", "10.247.31.2", 0, Some(deletion))];
-        let truth = &compute_truth(&pods, &log, clock)[0];
+        let truth = &compute_truth(&pods, &log, clock, &WireLog::default())[0];
         assert_eq!(truth.tries_after_deletion, 4);
         assert_eq!(truth.retries, 2);
         assert_eq!(truth.pooled_tries, 2);
@@ -423,7 +470,7 @@ mod tests {
                 ("10.0.0.2:8080", 7_000 * MS, 200),
             ]),
         ];
-        let truth = &compute_truth(&pods, &log, clock)[0];
+        let truth = &compute_truth(&pods, &log, clock, &WireLog::default())[0];
         assert_eq!(truth.truth_gap_ms, Some(500.0));
         assert_eq!(truth.truth_last_send_ms, Some(6_000.0));
         assert_eq!(truth.retries, 1);
@@ -436,7 +483,7 @@ mod tests {
         // Sent 15 ms before the deletion, cut by the exit 5 ms after it.
         let line = r#"1.005 0.020 502 "10.0.0.2:8080, 10.0.0.3:8080" "0.020, 0.000" "502, 502" "0.000, -" "-, -" "-""#;
         let log = vec![crate::lab::nginx::parse_access_line(line).unwrap()];
-        let truth = &compute_truth(&pods, &log, clock)[0];
+        let truth = &compute_truth(&pods, &log, clock, &WireLog::default())[0];
         assert_eq!(truth.cut_requests, 1);
         assert_eq!(truth.tries_after_deletion, 0, "it started before");
         assert_eq!(truth.truth_gap_ms, None);
@@ -453,7 +500,7 @@ mod tests {
             entry(&[("10.0.0.2:8080", 2_000 * MS, 502)]),
             entry(&[("10.0.0.2:8080", 4_000 * MS, 200)]),
         ];
-        let truth = compute_truth(&pods, &log, clock);
+        let truth = compute_truth(&pods, &log, clock, &WireLog::default());
         assert_eq!(truth[0].truth_gap_ms, Some(1_000.0));
         assert_eq!(truth[0].tries_after_deletion, 1);
     }
@@ -462,7 +509,12 @@ mod tests {
     fn no_try_after_deletion_has_no_gap() {
         let pods = vec![timeline("a", "10.0.0.2", 0, Some(1_000 * MS))];
         let log = vec![entry(&[("10.0.0.2:8080", 500 * MS, 200)])];
-        let truth = compute_truth(&pods, &log, WallToMono::from_offset_ns(0));
+        let truth = compute_truth(
+            &pods,
+            &log,
+            WallToMono::from_offset_ns(0),
+            &WireLog::default(),
+        );
         assert_eq!(truth[0].truth_gap_ms, None);
     }
 

@@ -15,7 +15,7 @@ use observer_common::{AF_INET, AF_INET6, ConnectEvent, flags, kind};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::retry::RetryTracker;
+use super::retry::{RetriedFailure, RetryTracker};
 use crate::clock::MonoTime;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -217,6 +217,10 @@ pub struct ConnectRecord {
     /// "Choices and retries"; `probe::retry`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry: bool,
+    /// The failure a retry was paired with (set with `retry`): that
+    /// failure was hidden from the user, who got an answer from elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried: Option<RetriedFailure>,
     /// How many failures this record stands for: more than one for a
     /// failure storm the kernel counted instead of sending each failure
     /// (`probe::storm`); `ts` and `syn` are then the latest ones.
@@ -256,6 +260,7 @@ impl ConnectRecord {
             container_id: None,
             watched: raw.watched,
             retry: false,
+            retried: None,
             count: 1,
             outcome,
         }
@@ -352,9 +357,10 @@ impl OutcomeJoiner {
         match raw.kind {
             kind::CONNECT => {
                 let mut record = ConnectRecord::from_raw(&raw, Outcome::Connect);
-                record.retry = self
+                record.retried = self
                     .retries
                     .syn_is_retry(raw.pid, raw.cgroup_id, raw.ts, raw.dst);
+                record.retry = record.retried.is_some();
                 out.push(record);
             }
             kind::SENT => {
@@ -363,9 +369,10 @@ impl OutcomeJoiner {
                 // The owner thread is the connecting one, where the socket
                 // map knew it (nginx and Envoy keep a connection on the
                 // worker that opened it); else any thread of its connector.
-                record.retry =
+                record.retried =
                     self.retries
                         .send_is_retry(raw.pid, raw.cgroup_id, last_send, jiffy, raw.dst);
+                record.retry = record.retried.is_some();
                 out.push(record);
                 // The connection ended with an error under a request (a
                 // timeout, an unreachable pod), or the pod closed it with

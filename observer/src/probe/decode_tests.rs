@@ -225,6 +225,20 @@ fn a_syn_right_after_the_threads_own_failure_elsewhere_is_a_retry() {
         .map(|r| r.retry)
         .collect();
     assert_eq!(retries, [true, false, false, false]);
+    // The retry names the failure it hid, as the failure's own record
+    // is dated and addressed, so the engine can count it as retried.
+    let failure = out
+        .iter()
+        .find(|r| r.failure_class().is_some())
+        .expect("the refused connect");
+    let retry = out.iter().find(|r| r.retry).expect("the retry");
+    assert_eq!(
+        retry.retried,
+        Some(super::super::retry::RetriedFailure {
+            dst: failure.dst,
+            at: failure.ts
+        })
+    );
 }
 
 #[test]

@@ -155,6 +155,10 @@ pub struct ProbeOptions {
     /// How soon after a thread's failed connect its next SYN elsewhere is a
     /// retry; `None`: [`DEFAULT_RETRY_WINDOW`].
     pub retry_window: Option<Duration>,
+    /// For tests only: load without checking capabilities first, so that a
+    /// missing grant is refused by the kernel itself (the test that shows
+    /// each grant is needed checks the kernel's errno, not this check).
+    pub skip_preflight: bool,
 }
 
 /// The probe's own health, summed over CPUs.
@@ -179,7 +183,11 @@ pub struct Probe {
 impl Probe {
     /// Checks privileges, loads the object, and attaches every tracepoint.
     pub fn load(options: &ProbeOptions) -> Result<Probe, ProbeError> {
-        preflight::check_capabilities()?;
+        if options.skip_preflight {
+            tracing::warn!("capability check skipped (--skip-preflight, for tests only)");
+        } else {
+            preflight::check_capabilities()?;
+        }
         preflight::raise_memlock_limit();
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NotEmbedded);

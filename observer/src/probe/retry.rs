@@ -42,6 +42,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::clock::MonoTime;
 
 /// How soon after its own failed connect a thread's next SYN, to another
@@ -70,8 +72,28 @@ struct Failure {
     dst: SocketAddr,
     /// The failing thread; 0 when the kernel could not tell.
     tid: u32,
-    /// A retry has been paired with it.
+    /// A retry has been paired with it, or it was spent (its request had
+    /// no try left): either way it licenses nothing more.
     taken: bool,
+}
+
+/// The failure a retry was paired with: its destination and the time of
+/// its failure record (`ConnectRecord::ts`), which together name it. The
+/// engine counts that failure as *retried*: hidden from the user by the
+/// ingress (docs/ENGINE.md, "Hidden failures").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RetriedFailure {
+    pub dst: SocketAddr,
+    pub at: MonoTime,
+}
+
+impl Failure {
+    fn retried(&self) -> RetriedFailure {
+        RetriedFailure {
+            dst: self.dst,
+            at: self.at,
+        }
+    }
 }
 
 /// Whether a failure of thread `failed` may be retried by thread `trying`
@@ -143,22 +165,20 @@ impl RetryTracker {
         });
     }
 
-    /// Whether thread `tid`'s SYN to `dst` at `at` retries one of its own
-    /// failures elsewhere; if so, that failure is taken.
+    /// The failure of its own elsewhere that thread `tid`'s SYN to `dst`
+    /// at `at` retries, if any; that failure is taken.
     pub fn syn_is_retry(
         &mut self,
         tid: u32,
         connector: u64,
         at: MonoTime,
         dst: SocketAddr,
-    ) -> bool {
+    ) -> Option<RetriedFailure> {
         if tid == 0 {
-            return false;
+            return None;
         }
         let window = self.window;
-        let Some(failures) = self.connectors.get_mut(&connector) else {
-            return false;
-        };
+        let failures = self.connectors.get_mut(&connector)?;
         let fits = |f: &Failure| {
             !f.taken
                 && f.dst != dst
@@ -173,27 +193,23 @@ impl RetryTracker {
             .rposition(&fits)
             .filter(|&i| failures[i].closed_by_app);
         if let Some(i) = newest_own {
-            let newest_at = failures[i].at;
+            let retried = failures[i].retried();
             for f in failures.iter_mut() {
-                if f.closed_by_app && !f.taken && f.tid == tid && f.at <= newest_at {
+                if f.closed_by_app && !f.taken && f.tid == tid && f.at <= retried.at {
                     f.taken = true;
                 }
             }
-            return true;
+            return Some(retried);
         }
-        match failures.iter_mut().find(|f| fits(f)) {
-            Some(failure) => {
-                failure.taken = true;
-                true
-            }
-            None => false,
-        }
+        let failure = failures.iter_mut().find(|f| fits(f))?;
+        failure.taken = true;
+        Some(failure.retried())
     }
 
-    /// Whether the last send of a pooled connection of thread `tid` (0:
-    /// not known, any thread of `connector`) to `dst`, dated `last_send`
-    /// to within `resolution` (a jiffy), retried a failure elsewhere; if
-    /// so, that failure is taken.
+    /// The failure elsewhere that the last send of a pooled connection of
+    /// thread `tid` (0: not known, any thread of `connector`) to `dst`,
+    /// dated `last_send` to within `resolution` (a jiffy), retried, if
+    /// any; that failure is taken.
     pub fn send_is_retry(
         &mut self,
         tid: u32,
@@ -201,7 +217,7 @@ impl RetryTracker {
         last_send: MonoTime,
         resolution: Duration,
         dst: SocketAddr,
-    ) -> bool {
+    ) -> Option<RetriedFailure> {
         let slack = resolution.as_nanos() as u64;
         let reach = (self.window + resolution).as_nanos() as u64;
         self.take(tid, connector, dst, |failure| {
@@ -218,20 +234,14 @@ impl RetryTracker {
         connector: u64,
         dst: SocketAddr,
         fits: impl Fn(&Failure) -> bool,
-    ) -> bool {
-        let Some(failures) = self.connectors.get_mut(&connector) else {
-            return false;
-        };
-        match failures
+    ) -> Option<RetriedFailure> {
+        let failure = self
+            .connectors
+            .get_mut(&connector)?
             .iter_mut()
-            .find(|f| !f.taken && f.dst != dst && same_thread(f.tid, tid) && fits(f))
-        {
-            Some(failure) => {
-                failure.taken = true;
-                true
-            }
-            None => false,
-        }
+            .find(|f| !f.taken && f.dst != dst && same_thread(f.tid, tid) && fits(f))?;
+        failure.taken = true;
+        Some(failure.retried())
     }
 
     /// Drops failures too old for any report still to come.
@@ -280,7 +290,9 @@ mod tests {
             .into_iter()
             .enumerate()
             .map(|(i, dst)| {
-                tracker.syn_is_retry(7, NGINX, MonoTime(101 * MS + i as u64 * 50_000), addr(dst))
+                tracker
+                    .syn_is_retry(7, NGINX, MonoTime(101 * MS + i as u64 * 50_000), addr(dst))
+                    .is_some()
             })
             .collect();
         // Five failures, five retries; the sixth SYN is a new choice.
@@ -292,24 +304,38 @@ mod tests {
         let mut tracker = RetryTracker::new(Duration::from_millis(5));
         tracker.note_failure(7, NGINX, MonoTime(100 * MS), addr(2), false);
         assert!(
-            !tracker.syn_is_retry(8, NGINX, MonoTime(101 * MS), addr(3)),
+            tracker
+                .syn_is_retry(8, NGINX, MonoTime(101 * MS), addr(3))
+                .is_none(),
             "another thread"
         );
         assert!(
-            !tracker.syn_is_retry(7, NGINX, MonoTime(101 * MS), addr(2)),
+            tracker
+                .syn_is_retry(7, NGINX, MonoTime(101 * MS), addr(2))
+                .is_none(),
             "the same pod again"
         );
         assert!(
-            !tracker.syn_is_retry(7, NGINX, MonoTime(99 * MS), addr(3)),
+            tracker
+                .syn_is_retry(7, NGINX, MonoTime(99 * MS), addr(3))
+                .is_none(),
             "before the failure"
         );
         assert!(
-            !tracker.syn_is_retry(7, NGINX, MonoTime(106 * MS), addr(3)),
+            tracker
+                .syn_is_retry(7, NGINX, MonoTime(106 * MS), addr(3))
+                .is_none(),
             "after the window"
         );
-        assert!(tracker.syn_is_retry(7, NGINX, MonoTime(104 * MS), addr(3)));
         assert!(
-            !tracker.syn_is_retry(7, NGINX, MonoTime(104 * MS), addr(4)),
+            tracker
+                .syn_is_retry(7, NGINX, MonoTime(104 * MS), addr(3))
+                .is_some()
+        );
+        assert!(
+            tracker
+                .syn_is_retry(7, NGINX, MonoTime(104 * MS), addr(4))
+                .is_none(),
             "already taken"
         );
     }
@@ -325,14 +351,27 @@ mod tests {
         let mut tracker = RetryTracker::default();
         tracker.note_failure(7, NGINX, MonoTime(100 * MS), addr(2), true);
         tracker.note_failure(7, NGINX, MonoTime(101 * MS), addr(2), true);
-        assert!(tracker.syn_is_retry(7, NGINX, MonoTime(101 * MS + 40_000), addr(3)));
+        // The retry names the failure it hid: the newest, not the spent one.
+        assert_eq!(
+            tracker.syn_is_retry(7, NGINX, MonoTime(101 * MS + 40_000), addr(3)),
+            Some(RetriedFailure {
+                dst: addr(2),
+                at: MonoTime(101 * MS)
+            })
+        );
         assert!(
-            !tracker.syn_is_retry(7, NGINX, MonoTime(102 * MS), addr(3)),
+            tracker
+                .syn_is_retry(7, NGINX, MonoTime(102 * MS), addr(3))
+                .is_none(),
             "a new request's first try"
         );
         // A retry may trail its close by a scheduler tick on a loaded node.
         tracker.note_failure(7, NGINX, MonoTime(200 * MS), addr(2), true);
-        assert!(tracker.syn_is_retry(7, NGINX, MonoTime(204 * MS), addr(3)));
+        assert!(
+            tracker
+                .syn_is_retry(7, NGINX, MonoTime(204 * MS), addr(3))
+                .is_some()
+        );
     }
 
     #[test]
@@ -342,15 +381,31 @@ mod tests {
         tracker.note_failure(7, NGINX, MonoTime(1_000 * MS), addr(2), false);
         tracker.note_failure(7, NGINX, MonoTime(2_000 * MS), addr(2), false);
         // The first failure's retry was a SYN.
-        assert!(tracker.syn_is_retry(7, NGINX, MonoTime(1_000 * MS + 100_000), addr(3)));
+        assert!(
+            tracker
+                .syn_is_retry(7, NGINX, MonoTime(1_000 * MS + 100_000), addr(3))
+                .is_some()
+        );
         // Seen at the connection's close, seconds later: a send dated 3 ms
         // before the second failure (a jiffy's rounding) retried it.
-        assert!(tracker.send_is_retry(7, NGINX, MonoTime(1_997 * MS), jiffy, addr(4)));
+        assert!(
+            tracker
+                .send_is_retry(7, NGINX, MonoTime(1_997 * MS), jiffy, addr(4))
+                .is_some()
+        );
         // A send near the first failure: that one was already retried.
-        assert!(!tracker.send_is_retry(7, NGINX, MonoTime(1_001 * MS), jiffy, addr(4)));
+        assert!(
+            tracker
+                .send_is_retry(7, NGINX, MonoTime(1_001 * MS), jiffy, addr(4))
+                .is_none()
+        );
         // Far from any failure: a choice.
         tracker.note_failure(7, NGINX, MonoTime(3_000 * MS), addr(2), false);
-        assert!(!tracker.send_is_retry(7, NGINX, MonoTime(3_020 * MS), jiffy, addr(4)));
+        assert!(
+            tracker
+                .send_is_retry(7, NGINX, MonoTime(3_020 * MS), jiffy, addr(4))
+                .is_none()
+        );
     }
 
     #[test]
@@ -359,17 +414,37 @@ mod tests {
         let mut tracker = RetryTracker::default();
         tracker.note_failure(7, NGINX, MonoTime(1_000 * MS), addr(2), false);
         // Another connector's send at that moment: not a retry of it.
-        assert!(!tracker.send_is_retry(0, 10, MonoTime(1_002 * MS), jiffy, addr(4)));
+        assert!(
+            tracker
+                .send_is_retry(0, 10, MonoTime(1_002 * MS), jiffy, addr(4))
+                .is_none()
+        );
         // The connection was opened before its pod was watched: owner
         // unknown, so any of the ingress's threads.
-        assert!(tracker.send_is_retry(0, NGINX, MonoTime(1_002 * MS), jiffy, addr(4)));
+        assert!(
+            tracker
+                .send_is_retry(0, NGINX, MonoTime(1_002 * MS), jiffy, addr(4))
+                .is_some()
+        );
         // That failure licensed one retry only.
-        assert!(!tracker.send_is_retry(0, NGINX, MonoTime(1_002 * MS), jiffy, addr(5)));
+        assert!(
+            tracker
+                .send_is_retry(0, NGINX, MonoTime(1_002 * MS), jiffy, addr(5))
+                .is_none()
+        );
         // A failure whose thread is unknown (a cut seen in softirq) may be
         // retried by any thread of its connector, once.
         tracker.note_failure(0, NGINX, MonoTime(2_000 * MS), addr(2), false);
-        assert!(tracker.syn_is_retry(8, NGINX, MonoTime(2_001 * MS), addr(3)));
-        assert!(!tracker.syn_is_retry(7, NGINX, MonoTime(2_001 * MS), addr(3)));
+        assert!(
+            tracker
+                .syn_is_retry(8, NGINX, MonoTime(2_001 * MS), addr(3))
+                .is_some()
+        );
+        assert!(
+            tracker
+                .syn_is_retry(7, NGINX, MonoTime(2_001 * MS), addr(3))
+                .is_none()
+        );
     }
 
     #[test]

@@ -122,6 +122,7 @@ fn aggregate(
         container_id: None,
         watched: false,
         retry: false,
+        retried: None,
         count,
         outcome: Outcome::Failed {
             class,

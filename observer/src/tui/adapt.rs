@@ -69,6 +69,8 @@ pub fn termination_view(t: &PodTermination, now: MonoTime) -> TerminationView {
         last_choice_ms: since(t.last_choice),
         retry_tail_ms: t.retry_tail_ns.map(ns_to_ms),
         retries_after_deletion: t.retries_after_deletion,
+        failures_retried: t.failures_retried,
+        failures_not_retried: t.failures_not_retried,
         connectors: t
             .connectors
             .iter()

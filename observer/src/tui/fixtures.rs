@@ -66,6 +66,8 @@ fn termination(pod: Pod) -> PodTermination {
         last_failure: None,
         connects_after_deletion: 0,
         failures: FailureCounts::default(),
+        failures_retried: 0,
+        failures_not_retried: 0,
         propagation_gap_ns: None,
         control_plane_lag_ns: None,
         dataplane_lag_ns: None,
@@ -101,6 +103,9 @@ fn timeline(
         t.failures.add(*class);
         t.failure_times.push((after(t0, *ms), *class));
     }
+    // The ingress retried all but the last failure elsewhere.
+    t.failures_retried = failures.len().saturating_sub(1) as u64;
+    t.failures_not_retried = failures.len().min(1) as u64;
     t.first_failure = failures.first().map(|(ms, _)| after(t0, *ms));
     t.last_failure = failures.last().map(|(ms, _)| after(t0, *ms));
     if last_connect.is_some() {
@@ -318,6 +323,7 @@ pub fn finding(
             pod_uid: None,
             container_id: None,
             retry: false,
+            retried: None,
             count: 1,
             watched: true,
             outcome: Outcome::Failed {

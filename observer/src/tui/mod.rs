@@ -30,7 +30,7 @@ pub mod view;
 #[cfg(test)]
 mod app_tests;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 #[cfg(test)]
 mod remote_tests;
 #[cfg(test)]
@@ -38,6 +38,6 @@ mod render_tests;
 
 pub use app::{Action, App, DataUpdate, Effect, Key, Screen, SortKey, SourceEvent};
 pub use feed::{follow_local, follow_state};
-pub use remote::{RemoteError, spawn_agents};
+pub use remote::{RemoteError, RemoteOptions, spawn_agents};
 pub use runtime::{TuiOptions, run_remote, run_tui};
 pub use terminal::{DEFAULT_LOG_FILE, TerminalGuard, log_to_file};

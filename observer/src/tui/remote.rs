@@ -24,6 +24,7 @@ use super::adapt::{findings_update, snapshot_update};
 use super::app::{DataUpdate, SourceEvent};
 use crate::clock::{WallClock, unix_ms_now};
 use crate::engine::{Finding, Snapshot};
+use crate::export::ApiToken;
 
 pub const SNAPSHOT_PATH: &str = "/api/v1/snapshot";
 pub const STREAM_PATH: &str = "/api/v1/stream";
@@ -45,6 +46,8 @@ pub enum RemoteError {
     Request(#[from] hyper::http::Error),
     #[error("agent answered {0}")]
     Status(StatusCode),
+    #[error("agent answered 401: it requires an API token (--api-token-file), or refused this one")]
+    Unauthorized,
     #[error("bad JSON from agent: {0}")]
     Json(#[from] serde_json::Error),
     #[error("a line longer than {MAX_LINE_BYTES} bytes")]
@@ -61,6 +64,8 @@ pub struct RemoteOptions {
     pub idle_timeout: Duration,
     pub first_backoff: Duration,
     pub max_backoff: Duration,
+    /// Sent as `Authorization: Bearer …` to agents that require it.
+    pub api_token: Option<ApiToken>,
 }
 
 impl Default for RemoteOptions {
@@ -70,6 +75,7 @@ impl Default for RemoteOptions {
             idle_timeout: Duration::from_secs(15),
             first_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
+            api_token: None,
         }
     }
 }
@@ -288,12 +294,18 @@ async fn get(url: &AgentUrl, path: &str, options: &RemoteOptions) -> Result<Body
             tracing::debug!(%error, "agent connection closed");
         }
     });
-    let request = Request::get(format!("{}{path}", url.prefix))
-        .header(hyper::header::HOST, &url.authority)
-        .body(Empty::<Bytes>::new())?;
+    let mut request =
+        Request::get(format!("{}{path}", url.prefix)).header(hyper::header::HOST, &url.authority);
+    if let Some(token) = &options.api_token {
+        request = request.header(hyper::header::AUTHORIZATION, token.header_value());
+    }
+    let request = request.body(Empty::<Bytes>::new())?;
     let response = tokio::time::timeout(options.idle_timeout, sender.send_request(request))
         .await
         .map_err(|_| RemoteError::Timeout("waiting for the agent's answer"))??;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        return Err(RemoteError::Unauthorized);
+    }
     if response.status() != StatusCode::OK {
         return Err(RemoteError::Status(response.status()));
     }

@@ -136,6 +136,7 @@ async fn two_agents_merge_and_the_one_that_goes_away_is_lost() {
         idle_timeout: Duration::from_secs(5),
         first_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(50),
+        api_token: None,
     };
     let handles =
         spawn_agents(&[steady.clone(), leaving.clone()], tx, options).expect("valid URLs");

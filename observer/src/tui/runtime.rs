@@ -175,9 +175,14 @@ pub async fn run_tui(
 
 /// `observer tui --agents URL,…`: reads every agent's HTTP API and runs the
 /// TUI over the merged picture. A lost agent is shown and retried.
-pub async fn run_remote(agents: &[String], mut options: TuiOptions) -> anyhow::Result<()> {
+/// `remote` says how agents are reached (their API token, timeouts).
+pub async fn run_remote(
+    agents: &[String],
+    remote: RemoteOptions,
+    mut options: TuiOptions,
+) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel(super::feed::DEFAULT_CAPACITY);
-    let handles = spawn_agents(agents, tx, RemoteOptions::default())?;
+    let handles = spawn_agents(agents, tx, remote)?;
     options.sources = agents.to_vec();
     let result = run_tui(rx, options).await;
     for handle in handles {

@@ -170,6 +170,10 @@ pub struct TerminationView {
     /// Sends after the last choice: retries of failures elsewhere.
     pub retry_tail_ms: Option<i64>,
     pub retries_after_deletion: u64,
+    /// Failures the ingress retried elsewhere (hidden from users), and
+    /// those that reached users.
+    pub failures_retried: u64,
+    pub failures_not_retried: u64,
     pub connectors: Vec<ConnectorView>,
     /// Why the measurement window closed; `None` while it is open.
     pub closed: Option<String>,

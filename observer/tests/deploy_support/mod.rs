@@ -20,6 +20,7 @@ pub const KUSTOMIZATIONS: &[&str] = &[
     "deploy/overlays/privileged",
     "deploy/overlays/unconfined-seccomp",
     "deploy/overlays/prometheus-operator",
+    "deploy/overlays/api-token",
 ];
 
 pub fn workspace_root() -> PathBuf {

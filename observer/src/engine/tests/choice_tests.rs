@@ -5,6 +5,7 @@
 use kube::runtime::watcher::Event;
 
 use super::*;
+use crate::probe::retry::RetriedFailure;
 
 const WEB1: &str = "10.0.0.1";
 const WEB1_HTTP: &str = "10.0.0.1:8080";
@@ -209,4 +210,76 @@ fn the_recommendation_also_gives_the_sigterm_delay_form() {
         rec.yaml
             .contains("on SIGTERM keep accepting and serving for 3 s")
     );
+}
+
+/// A first try to web-2 that retried `failure`, a failure of web-1.
+fn retry_of(failure: &ConnectRecord, t_ms: u64) -> ConnectRecord {
+    let mut r = syn("10.0.0.2:8080", t_ms);
+    r.retry = true;
+    r.retried = Some(RetriedFailure {
+        dst: failure.dst,
+        at: failure.ts,
+    });
+    r
+}
+
+#[test]
+fn failures_the_ingress_retried_are_hidden_the_rest_reached_users() {
+    let mut engine = Engine::new(ingress_nginx());
+    // Refused at 12 s, retried on web-2 1 ms later: hidden.
+    let refused = failed(WEB1_HTTP, 12_000, 0, FailureClass::Refused, true);
+    // A connect the proxy gave up on: reported `aborted` after the
+    // decoder's grace, so its retry (at 13.001 s) arrives first.
+    let aborted = failed(WEB1_HTTP, 10_100, 2_900, FailureClass::Aborted, true);
+    // Refused with no try left: the user got a 502.
+    let unretried = failed(WEB1_HTTP, 14_000, 0, FailureClass::Refused, true);
+    let t = closed_one(
+        &mut engine,
+        rollout(
+            web1(false),
+            web1(true),
+            vec![
+                syn(WEB1_HTTP, 12_000),
+                refused.clone(),
+                retry_of(&refused, 12_001),
+                retry_of(&aborted, 13_001),
+                aborted.clone(),
+                syn(WEB1_HTTP, 14_000),
+                unretried,
+                // A retry naming a failure nobody counted credits nothing.
+                retry_of(
+                    &failed("10.0.0.3:8080", 15_000, 0, FailureClass::Refused, true),
+                    15_001,
+                ),
+            ],
+        ),
+    );
+    assert_eq!(t.failures.total(), 3);
+    assert_eq!(t.failures_retried, 2);
+    assert_eq!(t.failures_not_retried, 1);
+    let counters = engine.counters();
+    assert_eq!(
+        (counters.failures_retried, counters.failures_not_retried),
+        (2, 1)
+    );
+}
+
+#[test]
+fn a_retry_is_credited_once_even_if_reported_twice() {
+    let mut engine = Engine::new(ingress_nginx());
+    let refused = failed(WEB1_HTTP, 12_000, 0, FailureClass::Refused, true);
+    let t = closed_one(
+        &mut engine,
+        rollout(
+            web1(false),
+            web1(true),
+            vec![
+                syn(WEB1_HTTP, 12_000),
+                refused.clone(),
+                retry_of(&refused, 12_001),
+                retry_of(&refused, 12_002),
+            ],
+        ),
+    );
+    assert_eq!((t.failures_retried, t.failures_not_retried), (1, 0));
 }

@@ -105,6 +105,7 @@ pub fn record(
         pod_uid: None,
         container_id: None,
         retry: false,
+        retried: None,
         count: 1,
         watched,
         outcome,

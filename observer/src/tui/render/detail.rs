@@ -118,6 +118,20 @@ fn facts_lines(view: &DetailView, clock: u64) -> Vec<Line<'static>> {
     lines
 }
 
+/// What the failures did to users: hidden by a retry elsewhere (slower
+/// answers) or seen (errors).
+fn hidden_failures(t: &TerminationView) -> String {
+    let hidden = t.failures_retried;
+    let seen = t.failures_not_retried;
+    if seen == 0 {
+        format!(
+            "{hidden} retried elsewhere by the ingress: hidden failures, users got slower answers, not errors"
+        )
+    } else {
+        format!("{hidden} retried elsewhere (hidden), {seen} not retried (users got errors)")
+    }
+}
+
 fn termination_lines(t: &TerminationView, clock: u64, lines: &mut Vec<Line<'static>>) {
     let ips: Vec<String> = t.ips.iter().map(|ip| ip.to_string()).collect();
     lines.push(field("Pod", format!("{} (uid {})", t.label(), t.uid)));
@@ -181,6 +195,9 @@ fn termination_lines(t: &TerminationView, clock: u64, lines: &mut Vec<Line<'stat
         connects.push_str(&format!(", {n} {}", class.as_str()));
     }
     lines.push(field("Connects", connects));
+    if t.failures.total() > 0 {
+        lines.push(field("Failures", hidden_failures(t)));
+    }
     if t.deletion_observed_late {
         lines.push(Line::styled(
             "deletion was seen late: the gap is a lower bound and not used for recommendations",

@@ -126,6 +126,12 @@ fn title_line(t: &TerminationView, show_source: bool, width: usize) -> Line<'sta
             format!("  {failures} failed ({class})"),
             bad(),
         ));
+        if t.failures_retried > 0 {
+            spans.push(Span::styled(
+                format!(" {} hidden", t.failures_retried),
+                Style::default().fg(Color::Yellow),
+            ));
+        }
     }
     let state = match &t.closed {
         None => Span::styled(
