@@ -60,6 +60,7 @@ impl Load {
             pod_uid: None,
             container_id: None,
             retry: false,
+            retried: None,
             count: 1,
             watched,
             outcome: if refused {

@@ -228,8 +228,14 @@ where
     }
 }
 
+/// Objects per list page. A page is held whole, as full objects, until
+/// each is pruned; at kube's default (500) a relist of a 10 000-pod
+/// cluster raised the agent's peak memory by about 5 MiB. Smaller pages
+/// cost more round trips (100 for that cluster, about a second in all).
+pub const LIST_PAGE_SIZE: u32 = 100;
+
 fn watcher_config(selector: Option<&str>) -> watcher::Config {
-    let config = watcher::Config::default();
+    let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
     match selector {
         Some(selector) => config.labels(selector),
         None => config,
