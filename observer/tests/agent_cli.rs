@@ -1,6 +1,7 @@
 //! The real `observer agent` binary: it measures, serves Prometheus
 //! metrics in valid exposition format, flushes everything on SIGTERM and
-//! exits 0, and its recording replays to the same NDJSON, byte for byte.
+//! exits 0, and its recording (which holds none of the pod's environment
+//! or annotations) replays to the same NDJSON, byte for byte.
 
 // A test states what it expects with expect/unwrap: a failure there is the
 // test failing, with its message (the workspace denies them in runtime code).
@@ -70,12 +71,18 @@ fn assert_valid_exposition(text: &str) {
 const POD_IP: &str = "127.0.0.5";
 const POD_PORT: u16 = 18_080;
 
+/// Values a recording must not hold: the model reads neither.
+const ENV_SECRET: &str = "env-value-1b7e44-not-for-recordings";
+const ANNOTATION_SECRET: &str = "annotation-token-0c9d21";
+
 fn pod() -> Pod {
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": "web-1", "namespace": "shop", "uid": "uid-web-1",
-                     "labels": {"app": "web"}},
+                     "labels": {"app": "web"},
+                     "annotations": {"vault.example/agent-token": ANNOTATION_SECRET}},
         "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": 30,
                  "containers": [{"name": "app", "image": "web",
+                                 "env": [{"name": "DATABASE_PASSWORD", "value": ENV_SECRET}],
                                  "ports": [{"containerPort": POD_PORT, "protocol": "TCP"}]}]},
         "status": {"phase": "Running", "podIP": POD_IP, "podIPs": [{"ip": POD_IP}],
                    "conditions": [{"type": "Ready", "status": "True"}]}
@@ -329,6 +336,12 @@ fn agent_measures_a_termination_serves_metrics_flushes_on_sigterm_and_replays_id
         findings[0].contains("\"pod_state\":\"ready\""),
         "{live_out}"
     );
+
+    let recorded = std::fs::read_to_string(&recording).expect("recording");
+    assert!(recorded.contains("\"web-1\""), "the pod is recorded");
+    for secret in [ENV_SECRET, ANNOTATION_SECRET, "DATABASE_PASSWORD"] {
+        assert!(!recorded.contains(secret), "{secret} is in the recording");
+    }
 
     let replay = |name: &str| {
         let out = dir.join(name);

@@ -88,6 +88,16 @@ enum Bench {
         #[arg(long, value_enum, default_value_t = LabFamily::All)]
         family: LabFamily,
     },
+    /// The agent's watchers and engine loop at cluster scale, against the
+    /// API simulator in another process: 10 000 pods in 2 000
+    /// EndpointSlices, 500 terminations a minute with IP reuse, a watch
+    /// fault every 30 s; checks every termination is reported once, in
+    /// order, and measures the agent's memory and CPU.
+    Soak {
+        /// Minutes of churn (the whole run takes about a minute more).
+        #[arg(long, default_value_t = 3.0)]
+        minutes: f64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -111,7 +121,7 @@ fn main() -> anyhow::Result<()> {
                 "the probe benchmark loads eBPF programs and creates network namespaces; it",
             )?;
             run(cargo().args(["build", "--release", "-p", "observer"]))?;
-            let (table, status) = run_example("bench_probe")?;
+            let (table, status) = run_example("bench_probe", &[])?;
             if !status.success() {
                 anyhow::bail!("the probe benchmark failed with {status}");
             }
@@ -122,7 +132,7 @@ fn main() -> anyhow::Result<()> {
             what: Bench::Engine,
         } => {
             setup::setup()?;
-            let (table, status) = run_example("bench_engine")?;
+            let (table, status) = run_example("bench_engine", &[])?;
             if !status.success() {
                 anyhow::bail!("the engine benchmark failed with {status}");
             }
@@ -148,7 +158,7 @@ fn main() -> anyhow::Result<()> {
                 if family != LabFamily::All && family != which {
                     continue;
                 }
-                let (table, status) = run_example(example)?;
+                let (table, status) = run_example(example, &[])?;
                 // Exit code 2: the sweep ran but missed the target; the
                 // table is still written down.
                 if !status.success() && status.code() != Some(2) {
@@ -166,6 +176,24 @@ fn main() -> anyhow::Result<()> {
                     "the lab sweep missed its accuracy target ({}; see docs/BENCHMARKS.md)",
                     missed.join(", ")
                 );
+            }
+            Ok(())
+        }
+        Task::Bench {
+            what: Bench::Soak { minutes },
+        } => {
+            setup::setup()?;
+            let minutes = minutes.to_string();
+            let (table, status) = run_example("bench_soak", &["--minutes", &minutes])?;
+            // Exit code 2: the run finished but a check failed; the table
+            // is still written down.
+            if !status.success() && status.code() != Some(2) {
+                anyhow::bail!("the soak failed with {status}");
+            }
+            println!("{table}");
+            docs::write_section("soak", &table)?;
+            if !status.success() {
+                anyhow::bail!("the soak failed a check (see docs/BENCHMARKS.md)");
             }
             Ok(())
         }
@@ -190,7 +218,7 @@ fn main() -> anyhow::Result<()> {
 /// Runs an example of the observer crate, built optimised, so xtask itself
 /// never needs the eBPF toolchain. Returns its stdout (the table) and exit
 /// status; its stderr (progress) goes to the terminal.
-fn run_example(name: &str) -> anyhow::Result<(String, std::process::ExitStatus)> {
+fn run_example(name: &str, args: &[&str]) -> anyhow::Result<(String, std::process::ExitStatus)> {
     let output = cargo()
         .args([
             "run",
@@ -200,7 +228,9 @@ fn run_example(name: &str) -> anyhow::Result<(String, std::process::ExitStatus)>
             "observer",
             "--example",
             name,
+            "--",
         ])
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("running the {name} example"))?;

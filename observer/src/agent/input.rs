@@ -11,6 +11,9 @@
 //! {"tick":…}
 //! ```
 //!
+//! Watched objects are stored pruned to the fields the model reads
+//! (`cluster::prune`; docs/AGENT.md, "What a recording holds").
+//!
 //! A recording starts with the agent's ingress configuration
 //! (`{"ingress":{…}}`): which connectors measured the gap is part of what
 //! was recorded, so a replay without ingress flags uses it.
@@ -24,7 +27,10 @@ use thiserror::Error;
 
 use crate::{
     clock::MonoTime,
-    cluster::{ResourceEvent, StampedEvent},
+    cluster::{
+        ResourceEvent, StampedEvent,
+        prune::{prune_pod, prune_slice},
+    },
     engine::IngressConfig,
     probe::ConnectRecord,
 };
@@ -86,12 +92,15 @@ pub enum RecordedInput {
     Tick(MonoTime),
 }
 
-fn split<K>(event: Event<K>) -> (WatchEventKind, Option<K>) {
+/// The event's kind and its object pruned to what the model reads
+/// (`cluster::prune`): a recording holds no environment values, commands
+/// or annotations the model does not use.
+fn split_pruned<K>(event: &Event<K>, prune: fn(&K) -> K) -> (WatchEventKind, Option<K>) {
     match event {
-        Event::Apply(k) => (WatchEventKind::Apply, Some(k)),
-        Event::Delete(k) => (WatchEventKind::Delete, Some(k)),
+        Event::Apply(k) => (WatchEventKind::Apply, Some(prune(k))),
+        Event::Delete(k) => (WatchEventKind::Delete, Some(prune(k))),
         Event::Init => (WatchEventKind::Init, None),
-        Event::InitApply(k) => (WatchEventKind::InitApply, Some(k)),
+        Event::InitApply(k) => (WatchEventKind::InitApply, Some(prune(k))),
         Event::InitDone => (WatchEventKind::InitDone, None),
     }
 }
@@ -114,11 +123,7 @@ impl RecordedInput {
             Input::Tick(t) => RecordedInput::Tick(*t),
             Input::Cluster(stamped) => match &stamped.event {
                 ResourceEvent::Pod(event) => {
-                    let (event, mut object) = split((**event).clone());
-                    if let Some(pod) = object.as_mut() {
-                        // Field-manager bookkeeping is large and never read.
-                        pod.metadata.managed_fields = None;
-                    }
+                    let (event, object) = split_pruned(event, prune_pod);
                     RecordedInput::Pod(Box::new(RecordedWatch {
                         at: stamped.at,
                         event,
@@ -126,10 +131,7 @@ impl RecordedInput {
                     }))
                 }
                 ResourceEvent::EndpointSlice(event) => {
-                    let (event, mut object) = split((**event).clone());
-                    if let Some(slice) = object.as_mut() {
-                        slice.metadata.managed_fields = None;
-                    }
+                    let (event, object) = split_pruned(event, prune_slice);
                     RecordedInput::Slice(Box::new(RecordedWatch {
                         at: stamped.at,
                         event,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::change::{ApiTime, ChangeKind, ClusterChange, EndpointConditions, EndpointKey};
 use super::pod::MalformedObject;
+use super::small_set::SmallSet;
 use crate::clock::MonoTime;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -187,10 +188,10 @@ struct Merged {
 pub struct EndpointTable {
     slices: HashMap<String, SliceState>,
     /// Which slices list each address.
-    listed_in: HashMap<EndpointKey, BTreeSet<String>>,
+    listed_in: HashMap<EndpointKey, SmallSet<String>>,
     /// Tenures per address, oldest first; the last may be current.
     records: HashMap<EndpointKey, Vec<EndpointRecord>>,
-    by_ip: HashMap<IpAddr, BTreeSet<EndpointKey>>,
+    by_ip: HashMap<IpAddr, SmallSet<EndpointKey>>,
 }
 
 impl EndpointTable {
@@ -314,7 +315,11 @@ impl EndpointTable {
         out: &mut Vec<ClusterChange>,
     ) {
         let merged = self.merged(key);
-        let history = self.records.entry(key.clone()).or_default();
+        // Most addresses have one tenure; a doubling Vec would reserve four.
+        let history = self
+            .records
+            .entry(key.clone())
+            .or_insert_with(|| Vec::with_capacity(1));
         let current = history.last_mut().filter(|r| r.endpoint_removed.is_none());
         let emit = |out: &mut Vec<ClusterChange>, kind| out.push(ClusterChange { at, kind });
         let Some(merged) = merged else {
@@ -394,7 +399,7 @@ impl EndpointTable {
                     endpoint_removed: None,
                     removed_while_unwatched: false,
                     last_change_trigger_time: merged.trigger_time,
-                    transitions: Vec::new(),
+                    transitions: Vec::with_capacity(1),
                 };
                 push_transition(
                     &mut record,

@@ -12,6 +12,8 @@ pub mod ip_index;
 pub mod model;
 pub mod pod;
 pub mod prestop;
+pub mod prune;
+mod small_set;
 pub mod watch;
 
 /// Label selectors: in their own crate, which the API simulator shares.

@@ -231,11 +231,18 @@ impl ClusterModel {
             });
         }
         record.node = snapshot.node.or(record.node.take());
-        record.labels = snapshot.labels;
+        // Unchanged values keep their old allocations: a relist of every
+        // pod then frees the fresh copies at once instead of scattering
+        // long-lived ones across the heap.
+        if record.labels != snapshot.labels {
+            record.labels = snapshot.labels;
+        }
         record.host_network |= snapshot.host_network;
         record.phase = snapshot.phase.or(record.phase);
         record.ready = snapshot.ready.or(record.ready);
-        record.containers = snapshot.containers;
+        if record.containers != snapshot.containers {
+            record.containers = snapshot.containers;
+        }
         record.termination_grace_period_seconds = snapshot
             .termination_grace_period_seconds
             .or(record.termination_grace_period_seconds);

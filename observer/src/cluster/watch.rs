@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::change::{ClusterChange, WatchedResource};
 use super::model::{ClusterModel, ResourceEvent, StampedEvent};
+use super::prune::{prune_pod, prune_slice};
 use crate::clock::MonoTime;
 
 /// Failures to build a client from an explicitly requested source.
@@ -227,8 +228,14 @@ where
     }
 }
 
+/// Objects per list page. A page is held whole, as full objects, until
+/// each is pruned; at kube's default (500) a relist of a 10 000-pod
+/// cluster raised the agent's peak memory by about 5 MiB. Smaller pages
+/// cost more round trips (100 for that cluster, about a second in all).
+pub const LIST_PAGE_SIZE: u32 = 100;
+
 fn watcher_config(selector: Option<&str>) -> watcher::Config {
-    let config = watcher::Config::default();
+    let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
     match selector {
         Some(selector) => config.labels(selector),
         None => config,
@@ -239,6 +246,11 @@ fn watcher_config(selector: Option<&str>) -> watcher::Config {
 /// [`MonoTime::now`] the moment it is received. Errors are counted and
 /// logged; the watchers retry with kube's default backoff, so the stream
 /// does not end.
+///
+/// Each object is pruned at once to what the model reads
+/// ([`super::prune`]): a relist of 10 000 pods queues thousands of events
+/// ahead of the engine, and a whole Pod is several times its pruned size.
+/// The model reads the same from both.
 pub fn stamped_events(
     client: &Client,
     config: &WatchConfig,
@@ -261,7 +273,7 @@ pub fn stamped_events(
         pod_counters.pods.count(&item, WatchedResource::Pods);
         std::future::ready(item.ok().map(|e| StampedEvent {
             at,
-            event: ResourceEvent::Pod(Box::new(e)),
+            event: ResourceEvent::Pod(Box::new(pruned(e, prune_pod))),
         }))
     });
     let slices = slices.filter_map(move |item| {
@@ -271,10 +283,20 @@ pub fn stamped_events(
             .count(&item, WatchedResource::EndpointSlices);
         std::future::ready(item.ok().map(|e| StampedEvent {
             at,
-            event: ResourceEvent::EndpointSlice(Box::new(e)),
+            event: ResourceEvent::EndpointSlice(Box::new(pruned(e, prune_slice))),
         }))
     });
     futures::stream::select(pods, slices)
+}
+
+fn pruned<K>(event: Event<K>, prune: fn(&K) -> K) -> Event<K> {
+    match event {
+        Event::Apply(k) => Event::Apply(prune(&k)),
+        Event::Delete(k) => Event::Delete(prune(&k)),
+        Event::InitApply(k) => Event::InitApply(prune(&k)),
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+    }
 }
 
 /// Watches Pods and EndpointSlices and applies every event to the handle's

@@ -236,10 +236,17 @@ impl Engine {
             }
             ChangeKind::PodRemoved { pod } => self.removed(&pod, at, false, out),
             ChangeKind::PodRemovedWhileUnwatched { pod } => {
-                if !self.windows.contains_key(&pod.uid) {
-                    // Deleted and gone while unwatched: the start of its
-                    // termination is unknown, but connects to it from now
-                    // on are still worth counting.
+                // Deleted and gone while unwatched: the start of its
+                // termination is unknown, but connects to it from now on
+                // are still worth counting. A pod whose deletion was seen
+                // already had its window (perhaps closed since, when its
+                // address went to another pod): a second would report the
+                // termination twice.
+                let deletion_seen = self
+                    .model
+                    .pod(&pod.uid)
+                    .is_some_and(|record| record.deletion.is_some());
+                if !deletion_seen {
                     self.open(&pod, at, true, out);
                 }
                 self.removed(&pod, at, true, out);

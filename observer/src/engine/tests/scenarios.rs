@@ -549,3 +549,36 @@ fn a_counted_failure_storm_counts_every_failure() {
     run(&mut engine, vec![Step::Connect(elsewhere)]);
     assert_eq!(engine.counters().failures(PodState::Unknown, Refused), 300);
 }
+
+/// A pod whose window closed when its address went to another pod, then
+/// vanished while the watch was down: its termination was already
+/// reported, and the relist must not report it again (a second window
+/// would count it twice).
+#[test]
+fn a_pod_removed_while_unwatched_after_its_window_closed_is_reported_once() {
+    let mut engine = Engine::new(ingress_nginx());
+    let mut steps = web1_listed();
+    steps.extend([
+        Step::Pod(15_000, Event::Apply(pod("web-1", "u1", WEB1, false, true))),
+        Step::Pod(16_000, Event::Apply(pod("web-2", "u2", WEB1, true, false))),
+    ]);
+    // The watch dropped; the relist after it no longer holds web-1.
+    steps.extend(listed(
+        20_000,
+        vec![pod("web-2", "u2", WEB1, true, false)],
+        vec![slice(&[(WEB1, "u2", true, false)])],
+    ));
+    steps.push(Step::Tick(90_000));
+    let out = run(&mut engine, steps);
+    let opened: Vec<&str> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::TerminationOpened(t) => Some(t.uid.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened, ["u1"], "one termination, opened once");
+    let t = only(closed(&out));
+    assert_eq!(t.closed, Some(CloseReason::IpReused));
+    assert_eq!(engine.counters().terminations_closed, 1);
+}

@@ -1,0 +1,249 @@
+//! Run by `cargo xtask bench soak` (release build): the agent's watchers
+//! and engine loop at cluster scale for a bounded time, against the API
+//! simulator in another process.
+//!
+//! This process is the simulator: 10 000 pods in 2 000 EndpointSlices
+//! across 200 Services, 500 pod terminations a minute with IP reuse, and a
+//! watch fault every 30 s (dropped streams; refused reconnects for 2 s;
+//! refused reconnects with the history compacted meanwhile, so the watchers
+//! resume into 410 Gone and relist). The agent is this same program run
+//! again with `--agent` (`agent.rs`): the real kube-rs watchers over HTTP
+//! and `agent::EngineLoop`, fed a steady synthetic connect load. Its
+//! resident memory and CPU time are read from /proc/<pid>, so they are the
+//! agent's alone.
+//!
+//! Afterwards every termination the simulator made must be in the agent's
+//! output exactly once, with its transitions in the simulator's order.
+//! Exit code 2: the run finished but a check failed (the table is still
+//! printed).
+//!
+//! `--minutes N` sets the length of the churn (default 3). With
+//! `SOAK_KEEP=FILE` the agent's output is kept in FILE and the simulator's
+//! log beside it (`FILE` with the extension `.log`).
+
+mod agent;
+mod churn;
+mod proc;
+mod report;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use observer_sim::{SimConfig, SimServer};
+
+use churn::Churn;
+use proc::Usage;
+
+const TERMINATION_EVERY: Duration = Duration::from_millis(120);
+const FAULT_EVERY: Duration = Duration::from_secs(30);
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// After the last termination: the engine's quiet period (5 s) and a
+/// margin, so that windows close on their own before the agent stops.
+const SETTLE: Duration = Duration::from_secs(8);
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--agent") {
+        let (Some(kubeconfig), Some(output)) = (args.get(2), args.get(3)) else {
+            anyhow::bail!("usage: bench_soak --agent KUBECONFIG OUTPUT");
+        };
+        return agent::run(kubeconfig.into(), output.into());
+    }
+    let minutes: f64 = match args.iter().position(|a| a == "--minutes") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|m| m.parse().ok())
+            .context("--minutes takes a number")?,
+        None => 3.0,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    let passed = runtime.block_on(soak(Duration::from_secs_f64(minutes * 60.0)))?;
+    if !passed {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+/// What happened during the run, for the report.
+pub struct Run {
+    pub churn: Duration,
+    pub populate: Duration,
+    pub sync: Duration,
+    pub at_sync: Usage,
+    pub samples: Vec<(Duration, Usage)>,
+    pub at_end: Usage,
+    pub faults: [u32; 3],
+    pub agent_summary: String,
+}
+
+async fn soak(churn_for: Duration) -> anyhow::Result<bool> {
+    let sim = SimServer::start_with(SimConfig::default()).await?;
+    let temp = tempfile::tempdir().context("temp dir")?;
+    let kubeconfig = temp.path().join("kubeconfig");
+    let output = temp.path().join("agent.ndjson");
+    sim.write_kubeconfig(&kubeconfig)?;
+    let started = Instant::now();
+    let churn = Churn::populate(sim.store().clone())?;
+    let populate = started.elapsed();
+    eprintln!(
+        "soak: {} pods in {} slices across {} services, created in {populate:.1?}",
+        churn::PODS,
+        churn::PODS / churn::ENDPOINTS_PER_SLICE,
+        churn::SERVICES
+    );
+
+    let mut child = Command::new(std::env::current_exe().context("own path")?)
+        .arg("--agent")
+        .arg(&kubeconfig)
+        .arg(&output)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the agent process")?;
+    let pid = child.id();
+    let child_out = child.stdout.take().context("agent stdout")?;
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(child_out).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let spawned = Instant::now();
+    loop {
+        match lines.try_recv() {
+            Ok(line) if line == "synced" => break,
+            Ok(_) => {}
+            Err(mpsc::TryRecvError::Empty) => {
+                anyhow::ensure!(
+                    spawned.elapsed() < Duration::from_secs(300),
+                    "the agent did not list within 5 minutes"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(mpsc::TryRecvError::Disconnected) => anyhow::bail!("the agent exited early"),
+        }
+    }
+    let sync = spawned.elapsed();
+    let at_sync = proc::usage(pid)?;
+    eprintln!(
+        "soak: agent listed in {sync:.1?}, RSS {}; churning for {churn_for:?}",
+        proc::mib(at_sync.rss_kib)
+    );
+
+    let order = churn::slot_order();
+    let mut tasks = Vec::new();
+    let mut samples = Vec::new();
+    let mut faults = [0u32; 3];
+    let churn_start = Instant::now();
+    let mut next_termination = churn_start;
+    let mut next_fault = churn_start + FAULT_EVERY;
+    let mut next_sample = churn_start;
+    let mut fault_kind = 0usize;
+    while churn_start.elapsed() < churn_for {
+        let now = Instant::now();
+        if now >= next_sample {
+            let usage = proc::usage(pid)?;
+            eprintln!(
+                "soak: {:>4.0} s  RSS {}  HWM {}  CPU {:.1} s  terminations {}",
+                churn_start.elapsed().as_secs_f64(),
+                proc::mib(usage.rss_kib),
+                proc::mib(usage.hwm_kib),
+                usage.cpu_s,
+                tasks.len()
+            );
+            samples.push((churn_start.elapsed(), usage));
+            next_sample += SAMPLE_EVERY;
+        }
+        if now >= next_fault {
+            inject(&sim, fault_kind);
+            faults[fault_kind] += 1;
+            fault_kind = (fault_kind + 1) % 3;
+            next_fault += FAULT_EVERY;
+        }
+        if now >= next_termination {
+            let slot = order[tasks.len() % order.len()];
+            let churn = churn.clone();
+            tasks.push(tokio::spawn(async move { churn.terminate(slot).await }));
+            next_termination += TERMINATION_EVERY;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let churn_elapsed = churn_start.elapsed();
+    for task in tasks {
+        task.await.context("termination task")??;
+    }
+    tokio::time::sleep(SETTLE).await;
+    let at_end = proc::usage(pid)?;
+    samples.push((churn_start.elapsed(), at_end));
+    // Closing stdin stops the agent: it closes what is still open, flushes
+    // and reports.
+    drop(child.stdin.take());
+    let status = child.wait().context("waiting for the agent")?;
+    anyhow::ensure!(status.success(), "the agent failed: {status}");
+    let agent_summary = lines
+        .try_iter()
+        .find(|l| l.starts_with("done"))
+        .unwrap_or_default();
+    let text = std::fs::read_to_string(&output).context("the agent's output")?;
+    if let Some(keep) = std::env::var_os("SOAK_KEEP") {
+        std::fs::write(&keep, &text).context("keeping the agent's output")?;
+        let log: Vec<String> = churn.log().iter().map(|t| format!("{t:?}")).collect();
+        std::fs::write(
+            std::path::Path::new(&keep).with_extension("log"),
+            log.join("\n"),
+        )?;
+    }
+    let run = Run {
+        churn: churn_elapsed,
+        populate,
+        sync,
+        at_sync,
+        samples,
+        at_end,
+        faults,
+        agent_summary,
+    };
+    let (table, passed) = report::report(&run, &churn.log(), &text);
+    let mut stdout = std::io::stdout();
+    stdout.write_all(table.as_bytes())?;
+    stdout.flush()?;
+    sim.shutdown().await;
+    Ok(passed)
+}
+
+/// One watch fault: 0 cuts every watch; 1 refuses connections for 2 s
+/// (cutting the open ones); 2 does the same and compacts the history just
+/// before the refusal ends, so the watchers' resume points are gone (410).
+fn inject(sim: &SimServer, kind: usize) {
+    let faults = sim.faults().clone();
+    match kind {
+        0 => faults.drop_watches(),
+        1 => faults.refuse_connections(Duration::from_secs(2)),
+        _ => {
+            faults.refuse_connections(Duration::from_secs(2));
+            let store = sim.store().clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(1_800)).await;
+                store.compact();
+            });
+        }
+    }
+    eprintln!(
+        "soak: fault: {}",
+        [
+            "watches dropped",
+            "connections refused for 2 s",
+            "refused for 2 s, history compacted (410)"
+        ][kind.min(2)]
+    );
+}

@@ -1,0 +1,257 @@
+//! The soak's checks and its table: the agent's terminations against the
+//! simulator's log, memory samples, CPU per 1 000 terminations.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use observer::clock::MonoTime;
+use observer::engine::PodTermination;
+
+use super::Run;
+use super::churn::{self, TerminationLog};
+use super::proc::mib;
+
+/// How the agent's record of one termination compares with the log.
+#[derive(Default)]
+struct Checks {
+    terminations: usize,
+    exactly_once: usize,
+    missing: Vec<String>,
+    duplicated: Vec<String>,
+    unexpected: usize,
+    in_order: usize,
+    out_of_order: Vec<String>,
+    /// Terminations whose not-ready or removal the agent did not see as a
+    /// change of its own (both fell inside a watch outage).
+    collapsed: usize,
+    crossed: usize,
+    deletion_lag_ms: Vec<f64>,
+    removal_lag_ms: Vec<f64>,
+}
+
+fn ms(later: MonoTime, earlier: MonoTime) -> f64 {
+    (later.0 as f64 - earlier.0 as f64) / 1e6
+}
+
+/// Each watch stream keeps the simulator's order (the pod's deletion on
+/// the Pod watch; the endpoint's not-ready before its removal on the
+/// EndpointSlice watch), and the agent sees no change before the
+/// simulator made it.
+fn in_order(seen: &PodTermination, made: &TerminationLog) -> bool {
+    let after = |agent: Option<MonoTime>, sim: Option<MonoTime>| match (agent, sim) {
+        (Some(a), Some(s)) => a >= s,
+        _ => true,
+    };
+    let slice_stream = match (seen.endpoint_not_ready, seen.endpoint_removed) {
+        (Some(not_ready), Some(removed)) => not_ready <= removed,
+        _ => true,
+    };
+    seen.deletion_seen >= made.deleted
+        && after(seen.endpoint_not_ready, made.not_ready)
+        && after(seen.endpoint_removed, made.removed)
+        && slice_stream
+}
+
+/// The endpoint's not-ready reached the agent before the pod's deletion:
+/// the two watches are separate streams, and after an outage the
+/// EndpointSlice watch may resume first.
+fn streams_crossed(seen: &PodTermination) -> bool {
+    seen.endpoint_not_ready
+        .is_some_and(|not_ready| not_ready < seen.deletion_seen)
+}
+
+fn check(log: &[TerminationLog], output: &str) -> Checks {
+    let mut seen: BTreeMap<String, Vec<PodTermination>> = BTreeMap::new();
+    for line in output.lines() {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(t) = value.get("termination") else {
+            continue;
+        };
+        if let Ok(t) = serde_json::from_value::<PodTermination>(t.clone()) {
+            seen.entry(t.uid.clone()).or_default().push(t);
+        }
+    }
+    let made = churn::names_by_uid(log);
+    let mut checks = Checks {
+        terminations: log.len(),
+        unexpected: seen
+            .keys()
+            .filter(|uid| !made.contains_key(uid.as_str()))
+            .count(),
+        ..Checks::default()
+    };
+    for termination in log {
+        match seen.get(&termination.uid).map(Vec::as_slice) {
+            None | Some([]) => checks.missing.push(termination.name.clone()),
+            Some([one]) => {
+                checks.exactly_once += 1;
+                if in_order(one, termination) {
+                    checks.in_order += 1;
+                } else {
+                    checks.out_of_order.push(termination.name.clone());
+                }
+                if streams_crossed(one) {
+                    checks.crossed += 1;
+                }
+                if one.endpoint_not_ready.is_none() || one.endpoint_removed.is_none() {
+                    checks.collapsed += 1;
+                }
+                checks
+                    .deletion_lag_ms
+                    .push(ms(one.deletion_seen, termination.deleted));
+                if let (Some(a), Some(m)) = (one.endpoint_removed, termination.removed) {
+                    checks.removal_lag_ms.push(ms(a, m));
+                }
+            }
+            Some(_) => checks.duplicated.push(termination.name.clone()),
+        }
+    }
+    checks
+}
+
+fn quantiles(values: &mut [f64]) -> String {
+    if values.is_empty() {
+        return "–".into();
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "{:.1} / {:.1} / {:.1} ms",
+        at(0.5),
+        at(0.99),
+        values[values.len() - 1]
+    )
+}
+
+/// The table, and whether every check passed.
+pub fn report(run: &Run, log: &[TerminationLog], output: &str) -> (String, bool) {
+    let mut c = check(log, output);
+    let churn_s = run.churn.as_secs_f64();
+    let churn_cpu = run.at_end.cpu_s - run.at_sync.cpu_s;
+    let max_rss = run
+        .samples
+        .iter()
+        .map(|(_, u)| u.rss_kib)
+        .max()
+        .unwrap_or(0);
+    let first_rss = run.samples.first().map_or(0, |(_, u)| u.rss_kib);
+    let last_rss = run.samples.last().map_or(0, |(_, u)| u.rss_kib);
+    let memory_ok = run.at_end.hwm_kib <= 64 * 1024;
+    let passed = c.missing.is_empty()
+        && c.duplicated.is_empty()
+        && c.unexpected == 0
+        && c.out_of_order.is_empty()
+        && memory_ok;
+    let mut t = String::new();
+    let _ = writeln!(t, "| figure | value |\n|---|---|");
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(t, "| {k} | {v} |");
+    };
+    row(
+        "cluster",
+        format!(
+            "{} pods, {} EndpointSlices, {} Services (created in {:.1} s)",
+            churn::PODS,
+            churn::PODS / churn::ENDPOINTS_PER_SLICE,
+            churn::SERVICES,
+            run.populate.as_secs_f64()
+        ),
+    );
+    row(
+        "churn",
+        format!(
+            "{:.0} s at {:.0} terminations/min; faults: {} dropped watches, {} refusals, {} refusals with compaction (410)",
+            churn_s,
+            c.terminations as f64 * 60.0 / churn_s,
+            run.faults[0],
+            run.faults[1],
+            run.faults[2]
+        ),
+    );
+    row("agent at the end", format!("`{}`", run.agent_summary));
+    row(
+        "initial list (to synced)",
+        format!(
+            "{:.1} s, {:.2} s CPU, RSS {}",
+            run.sync.as_secs_f64(),
+            run.at_sync.cpu_s,
+            mib(run.at_sync.rss_kib)
+        ),
+    );
+    row(
+        "**terminations in the output exactly once**",
+        format!(
+            "**{} of {}** (missing {}, twice or more {}, not made by the simulator {})",
+            c.exactly_once,
+            c.terminations,
+            c.missing.len(),
+            c.duplicated.len(),
+            c.unexpected
+        ),
+    );
+    row(
+        "transitions in the simulator's order on each watch, none before the write",
+        format!(
+            "{} of {}; {} whose endpoint not-ready arrived before the pod's deletion (the \
+             EndpointSlice watch resumed first after an outage); {} without a not-ready or \
+             removal of their own (inside an outage)",
+            c.in_order, c.exactly_once, c.crossed, c.collapsed
+        ),
+    );
+    row(
+        "deletion seen after the simulator's write (p50 / p99 / max)",
+        quantiles(&mut c.deletion_lag_ms),
+    );
+    row(
+        "endpoint removal seen after the write (p50 / p99 / max)",
+        quantiles(&mut c.removal_lag_ms),
+    );
+    let samples: Vec<String> = run
+        .samples
+        .iter()
+        .map(|(at, u)| {
+            format!(
+                "{:.0} s: {:.1}",
+                at.as_secs_f64(),
+                u.rss_kib as f64 / 1024.0
+            )
+        })
+        .collect();
+    row("agent RSS samples (MiB)", samples.join(", "));
+    row(
+        "**agent RSS: first / last / largest sample; peak (VmHWM)**",
+        format!(
+            "**{} / {} / {}; {}** (target ≤ 64 MiB)",
+            mib(first_rss),
+            mib(last_rss),
+            mib(max_rss),
+            mib(run.at_end.hwm_kib)
+        ),
+    );
+    row(
+        "**agent CPU per 1 000 terminations**",
+        format!(
+            "**{:.1} s** ({:.1} s over the churn, {:.1} % of one core, connect load included)",
+            churn_cpu * 1000.0 / c.terminations.max(1) as f64,
+            churn_cpu,
+            churn_cpu * 100.0 / (churn_s + super::SETTLE.as_secs_f64())
+        ),
+    );
+    for (what, names) in [
+        ("missing", &c.missing),
+        ("duplicated", &c.duplicated),
+        ("out of order", &c.out_of_order),
+    ] {
+        if !names.is_empty() {
+            let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+            eprintln!(
+                "soak: {what}: {} (first: {})",
+                names.len(),
+                shown.join(", ")
+            );
+        }
+    }
+    (t, passed)
+}
