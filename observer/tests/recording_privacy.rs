@@ -77,6 +77,7 @@ fn refused(port: u16) -> ConnectRecord {
         pod_uid: None,
         container_id: None,
         retry: false,
+        retried: None,
         count: 1,
         watched: true,
         outcome: Outcome::Failed {
