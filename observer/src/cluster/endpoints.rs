@@ -465,7 +465,13 @@ impl EndpointTable {
     /// Drops tenures removed before `t`.
     pub fn prune_removed_before(&mut self, t: MonoTime) {
         self.records.retain(|_, history| {
+            let before = history.len();
             history.retain(|r| r.endpoint_removed.is_none_or(|removed| removed >= t));
+            // An address reused once would otherwise keep room for two
+            // tenures for ever: across a cluster's addresses, megabytes.
+            if history.len() < before {
+                history.shrink_to_fit();
+            }
             !history.is_empty()
         });
         let records = &self.records;

@@ -85,6 +85,9 @@ impl IpIndex {
             claims.retain(|c| c.pod_uid != pod_uid);
             if claims.is_empty() {
                 self.claims.remove(&ip);
+            } else {
+                // The room a reuse made is not kept for the next one.
+                claims.shrink_to_fit();
             }
         }
     }
