@@ -12,6 +12,7 @@ use std::net::IpAddr;
 
 use thiserror::Error;
 
+use super::heap;
 use super::input::Input;
 use crate::{
     clock::MonoTime,
@@ -129,7 +130,11 @@ impl EngineLoop {
                 None
             }
             Input::Cluster(event) => {
+                let list_done = heap::completes_a_list(&event);
                 self.engine.on_cluster(event, &mut self.outputs);
+                if list_done {
+                    heap::release_free_memory();
+                }
                 None
             }
             Input::Tick(now) => {

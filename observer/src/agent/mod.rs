@@ -4,6 +4,7 @@
 //! (`observer replay`).
 
 pub mod engine_loop;
+mod heap;
 pub mod input;
 pub mod run;
 pub mod sinks;
