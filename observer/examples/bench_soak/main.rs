@@ -40,9 +40,9 @@ use proc::Usage;
 const TERMINATION_EVERY: Duration = Duration::from_millis(120);
 const FAULT_EVERY: Duration = Duration::from_secs(30);
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-/// After the last termination: the engine's quiet period (5 s) and a
+/// After the last termination: the engine's quiet period (10 s) and a
 /// margin, so that windows close on their own before the agent stops.
-const SETTLE: Duration = Duration::from_secs(8);
+const SETTLE: Duration = Duration::from_secs(13);
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -154,8 +154,10 @@ impl KubeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
     /// A termination's window closes once its pod is gone and nothing
-    /// connected to its IPs for this long.
-    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    /// connected to its IPs for this long. Keep it above the ingress's
+    /// upstream connect timeout (5 s in most setups): a hung connect is
+    /// seen only when it fails, and so is the retry after it.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub quiet_period: Duration,
     /// Quantile of the propagation gap the recommended preStop covers.
     #[arg(long, default_value_t = 0.99, value_name = "Q")]

@@ -12,7 +12,10 @@ use super::connector::IngressConfig;
 pub struct EngineConfig {
     /// A window closes when the pod is gone from the API and no connect to
     /// its IPs has been seen for this long. Longer catches stragglers from
-    /// slow ingresses; shorter frees watch slots sooner.
+    /// slow ingresses; shorter frees watch slots sooner. It must outlast
+    /// the ingress's connect timeout: a connect that hangs is seen only when
+    /// it fails, and its retry after it (5 s by default in ingress-nginx,
+    /// Envoy and HAProxy setups).
     pub quiet_period: Duration,
     pub recommend: RecommendConfig,
     /// Which connectors are the ingress; only theirs measure the gap.
@@ -22,7 +25,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            quiet_period: Duration::from_secs(5),
+            quiet_period: Duration::from_secs(10),
             recommend: RecommendConfig::default(),
             ingress: IngressConfig::default(),
         }

@@ -74,13 +74,16 @@ pub fn slice(endpoints: &[Ep]) -> EndpointSlice {
 }
 
 /// The engine as these tests run it: the ingress is the host process
-/// `nginx` (the tests' records come from it, from no pod's cgroup).
+/// `nginx` (the tests' records come from it, from no pod's cgroup), and
+/// windows close after 5 s of quiet (the tests' timelines are laid out
+/// around it, whatever the default).
 pub fn ingress_nginx() -> EngineConfig {
     EngineConfig {
         ingress: IngressConfig {
             comms: vec!["nginx".into()],
             ..IngressConfig::default()
         },
+        quiet_period: std::time::Duration::from_secs(5),
         ..EngineConfig::default()
     }
 }
