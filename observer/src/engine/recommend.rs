@@ -147,7 +147,8 @@ pub fn recommend(group: &Group<'_>, config: &RecommendConfig) -> Recommendation 
         GroupKey::Service { namespace, service } => {
             let first = group.samples.first().and_then(|s| s.workload.clone());
             let shared = group.samples.iter().all(|s| s.workload == first);
-            (namespace, Some(service.clone()), first.filter(|_| shared))
+            let workload = first.filter(|_| shared).map(|w| w.to_string());
+            (namespace, Some(service.clone()), workload)
         }
         GroupKey::Workload {
             namespace,
@@ -187,8 +188,9 @@ pub fn recommend(group: &Group<'_>, config: &RecommendConfig) -> Recommendation 
         })
         .unwrap_or_else(|| namespace.clone());
     let container = latest
-        .and_then(|s| s.container.clone())
-        .unwrap_or_else(|| "app".to_owned());
+        .and_then(|s| s.container.as_deref())
+        .unwrap_or("app")
+        .to_owned();
     let yaml = pod_spec_yaml(&measure, &target, &container);
     let sigterm_delay = sigterm_delay_paragraph(&measure);
     Recommendation {
