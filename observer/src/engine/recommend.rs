@@ -136,12 +136,14 @@ pub fn recommend(group: &Group<'_>, config: &RecommendConfig) -> Recommendation 
     let configured_prestop = latest
         .and_then(|s| s.configured_prestop_ms)
         .map(|ms| ms as f64 / 1000.0);
-    let configured_grace = latest.and_then(|s| s.termination_grace_period_seconds);
+    let configured_grace = latest
+        .and_then(|s| s.termination_grace_period_seconds)
+        .map(i64::from);
     let mut failed = FailureCounts::default();
     let mut served = 0;
     for s in group.samples {
-        failed.merge(&s.failures);
-        served += s.served_after_deletion;
+        s.failures.add_to(&mut failed);
+        served += u64::from(s.served_after_deletion);
     }
     let (namespace, service, workload) = match group.key {
         GroupKey::Service { namespace, service } => {

@@ -8,6 +8,7 @@ use super::config::RecommendConfig;
 use super::recommend::{Group, Recommendation, recommend};
 use super::record::{FailureCounts, PodTermination};
 use super::window::PodConfig;
+use crate::probe::FailureClass;
 
 /// Groups kept at most; beyond this the least recently updated is dropped,
 /// so a cluster that churns through Services does not grow memory.
@@ -15,18 +16,44 @@ pub const MAX_GROUPS: usize = 4096;
 
 /// What one closed termination contributes. A cluster's groups hold up to
 /// `window` of these each (200 Services and 200 workloads at the default
-/// 200: 80 000), so a sample carries no allocation of its own: its names
-/// share the group's previous sample's.
+/// 200: 80 000, 7.7 MB at 96 bytes), so a sample carries no allocation of
+/// its own (its names share the group's previous sample's) and its counts
+/// are 32-bit (saturating; one termination's counts do not reach 4 billion).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     pub gap_ns: i64,
-    pub failures: FailureCounts,
+    pub failures: SampleFailures,
     /// The ingress's connects to the pod after deletion that succeeded.
-    pub served_after_deletion: u64,
-    pub configured_prestop_ms: Option<u64>,
-    pub termination_grace_period_seconds: Option<i64>,
+    pub served_after_deletion: u32,
+    pub configured_prestop_ms: Option<u32>,
+    pub termination_grace_period_seconds: Option<u32>,
     pub workload: Option<Arc<str>>,
     pub container: Option<Arc<str>>,
+}
+
+// A full window's memory is this times `window` times the group count.
+const _: () = assert!(std::mem::size_of::<Sample>() <= 96);
+
+/// One termination's failed connects by class, in [`FailureClass::ALL`]
+/// order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleFailures([u32; FailureClass::ALL.len()]);
+
+impl SampleFailures {
+    pub fn of(counts: &FailureCounts) -> SampleFailures {
+        SampleFailures(FailureClass::ALL.map(|class| saturate(counts.get(class))))
+    }
+
+    /// Adds these counts to `total`.
+    pub fn add_to(&self, total: &mut FailureCounts) {
+        for (class, n) in FailureClass::ALL.into_iter().zip(self.0) {
+            total.add_n(class, u64::from(n));
+        }
+    }
+}
+
+fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// A recommendation group: a Service or a workload in a namespace.
@@ -90,10 +117,12 @@ impl Samples {
             .and_then(|group| group.samples.back());
         let sample = Sample {
             gap_ns: termination.propagation_gap_ns.unwrap_or(0).max(0),
-            failures: termination.failures,
-            served_after_deletion: termination.served_after_deletion,
-            configured_prestop_ms: termination.configured_prestop_ms,
-            termination_grace_period_seconds: termination.termination_grace_period_seconds,
+            failures: SampleFailures::of(&termination.failures),
+            served_after_deletion: saturate(termination.served_after_deletion),
+            configured_prestop_ms: termination.configured_prestop_ms.map(saturate),
+            termination_grace_period_seconds: termination
+                .termination_grace_period_seconds
+                .and_then(|seconds| u32::try_from(seconds).ok()),
             workload: shared(
                 previous.and_then(|s| s.workload.as_ref()),
                 termination.workload.as_deref(),
@@ -108,6 +137,11 @@ impl Samples {
             group.samples.push_back(sample.clone());
             while group.samples.len() > window.max(1) {
                 group.samples.pop_front();
+            }
+            // Growth doubles the buffer (200 samples would sit in room for
+            // 256); a full window keeps exactly its own room.
+            if group.samples.len() == window.max(1) {
+                group.samples.shrink_to_fit();
             }
         }
     }
@@ -159,5 +193,31 @@ impl Samples {
                 )
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_failures_keep_every_class_and_saturate() {
+        let mut counts = FailureCounts::default();
+        for (n, class) in FailureClass::ALL.into_iter().enumerate() {
+            counts.add_n(class, n as u64 + 1);
+        }
+        let mut total = FailureCounts::default();
+        SampleFailures::of(&counts).add_to(&mut total);
+        SampleFailures::of(&counts).add_to(&mut total);
+        for (n, class) in FailureClass::ALL.into_iter().enumerate() {
+            assert_eq!(total.get(class), 2 * (n as u64 + 1), "{class:?}");
+        }
+        let huge = FailureCounts {
+            refused: u64::MAX,
+            ..FailureCounts::default()
+        };
+        let mut total = FailureCounts::default();
+        SampleFailures::of(&huge).add_to(&mut total);
+        assert_eq!(total.refused, u64::from(u32::MAX));
     }
 }

@@ -7,15 +7,16 @@ use kube::runtime::watcher::Event;
 
 use super::*;
 use crate::engine::recommend::{Group, nearest_rank, recommend};
-use crate::engine::samples::{GroupKey, Sample};
+use crate::engine::samples::{GroupKey, Sample, SampleFailures};
 
 fn sample(gap_ms: i64, prestop_ms: Option<u64>, grace: Option<i64>) -> Sample {
     Sample {
         gap_ns: gap_ms * MS as i64,
-        failures: FailureCounts::default(),
+        failures: SampleFailures::default(),
         served_after_deletion: 0,
-        configured_prestop_ms: prestop_ms,
-        termination_grace_period_seconds: grace,
+        configured_prestop_ms: prestop_ms.map(|ms| u32::try_from(ms).expect("a test preStop")),
+        termination_grace_period_seconds: grace
+            .map(|seconds| u32::try_from(seconds).expect("a test grace period")),
         workload: Some("web".into()),
         container: Some("web".into()),
     }
@@ -179,8 +180,11 @@ fn verdict_compares_configuration_with_the_measurement() {
     ];
     for (prestop, grace, want) in cases {
         let mut s = sample(7_200, *prestop, *grace);
-        s.failures.refused = 3;
-        s.failures.timed_out = 1;
+        s.failures = SampleFailures::of(&FailureCounts {
+            refused: 3,
+            timed_out: 1,
+            ..FailureCounts::default()
+        });
         let r = recommend_for(&[s], &config);
         let mut expected: Vec<String> = want.iter().map(|s| s.to_string()).collect();
         expected.push("4 connects failed after termination began (3 refused, 1 timed_out)".into());
