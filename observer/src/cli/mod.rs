@@ -30,12 +30,11 @@ pub struct ProbeArgs {
     /// A SYN that a thread sends this soon after its own connect failed,
     /// to another destination, is a retry of that failure, not a choice
     /// of the pod (docs/ENGINE.md, "Choices and retries"). Proxies retry
-    /// within microseconds; a worker retrying a burst of failures keeps
-    /// it open from one retry to the next. Raise it on very loaded nodes;
-    /// keep it well under the time between two requests on one ingress
-    /// worker, or first tries after a 502 count as retries. A failure the
-    /// proxy declared itself (its connect timeout) has at least 5 ms.
-    #[arg(long, default_value = "1ms", value_parser = parse_duration, value_name = "DURATION")]
+    /// within microseconds, a scheduler tick later on a loaded node; raise
+    /// it on very loaded nodes. A retry counts its failure as retried
+    /// (hidden from users) only within 1 ms of it, or of its thread's
+    /// previous retry of a burst (a proxy's own timeout: this window).
+    #[arg(long, default_value = "5ms", value_parser = parse_duration, value_name = "DURATION")]
     pub retry_window: Duration,
     /// Name the process on every failed connect, to any destination. By
     /// default only connects to watched destinations (terminating and

@@ -361,10 +361,11 @@ impl OutcomeJoiner {
         match raw.kind {
             kind::CONNECT => {
                 let mut record = ConnectRecord::from_raw(&raw, Outcome::Connect);
-                record.retried = self
+                let retry = self
                     .retries
                     .syn_is_retry(raw.pid, raw.cgroup_id, raw.ts, raw.dst);
-                record.retry = record.retried.is_some();
+                record.retry = retry.is_some();
+                record.retried = retry.filter(|r| r.counted).map(|r| r.failure);
                 out.push(record);
             }
             kind::SENT => {

@@ -47,23 +47,26 @@ use serde::{Deserialize, Serialize};
 use crate::clock::MonoTime;
 
 /// How soon after its own failed connect a thread's next SYN, to another
-/// destination, is taken for a retry. Proxies retry in the same event-loop
-/// turn in which they learn of the failure: tens of microseconds after the
-/// kernel reported it (30–150 µs in the lab), a millisecond on a loaded
-/// node. The window must stay well under the time between two requests on
-/// one worker: the next request's first try also follows a failure that
-/// was not retried, and nginx at 200 requests a second on one worker
-/// makes it 4.5–5 ms later, so a 5 ms window took a third of those first
-/// tries for retries.
-pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_millis(1);
+/// destination, is taken for a retry rather than a choice of its pod.
+/// Proxies retry in the same event-loop turn in which they learn of the
+/// failure: tens of microseconds after the kernel reported it (30–150 µs
+/// in the lab), yet on a loaded node a scheduler tick later now and then
+/// (1.8 and 4 ms in the lab). A retry taken for a choice can end a gap
+/// seconds late; a choice taken for a retry ends it at most one request
+/// early, so the gap's window is the wide one.
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_millis(5);
 
-/// The window for a failure the proxy declared itself (closing a connect
-/// it gave up on): its retry follows in the same call as the close, yet on
-/// a loaded node trails it by a scheduler tick now and then (4 ms here).
-/// Such timeouts are seconds apart per request, so the wider window costs
-/// little; the spending rule below keeps a timeout that ended its request
-/// from licensing the next request's first try.
-pub const OWN_TIMEOUT_RETRY_WINDOW: Duration = Duration::from_millis(5);
+/// How soon after its failure (or its thread's latest counted retry) a
+/// retry counts that failure as *retried*, hidden from users. The window
+/// must stay under the time between two requests on one worker: a failure
+/// that ended its request (a 502) is followed by the next request's first
+/// try, and at 200 requests a second on one nginx worker that came
+/// 4.5–5 ms later; within [`DEFAULT_RETRY_WINDOW`] a third of those first
+/// tries counted their 502's failure as retried. A retry later than this
+/// is still a retry for the gap, and its failure counts as not retried.
+/// A worker retrying a burst of failures one request after another keeps
+/// the window open: it runs from the thread's latest counted retry.
+pub const COUNTED_RETRY_WINDOW: Duration = Duration::from_millis(1);
 
 /// How long a failure stays available to a pooled connection's last send.
 /// Such a send is reported when its connection closes, which an ingress
@@ -106,14 +109,15 @@ pub struct RetriedFailure {
 }
 
 impl Failure {
-    /// How long after it a retry of it may come: `window` for a failure the
-    /// kernel reported, at least [`OWN_TIMEOUT_RETRY_WINDOW`] for one the
-    /// proxy declared itself.
-    fn window(&self, window: Duration) -> Duration {
+    /// How long after it (or its thread's latest counted retry) a retry
+    /// counts it as retried: a failure the proxy declared itself is retried
+    /// in the same call as its close, so the whole retry window; one the
+    /// kernel found, [`COUNTED_RETRY_WINDOW`].
+    fn counted_window(&self, window: Duration) -> Duration {
         if self.closed_by_app {
-            window.max(OWN_TIMEOUT_RETRY_WINDOW)
-        } else {
             window
+        } else {
+            window.min(COUNTED_RETRY_WINDOW)
         }
     }
 
@@ -129,6 +133,17 @@ impl Failure {
 /// (0: not known, so any thread of the connector).
 fn same_thread(failed: u32, trying: u32) -> bool {
     failed == 0 || trying == 0 || failed == trying
+}
+
+/// A SYN that retries a failure: which one, and whether it counts that
+/// failure as retried (hidden from users) or only marks the SYN as no
+/// choice of its pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynRetry {
+    pub failure: RetriedFailure,
+    /// Within [`COUNTED_RETRY_WINDOW`] of the failure or of its thread's
+    /// latest counted retry (a proxy's own timeout: the retry window).
+    pub counted: bool,
 }
 
 /// Thread `tid` retried at `at`: it is still working through the failures
@@ -213,7 +228,7 @@ impl RetryTracker {
         connector: u64,
         at: MonoTime,
         dst: SocketAddr,
-    ) -> Option<RetriedFailure> {
+    ) -> Option<SynRetry> {
         if tid == 0 {
             return None;
         }
@@ -224,8 +239,9 @@ impl RetryTracker {
                 && f.dst != dst
                 && same_thread(f.tid, tid)
                 && at >= f.at
-                && at.saturating_since(f.turn) <= f.window(window)
+                && at.saturating_since(f.at) <= window
         };
+        let counted = |f: &Failure| at.saturating_since(f.turn) <= f.counted_window(window);
         // The newest failure the proxy declared itself: this SYN is its
         // retry, and the thread's older ones were spent.
         let newest_own = failures
@@ -233,20 +249,38 @@ impl RetryTracker {
             .rposition(&fits)
             .filter(|&i| failures[i].closed_by_app);
         if let Some(i) = newest_own {
-            let retried = failures[i].retried();
+            let retry = SynRetry {
+                failure: failures[i].retried(),
+                counted: counted(&failures[i]),
+            };
             for f in failures.iter_mut() {
-                if f.closed_by_app && !f.taken && f.tid == tid && f.at <= retried.at {
+                if f.closed_by_app && !f.taken && f.tid == tid && f.at <= retry.failure.at {
                     f.taken = true;
                 }
             }
-            extend_turn(failures, tid, at);
-            return Some(retried);
+            if retry.counted {
+                extend_turn(failures, tid, at);
+            }
+            return Some(retry);
         }
-        let failure = failures.iter_mut().find(|f| fits(f))?;
+        // The oldest failure this SYN may count as retried; else the
+        // oldest it may retry at all. Oldest first across the whole retry
+        // window would hand a fresh failure's retry an older one that
+        // ended its request (a 502) and leave the fresh one uncounted.
+        let i = failures
+            .iter()
+            .position(|f| fits(f) && counted(f))
+            .or_else(|| failures.iter().position(&fits))?;
+        let failure = &mut failures[i];
         failure.taken = true;
-        let retried = failure.retried();
-        extend_turn(failures, tid, at);
-        Some(retried)
+        let retry = SynRetry {
+            failure: failure.retried(),
+            counted: counted(failure),
+        };
+        if retry.counted {
+            extend_turn(failures, tid, at);
+        }
+        Some(retry)
     }
 
     /// The failure elsewhere that the last send of a pooled connection of
@@ -262,9 +296,8 @@ impl RetryTracker {
         dst: SocketAddr,
     ) -> Option<RetriedFailure> {
         let slack = resolution.as_nanos() as u64;
-        let window = self.window;
+        let reach = (self.window + resolution).as_nanos() as u64;
         self.take(tid, connector, dst, |failure| {
-            let reach = (failure.window(window) + resolution).as_nanos() as u64;
             last_send.0.saturating_add(slack) >= failure.at.0
                 && last_send.0 <= failure.at.0.saturating_add(reach)
         })
@@ -352,38 +385,63 @@ mod tests {
     fn a_long_burst_is_retried_in_one_turn_past_the_window() {
         // Forty requests' connects fail in one softirq; the worker retries
         // them one after another, 60 µs apart: 2.4 ms in all, more than
-        // the window, but each retry follows the previous within it.
+        // the counted window, but each retry follows the previous within it.
         let mut tracker = RetryTracker::default();
         for i in 0..40u64 {
             tracker.note_failure(7, NGINX, MonoTime(100 * MS + i * 1_000), addr(2), false);
         }
-        let retried = (0..40u64)
+        let counted = (0..40u64)
             .filter(|i| {
                 tracker
                     .syn_is_retry(7, NGINX, MonoTime(100 * MS + 100_000 + i * 60_000), addr(3))
-                    .is_some()
+                    .is_some_and(|r| r.counted)
             })
             .count();
-        assert_eq!(retried, 40);
-        // The turn is over: a first try 3 ms later is a choice, and so is
-        // one after a failure that was never retried.
+        assert_eq!(counted, 40);
+        // A failure 4 ms before a SYN: a retry for the gap (a retry that
+        // trailed by a scheduler tick), but its failure is not counted as
+        // retried.
         tracker.note_failure(7, NGINX, MonoTime(110 * MS), addr(3), false);
-        let next = tracker.syn_is_retry(7, NGINX, MonoTime(114 * MS), addr(2));
-        assert_eq!(next, None);
+        let late = tracker.syn_is_retry(7, NGINX, MonoTime(114 * MS), addr(2));
+        assert_eq!(late.map(|r| r.counted), Some(false));
     }
 
     #[test]
-    fn the_next_requests_first_try_after_an_unretried_refusal_is_a_choice() {
+    fn the_next_requests_first_try_does_not_count_an_unretried_refusal_as_retried() {
         // nginx at 200 requests a second on one worker: request A's last
         // try is refused (A gets a 502), request B's first try comes 4.8 ms
         // later. A's earlier refusal was retried 60 µs after it.
         let mut tracker = RetryTracker::default();
         tracker.note_failure(7, NGINX, MonoTime(100 * MS), addr(2), false);
         let retry = tracker.syn_is_retry(7, NGINX, MonoTime(100 * MS + 60_000), addr(3));
-        assert!(retry.is_some(), "A's retry");
+        assert_eq!(retry.map(|r| r.counted), Some(true), "A's retry");
         tracker.note_failure(7, NGINX, MonoTime(100 * MS + 90_000), addr(3), false);
         let next = tracker.syn_is_retry(7, NGINX, MonoTime(104 * MS + 890_000), addr(2));
-        assert_eq!(next, None, "B's first try");
+        // Within the retry window, so no choice for the gap (one request
+        // early at most), but A's last failure stays not retried: A's user
+        // got the 502.
+        assert_eq!(next.map(|r| r.counted), Some(false), "B's first try");
+    }
+
+    #[test]
+    fn a_fresh_failures_retry_counts_it_not_an_older_502s() {
+        // Request A's last try failed at 100 ms (a 502). Request B's first
+        // try fails 4.5 ms later and is retried 60 µs after that: the
+        // retry counts B's failure; A's stays not retried.
+        let mut tracker = RetryTracker::default();
+        tracker.note_failure(7, NGINX, MonoTime(100 * MS), addr(4), false);
+        tracker.note_failure(7, NGINX, MonoTime(104 * MS + 500_000), addr(2), false);
+        let retry = tracker.syn_is_retry(7, NGINX, MonoTime(104 * MS + 560_000), addr(3));
+        assert_eq!(
+            retry,
+            Some(SynRetry {
+                failure: RetriedFailure {
+                    dst: addr(2),
+                    at: MonoTime(104 * MS + 500_000)
+                },
+                counted: true,
+            })
+        );
     }
 
     #[test]
@@ -441,9 +499,12 @@ mod tests {
         // The retry names the failure it hid: the newest, not the spent one.
         assert_eq!(
             tracker.syn_is_retry(7, NGINX, MonoTime(101 * MS + 40_000), addr(3)),
-            Some(RetriedFailure {
-                dst: addr(2),
-                at: MonoTime(101 * MS)
+            Some(SynRetry {
+                failure: RetriedFailure {
+                    dst: addr(2),
+                    at: MonoTime(101 * MS)
+                },
+                counted: true,
             })
         );
         assert!(
