@@ -50,6 +50,91 @@ pub mod kind {
     /// application (a retransmission timeout, an ICMP unreachable): a
     /// pooled connection to a vanished pod failing under a request.
     pub const SENT: u8 = 7;
+    /// Receiving side: a pod on this node accepted a connection (its
+    /// socket went SYN_RECV -> ESTABLISHED). `saddr`/`sport` are the
+    /// sender's, `daddr`/`dport` the watched pod's; `cgroup_id` is the
+    /// pod's socket's.
+    pub const ACCEPTED: u8 = 8;
+    /// Receiving side: a connection a watched pod accepted left
+    /// ESTABLISHED. `since_send_jiffies` says how long before `ts_ns`
+    /// data last arrived on it (`icsk_ack.lrcvtime`) and `syn_ns` carries
+    /// the kernel's jiffies at `ts_ns`, as for [`SENT`]: a request over a
+    /// pooled connection, dated without per-packet work. Addresses as for
+    /// [`ACCEPTED`].
+    pub const RECEIVED: u8 = 9;
+    /// Receiving side: the kernel freed a packet addressed to a watched
+    /// pod (`kfree_skb`, with a drop reason). `errno` carries the
+    /// [`drop_class`](crate::drop_class) and `flags` has
+    /// [`SYN`](crate::flags::SYN) when the packet opened a connection. A
+    /// SYN dropped for want of a socket was answered with an RST: a
+    /// connect the pod refused.
+    pub const DROPPED: u8 = 10;
+    /// The last kind, for the decoder's range check.
+    pub const LAST: u8 = DROPPED;
+}
+
+/// Why the kernel dropped a packet for a watched pod (`DROPPED`'s
+/// `errno`), from the kernel's `enum skb_drop_reason`, whose values differ
+/// between kernels (user space finds them in BTF: [`DropReasons`]).
+pub mod drop_class {
+    /// No socket took it (`NO_SOCKET`): nothing listens on the port (a
+    /// SYN is answered with an RST: refused), or the connection is gone.
+    pub const NO_SOCKET: i32 = 1;
+    /// No route to the pod's address any more (`IP_INNOROUTES`,
+    /// `IP_OUTNOROUTES`): its interface and route went with its network.
+    pub const NO_ROUTE: i32 = 2;
+    /// The pod's address stopped answering neighbour resolution
+    /// (`NEIGH_FAILED`, `NEIGH_DEAD`): its network is gone from the link.
+    pub const NEIGHBOUR: i32 = 3;
+}
+
+/// The kernel's `enum skb_drop_reason` values the probe classifies,
+/// looked up by name in BTF at load time ([`SockOffsets::ABSENT`] for a
+/// reason this kernel does not have), and where `struct sk_buff` keeps
+/// the packet's network header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropReasons {
+    /// `sk_buff.head` (a pointer).
+    pub skb_head: u32,
+    /// `sk_buff.network_header` (a u16 offset from `head`).
+    pub skb_network_header: u32,
+    pub no_socket: u32,
+    pub ip_in_no_routes: u32,
+    pub ip_out_no_routes: u32,
+    pub neigh_failed: u32,
+    pub neigh_dead: u32,
+    pub _pad: u32,
+}
+
+impl DropReasons {
+    /// Nothing known: every program that reads drops returns at once.
+    pub const NONE: DropReasons = DropReasons {
+        skb_head: SockOffsets::ABSENT,
+        skb_network_header: SockOffsets::ABSENT,
+        no_socket: SockOffsets::ABSENT,
+        ip_in_no_routes: SockOffsets::ABSENT,
+        ip_out_no_routes: SockOffsets::ABSENT,
+        neigh_failed: SockOffsets::ABSENT,
+        neigh_dead: SockOffsets::ABSENT,
+        _pad: 0,
+    };
+
+    /// The drop class of a kernel drop reason, or 0 for a drop the probe
+    /// does not report.
+    pub fn class_of(&self, reason: u32) -> i32 {
+        if reason == SockOffsets::ABSENT {
+            0
+        } else if reason == self.no_socket {
+            drop_class::NO_SOCKET
+        } else if reason == self.ip_in_no_routes || reason == self.ip_out_no_routes {
+            drop_class::NO_ROUTE
+        } else if reason == self.neigh_failed || reason == self.neigh_dead {
+            drop_class::NEIGHBOUR
+        } else {
+            0
+        }
+    }
 }
 
 /// `ConnectEvent::flags` bits.
@@ -59,6 +144,8 @@ pub mod flags {
     /// `SENT`: the peer closed the connection (FIN) while a request was in
     /// flight on it (data sent after the last data received).
     pub const CUT: u8 = 2;
+    /// `DROPPED`: the packet was a SYN (a new connection).
+    pub const SYN: u8 = 4;
 }
 
 /// One connect outcome, written by the kernel into the `EVENTS` ring buffer.
@@ -334,6 +421,11 @@ pub struct SockOffsets {
     /// carried, as the application reads it (`SO_ERROR`, `MSG_ERRQUEUE`).
     /// [`SockOffsets::ABSENT`] where the kernel's BTF lacks the struct.
     pub exterr_errno: u32,
+    /// `sock.sk_max_ack_backlog` (a u32): a listening socket's backlog,
+    /// which the sockets it accepts inherit (they are copies of it) and a
+    /// connecting socket never sets; how a close tells a connection a pod
+    /// accepted from one it opened.
+    pub max_ack_backlog: u32,
 }
 
 impl SockOffsets {
@@ -341,7 +433,7 @@ impl SockOffsets {
     pub const ABSENT: u32 = u32::MAX;
 }
 
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 84);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 88);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::align_of::<ConnectEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
@@ -350,6 +442,7 @@ const _: () = assert!(core::mem::size_of::<TupleKey>() == 40);
 const _: () = assert!(core::mem::size_of::<DestStats>() == 13 * 8);
 const _: () = assert!(core::mem::size_of::<StormKey>() == 32);
 const _: () = assert!(core::mem::size_of::<StormStats>() == 10 * 8);
+const _: () = assert!(core::mem::size_of::<DropReasons>() == 8 * 4);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -372,4 +465,6 @@ mod pod {
     unsafe impl aya::Pod for StormStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DropReasons {}
 }

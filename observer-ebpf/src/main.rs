@@ -18,6 +18,11 @@
 //! - ESTABLISHED or CLOSE_WAIT -> any, to a watched destination: the
 //!   connection's last send (`SENT`), how requests on pooled connections
 //!   are seen.
+//! - The receiving side (`arrivals`), for pods on this node that user
+//!   space watches: SYN_RECV -> ESTABLISHED (a connection the pod
+//!   accepted), the close of such a connection (when data last arrived on
+//!   it: pooled requests), and `kfree_skb` (a SYN refused for want of a
+//!   listener, packets dropped once the pod's network is gone).
 //! - `inet_sk_error_report` and `tcp_receive_reset` (`reports`): an error
 //!   reported before the close (older kernels), and resets of followed
 //!   established connections.
@@ -41,6 +46,7 @@ macro_rules! offset {
     };
 }
 
+mod arrivals;
 mod maps;
 mod reports;
 mod sock;
@@ -48,6 +54,7 @@ mod state;
 mod storm;
 mod sync_failure;
 
+pub(crate) use arrivals::*;
 pub(crate) use maps::*;
 pub(crate) use sock::*;
 pub(crate) use state::*;
@@ -56,6 +63,7 @@ pub(crate) use storm::*;
 pub(crate) const IPPROTO_TCP: u16 = 6;
 pub(crate) const TCP_ESTABLISHED: i32 = 1;
 pub(crate) const TCP_SYN_SENT: i32 = 2;
+pub(crate) const TCP_SYN_RECV: i32 = 3;
 pub(crate) const TCP_CLOSE: i32 = 7;
 pub(crate) const TCP_CLOSE_WAIT: i32 = 8;
 

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use observer_common::{
-    AddrKey, ConnectEvent, DestKey, DestStats, SockOffsets, StormKey, StormStats, TASK_COMM_LEN,
-    TupleKey, capacity, counter,
+    AddrKey, ConnectEvent, DestKey, DestStats, DropReasons, SockOffsets, StormKey, StormStats,
+    TASK_COMM_LEN, TupleKey, capacity, counter,
 };
 
 /// CLOCK_MONOTONIC now, in ns.
@@ -167,7 +167,15 @@ pub(crate) static SOCK_OFFSETS: SockOffsets = SockOffsets {
     error_queue: 0,
     skb_cb: 0,
     exterr_errno: 0,
+    max_ack_backlog: 0,
 };
+
+/// The kernel's drop reasons the receiving side classifies, and where a
+/// `sk_buff` keeps its network header: written by user space from BTF
+/// before the object is loaded. All `ABSENT` here, so that an object
+/// loaded without them reports no drop.
+#[unsafe(no_mangle)]
+pub(crate) static DROP_REASONS: DropReasons = DropReasons::NONE;
 
 /// Non-zero: every program returns at once. The benchmark loads the probe
 /// this way to measure what the hooks themselves cost the kernel.

@@ -39,6 +39,7 @@ pub(crate) fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), 
         (TCP_CLOSE, TCP_SYN_SENT) => on_syn_sent(ctx, skaddr),
         // Only TCP sockets are in SOCKS, so these need no protocol check.
         (TCP_SYN_SENT, TCP_ESTABLISHED) => on_established(skaddr),
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => on_accepted(skaddr),
         (TCP_SYN_SENT, TCP_CLOSE) => {
             let now = now_ns();
             // Called one after the other, not one from the other: a chain
@@ -54,6 +55,10 @@ pub(crate) fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), 
             // was in flight.
             let peer_closed = oldstate == TCP_ESTABLISHED && newstate == TCP_CLOSE_WAIT;
             let result = on_leaving_established(skaddr, peer_closed);
+            // Once per connection: nothing arrives after the peer's FIN.
+            if oldstate == TCP_ESTABLISHED {
+                let _ = on_passive_close(skaddr);
+            }
             if newstate == TCP_CLOSE {
                 forget_socket(skaddr);
             }

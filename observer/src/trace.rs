@@ -17,9 +17,15 @@ pub fn shown(record: &ConnectRecord, ports: &[u16], failures_only: bool) -> bool
         return false;
     }
     match record.outcome {
-        Outcome::Failed { .. } => true,
+        // A pod on this node dropping or refusing what arrives is a
+        // failure seen from the receiving side.
+        Outcome::Failed { .. } | Outcome::Dropped { .. } => true,
         // Successes only reach user space for watched destinations.
-        Outcome::Connect | Outcome::Established { .. } | Outcome::Sent { .. } => !failures_only,
+        Outcome::Connect
+        | Outcome::Established { .. }
+        | Outcome::Sent { .. }
+        | Outcome::Accepted
+        | Outcome::Received { .. } => !failures_only,
     }
 }
 
@@ -34,6 +40,23 @@ pub fn format_line(clock: &WallClock, record: &ConnectRecord) -> String {
                 ms(record.ts.saturating_since(*last_send).as_nanos() as u64)
             ),
         ),
+        Outcome::Accepted => ("accepted".to_string(), "by the pod".to_string()),
+        Outcome::Received { last_arrival } => (
+            "received".to_string(),
+            format!(
+                "closed; data last arrived {} before",
+                ms(record.ts.saturating_since(*last_arrival).as_nanos() as u64)
+            ),
+        ),
+        Outcome::Dropped { reason, syn } => {
+            let what = if record.refused_by_pod() {
+                "refused_by_pod"
+            } else {
+                "dropped"
+            };
+            let packet = if *syn { "a SYN" } else { "a packet" };
+            (what.to_string(), format!("{packet} ({})", reason.as_str()))
+        }
         Outcome::Established { latency_ns } => (
             "established".to_string(),
             format!("after {}", ms(*latency_ns)),

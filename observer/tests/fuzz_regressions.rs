@@ -36,6 +36,7 @@ fn a_zero_fallback_tick_rate_keeps_the_default() {
         jiffies: 0,
         since_send_jiffies: 250,
         cut: false,
+        opens_connection: false,
     };
     let mut out: Vec<ConnectRecord> = Vec::new();
     joiner.push(sent, &mut out);

@@ -14,7 +14,7 @@ use clap::Args;
 use observer::{
     cluster::selector::LabelSelector,
     cluster::{ClientSource, WatchConfig},
-    engine::{EngineConfig, IngressConfig, RecommendConfig},
+    engine::{EngineConfig, IngressConfig, RecommendConfig, arrivals::ExternalSender},
     probe::{ProbeOptions, SyncFailureHook},
 };
 
@@ -188,6 +188,13 @@ pub struct EngineArgs {
     /// sets NODE_NAME from the downward API.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
+    /// Names an address range of senders outside the cluster, as
+    /// CIDR=name (e.g. `10.0.0.0/16=alb` for an ALB's subnets); repeatable.
+    /// What lands on this node's terminating pods from that range is
+    /// reported under the name; from an address no pod, range or local
+    /// process explains, as `external`.
+    #[arg(long = "external-sender", value_name = "CIDR=NAME", value_parser = ExternalSender::parse)]
+    pub external_senders: Vec<ExternalSender>,
 }
 
 impl EngineArgs {
@@ -237,6 +244,7 @@ impl EngineArgs {
                 comms: self.ingress_comms.clone(),
                 node: self.node_name.clone(),
             },
+            external_senders: self.external_senders.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::arrivals::ExternalSender;
 use super::connector::IngressConfig;
 
 /// How the engine closes measurement windows and recommends preStop.
@@ -20,6 +21,9 @@ pub struct EngineConfig {
     pub recommend: RecommendConfig,
     /// Which connectors are the ingress; only theirs measure the gap.
     pub ingress: IngressConfig,
+    /// Named address ranges of senders outside the cluster
+    /// (`--external-sender`).
+    pub external_senders: Vec<ExternalSender>,
 }
 
 impl Default for EngineConfig {
@@ -28,6 +32,7 @@ impl Default for EngineConfig {
             quiet_period: Duration::from_secs(10),
             recommend: RecommendConfig::default(),
             ingress: IngressConfig::default(),
+            external_senders: Vec::new(),
         }
     }
 }

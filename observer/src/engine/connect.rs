@@ -52,6 +52,11 @@ impl ConnectFact {
         let (at, is_connect, new_attempt) = match &record.outcome {
             Outcome::Connect => (record.ts, true, true),
             Outcome::Sent { last_send } => (*last_send, false, false),
+            // The receiving side's view goes to `Engine::on_arrival`; it is
+            // never a connect of this node.
+            Outcome::Accepted | Outcome::Received { .. } | Outcome::Dropped { .. } => {
+                (record.ts, false, false)
+            }
             // A watched SYN was already reported as `Connect`; an unwatched
             // one shows up only through its outcome.
             Outcome::Established { .. } => (record.syn.unwrap_or(record.ts), true, !record.watched),

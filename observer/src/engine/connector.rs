@@ -210,6 +210,11 @@ impl Connectors {
     }
 
     /// The name interned at `index`.
+    /// Whether `pod` is an ingress pod by the ingress selectors.
+    pub fn is_ingress_pod(&self, pod: &crate::cluster::PodRecord) -> bool {
+        self.selectors.iter().any(|s| s.matches(&pod.labels))
+    }
+
     pub fn name(&self, index: u16) -> &str {
         self.names
             .get(usize::from(index))

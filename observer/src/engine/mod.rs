@@ -7,6 +7,7 @@
 //! never with the number of events: every list is bounded. See
 //! docs/ENGINE.md.
 
+pub mod arrivals;
 pub mod config;
 pub mod connect;
 pub mod connector;
@@ -26,9 +27,10 @@ use std::net::IpAddr;
 
 use crate::clock::MonoTime;
 use crate::cluster::{ChangeKind, ClusterChange, ClusterModel, PodRef, StampedEvent};
-use crate::probe::decode::{ConnectRecord, FailureClass};
+use crate::probe::decode::{ConnectRecord, FailureClass, Outcome};
 use crate::probe::retry::RetriedFailure;
 
+use arrivals::{LocalSenders, Sender, SenderKind};
 use connect::ConnectFact;
 use connector::{ConnectorRole, Connectors, IngressStatus};
 use findings::{RecentlyReady, RetiredIps, classify};
@@ -66,6 +68,8 @@ pub struct Engine {
     counters: EngineCounters,
     /// Retries whose failure no window has counted yet.
     credits: RetryCredits,
+    /// This node's connects by 4-tuple, naming what arrives from them.
+    local_senders: LocalSenders,
     /// The newest time any input carried: the engine's notion of now.
     latest: MonoTime,
 }
@@ -85,14 +89,33 @@ impl Engine {
             ready: RecentlyReady::default(),
             counters: EngineCounters::default(),
             credits: RetryCredits::default(),
+            local_senders: LocalSenders::default(),
             latest: MonoTime(0),
         }
     }
 
     /// Feeds one connect outcome from the probe.
     pub fn on_connect(&mut self, record: &ConnectRecord, out: &mut Vec<Output>) {
+        if record.is_arrival() {
+            self.on_arrival(record);
+            return;
+        }
         self.counters.connects_seen += 1;
         let (role, connector) = self.connectors.identify(record, &self.model);
+        // What this node's own processes connect with, to name what lands
+        // on its pods: a SYN (its port not assigned yet) or the outcome
+        // that knows the port. Only watched destinations carry both.
+        if record.watched
+            && matches!(
+                record.outcome,
+                Outcome::Connect | Outcome::Established { .. } | Outcome::Failed { .. }
+            )
+        {
+            let name = self.connectors.name(connector);
+            let at = record.syn.unwrap_or(record.ts);
+            self.local_senders
+                .note(record.src, record.dst, at, role, name);
+        }
         let fact = ConnectFact::from_record(record, role, connector);
         self.latest = self.latest.max(fact.ts);
         self.replay.push(fact, self.latest);
@@ -132,6 +155,59 @@ impl Engine {
             self.count_failure(PodState::Terminating, class, fact.count);
         } else {
             self.on_failure(record, &fact, class, out);
+        }
+    }
+
+    /// Feeds what the receiving side saw land on a pod of this node: it
+    /// goes to the pod's open window, named after its sender. It never
+    /// moves the sender-side figures.
+    fn on_arrival(&mut self, record: &ConnectRecord) {
+        self.counters.arrivals_seen += 1;
+        let at = arrivals::arrival_time(record);
+        self.latest = self.latest.max(record.ts);
+        let sender = self.sender_of(record, at);
+        let Some(pod) = self.model.pod_for_ip_at(record.dst.ip(), at) else {
+            return;
+        };
+        let Some(window) = self.windows.get_mut(&pod.uid) else {
+            return;
+        };
+        window.touch(record.ts);
+        window.apply_arrival(at, record.dst.port(), &record.outcome, &sender);
+    }
+
+    /// Who sent what arrived: this node's own connector where the 4-tuple
+    /// is one of its connects, else a pod by its address, else an
+    /// external sender (named where `--external-sender` covers it). Never
+    /// the destination port alone.
+    fn sender_of(&self, record: &ConnectRecord, at: MonoTime) -> Sender {
+        if let Some((role, name)) = self.local_senders.find(record.src, record.dst, at) {
+            return Sender {
+                kind: SenderKind::from_role(role),
+                name: name.to_owned(),
+            };
+        }
+        let ip = record.src.ip();
+        if let Some(pod) = self.model.pod_for_ip_at(ip, at) {
+            let kind = if self.connectors.is_ingress_pod(pod) {
+                SenderKind::Ingress
+            } else {
+                SenderKind::Pod
+            };
+            return Sender {
+                kind,
+                name: format!("{}/{}", pod.namespace, pod.name),
+            };
+        }
+        let name = self
+            .config
+            .external_senders
+            .iter()
+            .find(|range| range.contains(ip))
+            .map_or("external", |range| range.name.as_str());
+        Sender {
+            kind: SenderKind::External,
+            name: name.to_owned(),
         }
     }
 
@@ -280,6 +356,11 @@ impl Engine {
             return;
         }
         let mut window = Window::open(&self.model, record, deletion_seen, late);
+        // The pod runs on this node: its kernel sees everything that lands
+        // on it, so "nothing arrived" is a measurement too.
+        if self.config.ingress.node.is_some() && record.node == self.config.ingress.node {
+            window.expect_arrivals();
+        }
         let ips = window.ips().to_vec();
         let model = &self.model;
         for fact in self.replay.to_ips_since(&ips, deletion_seen) {
@@ -331,6 +412,19 @@ impl Engine {
         {
             self.samples
                 .add(&record, &config, self.config.recommend.window);
+        } else if !ingress_found
+            && record.usable_for_recommendation()
+            && let Some(gap) = record
+                .destination
+                .as_ref()
+                .and_then(|view| view.largest_sender_gap())
+        {
+            // No ingress on this node measured a gap: the largest sender's
+            // arrival gap stands in, and the recommendation says so.
+            let mut from_arrivals = record.clone();
+            from_arrivals.propagation_gap_ns = Some(gap);
+            self.samples
+                .add_from_arrivals(&from_arrivals, &config, self.config.recommend.window);
         }
         for ip in &record.ips {
             self.retired.insert(
@@ -475,6 +569,7 @@ impl Engine {
             recently_ready: self.ready.len(),
             model_pods: self.model.stats().pods,
             retry_credits: self.credits.len(),
+            local_senders: self.local_senders.len(),
         }
     }
 }
@@ -504,4 +599,7 @@ pub struct EngineSizes {
     /// Retries waiting for the failure they name.
     #[serde(default)]
     pub retry_credits: usize,
+    /// This node's connects remembered to name what arrives from them.
+    #[serde(default)]
+    pub local_senders: usize,
 }

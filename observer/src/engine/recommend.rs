@@ -56,6 +56,40 @@ pub struct Recommendation {
     /// delay its own shutdown after SIGTERM.
     #[serde(default)]
     pub sigterm_delay: String,
+    /// Which view measured the gaps: `sender` (an ingress on the node),
+    /// `destination` (what arrived at the pods, where no ingress measured
+    /// a gap), or `both`.
+    #[serde(default)]
+    pub gap_view: GapView,
+}
+
+/// Which view a recommendation's gaps came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapView {
+    #[default]
+    Sender,
+    Destination,
+    Both,
+}
+
+impl GapView {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapView::Sender => "sender",
+            GapView::Destination => "destination",
+            GapView::Both => "both",
+        }
+    }
+
+    fn of(samples: &[&Sample]) -> GapView {
+        let from_arrivals = samples.iter().filter(|s| s.from_arrivals).count();
+        match from_arrivals {
+            0 => GapView::Sender,
+            n if n == samples.len() => GapView::Destination,
+            _ => GapView::Both,
+        }
+    }
 }
 
 /// The samples of one group, as [`recommend`] reads them.
@@ -215,6 +249,7 @@ pub fn recommend(group: &Group<'_>, config: &RecommendConfig) -> Recommendation 
         verdict,
         yaml,
         sigterm_delay,
+        gap_view: GapView::of(group.samples),
     }
 }
 

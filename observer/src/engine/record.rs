@@ -189,6 +189,11 @@ pub struct PodTermination {
     pub connectors: Vec<ConnectorActivity>,
     /// Failures in time order (bounded: the first ones).
     pub failure_times: Vec<(MonoTime, FailureClass)>,
+    /// The destination-side view: what landed on the pod, from its own
+    /// node's kernel (present where this node hosts the pod, or where
+    /// anything arrived).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<super::arrivals::DestinationView>,
     /// `None` while the window is open.
     pub closed: Option<CloseReason>,
 }
@@ -256,6 +261,9 @@ pub struct Finding {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineCounters {
     pub connects_seen: u64,
+    /// What the receiving side reported landing on this node's pods.
+    #[serde(default)]
+    pub arrivals_seen: u64,
     pub cluster_events: u64,
     /// Failed connects keyed `"<pod state>/<class>"`, e.g. `"terminating/refused"`.
     pub failures_by_state: BTreeMap<String, u64>,

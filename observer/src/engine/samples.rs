@@ -29,6 +29,9 @@ pub struct Sample {
     pub termination_grace_period_seconds: Option<u32>,
     pub workload: Option<Arc<str>>,
     pub container: Option<Arc<str>>,
+    /// The gap is the destination side's arrival gap (no ingress on the
+    /// node measured one).
+    pub from_arrivals: bool,
 }
 
 // A full window's memory is this times `window` times the group count.
@@ -106,6 +109,27 @@ impl Samples {
     /// Adds a closed termination to each of its groups, keeping the last
     /// `window` per group.
     pub fn add(&mut self, termination: &PodTermination, config: &PodConfig, window: usize) {
+        self.add_sample(termination, config, window, false);
+    }
+
+    /// Adds a closed termination whose `propagation_gap_ns` carries the
+    /// destination side's arrival gap (no ingress measured one).
+    pub fn add_from_arrivals(
+        &mut self,
+        termination: &PodTermination,
+        config: &PodConfig,
+        window: usize,
+    ) {
+        self.add_sample(termination, config, window, true);
+    }
+
+    fn add_sample(
+        &mut self,
+        termination: &PodTermination,
+        config: &PodConfig,
+        window: usize,
+        from_arrivals: bool,
+    ) {
         let keys = keys_of(
             &termination.namespace,
             &termination.services,
@@ -131,6 +155,7 @@ impl Samples {
                 previous.and_then(|s| s.container.as_ref()),
                 config.container.as_deref(),
             ),
+            from_arrivals,
         };
         for key in keys {
             let group = self.group(key);

@@ -3,12 +3,14 @@
 
 use std::net::IpAddr;
 
+use super::arrivals::{DestinationView, Sender};
 use super::connect::ConnectFact;
 use super::connector::ConnectorRole;
 use super::hidden::FailureSet;
 use super::record::{CloseReason, ConnectorActivity, FailureCounts, PodTermination};
 use crate::clock::MonoTime;
 use crate::cluster::{ClusterModel, PodRecord};
+use crate::probe::decode::Outcome;
 use crate::probe::retry::RetriedFailure;
 
 /// Distinct connectors kept per termination.
@@ -95,6 +97,7 @@ impl Window {
             ingress_found: false,
             connectors: Vec::new(),
             failure_times: Vec::new(),
+            destination: None,
             closed: None,
         };
         let mut window = Window {
@@ -215,6 +218,30 @@ impl Window {
         self.derive();
     }
 
+    /// The pod runs on this node: the destination-side view exists even
+    /// when nothing arrives.
+    pub fn expect_arrivals(&mut self) {
+        let t0 = self.record.deletion_seen;
+        self.record
+            .destination
+            .get_or_insert_with(DestinationView::default)
+            .derive(t0);
+    }
+
+    /// Adds what the receiving side saw land on the pod at `at`, on
+    /// `port`, from `sender`; only at or after deletion_seen, on a port
+    /// that counts.
+    pub fn apply_arrival(&mut self, at: MonoTime, port: u16, outcome: &Outcome, sender: &Sender) {
+        let t0 = self.record.deletion_seen;
+        if at < t0 || !(self.ports.is_empty() || self.ports.contains(&port)) {
+            return;
+        }
+        self.record
+            .destination
+            .get_or_insert_with(DestinationView::default)
+            .apply(t0, at, outcome, sender);
+    }
+
     /// Counts `failure`, one of this window's, as retried by the ingress
     /// (hidden from the user); whether it was one of them.
     pub fn credit_retry(&mut self, failure: RetriedFailure) -> bool {
@@ -322,6 +349,10 @@ impl Window {
     ) -> (PodTermination, PodConfig) {
         self.derive();
         self.record.ingress_found = ingress_found;
+        let last_send = self.record.last_send.filter(|_| ingress_found);
+        if let Some(view) = &mut self.record.destination {
+            view.compare_with_sender_side(last_send);
+        }
         if !ingress_found {
             self.record.propagation_gap_ns = None;
             self.record.dataplane_lag_ns = None;

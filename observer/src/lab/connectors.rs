@@ -94,6 +94,10 @@ impl Connectors {
                     Outcome::Established { .. } => {}
                     // A pooled connection closing: no new connect.
                     Outcome::Sent { .. } => continue,
+                    // The receiving side's view: not a connector's connect.
+                    Outcome::Accepted | Outcome::Received { .. } | Outcome::Dropped { .. } => {
+                        continue;
+                    }
                 }
                 a.last_connect = a.last_connect.max(r.syn);
                 a.until_ns = a.last_connect.map(|last| last.signed_since(t0));

@@ -152,7 +152,7 @@ pub fn gaps_from_records(
         let in_window = |t: MonoTime| t >= t0 && end.is_none_or(|end| t < end);
         for r in records
             .iter()
-            .filter(|r| r.dst.ip() == pod.ip && is_ingress(r))
+            .filter(|r| r.dst.ip() == pod.ip && !r.is_arrival() && is_ingress(r))
         {
             match r.outcome {
                 // A reset cuts off a connection opened earlier: not a new

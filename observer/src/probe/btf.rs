@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, BtfType, Type};
-use observer_common::SockOffsets;
+use observer_common::{DropReasons, SockOffsets};
 use thiserror::Error;
 
 /// The kernel's own BTF.
@@ -27,13 +27,17 @@ pub enum BtfError {
     Parse(String),
 }
 
-/// Reads the offsets from the BTF file at `path`.
-pub fn sock_offsets_from(path: &Path) -> Result<SockOffsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|e| BtfError::Unreadable {
+/// Reads the BTF file at `path`.
+pub fn read(path: &Path) -> Result<Btf, BtfError> {
+    Btf::from_file(path).map_err(|e| BtfError::Unreadable {
         path: path.display().to_string(),
         reason: e.to_string(),
-    })?;
-    sock_offsets(&btf)
+    })
+}
+
+/// Reads the offsets from the BTF file at `path`.
+pub fn sock_offsets_from(path: &Path) -> Result<SockOffsets, BtfError> {
+    sock_offsets(&read(path)?)
 }
 
 /// The offsets of every field the probe reads.
@@ -59,9 +63,71 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         skb_cb: offset_of(btf, "sk_buff", &["cb"])?,
         exterr_errno: offset_of(btf, "sock_exterr_skb", &["ee", "ee_errno"])
             .unwrap_or(SockOffsets::ABSENT),
+        max_ack_backlog: offset_of(btf, "sock", &["sk_max_ack_backlog"])?,
         ..socket_cgroup_offsets(btf)
     }
     .with_head_block())
+}
+
+/// The drop reasons the receiving side reports, by name in
+/// `enum skb_drop_reason` (their values differ between kernels), and
+/// where a `sk_buff` keeps its network header. A reason this kernel lacks
+/// stays [`SockOffsets::ABSENT`] (see [`missing_drop_figures`]); a kernel
+/// without the enum (before 5.17) reports no drop at all.
+pub fn drop_reasons(btf: &Btf) -> DropReasons {
+    let values = enum_values(btf, "skb_drop_reason");
+    let value = |name: &str| {
+        values
+            .iter()
+            .find(|(n, _)| n == &format!("SKB_DROP_REASON_{name}"))
+            .map_or(SockOffsets::ABSENT, |(_, v)| *v)
+    };
+    let skb_head = offset_of(btf, "sk_buff", &["head"]);
+    let skb_network_header = offset_of(btf, "sk_buff", &["network_header"]);
+    let (Ok(skb_head), Ok(skb_network_header)) = (skb_head, skb_network_header) else {
+        return DropReasons::NONE;
+    };
+    DropReasons {
+        skb_head,
+        skb_network_header,
+        no_socket: value("NO_SOCKET"),
+        ip_in_no_routes: value("IP_INNOROUTES"),
+        ip_out_no_routes: value("IP_OUTNOROUTES"),
+        neigh_failed: value("NEIGH_FAILED"),
+        neigh_dead: value("NEIGH_DEAD"),
+        _pad: 0,
+    }
+}
+
+/// The receiving-side figures this kernel's drop reasons cannot give, in
+/// words for the log and docs/KERNELS.md.
+pub fn missing_drop_figures(reasons: &DropReasons) -> Vec<&'static str> {
+    let absent = |v: u32| v == SockOffsets::ABSENT;
+    let mut missing = Vec::new();
+    if absent(reasons.skb_head) || absent(reasons.no_socket) {
+        missing.push("connects a pod refused (drop reason NO_SOCKET)");
+    }
+    if absent(reasons.ip_in_no_routes) && absent(reasons.ip_out_no_routes) {
+        missing.push("packets dropped for want of a route to a gone pod (IP_*NOROUTES)");
+    }
+    if absent(reasons.neigh_failed) && absent(reasons.neigh_dead) {
+        missing.push("packets dropped when a gone pod's address stopped resolving (NEIGH_*)");
+    }
+    missing
+}
+
+/// Every (name, value) of the enum `name`; empty when BTF has none.
+fn enum_values(btf: &Btf, name: &str) -> Vec<(String, u32)> {
+    let Ok(types) = btf.resolve_types_by_name(name) else {
+        return Vec::new();
+    };
+    let Some(Type::Enum(e)) = types.into_iter().find(|t| matches!(t, Type::Enum(_))) else {
+        return Vec::new();
+    };
+    e.members
+        .iter()
+        .filter_map(|m| Some((btf.resolve_name(m).ok()?, m.val())))
+        .collect()
 }
 
 trait HeadBlock {
@@ -233,6 +299,38 @@ mod tests {
         assert_ne!(offsets.cgroup, SockOffsets::ABSENT, "{offsets:?}");
         // Inside struct sock, which inet_sock begins with.
         assert!(offsets.cgroup < offsets.sport, "{offsets:?}");
+    }
+
+    #[test]
+    fn this_kernel_names_the_drop_reasons_the_receiving_side_reports() {
+        let reasons = drop_reasons(&kernel());
+        assert!(missing_drop_figures(&reasons).is_empty(), "{reasons:?}");
+        let values = [
+            reasons.no_socket,
+            reasons.ip_in_no_routes,
+            reasons.ip_out_no_routes,
+            reasons.neigh_failed,
+            reasons.neigh_dead,
+        ];
+        // Distinct values, and each classified as its own kind.
+        let distinct: std::collections::BTreeSet<u32> = values.iter().copied().collect();
+        assert_eq!(distinct.len(), values.len(), "{reasons:?}");
+        assert_eq!(
+            reasons.class_of(reasons.no_socket),
+            observer_common::drop_class::NO_SOCKET
+        );
+        assert_eq!(
+            reasons.class_of(reasons.neigh_failed),
+            observer_common::drop_class::NEIGHBOUR
+        );
+        assert_eq!(reasons.class_of(SockOffsets::ABSENT), 0);
+    }
+
+    #[test]
+    fn a_kernel_without_drop_reasons_says_which_figures_are_missing() {
+        let missing = missing_drop_figures(&DropReasons::NONE);
+        assert_eq!(missing.len(), 3, "{missing:?}");
+        assert!(missing[0].contains("refused"));
     }
 
     #[test]

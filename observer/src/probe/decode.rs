@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use observer_common::{AF_INET, AF_INET6, ConnectEvent, flags, kind};
+use observer_common::{AF_INET, AF_INET6, ConnectEvent, drop_class, flags, kind};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -104,6 +104,8 @@ pub struct RawEvent {
     pub since_send_jiffies: u32,
     /// `SENT` only: the peer closed while a request was in flight.
     pub cut: bool,
+    /// `DROPPED` only: the packet was a SYN.
+    pub opens_connection: bool,
 }
 
 pub(crate) fn ip_from(family: u16, bytes: [u8; 16]) -> Result<IpAddr, DecodeError> {
@@ -138,12 +140,13 @@ pub fn decode_event(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
 
 /// Decodes an already-copied kernel event.
 pub fn decode_struct(event: &ConnectEvent) -> Result<RawEvent, DecodeError> {
-    if !(kind::CONNECT..=kind::SENT).contains(&event.kind) {
+    if !(kind::CONNECT..=kind::LAST).contains(&event.kind) {
         return Err(DecodeError::Kind(event.kind));
     }
     let src = SocketAddr::new(ip_from(event.family, event.saddr)?, event.sport);
     let dst = SocketAddr::new(ip_from(event.family, event.daddr)?, event.dport);
-    let sent = event.kind == kind::SENT;
+    // Both carry the kernel's jiffies in `syn_ns` and a jiffies distance.
+    let sent = event.kind == kind::SENT || event.kind == kind::RECEIVED;
     Ok(RawEvent {
         kind: event.kind,
         ts: MonoTime(event.ts_ns),
@@ -159,8 +162,42 @@ pub fn decode_struct(event: &ConnectEvent) -> Result<RawEvent, DecodeError> {
         watched: event.flags & flags::WATCHED != 0,
         jiffies: if sent { event.syn_ns } else { 0 },
         since_send_jiffies: if sent { event.since_send_jiffies } else { 0 },
-        cut: sent && event.flags & flags::CUT != 0,
+        cut: event.kind == kind::SENT && event.flags & flags::CUT != 0,
+        opens_connection: event.kind == kind::DROPPED && event.flags & flags::SYN != 0,
     })
+}
+
+/// Why the kernel of a pod's node dropped a packet addressed to the pod
+/// (the receiving side; `observer_common::drop_class`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// No socket took it: nothing listens on the port (a SYN is answered
+    /// with an RST, a connect the pod refused) or the connection is gone.
+    NoSocket,
+    /// No route to the pod's address any more.
+    NoRoute,
+    /// The pod's address stopped answering neighbour resolution.
+    Neighbour,
+}
+
+impl DropReason {
+    pub fn from_class(class: i32) -> Option<DropReason> {
+        match class {
+            drop_class::NO_SOCKET => Some(DropReason::NoSocket),
+            drop_class::NO_ROUTE => Some(DropReason::NoRoute),
+            drop_class::NEIGHBOUR => Some(DropReason::Neighbour),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::NoSocket => "no_socket",
+            DropReason::NoRoute => "no_route",
+            DropReason::Neighbour => "neighbour",
+        }
+    }
 }
 
 /// What happened to one connect.
@@ -184,6 +221,20 @@ pub enum Outcome {
     /// (a request, pooled or not) at `last_send`.
     Sent {
         last_send: MonoTime,
+    },
+    /// Receiving side (`src` is the sender, `dst` the pod on this node): the
+    /// pod accepted a connection.
+    Accepted,
+    /// Receiving side: a connection the pod accepted closed; data (a
+    /// request) last arrived on it at `last_arrival`.
+    Received {
+        last_arrival: MonoTime,
+    },
+    /// Receiving side: this node's kernel dropped a packet addressed to
+    /// the pod. A SYN dropped for want of a socket was refused (RST).
+    Dropped {
+        reason: DropReason,
+        syn: bool,
     },
 }
 
@@ -239,6 +290,26 @@ fn is_one(count: &u64) -> bool {
 }
 
 impl ConnectRecord {
+    /// What the receiving side saw land on a pod of this node (the
+    /// destination-side view), rather than a connect this node made.
+    pub fn is_arrival(&self) -> bool {
+        matches!(
+            self.outcome,
+            Outcome::Accepted | Outcome::Received { .. } | Outcome::Dropped { .. }
+        )
+    }
+
+    /// A SYN the pod's kernel answered with an RST: nothing listened.
+    pub fn refused_by_pod(&self) -> bool {
+        matches!(
+            self.outcome,
+            Outcome::Dropped {
+                reason: DropReason::NoSocket,
+                syn: true
+            }
+        )
+    }
+
     pub fn failure_class(&self) -> Option<FailureClass> {
         match self.outcome {
             Outcome::Failed { class, .. } => Some(class),
@@ -339,7 +410,8 @@ impl OutcomeJoiner {
             .note_failure(raw.pid, raw.cgroup_id, raw.ts, raw.dst, closed_by_app);
     }
 
-    /// When a SENT event's connection last sent data.
+    /// When a SENT event's connection last sent data (a RECEIVED one's,
+    /// last received data).
     /// With the length of a jiffy: how precisely that time is known.
     fn last_send(&mut self, raw: &RawEvent) -> (MonoTime, Duration) {
         if self.hz.is_none() {
@@ -397,6 +469,23 @@ impl OutcomeJoiner {
                         errno: raw.errno,
                         waited_ns: raw.ts.saturating_since(last_send).as_nanos() as u64,
                         synchronous: false,
+                    };
+                    out.push(ConnectRecord::from_raw(&raw, outcome));
+                }
+            }
+            kind::ACCEPTED => out.push(ConnectRecord::from_raw(&raw, Outcome::Accepted)),
+            kind::RECEIVED => {
+                let (last_arrival, _) = self.last_send(&raw);
+                out.push(ConnectRecord::from_raw(
+                    &raw,
+                    Outcome::Received { last_arrival },
+                ));
+            }
+            kind::DROPPED => {
+                if let Some(reason) = DropReason::from_class(raw.errno) {
+                    let outcome = Outcome::Dropped {
+                        reason,
+                        syn: raw.opens_connection,
                     };
                     out.push(ConnectRecord::from_raw(&raw, outcome));
                 }

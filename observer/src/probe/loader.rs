@@ -192,12 +192,16 @@ impl Probe {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NotEmbedded);
         }
-        let offsets = btf::sock_offsets_from(std::path::Path::new(btf::VMLINUX_BTF))?;
+        let kernel_btf = btf::read(std::path::Path::new(btf::VMLINUX_BTF))?;
+        let offsets = btf::sock_offsets(&kernel_btf)?;
+        let drop_reasons = btf::drop_reasons(&kernel_btf);
+        drop(kernel_btf);
         let hooks_only = u8::from(options.hooks_only);
         let full_attribution = u8::from(options.full_attribution);
         let mut loader = EbpfLoader::new();
         loader.override_global("SOCK_OFFSETS", &offsets, true);
         loader.override_global("HOOKS_ONLY", &hooks_only, true);
+        loader.override_global("DROP_REASONS", &drop_reasons, true);
         loader.override_global("FULL_ATTRIBUTION", &full_attribution, true);
         if let Some(bytes) = options.ring_bytes {
             loader.map_max_entries("EVENTS", bytes);
@@ -224,6 +228,7 @@ impl Probe {
                 }
             },
         };
+        attach_drops(&mut ebpf, &drop_reasons);
         tracing::debug!(?sync_failure_hook, "probe attached");
         Ok(Probe {
             ebpf,
@@ -415,6 +420,27 @@ fn attach_raw(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
         .attach(name)
         .map_err(|source| ProbeError::Attach { name, source })?;
     Ok(())
+}
+
+/// The receiving side's drops (`kfree_skb`): what a kernel without the
+/// tracepoint or some drop reasons cannot report is said once, and the
+/// rest of the probe runs without it.
+fn attach_drops(ebpf: &mut Ebpf, reasons: &observer_common::DropReasons) {
+    let missing = btf::missing_drop_figures(reasons);
+    if !missing.is_empty() {
+        tracing::warn!(
+            missing = %missing.join("; "),
+            "this kernel's drop reasons cannot give some receiving-side figures \
+             (docs/KERNELS.md)"
+        );
+    }
+    if let Err(error) = attach_raw(ebpf, "kfree_skb") {
+        tracing::warn!(
+            %error,
+            "connects refused by this node's pods and packets dropped for gone pods go \
+             unseen: the kfree_skb tracepoint did not attach (docs/KERNELS.md)"
+        );
+    }
 }
 
 fn attach_syscalls(ebpf: &mut Ebpf) -> Result<SyncFailureHook, ProbeError> {

@@ -75,6 +75,7 @@ fn termination(pod: Pod) -> PodTermination {
         ingress_found: true,
         connectors: Vec::new(),
         failure_times: Vec::new(),
+        destination: None,
         closed: None,
     }
 }
@@ -237,6 +238,7 @@ fn recommendation(
         failed_connects: FailureCounts::default(),
         verdict: vec![verdict.into()],
         sigterm_delay: String::new(),
+        gap_view: Default::default(),
         yaml: format!(
             "# {ns}/{name}\nspec:\n  terminationGracePeriodSeconds: {}\n  containers:\n  - name: {name}\n    lifecycle:\n      preStop:\n        sleep:\n          seconds: {recommended}\n",
             recommended + 30

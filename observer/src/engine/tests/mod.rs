@@ -1,6 +1,7 @@
 //! Scenario tests: API-shaped Pod and EndpointSlice objects and connect
 //! records through the engine, asserting what a user reads in the output.
 
+mod arrival_tests;
 mod choice_tests;
 mod connector_tests;
 mod recommend_tests;

@@ -19,6 +19,7 @@ fn sample(gap_ms: i64, prestop_ms: Option<u64>, grace: Option<i64>) -> Sample {
             .map(|seconds| u32::try_from(seconds).expect("a test grace period")),
         workload: Some("web".into()),
         container: Some("web".into()),
+        from_arrivals: false,
     }
 }
 
