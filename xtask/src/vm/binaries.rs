@@ -60,6 +60,13 @@ pub const PROBE_TESTS: &[(&str, TestProgram)] = &[
     (
         "observer-tests",
         TestProgram {
+            name: "probe_arrivals",
+            args: &["--test-threads=1"],
+        },
+    ),
+    (
+        "observer-tests",
+        TestProgram {
             name: "connectors",
             args: &["--test-threads=1"],
         },
