@@ -48,13 +48,20 @@ pub fn format_line(clock: &WallClock, record: &ConnectRecord) -> String {
                 ms(record.ts.saturating_since(*last_arrival).as_nanos() as u64)
             ),
         ),
-        Outcome::Dropped { reason, syn } => {
+        Outcome::Dropped {
+            reason,
+            opens_connection,
+        } => {
             let what = if record.refused_by_pod() {
                 "refused_by_pod"
             } else {
                 "dropped"
             };
-            let packet = if *syn { "a SYN" } else { "a packet" };
+            let packet = if *opens_connection {
+                "a SYN"
+            } else {
+                "a packet"
+            };
             (what.to_string(), format!("{packet} ({})", reason.as_str()))
         }
         Outcome::Established { latency_ns } => (

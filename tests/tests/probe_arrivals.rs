@@ -395,7 +395,7 @@ fn a_syn_to_a_pod_whose_network_is_gone_is_dropped_by_its_node() {
             drop.outcome,
             Outcome::Dropped {
                 reason: DropReason::Neighbour,
-                syn: true
+                opens_connection: true
             }
         );
     }

@@ -168,7 +168,7 @@ impl DestinationView {
             Outcome::Accepted | Outcome::Received { .. } => (true, false, false),
             Outcome::Dropped {
                 reason: DropReason::NoSocket,
-                syn: true,
+                opens_connection: true,
             } => (false, true, false),
             Outcome::Dropped { .. } => (false, false, true),
             _ => return,

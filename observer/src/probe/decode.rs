@@ -234,7 +234,7 @@ pub enum Outcome {
     /// the pod. A SYN dropped for want of a socket was refused (RST).
     Dropped {
         reason: DropReason,
-        syn: bool,
+        opens_connection: bool,
     },
 }
 
@@ -305,7 +305,7 @@ impl ConnectRecord {
             self.outcome,
             Outcome::Dropped {
                 reason: DropReason::NoSocket,
-                syn: true
+                opens_connection: true
             }
         )
     }
@@ -485,7 +485,7 @@ impl OutcomeJoiner {
                 if let Some(reason) = DropReason::from_class(raw.errno) {
                     let outcome = Outcome::Dropped {
                         reason,
-                        syn: raw.opens_connection,
+                        opens_connection: raw.opens_connection,
                     };
                     out.push(ConnectRecord::from_raw(&raw, outcome));
                 }

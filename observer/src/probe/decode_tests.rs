@@ -377,3 +377,48 @@ fn a_pooled_connection_ending_in_an_error_is_a_failure_of_that_class() {
         }
     );
 }
+
+#[test]
+fn receiving_side_records_decode_and_round_trip_through_json() {
+    let mut event = ConnectEvent::zeroed();
+    event.kind = kind::DROPPED;
+    event.family = AF_INET;
+    event.ts_ns = 5_000_000_000;
+    event.saddr[..4].copy_from_slice(&[192, 0, 2, 10]);
+    event.daddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+    event.sport = 50_000;
+    event.dport = 8080;
+    event.errno = observer_common::drop_class::NO_SOCKET;
+    event.flags = flags::WATCHED | flags::SYN;
+    let raw = decode_struct(&event).expect("decodes");
+    let mut out = Vec::new();
+    OutcomeJoiner::default().push(raw, &mut out);
+    assert_eq!(out.len(), 1);
+    let record = &out[0];
+    assert!(record.is_arrival() && record.refused_by_pod(), "{record:?}");
+    assert_eq!(record.src.to_string(), "192.0.2.10:50000", "the sender");
+    assert_eq!(record.dst.to_string(), "10.0.0.1:8080", "the pod");
+    // Recordings and the API carry records as JSON: every arrival outcome
+    // comes back the same (its fields must not collide with the record's).
+    for outcome in [
+        record.outcome.clone(),
+        Outcome::Accepted,
+        Outcome::Received {
+            last_arrival: MonoTime(4_000_000_000),
+        },
+    ] {
+        let original = ConnectRecord {
+            outcome,
+            syn: Some(MonoTime(1)),
+            ..record.clone()
+        };
+        let json = serde_json::to_string(&original).expect("serialises");
+        let back: ConnectRecord = serde_json::from_str(&json).expect(&json);
+        assert_eq!(back, original, "{json}");
+    }
+    // A drop class the decoder does not know is no record.
+    event.errno = 99;
+    let mut out = Vec::new();
+    OutcomeJoiner::default().push(decode_struct(&event).expect("decodes"), &mut out);
+    assert!(out.is_empty());
+}

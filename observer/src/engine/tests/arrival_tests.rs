@@ -30,7 +30,7 @@ fn refused(src: &str, ts_ms: u64) -> ConnectRecord {
         ts_ms,
         Outcome::Dropped {
             reason: DropReason::NoSocket,
-            syn: true,
+            opens_connection: true,
         },
     )
 }
@@ -88,7 +88,7 @@ fn an_external_load_balancer_s_last_arrival_gives_the_gap_and_the_recommendation
             13_400,
             Outcome::Dropped {
                 reason: DropReason::Neighbour,
-                syn: true,
+                opens_connection: true,
             },
         )),
         // An address nobody named.
