@@ -16,10 +16,12 @@ use observer_common::kind;
 use observer_tests::{Netns, require_root};
 
 /// Connects refused on loopback inside a fresh namespace, to a watched
-/// address (so no failure-storm budget applies). Each one makes two kernel
-/// events: its SYN, and the close of the SYN_SENT socket with its error.
+/// address (so no failure-storm budget applies). Each one makes three
+/// kernel events: its SYN, the close of the SYN_SENT socket with its
+/// error, and, from the receiving side (the watched address is this
+/// kernel's own), the SYN it refused.
 const REFUSED_CONNECTS: u32 = 300;
-const EVENTS_PER_REFUSED: u64 = 2;
+const EVENTS_PER_REFUSED: u64 = 3;
 
 /// A loopback address nothing else on the host uses: the probe is global,
 /// and only this test's connects may reach the watched address.
@@ -56,7 +58,11 @@ fn overflowing_ring_counts_every_drop() {
     let ours = delivered
         .iter()
         .filter(|e| {
-            e.dst.port() == 9 && matches!(e.kind, kind::CONNECT | kind::SYN_CLOSED | kind::ERROR)
+            e.dst.port() == 9
+                && matches!(
+                    e.kind,
+                    kind::CONNECT | kind::SYN_CLOSED | kind::ERROR | kind::DROPPED
+                )
         })
         .count() as u64;
     let sent = REFUSED_CONNECTS as u64 * EVENTS_PER_REFUSED;
