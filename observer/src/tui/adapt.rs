@@ -6,9 +6,11 @@
 
 use super::app::{DataUpdate, SourceEvent};
 use super::view::{
-    ConnectorView, FailureRow, FailureTally, ServiceRow, SourceData, TerminationView,
+    ArrivalsView, ConnectorView, FailureRow, FailureTally, SenderView, ServiceRow, SourceData,
+    TerminationView,
 };
 use crate::clock::{MonoTime, WallClock};
+use crate::engine::arrivals::DestinationView;
 use crate::engine::{
     CloseReason, FailureCounts, Finding, PodTermination, Recommendation, Snapshot,
 };
@@ -32,6 +34,31 @@ pub fn close_reason(reason: CloseReason) -> &'static str {
         CloseReason::IpReused => "IP reused",
         CloseReason::RemovedWhileUnwatched => "removed while unwatched",
         CloseReason::Shutdown => "shutdown",
+    }
+}
+
+/// The destination view, with its times as offsets from `t0`
+/// (deletion_seen), on the agent's side of the wire like every other.
+pub fn arrivals_view(d: &DestinationView, t0: MonoTime) -> ArrivalsView {
+    ArrivalsView {
+        last_arrival_ms: d.last_arrival.map(|at| ns_to_ms(at.signed_since(t0))),
+        arrival_gap_ms: d.arrival_gap_ns.map(ns_to_ms),
+        refused: d.refused,
+        dropped: d.dropped,
+        served_after_deletion: d.served_after_deletion,
+        senders: d
+            .senders
+            .iter()
+            .map(|s| SenderView {
+                name: s.name.clone(),
+                kind: s.kind.as_str().to_owned(),
+                arrival_gap_ms: s.arrival_gap_ns.map(ns_to_ms),
+                arrivals: s.arrivals,
+                refused: s.refused,
+                dropped: s.dropped,
+            })
+            .collect(),
+        views_apart_ms: d.views_apart_ns.map(|ns| ns as f64 / 1e6),
     }
 }
 
@@ -82,6 +109,10 @@ pub fn termination_view(t: &PodTermination, now: MonoTime) -> TerminationView {
                 until_ms: c.until_ns.map(ns_to_ms),
             })
             .collect(),
+        destination: t
+            .destination
+            .as_ref()
+            .map(|d| arrivals_view(d, t.deletion_seen)),
         closed: t.closed.map(|r| close_reason(r).to_string()),
     }
 }
@@ -107,6 +138,7 @@ pub fn service_row(r: &Recommendation) -> ServiceRow {
         verdict: r.verdict.clone(),
         yaml: r.yaml.clone(),
         sources: Vec::new(),
+        gap_view: r.gap_view,
     }
 }
 

@@ -105,7 +105,8 @@ fn live_lists_open_windows_first() {
             "cart-7d9f8-abcde",
             "checkout-5c6b-xk2lp",
             "cart-7d9f8-qwert",
-            "login-66f-zzq"
+            "login-66f-zzq",
+            "ledger-6b7c9-p4x2m"
         ]
     );
 }
@@ -256,7 +257,7 @@ fn pause_freezes_the_view_and_resume_catches_up() {
     press(&mut app, &[Key::Char('p')]);
     assert!(!app.is_paused());
     assert_eq!(app.view_clock_ms(), 65_000);
-    assert_eq!(app.merged.terminations.len(), 3);
+    assert_eq!(app.merged.terminations.len(), 4);
     assert_eq!(app.failures.len(), failures_before + 1);
     assert_eq!(app.failures[0].class, FailureClass::Reset);
     assert_eq!(app.held(), 0);
@@ -343,7 +344,7 @@ fn two_sources_merge_and_one_going_away_shows_lost() {
         app.update(Action::Data(snapshot_update(source, &snapshot(10, 0))));
     }
     // Each agent's view of a pod is its own row; Services merge.
-    assert_eq!(app.termination_rows().len(), 8);
+    assert_eq!(app.termination_rows().len(), 10);
     assert_eq!(app.service_rows().len(), 3);
     assert_eq!(app.service_rows()[1].samples, 24);
 
@@ -363,7 +364,7 @@ fn two_sources_merge_and_one_going_away_shows_lost() {
         )]
     );
     // Its last data stays on screen until it comes back.
-    assert_eq!(app.termination_rows().len(), 8);
+    assert_eq!(app.termination_rows().len(), 10);
 
     app.update(Action::Data(snapshot_update(
         "http://b:9090",

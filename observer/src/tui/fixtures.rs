@@ -5,7 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::clock::{MonoTime, WallClock};
+use crate::engine::arrivals::{DestinationView, SenderArrivals, SenderKind};
 use crate::engine::connector::ConnectorRole;
+use crate::engine::recommend::GapView;
 use crate::engine::{
     CloseReason, ConnectorActivity, EngineCounters, FailureCounts, Finding, FindingKind, PodState,
     PodTermination, Recommendation, Snapshot,
@@ -142,6 +144,36 @@ fn timeline(
     t
 }
 
+/// One sender's arrivals: (name, kind, last arrival in ms after t0,
+/// arrivals, refused, dropped).
+type SenderRow = (&'static str, SenderKind, Option<u64>, u64, u64, u64);
+
+/// A destination view from its senders, the largest first; the totals
+/// leave out the kubelet's, as the engine's do.
+fn destination(t0: MonoTime, senders: &[SenderRow]) -> DestinationView {
+    let mut view = DestinationView::default();
+    for &(name, kind, last_ms, arrivals, refused, dropped) in senders {
+        let last_arrival = last_ms.map(|ms| after(t0, ms));
+        if kind != SenderKind::Kubelet {
+            view.last_arrival = view.last_arrival.max(last_arrival);
+            view.served_after_deletion += arrivals;
+            view.refused += refused;
+            view.dropped += dropped;
+        }
+        view.senders.push(SenderArrivals {
+            name: name.into(),
+            kind,
+            last_arrival,
+            arrival_gap_ns: last_arrival.map(|at| at.signed_since(t0)),
+            arrivals,
+            refused,
+            dropped,
+        });
+    }
+    view.derive(t0);
+    view
+}
+
 pub fn open_terminations() -> Vec<PodTermination> {
     use FailureClass::Refused;
     let cart = termination(Pod {
@@ -162,16 +194,39 @@ pub fn open_terminations() -> Vec<PodTermination> {
     });
     let mut checkout = timeline(checkout, Some(380), None, None, &[]);
     checkout.propagation_gap_ns = None;
-    vec![
-        timeline(
-            cart,
-            Some(620),
-            None,
-            Some(3_100),
-            &[(2_900, Refused), (3_000, Refused), (3_050, Refused)],
-        ),
-        checkout,
-    ]
+    let mut cart = timeline(
+        cart,
+        Some(620),
+        None,
+        Some(3_100),
+        &[(2_900, Refused), (3_000, Refused), (3_050, Refused)],
+    );
+    // The pod runs on the ingress's node: both views, which agree.
+    let mut arrived = destination(
+        cart.deletion_seen,
+        &[
+            (
+                "ingress-nginx/ingress-nginx-controller-5c8d7",
+                SenderKind::Ingress,
+                Some(3_102),
+                39,
+                3,
+                0,
+            ),
+            ("kubelet", SenderKind::Kubelet, Some(3_300), 3, 0, 0),
+            (
+                "monitoring/prometheus-0",
+                SenderKind::Pod,
+                Some(1_200),
+                1,
+                0,
+                0,
+            ),
+        ],
+    );
+    arrived.compare_with_sender_side(cart.last_send);
+    cart.destination = Some(arrived);
+    vec![cart, checkout]
 }
 
 pub fn recent_terminations() -> Vec<PodTermination> {
@@ -205,7 +260,43 @@ pub fn recent_terminations() -> Vec<PodTermination> {
     let mut login = timeline(login, Some(150), Some(900), Some(1_100), &[]);
     login.configured_prestop_ms = Some(5000);
     login.closed = Some(CloseReason::Quiet);
-    vec![cart, login]
+    vec![cart, login, ledger()]
+}
+
+/// A pod behind a load balancer outside the cluster: no ingress on any
+/// node measured it, so only the destination view has a gap.
+fn ledger() -> PodTermination {
+    let ledger = termination(Pod {
+        ns: "payments",
+        name: "ledger-6b7c9-p4x2m",
+        service: None,
+        workload: "ledger",
+        ip: 44,
+        age_ms: 120_000,
+    });
+    let mut ledger = timeline(ledger, Some(300), Some(1_400), None, &[]);
+    ledger.propagation_gap_ns = None;
+    ledger.dataplane_lag_ns = None;
+    ledger.ingress_found = false;
+    ledger.configured_prestop_ms = None;
+    ledger.destination = Some(destination(
+        ledger.deletion_seen,
+        &[
+            ("alb", SenderKind::External, Some(9_800), 118, 3, 0),
+            ("kubelet", SenderKind::Kubelet, Some(10_400), 12, 2, 0),
+            (
+                "payments/reconciler-5f9d8-2kq7v",
+                SenderKind::Pod,
+                Some(2_100),
+                6,
+                0,
+                0,
+            ),
+            ("external", SenderKind::External, None, 0, 0, 4),
+        ],
+    ));
+    ledger.closed = Some(CloseReason::Quiet);
+    ledger
 }
 
 fn recommendation(
@@ -279,6 +370,7 @@ pub fn recommendations() -> Vec<Recommendation> {
     );
     ledger.samples = 2;
     ledger.failed_connects.reset = 7;
+    ledger.gap_view = GapView::Destination;
     vec![cart, login, ledger]
 }
 

@@ -6,11 +6,13 @@
 //! conservatively: the preStop must cover the slowest node, so p99, max and
 //! the recommendation are the maximum over agents; p50 is the
 //! sample-weighted mean of the agents' p50s (an estimate, not a quantile of
-//! the union, which would need the raw samples).
+//! the union, which would need the raw samples). The view behind the gaps
+//! is the agents' where they agree, `both` where they differ.
 
 use std::collections::BTreeMap;
 
 use super::view::{ServiceRow, SourceData, TerminationView};
+use crate::engine::recommend::GapView;
 
 /// Whether an agent is currently reachable.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,7 +109,14 @@ fn merge_service(into: &mut ServiceRow, row: &ServiceRow, source: &str) {
             into.verdict.push(line.clone());
         }
     }
+    into.gap_view = combine_views(into.gap_view, row.gap_view);
     into.sources.push(source.to_string());
+}
+
+/// The view behind merged gaps: one view where every agent used it,
+/// `both` where they differ.
+fn combine_views(a: GapView, b: GapView) -> GapView {
+    if a == b { a } else { GapView::Both }
 }
 
 /// Counts for the status line.
@@ -228,6 +237,27 @@ mod tests {
             vec![("b".to_string(), "connection refused".to_string())]
         );
         assert_eq!(merge(&sources).terminations.len(), 2);
+    }
+
+    #[test]
+    fn gap_views_merge_to_both_where_agents_differ() {
+        let with_view = |view| ServiceRow {
+            gap_view: view,
+            ..row(1000.0, 3000.0, 3, 5)
+        };
+        let merged = |a, b| {
+            let mut sources = BTreeMap::new();
+            sources.insert("a".to_string(), source(vec![with_view(a)], &[]));
+            sources.insert("b".to_string(), source(vec![with_view(b)], &[]));
+            merge(&sources).services[0].gap_view
+        };
+        assert_eq!(merged(GapView::Sender, GapView::Sender), GapView::Sender);
+        assert_eq!(
+            merged(GapView::Destination, GapView::Destination),
+            GapView::Destination
+        );
+        assert_eq!(merged(GapView::Sender, GapView::Destination), GapView::Both);
+        assert_eq!(merged(GapView::Both, GapView::Sender), GapView::Both);
     }
 
     #[test]

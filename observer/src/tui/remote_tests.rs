@@ -35,7 +35,27 @@ fn decoder_reads_snapshots_and_findings_and_rejects_junk() {
         .line(&line, NOW_UNIX_MS)
         .expect("decodes")
         .expect("an update");
-    assert!(matches!(update.event, SourceEvent::Snapshot(ref d) if d.terminations.len() == 4));
+    let SourceEvent::Snapshot(data) = &update.event else {
+        panic!("expected a snapshot, got {:?}", update.event);
+    };
+    assert_eq!(data.terminations.len(), 5);
+    // The destination view and the view behind a recommendation cross
+    // the wire.
+    let ledger = data
+        .terminations
+        .iter()
+        .find(|t| t.pod == "ledger-6b7c9-p4x2m")
+        .and_then(|t| t.destination.as_ref());
+    assert_eq!(ledger.and_then(|d| d.arrival_gap_ms), Some(9_800));
+    assert_eq!(ledger.map(|d| d.senders.len()), Some(4));
+    let cart = data
+        .terminations
+        .iter()
+        .find(|t| t.pod == "cart-7d9f8-abcde")
+        .and_then(|t| t.destination.as_ref());
+    assert_eq!(cart.and_then(|d| d.views_apart_ms), Some(2.0));
+    let marks: Vec<_> = data.services.iter().map(|s| s.gap_view_mark()).collect();
+    assert_eq!(marks, [None, None, Some("dst")]);
 
     let failed = finding(
         250,
@@ -164,7 +184,7 @@ async fn two_agents_merge_and_the_one_that_goes_away_is_lost() {
     assert!(settled.is_ok(), "did not settle: {:?}", app.sources.keys());
     assert_eq!(app.sources[&steady].status, SourceStatus::Up);
     // The lost agent's last snapshot is still merged in.
-    assert_eq!(app.termination_rows().len(), 8);
+    assert_eq!(app.termination_rows().len(), 10);
     assert_eq!(app.failures[0].source, steady);
     assert_eq!(app.failures[0].class, FailureClass::Refused);
 }

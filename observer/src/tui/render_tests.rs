@@ -79,6 +79,26 @@ fn detail_of_a_termination() {
 }
 
 #[test]
+fn detail_of_a_termination_scrolled_to_its_senders() {
+    // The open cart pod runs on the ingress's node: both views.
+    let app = on(
+        app_with_data(),
+        &[Key::Char('2'), Key::Enter, Key::PageDown, Key::PageDown],
+    );
+    insta::assert_snapshot!("detail_termination_senders_80x24", draw(&app, 80, 24));
+}
+
+#[test]
+fn detail_of_a_termination_seen_only_where_it_arrived() {
+    // Last on Live (no sender-side gap): the ledger pod behind a load
+    // balancer outside the cluster.
+    let app = on(app_with_data(), &[Key::Char('2'), Key::End, Key::Enter]);
+    let view = app.detail_view().and_then(|v| v.termination);
+    assert_eq!(view.map(|t| t.pod), Some("ledger-6b7c9-p4x2m".to_string()));
+    snapshot_all("detail_destination", &app);
+}
+
+#[test]
 fn detail_of_a_service() {
     let app = on(app_with_data(), &[Key::Enter]);
     snapshot_all("detail_service", &app);

@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 use super::app::{App, DetailTarget, SortKey};
 use super::format::ms;
 use super::view::{DetailView, FailureRow, ServiceRow, TerminationView};
+use crate::engine::recommend::GapView;
 
 fn desc_f64(a: f64, b: f64) -> Ordering {
     b.partial_cmp(&a).unwrap_or(Ordering::Equal)
@@ -139,6 +140,15 @@ pub fn export_contents(rows: &[&ServiceRow]) -> String {
             ms(row.p99_ms),
             ms(row.max_ms),
         ));
+        match row.gap_view {
+            GapView::Sender => {}
+            GapView::Destination => out.push_str(
+                "# gaps from the destination view: what arrived at the pods (no ingress measured them)\n",
+            ),
+            GapView::Both => out.push_str(
+                "# gaps from both views: the ingress's sends, and arrivals at the pods where no ingress measured\n",
+            ),
+        }
         let configured = row
             .configured_prestop_s
             .map(|s| format!("{s}s"))

@@ -10,6 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::engine::recommend::GapView;
 use crate::probe::FailureClass;
 
 /// Failed connects by class, in [`FailureClass::ALL`] order.
@@ -77,9 +78,21 @@ pub struct ServiceRow {
     pub yaml: String,
     /// The agents whose measurements this row combines.
     pub sources: Vec<String>,
+    /// Which view measured the gaps behind the quantiles.
+    pub gap_view: GapView,
 }
 
 impl ServiceRow {
+    /// A short mark for rows whose gaps did not all come from the sender
+    /// side (the default, left unmarked): `dst` or `both`.
+    pub fn gap_view_mark(&self) -> Option<&'static str> {
+        match self.gap_view {
+            GapView::Sender => None,
+            GapView::Destination => Some("dst"),
+            GapView::Both => Some("both"),
+        }
+    }
+
     /// How many seconds the configured preStop falls short of the
     /// recommendation (no preStop counts as zero seconds).
     pub fn shortfall_s(&self) -> f64 {
@@ -132,6 +145,41 @@ pub struct ConnectorView {
     pub until_ms: Option<i64>,
 }
 
+/// One sender's arrivals at a terminating pod (the destination view).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SenderView {
+    /// `namespace/name`, `kubelet`, a process name, or an
+    /// `--external-sender` range's name (`external` when none holds it).
+    pub name: String,
+    /// `ingress`, `kubelet`, `pod`, `process` or `external`.
+    pub kind: String,
+    /// Its last arrival, from deletion_seen.
+    pub arrival_gap_ms: Option<i64>,
+    pub arrivals: u64,
+    pub refused: u64,
+    pub dropped: u64,
+}
+
+/// What landed on a terminating pod after deletion_seen, seen by the
+/// kernel of the pod's own node (the destination view). Counts leave out
+/// the kubelet's probes; its own row in `senders` has them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ArrivalsView {
+    /// The last SYN or request that reached the pod, from deletion_seen.
+    pub last_arrival_ms: Option<i64>,
+    /// 0 when nothing arrived after deletion_seen.
+    pub arrival_gap_ms: Option<i64>,
+    pub refused: u64,
+    pub dropped: u64,
+    pub served_after_deletion: u64,
+    /// The largest first (bounded by the agent).
+    pub senders: Vec<SenderView>,
+    /// The ingress's last arrival against its last send, where the pod's
+    /// node also ran the ingress (fractional: the two usually agree to
+    /// within a jiffy).
+    pub views_apart_ms: Option<f64>,
+}
+
 /// One pod's termination as one agent (ingress node) saw it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TerminationView {
@@ -175,6 +223,9 @@ pub struct TerminationView {
     pub failures_retried: u64,
     pub failures_not_retried: u64,
     pub connectors: Vec<ConnectorView>,
+    /// The destination view, where the agent runs on the pod's node (or
+    /// anything arrived).
+    pub destination: Option<ArrivalsView>,
     /// Why the measurement window closed; `None` while it is open.
     pub closed: Option<String>,
 }

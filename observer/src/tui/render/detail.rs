@@ -8,11 +8,18 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 
 use super::{bad, dim, header_style, render_empty};
+use crate::engine::arrivals::SenderKind;
+use crate::engine::recommend::GapView;
 use crate::tui::app::App;
-use crate::tui::format::{ms, offset, opt_ms, seconds};
-use crate::tui::view::{DetailView, ServiceRow, TerminationView};
+use crate::tui::format::{fit, ms, offset, opt_ms, seconds};
+use crate::tui::view::{ArrivalsView, DetailView, ServiceRow, TerminationView};
 
 const SIDE_BY_SIDE: u16 = 120;
+
+/// Within this the two views count as agreeing: two jiffies at the
+/// coarsest tick rate (HZ=100), to which the destination side dates
+/// pooled requests.
+const VIEWS_AGREE_MS: f64 = 20.0;
 
 pub(super) fn render(app: &App, frame: &mut Frame, area: Rect) {
     let Some(view) = app.detail_view() else {
@@ -41,16 +48,24 @@ pub(super) fn render(app: &App, frame: &mut Frame, area: Rect) {
             .map(|s| format!(" {} ", s.label()))
             .unwrap_or_default(),
     };
+    let side_by_side = area.width >= SIDE_BY_SIDE;
+    let [left, right] = if side_by_side {
+        Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area)
+    } else {
+        [area, Rect::default()]
+    };
+    // Inside the facts panel's borders.
+    let room = Room {
+        width: left.width.saturating_sub(2) as usize,
+        rows: left.height.saturating_sub(2) as usize,
+    };
     let clock = app.view_clock_ms();
-    let facts = facts_lines(&view, clock);
+    let facts = facts_lines(&view, clock, room);
     let yaml = yaml_lines(view.service.as_ref());
     let scroll = (app.detail_scroll, 0);
     // Long verdicts wrap; the leading spaces of the timeline stay.
     let wrap = Wrap { trim: false };
-    if area.width >= SIDE_BY_SIDE {
-        let [left, right] =
-            Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)])
-                .areas(area);
+    if side_by_side {
         frame.render_widget(
             Paragraph::new(facts)
                 .wrap(wrap)
@@ -84,6 +99,14 @@ pub(super) fn render(app: &App, frame: &mut Frame, area: Rect) {
     }
 }
 
+/// The facts panel's inside: sender rows are cut to its width, and to one
+/// screenful, so the largest senders are seen together when scrolled to.
+#[derive(Clone, Copy, Debug)]
+struct Room {
+    width: usize,
+    rows: usize,
+}
+
 fn field(name: &str, value: String) -> Line<'static> {
     Line::from(vec![
         Span::styled(format!("{name:<10}"), header_style()),
@@ -91,10 +114,10 @@ fn field(name: &str, value: String) -> Line<'static> {
     ])
 }
 
-fn facts_lines(view: &DetailView, clock: u64) -> Vec<Line<'static>> {
+fn facts_lines(view: &DetailView, clock: u64, room: Room) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
     if let Some(t) = &view.termination {
-        termination_lines(t, clock, &mut lines);
+        termination_lines(t, clock, room, &mut lines);
     }
     if let Some(s) = &view.service {
         if !lines.is_empty() {
@@ -107,10 +130,16 @@ fn facts_lines(view: &DetailView, clock: u64) -> Vec<Line<'static>> {
         lines.push(Line::styled("Other terminations", header_style()));
         for r in &view.related {
             let state = r.closed.as_deref().unwrap_or("open");
+            // Where no ingress measured a gap, the arrival gap stands in,
+            // marked as the Overview marks it.
+            let arrival_gap = r.destination.as_ref().and_then(|d| d.arrival_gap_ms);
+            let gap = match (r.gap_ms, arrival_gap) {
+                (None, Some(arrival)) => format!("{:>8} [dst]", ms(arrival as f64)),
+                (gap, _) => format!("{:>8}", opt_ms(gap)),
+            };
             lines.push(Line::from(format!(
-                "  {:<32} gap {:>8}  {} failed  {state}",
+                "  {:<32} gap {gap}  {} failed  {state}",
                 r.pod,
-                opt_ms(r.gap_ms),
                 r.failures.total()
             )));
         }
@@ -132,7 +161,7 @@ fn hidden_failures(t: &TerminationView) -> String {
     }
 }
 
-fn termination_lines(t: &TerminationView, clock: u64, lines: &mut Vec<Line<'static>>) {
+fn termination_lines(t: &TerminationView, clock: u64, room: Room, lines: &mut Vec<Line<'static>>) {
     let ips: Vec<String> = t.ips.iter().map(|ip| ip.to_string()).collect();
     lines.push(field("Pod", format!("{} (uid {})", t.label(), t.uid)));
     lines.push(field(
@@ -198,6 +227,12 @@ fn termination_lines(t: &TerminationView, clock: u64, lines: &mut Vec<Line<'stat
     if t.failures.total() > 0 {
         lines.push(field("Failures", hidden_failures(t)));
     }
+    if let Some(d) = &t.destination {
+        lines.push(field("Arrivals", arrivals_summary(d)));
+        if let Some(apart) = d.views_apart_ms {
+            lines.push(field("Views", views_apart(apart)));
+        }
+    }
     if t.deletion_observed_late {
         lines.push(Line::styled(
             "deletion was seen late: the gap is a lower bound and not used for recommendations",
@@ -228,6 +263,13 @@ fn termination_lines(t: &TerminationView, clock: u64, lines: &mut Vec<Line<'stat
             ),
         )
     }));
+    if let Some(at) = t.destination.as_ref().and_then(|d| d.last_arrival_ms) {
+        events.push((
+            at,
+            Line::from(format!("  {:>10}  last arrival", offset(at))),
+        ));
+    }
+    // Stable: at one offset the sender side's milestones come first.
     events.sort_by_key(|(at, _)| *at);
     lines.extend(events.into_iter().map(|(_, line)| line));
     if !t.connectors.is_empty() {
@@ -246,6 +288,84 @@ fn termination_lines(t: &TerminationView, clock: u64, lines: &mut Vec<Line<'stat
             )));
         }
     }
+    if let Some(d) = &t.destination {
+        sender_lines(d, room, lines);
+    }
+}
+
+/// The destination view in one line: the last arrival as an offset from
+/// deletion_seen, the arrival gap, and what the pod served, refused and
+/// dropped after it.
+fn arrivals_summary(d: &ArrivalsView) -> String {
+    format!(
+        "last {}  gap {}  served {}  refused {}  dropped {}",
+        d.last_arrival_ms.map_or_else(|| "none".to_owned(), offset),
+        opt_ms(d.arrival_gap_ms),
+        d.served_after_deletion,
+        d.refused,
+        d.dropped
+    )
+}
+
+/// The ingress's last send and last arrival are the same packets, seen
+/// from two kernels: they differ by the jiffy the destination side dates
+/// pooled requests to. Further apart means one view missed something.
+fn views_apart(apart_ms: f64) -> String {
+    let within = apart_ms.abs().ceil();
+    if within <= VIEWS_AGREE_MS {
+        format!("sender and destination agree within {}", ms(within))
+    } else {
+        format!(
+            "sender and destination {} apart (last arrival − ingress's last send)",
+            ms(apart_ms)
+        )
+    }
+}
+
+/// Who sent what arrived, the largest first: as many rows as fit one
+/// screenful of the panel, then how many were left out.
+fn sender_lines(d: &ArrivalsView, room: Room, lines: &mut Vec<Line<'static>>) {
+    if d.senders.is_empty() {
+        return;
+    }
+    lines.push(Line::from(""));
+    lines.push(Line::styled(
+        "Arrived after deletion (destination view, the pod's own kernel)",
+        header_style(),
+    ));
+    let shown = if d.senders.len() < room.rows {
+        d.senders.len()
+    } else {
+        // The header and the "more" line take two rows.
+        room.rows.saturating_sub(2).max(1)
+    };
+    for s in d.senders.iter().take(shown) {
+        // As in the connectors above: the name last, cut to the panel so
+        // the figures keep their columns.
+        let figures = format!(
+            "  {:<8} gap {:>7} {:>6} arr {:>4} ref {:>4} drop  ",
+            s.kind,
+            opt_ms(s.arrival_gap_ms),
+            s.arrivals,
+            s.refused,
+            s.dropped
+        );
+        let name = fit(&s.name, room.width.saturating_sub(figures.chars().count()));
+        let line = format!("{figures}{name}");
+        // The kubelet's probes never move the arrival gap.
+        if s.kind == SenderKind::Kubelet.as_str() {
+            lines.push(Line::styled(line, dim()));
+        } else {
+            lines.push(Line::from(line));
+        }
+    }
+    let left_out = d.senders.len() - shown;
+    if left_out > 0 {
+        lines.push(Line::styled(
+            format!("  … {left_out} smaller sender(s) not shown"),
+            dim(),
+        ));
+    }
 }
 
 fn service_lines(s: &ServiceRow, lines: &mut Vec<Line<'static>>) {
@@ -260,6 +380,9 @@ fn service_lines(s: &ServiceRow, lines: &mut Vec<Line<'static>>) {
             ms(s.max_ms)
         ),
     ));
+    if let Some(gaps) = gap_view_text(s.gap_view) {
+        lines.push(field("Gaps", gaps.to_owned()));
+    }
     lines.push(field(
         "preStop",
         format!(
@@ -273,6 +396,18 @@ fn service_lines(s: &ServiceRow, lines: &mut Vec<Line<'static>>) {
     }
 }
 
+/// Where the gaps behind a recommendation came from, when not (only) the
+/// ingress's sends.
+fn gap_view_text(view: GapView) -> Option<&'static str> {
+    match view {
+        GapView::Sender => None,
+        GapView::Destination => {
+            Some("destination view: arrivals at the pods (no ingress measured)")
+        }
+        GapView::Both => Some("both views: ingress sends, arrivals where none measured"),
+    }
+}
+
 fn yaml_lines(service: Option<&ServiceRow>) -> Vec<Line<'static>> {
     match service {
         Some(s) if !s.yaml.is_empty() => {
@@ -282,5 +417,70 @@ fn yaml_lines(service: Option<&ServiceRow>) -> Vec<Line<'static>> {
             "No recommendation yet: it needs at least one closed measurement window.",
             dim(),
         )],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tui::view::SenderView;
+
+    fn senders(n: usize) -> ArrivalsView {
+        ArrivalsView {
+            senders: (0..n)
+                .map(|i| SenderView {
+                    name: format!("s{i:02} payments/a-rather-long-sender-name"),
+                    kind: "pod".into(),
+                    arrival_gap_ms: Some(100 * i as i64),
+                    arrivals: 100 - i as u64,
+                    refused: 0,
+                    dropped: 0,
+                })
+                .collect(),
+            ..ArrivalsView::default()
+        }
+    }
+
+    fn text(lines: &[Line<'static>]) -> Vec<String> {
+        lines.iter().map(|l| l.to_string()).collect()
+    }
+
+    #[test]
+    fn senders_are_cut_to_one_screenful_and_the_panels_width() {
+        let room = Room {
+            width: 78,
+            rows: 11,
+        };
+        let mut lines = Vec::new();
+        sender_lines(&senders(16), room, &mut lines);
+        let lines = text(&lines);
+        // A blank line, the header, 9 senders and what was left out: the
+        // header, the senders and the note fill the 11 rows.
+        assert_eq!(lines.len(), 12, "{lines:#?}");
+        assert!(lines[2].contains("s00"), "the largest first: {lines:#?}");
+        assert!(lines[10].contains("s08"), "{lines:#?}");
+        assert_eq!(lines[11], "  … 7 smaller sender(s) not shown");
+        for line in &lines {
+            assert!(line.chars().count() <= room.width, "{line:?}");
+        }
+        assert!(lines[2].ends_with('…'), "{lines:#?}");
+
+        // All of them where they fit.
+        let mut lines = Vec::new();
+        sender_lines(&senders(4), room, &mut lines);
+        assert_eq!(lines.len(), 6);
+        let mut lines = Vec::new();
+        sender_lines(&senders(0), room, &mut lines);
+        assert!(lines.is_empty());
+    }
+
+    #[test]
+    fn views_agree_within_a_jiffy_or_two_and_else_say_how_far_apart() {
+        assert_eq!(views_apart(0.3), "sender and destination agree within 1ms");
+        assert_eq!(views_apart(-4.0), "sender and destination agree within 4ms");
+        assert_eq!(
+            views_apart(-1500.0),
+            "sender and destination -1500ms apart (last arrival − ingress's last send)"
+        );
     }
 }

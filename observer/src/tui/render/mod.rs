@@ -186,7 +186,8 @@ const HELP: &[(&str, &str)] = &[
 
 fn render_help(frame: &mut Frame, body: Rect) {
     let width = body.width.min(62);
-    let height = body.height.min(HELP.len() as u16 + 4);
+    // The keys, a blank line, two notes, and the borders.
+    let height = body.height.min(HELP.len() as u16 + 5);
     let area = Rect {
         x: body.x + (body.width - width) / 2,
         y: body.y + (body.height - height) / 2,
@@ -205,6 +206,10 @@ fn render_help(frame: &mut Frame, body: Rect) {
     lines.push(Line::from(""));
     lines.push(Line::styled(
         "  gap = last connect − deletion seen, per ingress node",
+        dim(),
+    ));
+    lines.push(Line::styled(
+        "  [dst] gaps from arrivals at the pods; [both] mixed",
         dim(),
     ));
     frame.render_widget(Clear, area);

@@ -7,6 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState, Wrap};
 
 use super::{bad, dim, good, header_style, render_empty, selected_style};
+use crate::engine::recommend::GapView;
 use crate::probe::FailureClass;
 use crate::tui::app::{App, Screen};
 use crate::tui::format::{fit, ms, seconds};
@@ -14,6 +15,8 @@ use crate::tui::view::ServiceRow;
 
 /// From this width on, failed connects get one column per class.
 const WIDE: u16 = 120;
+
+const COLUMN_SPACING: u16 = 1;
 
 /// The classes that get their own column on wide terminals.
 const CLASS_COLUMNS: [(FailureClass, &str); 5] = [
@@ -109,9 +112,28 @@ fn render_table(
             Constraint::Length(10)
         },
     ]);
+    // The SERVICE column as the table lays it out (no highlight symbol).
+    let label_width = Layout::horizontal(widths.clone())
+        .spacing(COLUMN_SPACING)
+        .split(block.inner(area))
+        .first()
+        .map_or(0, |column| column.width as usize);
     let table_rows = rows.iter().map(|row| {
+        // A mark where the gaps did not come from the sender view (the
+        // default, unmarked), after the name: a long name is cut to make
+        // room for it rather than the mark.
+        let mut label = vec![];
+        match row.gap_view_mark() {
+            Some(mark) => {
+                let mark = format!(" [{mark}]");
+                let room = label_width.saturating_sub(mark.chars().count());
+                label.push(Span::raw(fit(&row.label(), room)));
+                label.push(Span::styled(mark, dim()));
+            }
+            None => label.push(Span::raw(row.label())),
+        }
         let mut cells = vec![
-            Cell::from(row.label()),
+            Cell::from(Line::from(label)),
             Cell::from(row.samples.to_string()),
             Cell::from(ms(row.p50_ms)),
             Cell::from(ms(row.p99_ms)),
@@ -144,6 +166,7 @@ fn render_table(
     });
     let table = Table::new(table_rows, widths)
         .header(Row::new(header).style(header_style()))
+        .column_spacing(COLUMN_SPACING)
         .block(block)
         .row_highlight_style(selected_style());
     let mut state = TableState::default().with_selected(Some(selected));
@@ -151,9 +174,17 @@ fn render_table(
 }
 
 fn render_verdict(frame: &mut Frame, area: Rect, row: &ServiceRow) {
+    let view = match row.gap_view {
+        GapView::Sender => "",
+        GapView::Destination => " · destination view",
+        GapView::Both => " · both views",
+    };
     let title = format!(
-        " {} ",
-        fit(&row.label(), area.width.saturating_sub(4) as usize)
+        " {}{view} ",
+        fit(
+            &row.label(),
+            area.width.saturating_sub(4 + view.chars().count() as u16) as usize
+        )
     );
     let mut lines: Vec<Line> = row.verdict.iter().map(|v| Line::from(v.as_str())).collect();
     if lines.is_empty() {
