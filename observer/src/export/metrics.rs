@@ -1,5 +1,6 @@
 //! Prometheus metrics (prometheus-client): the propagation gap, failed
-//! connects, the recommended preStop, and the agent's own health.
+//! connects, the recommended preStop, what landed on terminating pods
+//! (the destination view), and the agent's own health.
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -57,6 +58,12 @@ fn gap_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     propagation_gap: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    arrival_gap: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    destination_served: Family<ServiceLabels, Counter>,
+    destination_refused: Family<ServiceLabels, Counter>,
+    destination_dropped: Family<ServiceLabels, Counter>,
+    arrivals_seen: Counter,
+    last_arrivals_seen: u64,
     failed_connects: Family<FailureLabels, Counter>,
     connect_failures: Family<HiddenLabels, Counter>,
     recommended_prestop: Family<ServiceLabels, Gauge>,
@@ -104,6 +111,47 @@ impl Metrics {
             "propagation_gap_seconds",
             "How long after a pod started terminating this node still opened connections to it",
             propagation_gap.clone(),
+        );
+        let arrival_gap =
+            Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                gap_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "arrival_gap_seconds",
+            "How long after a pod started terminating senders still sent to it: its last SYN or \
+             request that reached the pod (accepted or not), seen by the kernel of the pod's node, \
+             from any sender but the kubelet (the destination view; 0 when nothing arrived)",
+            arrival_gap.clone(),
+        );
+        let destination_served = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "destination_served_after_deletion",
+            "Connections terminating pods of this node accepted after deletion_seen, and pooled \
+             ones whose last request arrived after it (at least one request each; not the \
+             kubelet's), counted when the termination closes",
+            destination_served.clone(),
+        );
+        let destination_refused = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "destination_refused",
+            "SYNs that terminating pods of this node answered with an RST after deletion_seen \
+             (nothing listened any more; not the kubelet's), counted when the termination closes",
+            destination_refused.clone(),
+        );
+        let destination_dropped = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "destination_dropped",
+            "Packets for terminating pods of this node that its kernel dropped after \
+             deletion_seen (the pod's network gone, or no socket for a packet other than a SYN; \
+             not the kubelet's), counted when the termination closes",
+            destination_dropped.clone(),
+        );
+        let arrivals_seen = Counter::default();
+        registry.register(
+            "arrivals_seen",
+            "What the receiving side reported landing on watched pods of this node (accepted \
+             connections, pooled requests, refused SYNs, drops), fed to the engine",
+            arrivals_seen.clone(),
         );
         let failed_connects = Family::<FailureLabels, Counter>::default();
         registry.register(
@@ -200,6 +248,12 @@ impl Metrics {
             bystander_failures,
             last_bystander_failures: std::collections::BTreeMap::new(),
             propagation_gap,
+            arrival_gap,
+            destination_served,
+            destination_refused,
+            destination_dropped,
+            arrivals_seen,
+            last_arrivals_seen: 0,
             failed_connects,
             connect_failures,
             recommended_prestop,
@@ -246,20 +300,55 @@ impl Metrics {
                     .inc_by(n);
             }
         }
-        let Some(gap_ns) = termination.propagation_gap_ns else {
-            return;
+        let labels = |service: &str| ServiceLabels {
+            namespace: termination.namespace.clone(),
+            service: service.to_owned(),
         };
+        if let Some(destination) = &termination.destination {
+            for service in &services {
+                let labels = labels(service);
+                self.destination_served
+                    .get_or_create(&labels)
+                    .inc_by(destination.served_after_deletion);
+                self.destination_refused
+                    .get_or_create(&labels)
+                    .inc_by(destination.refused);
+                self.destination_dropped
+                    .get_or_create(&labels)
+                    .inc_by(destination.dropped);
+            }
+        }
+        // A gap measured from a deletion seen late is only a lower bound:
+        // counted above, never observed.
         if termination.deletion_observed_late {
             return;
         }
-        for service in services {
-            self.propagation_gap
-                .get_or_create(&ServiceLabels {
-                    namespace: termination.namespace.clone(),
-                    service: service.to_string(),
-                })
-                .observe(gap_ns.max(0) as f64 / 1e9);
+        let gaps = [
+            (&self.propagation_gap, termination.propagation_gap_ns),
+            (
+                &self.arrival_gap,
+                termination
+                    .destination
+                    .as_ref()
+                    .and_then(|d| d.arrival_gap_ns),
+            ),
+        ];
+        for (histogram, gap_ns) in gaps {
+            let Some(gap_ns) = gap_ns else { continue };
+            for service in &services {
+                histogram
+                    .get_or_create(&labels(service))
+                    .observe(gap_ns.max(0) as f64 / 1e9);
+            }
         }
+    }
+
+    /// Folds in the engine's running count of what the receiving side
+    /// reported.
+    pub fn set_arrivals(&mut self, total: u64) {
+        self.arrivals_seen
+            .inc_by(total.saturating_sub(self.last_arrivals_seen));
+        self.last_arrivals_seen = self.last_arrivals_seen.max(total);
     }
 
     /// Folds in the engine's running failure totals (keyed
@@ -392,6 +481,84 @@ mod tests {
         };
         assert_eq!(value(&text, &line("retried")), Some(14), "{text}");
         assert_eq!(value(&text, &line("not_retried")), Some(4), "{text}");
+    }
+
+    #[test]
+    fn the_destination_view_is_counted_per_service_and_its_gap_observed() {
+        let mut metrics = Metrics::default();
+        let mut termination = crate::tui::fixtures::recent_terminations().remove(0);
+        termination.namespace = "shop".into();
+        termination.services = vec!["web".into()];
+        termination.destination = Some(crate::engine::arrivals::DestinationView {
+            arrival_gap_ns: Some(2_500_000_000),
+            refused: 3,
+            dropped: 4,
+            served_after_deletion: 5,
+            ..Default::default()
+        });
+        metrics.record_termination(&termination);
+        metrics.record_termination(&termination);
+        // No destination view: nothing on the destination side.
+        termination.destination = None;
+        metrics.record_termination(&termination);
+        let text = metrics.encode();
+        let labels = "{namespace=\"shop\",service=\"web\"}";
+        for (metric, expected) in [
+            ("observer_destination_served_after_deletion_total", 10),
+            ("observer_destination_refused_total", 6),
+            ("observer_destination_dropped_total", 8),
+            ("observer_arrival_gap_seconds_count", 2),
+            ("observer_propagation_gap_seconds_count", 3),
+        ] {
+            assert_eq!(
+                value(&text, &format!("{metric}{labels} ")),
+                Some(expected),
+                "{metric}: {text}"
+            );
+        }
+        let bucket = |le: &str| {
+            format!(
+                "observer_arrival_gap_seconds_bucket{{le=\"{le}\",namespace=\"shop\",service=\"web\"}} "
+            )
+        };
+        assert_eq!(value(&text, &bucket("2.0")), Some(0), "{text}");
+        assert_eq!(value(&text, &bucket("3.0")), Some(2), "{text}");
+
+        // A gap from a deletion seen late is a lower bound: counted, never
+        // observed.
+        termination.deletion_observed_late = true;
+        termination.destination = Some(crate::engine::arrivals::DestinationView {
+            arrival_gap_ns: Some(1),
+            refused: 1,
+            ..Default::default()
+        });
+        metrics.record_termination(&termination);
+        let text = metrics.encode();
+        assert_eq!(
+            value(
+                &text,
+                &format!("observer_arrival_gap_seconds_count{labels} ")
+            ),
+            Some(2),
+            "{text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("observer_destination_refused_total{labels} ")
+            ),
+            Some(7),
+            "{text}"
+        );
+
+        metrics.set_arrivals(40);
+        metrics.set_arrivals(55);
+        // An engine's count never goes back; an older snapshot changes nothing.
+        metrics.set_arrivals(50);
+        assert_eq!(
+            value(&metrics.encode(), "observer_arrivals_seen_total "),
+            Some(55)
+        );
     }
 
     #[test]

@@ -93,6 +93,7 @@ impl AgentState {
             m.set_recommendations(&snapshot.recommendations);
             m.set_failures(&snapshot.counters.failures_by_state);
             m.set_bystander_failures(&snapshot.counters.bystander_failures);
+            m.set_arrivals(snapshot.counters.arrivals_seen);
             m.set_ingress(&snapshot.ingress);
         });
         match self.inner.snapshot.write() {
