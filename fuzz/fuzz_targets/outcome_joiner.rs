@@ -105,7 +105,7 @@ fuzz_target!(|input: Input| {
                 // The receiving side: one record each, none for a drop
                 // class the decoder does not know.
                 kind::ACCEPTED | kind::RECEIVED => 1,
-                kind::DROPPED => usize::from((1..=3).contains(&raw.errno)),
+                kind::DROPPED => usize::from((1..=4).contains(&raw.errno)),
                 kind::SYN_CLOSED if raw.errno != 0 => 1,
                 kind::SYN_CLOSED => usize::from(waiting.insert(key, raw.ts).is_some()),
                 kind::ERROR => {

@@ -86,6 +86,11 @@ pub mod drop_class {
     /// The pod's address stopped answering neighbour resolution
     /// (`NEIGH_FAILED`, `NEIGH_DEAD`): its network is gone from the link.
     pub const NEIGHBOUR: i32 = 3;
+    /// The frame reached a host on the pod's link that is not its
+    /// destination (`OTHERHOST`): the pod's address still resolves to a
+    /// link address nobody holds any more, so a bridge floods its frames
+    /// to the other ports, each of which drops its copy.
+    pub const OTHER_HOST: i32 = 4;
 }
 
 /// The kernel's `enum skb_drop_reason` values the probe classifies,
@@ -104,7 +109,7 @@ pub struct DropReasons {
     pub ip_out_no_routes: u32,
     pub neigh_failed: u32,
     pub neigh_dead: u32,
-    pub _pad: u32,
+    pub other_host: u32,
 }
 
 impl DropReasons {
@@ -117,7 +122,7 @@ impl DropReasons {
         ip_out_no_routes: SockOffsets::ABSENT,
         neigh_failed: SockOffsets::ABSENT,
         neigh_dead: SockOffsets::ABSENT,
-        _pad: 0,
+        other_host: SockOffsets::ABSENT,
     };
 
     /// The drop class of a kernel drop reason, or 0 for a drop the probe
@@ -131,6 +136,8 @@ impl DropReasons {
             drop_class::NO_ROUTE
         } else if reason == self.neigh_failed || reason == self.neigh_dead {
             drop_class::NEIGHBOUR
+        } else if reason == self.other_host {
+            drop_class::OTHER_HOST
         } else {
             0
         }

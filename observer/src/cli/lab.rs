@@ -102,8 +102,19 @@ pub struct LabArgs {
     /// runtime API (no reload), `retries 3` with `option redispatch`; the
     /// truth is the wire (every SYN and request the ingress put on the
     /// lab's bridge), and HAProxy's log tells which failures it retried.
+    /// external: a load balancer outside the cluster sending straight to
+    /// pod IPs, as an ALB or NLB in IP mode or a GKE NEG does: HAProxy in
+    /// a namespace of its own that is no node, health checks every
+    /// --lb-health-interval (down after 2 failed), no retries, keep-alive
+    /// as --upstream-keepalive. No probe attributes its sockets: only the
+    /// pods' node's receiving side measures (the ARRIVAL column), and the
+    /// recommendation comes from it.
     #[arg(long, value_enum, default_value_t = lab::scenario::IngressKind::Nginx)]
     pub ingress: lab::scenario::IngressKind,
+    /// With `--ingress external`: how often the load balancer checks each
+    /// target (GET /); a target is down after two failed checks.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub lb_health_interval: Duration,
     /// Keeps concurrent labs apart: namespaces obslab<ID>-*, cgroups
     /// obslab<ID>.slice, pod CIDR 10.247.<ID>.0/24 (fd00:247:<ID>::/120).
     #[arg(long, default_value_t = 0, value_name = "ID")]
@@ -132,6 +143,7 @@ impl LabArgs {
             bystander_qps: self.bystander_qps,
             upstream_keepalive: self.upstream_keepalive,
             ingress: self.ingress,
+            lb_health_interval: self.lb_health_interval,
             sandbox_linger: self.sandbox_linger,
             lab_id: self.lab_id,
             ..LabScenario::default()

@@ -122,7 +122,8 @@ impl ExternalSender {
 pub struct SenderArrivals {
     pub name: String,
     pub kind: SenderKind,
-    /// Its last SYN or request that reached the pod.
+    /// Its last SYN or request that reached the pod (refused and dropped
+    /// SYNs included).
     pub last_arrival: Option<MonoTime>,
     /// last_arrival − deletion_seen.
     pub arrival_gap_ns: Option<i64>,
@@ -137,7 +138,9 @@ pub struct SenderArrivals {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationView {
     /// The last SYN or request that reached the pod after deletion_seen,
-    /// from any sender but the kubelet.
+    /// from any sender but the kubelet: accepted, refused, or dropped by
+    /// the pod's node once its network was gone (the sender still chose
+    /// the pod then).
     pub last_arrival: Option<MonoTime>,
     /// last_arrival − deletion_seen; 0 when nothing arrived after it.
     pub arrival_gap_ns: Option<i64>,
@@ -162,32 +165,46 @@ pub struct DestinationView {
 }
 
 impl DestinationView {
-    /// Adds one arrival from `sender` at `at` (at or after `t0`).
-    pub fn apply(&mut self, t0: MonoTime, at: MonoTime, outcome: &Outcome, sender: &Sender) {
-        let (arrival, refused, dropped) = match outcome {
-            Outcome::Accepted | Outcome::Received { .. } => (true, false, false),
+    /// Adds one arrival from `sender` at `at` (at or after `t0`). A SYN
+    /// the pod refused, or one its node dropped, still arrived: the sender
+    /// chose the pod then, so it moves the last arrival, unless it
+    /// retransmits a SYN that already arrived (`first_syn` false); only
+    /// accepted connections and pooled requests were served.
+    pub fn apply(
+        &mut self,
+        t0: MonoTime,
+        at: MonoTime,
+        outcome: &Outcome,
+        sender: &Sender,
+        first_syn: bool,
+    ) {
+        let (served, refused, dropped, syn) = match outcome {
+            Outcome::Accepted | Outcome::Received { .. } => (true, false, false, true),
             Outcome::Dropped {
                 reason: DropReason::NoSocket,
                 opens_connection: true,
-            } => (false, true, false),
-            Outcome::Dropped { .. } => (false, false, true),
+            } => (false, true, false, true),
+            Outcome::Dropped {
+                opens_connection, ..
+            } => (false, false, true, *opens_connection),
             _ => return,
         };
+        let syn = syn && first_syn;
         let kubelet = sender.kind == SenderKind::Kubelet;
         if !kubelet {
-            if arrival {
+            if syn {
                 self.last_arrival = self.last_arrival.max(Some(at));
-                self.served_after_deletion += 1;
             }
+            self.served_after_deletion += u64::from(served);
             self.refused += u64::from(refused);
             self.dropped += u64::from(dropped);
         }
         if let Some(entry) = self.sender_mut(sender) {
-            if arrival {
+            if syn {
                 entry.last_arrival = entry.last_arrival.max(Some(at));
                 entry.arrival_gap_ns = entry.last_arrival.map(|last| last.signed_since(t0));
-                entry.arrivals += 1;
             }
+            entry.arrivals += u64::from(served);
             entry.refused += u64::from(refused);
             entry.dropped += u64::from(dropped);
         }

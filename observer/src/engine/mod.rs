@@ -173,7 +173,7 @@ impl Engine {
             return;
         };
         window.touch(record.ts);
-        window.apply_arrival(at, record.dst.port(), &record.outcome, &sender);
+        window.apply_arrival(at, record.src, record.dst.port(), &record.outcome, &sender);
     }
 
     /// Who sent what arrived: this node's own connector where the 4-tuple

@@ -1,7 +1,8 @@
 //! One open measurement window: a terminating pod, the connects to it after
 //! deletion_seen, and the derived gap and lags.
 
-use std::net::IpAddr;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 
 use super::arrivals::{DestinationView, Sender};
 use super::connect::ConnectFact;
@@ -10,7 +11,7 @@ use super::hidden::FailureSet;
 use super::record::{CloseReason, ConnectorActivity, FailureCounts, PodTermination};
 use crate::clock::MonoTime;
 use crate::cluster::{ClusterModel, PodRecord};
-use crate::probe::decode::Outcome;
+use crate::probe::decode::{DropReason, Outcome};
 use crate::probe::retry::RetriedFailure;
 
 /// Distinct connectors kept per termination.
@@ -48,7 +49,44 @@ pub struct Window {
     pub last_activity: MonoTime,
     /// The ingress's failures no retry has named yet.
     unretried: FailureSet,
+    /// Recent flooded copies counted, by sender: a bridge hands one copy
+    /// of a frame to every port, and each drops it (`other_host`).
+    floods: VecDeque<(SocketAddr, MonoTime)>,
+    /// Senders' 4-tuples whose SYN already arrived (bounded).
+    syn_senders: BoundedSet,
 }
+
+/// A set of socket addresses that forgets its oldest beyond a bound.
+#[derive(Clone, Debug, Default)]
+struct BoundedSet {
+    members: std::collections::HashSet<SocketAddr>,
+    order: VecDeque<SocketAddr>,
+}
+
+/// SYN senders remembered per termination: two minutes of a 50-connects-a-second sender.
+const MAX_SYN_SENDERS: usize = 8192;
+
+impl BoundedSet {
+    /// Adds `addr`; whether it was new.
+    fn insert(&mut self, addr: SocketAddr) -> bool {
+        if !self.members.insert(addr) {
+            return false;
+        }
+        self.order.push_back(addr);
+        if self.order.len() > MAX_SYN_SENDERS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.members.remove(&old);
+        }
+        true
+    }
+}
+
+/// Copies of one flooded frame arrive within microseconds of each other;
+/// a SYN's retransmission comes a second later at the soonest.
+pub const FLOOD_COPIES_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
+/// Flooded frames remembered per termination to tell copies apart.
+const MAX_FLOODS: usize = 32;
 
 impl Window {
     /// Opens a window for `pod` at `deletion_seen`.
@@ -111,6 +149,8 @@ impl Window {
             removed_while_unwatched: false,
             last_activity: deletion_seen,
             unretried: FailureSet::default(),
+            floods: VecDeque::new(),
+            syn_senders: BoundedSet::default(),
         };
         window.refresh_from_model(model);
         window
@@ -231,15 +271,50 @@ impl Window {
     /// Adds what the receiving side saw land on the pod at `at`, on
     /// `port`, from `sender`; only at or after deletion_seen, on a port
     /// that counts.
-    pub fn apply_arrival(&mut self, at: MonoTime, port: u16, outcome: &Outcome, sender: &Sender) {
+    pub fn apply_arrival(
+        &mut self,
+        at: MonoTime,
+        src: SocketAddr,
+        port: u16,
+        outcome: &Outcome,
+        sender: &Sender,
+    ) {
         let t0 = self.record.deletion_seen;
         if at < t0 || !(self.ports.is_empty() || self.ports.contains(&port)) {
             return;
         }
+        if matches!(
+            outcome,
+            Outcome::Dropped {
+                reason: DropReason::OtherHost,
+                ..
+            }
+        ) {
+            let copy = self.floods.iter().any(|(from, when)| {
+                *from == src && at.0.abs_diff(when.0) <= FLOOD_COPIES_WINDOW.as_nanos() as u64
+            });
+            if copy {
+                return;
+            }
+            if self.floods.len() >= MAX_FLOODS {
+                self.floods.pop_front();
+            }
+            self.floods.push_back((src, at));
+        }
+        // A connection's first SYN is when the sender chose the pod; its
+        // retransmissions (same 4-tuple) arrive seconds later and are not
+        // new choices.
+        let first_syn = match outcome {
+            Outcome::Dropped {
+                opens_connection: true,
+                ..
+            } => self.syn_senders.insert(src),
+            _ => true,
+        };
         self.record
             .destination
             .get_or_insert_with(DestinationView::default)
-            .apply(t0, at, outcome, sender);
+            .apply(t0, at, outcome, sender, first_syn);
     }
 
     /// Counts `failure`, one of this window's, as retried by the ingress

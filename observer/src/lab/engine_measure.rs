@@ -13,11 +13,13 @@ use tokio::task::JoinHandle;
 use super::connectors::{ConnectorsByPod, TerminationConnectors};
 use super::measure::{LabContext, LabMeasure, Measurements, PodMeasurement};
 use super::report::Recommendation;
+use super::scenario::EXTERNAL_LB_NAME;
 use super::{LabError, Result};
 use crate::agent::{EngineLoop, Input, Sink, SinkError, StateSink};
 use crate::clock::MonoTime;
 use crate::cluster::{WatchConfig, WatchCounters, stamped_events};
 use crate::connector::CgroupResolver;
+use crate::engine::arrivals::{ExternalSender, SenderKind};
 use crate::engine::{Engine, EngineConfig, Output, PodTermination};
 use crate::export::AgentState;
 use crate::probe::Probe;
@@ -35,6 +37,8 @@ pub struct EngineMeasure {
     state: Option<AgentState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<Finished>>>,
+    /// The lab's traffic comes from a load balancer outside the cluster.
+    external: bool,
 }
 
 impl EngineMeasure {
@@ -45,6 +49,7 @@ impl EngineMeasure {
             state: None,
             stop: None,
             task: None,
+            external: false,
         }
     }
 
@@ -82,6 +87,18 @@ impl LabMeasure for EngineMeasure {
         // The ingress is found as on a node: by its pod's labels, among
         // the pods of the lab's node.
         self.config.ingress.node = Some(ctx.node_name.clone());
+        // A load balancer outside the cluster: its address is named, and
+        // its own sockets (on this machine only because the lab is one
+        // machine) are no node's to see.
+        let foreign_cgroup = ctx.external_lb.map(|ip| {
+            self.config.external_senders.push(ExternalSender {
+                network: ip,
+                prefix: if ip.is_ipv4() { 32 } else { 128 },
+                name: EXTERNAL_LB_NAME.into(),
+            });
+            ctx.ingress_pod.cgroup_id
+        });
+        self.external = ctx.external_lb.is_some();
         let closed = Arc::new(Mutex::new(Vec::new()));
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ClosedTerminations(closed.clone()))];
         if let Some(path) = &ctx.records {
@@ -98,6 +115,10 @@ impl LabMeasure for EngineMeasure {
             events,
             stopped,
             closed,
+            Sources {
+                foreign_cgroup,
+                external: self.external,
+            },
         )));
         Ok(())
     }
@@ -155,6 +176,16 @@ fn measure_error(error: SinkError) -> LabError {
     LabError::Measure(error.to_string())
 }
 
+/// Where the lab's traffic comes from, as the measurement may know it.
+#[derive(Clone, Copy, Debug)]
+struct Sources {
+    /// The cgroup of a sender outside the cluster: its sockets' records
+    /// never reach the engine (the receiving side's do).
+    foreign_cgroup: Option<u64>,
+    /// The lab's traffic comes from a load balancer outside the cluster.
+    external: bool,
+}
+
 async fn drive(
     mut engine_loop: EngineLoop,
     mut probe: Probe,
@@ -162,7 +193,11 @@ async fn drive(
     events: impl futures::Stream<Item = crate::cluster::StampedEvent> + Send + 'static,
     mut stopped: oneshot::Receiver<()>,
     closed: Arc<Mutex<Vec<PodTermination>>>,
+    sources: Sources,
 ) -> Result<Finished> {
+    let seen = |record: &crate::probe::ConnectRecord| {
+        record.is_arrival() || sources.foreign_cgroup != Some(record.cgroup_id)
+    };
     futures::pin_mut!(events);
     let mut batch = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -183,7 +218,7 @@ async fn drive(
             }
             r = reader.next_batch(Duration::from_millis(50), &mut batch) => {
                 r.map_err(|e| LabError::Measure(format!("reading probe events: {e}")))?;
-                for record in batch.drain(..) {
+                for record in batch.drain(..).filter(|r| seen(r)) {
                     engine_loop
                         .feed(Input::Connect(record), Some(&mut probe))
                         .map_err(measure_error)?;
@@ -198,7 +233,7 @@ async fn drive(
         }
     }
     reader.finish(&mut batch);
-    for record in batch.drain(..) {
+    for record in batch.drain(..).filter(|r| seen(r)) {
         engine_loop
             .feed(Input::Connect(record), Some(&mut probe))
             .map_err(measure_error)?;
@@ -220,7 +255,10 @@ async fn drive(
         Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
     };
     let measurements = Measurements {
-        pods: closed.iter().filter_map(to_measurement).collect(),
+        pods: closed
+            .iter()
+            .filter_map(|t| to_measurement(t, sources.external))
+            .collect(),
         recommendation,
     };
     Ok((measurements, closed))
@@ -264,13 +302,39 @@ impl Sink for RecordLog {
     }
 }
 
-fn to_measurement(t: &PodTermination) -> Option<PodMeasurement> {
+fn to_measurement(t: &PodTermination, external: bool) -> Option<PodMeasurement> {
+    let ms = |ns: i64| ns as f64 / 1e6;
+    // The lab's traffic as it landed on the pod: the ingress's, or the
+    // external load balancer's.
+    let lab_sender = t.destination.as_ref().map(|view| {
+        view.senders
+            .iter()
+            .find(|s| {
+                if external {
+                    s.kind == SenderKind::External && s.name == EXTERNAL_LB_NAME
+                } else {
+                    s.kind == SenderKind::Ingress
+                }
+            })
+            .and_then(|s| s.arrival_gap_ns)
+            .unwrap_or(0)
+    });
     Some(PodMeasurement {
         pod: t.pod.clone(),
         ip: *t.ips.first()?,
         // The gap ends at the ingress's last choice; the last send
-        // includes its retries.
-        measured_gap_ms: t.propagation_gap_ns.map(|ns| ns as f64 / 1e6),
+        // includes its retries. With no ingress, the load balancer's last
+        // arrival at the pod is the gap (it retries nothing).
+        measured_gap_ms: t
+            .propagation_gap_ns
+            .or(lab_sender.filter(|_| external))
+            .map(ms),
+        measured_last_arrival_ms: lab_sender.map(ms),
+        views_apart_ms: t
+            .destination
+            .as_ref()
+            .and_then(|v| v.views_apart_ns)
+            .map(ms),
         measured_last_send_ms: t
             .last_send
             .map(|last| last.signed_since(t.deletion_seen) as f64 / 1e6),

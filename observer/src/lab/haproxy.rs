@@ -14,6 +14,12 @@
 //! With upstream keep-alive, idle server connections are shared between
 //! requests (`http-reuse always`); without, one connection per request.
 //!
+//! The same HAProxy also stands in for a load balancer outside the cluster
+//! (an ALB or NLB with IP targets, a GKE NEG): [`HaproxyRole::ExternalLb`]
+//! health-checks its targets every few seconds and marks one down after
+//! two failed checks, as cloud load balancers do, and does not retry a
+//! refused connect (`retries 0`: an ALB answers 502).
+//!
 //! HAProxy's log (to stdout, one line per request) records each request's
 //! connect retries (`%rc`) and how it ended (`%tsc`): the ingress's own
 //! account of which failures it hid ([`parse_log_line`]).
@@ -81,14 +87,25 @@ impl HaproxyPaths {
 pub fn render_config(
     paths: &HaproxyPaths,
     listen: SocketAddr,
-    port: u16,
     slots: usize,
-    keepalive: u32,
+    settings: &HaproxySettings,
 ) -> String {
-    let reuse = if keepalive > 0 {
+    let (port, keepalive) = (settings.port, settings.keepalive);
+    let mut reuse = if keepalive > 0 {
         format!("    http-reuse always\n    default-server pool-max-conn {keepalive}\n")
     } else {
         "    http-reuse never\n    option http-server-close\n".to_string()
+    };
+    let retries = match settings.role {
+        HaproxyRole::Ingress => "    retries 3\n    option redispatch\n".to_string(),
+        HaproxyRole::ExternalLb { health_interval } => {
+            let _ = write!(
+                reuse,
+                "    option httpchk GET /\n    default-server check inter {}ms fall 2 rise 2\n",
+                health_interval.as_millis().max(1)
+            );
+            "    retries 0\n".to_string()
+        }
     };
     let mut text = String::new();
     let _ = write!(
@@ -106,9 +123,7 @@ defaults
     timeout connect 5s
     timeout client 30s
     timeout server 30s
-    retries 3
-    option redispatch
-frontend lab
+{retries}frontend lab
     bind {listen}
     default_backend pods
 backend pods
@@ -183,6 +198,7 @@ pub struct Haproxy {
     pid: i32,
     slots: Mutex<Slots>,
     registry: Registry,
+    role: HaproxyRole,
 }
 
 impl Haproxy {
@@ -197,7 +213,7 @@ impl Haproxy {
         cgroup: Option<&Path>,
     ) -> Result<Haproxy> {
         let slots = settings.pods as usize * SLOTS_PER_POD + 8;
-        let text = render_config(&paths, listen, settings.port, slots, settings.keepalive);
+        let text = render_config(&paths, listen, slots, &settings);
         std::fs::write(paths.conf(), text)
             .map_err(LabError::io(format!("writing {}", paths.conf().display())))?;
         let log = std::fs::File::create(paths.access_log()).map_err(LabError::io(format!(
@@ -230,6 +246,7 @@ impl Haproxy {
             pid,
             slots: Mutex::new(Slots::new(slots)),
             registry: registry.clone(),
+            role: settings.role,
         };
         haproxy.wait_ready()?;
         Ok(haproxy)
@@ -290,11 +307,35 @@ pub struct HaproxySettings {
     pub port: u16,
     /// Idle server connections kept per server (0: none).
     pub keepalive: u32,
+    pub role: HaproxyRole,
+}
+
+/// What the lab's HAProxy stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HaproxyRole {
+    /// An in-cluster ingress: `retries 3`, `option redispatch`.
+    Ingress,
+    /// A load balancer outside the cluster sending straight to pod IPs:
+    /// health checks every `health_interval`, a target down after two
+    /// failed ones, no retries. A target the controller registers is
+    /// healthy at once (it is Ready, as a readiness gate would have it).
+    ExternalLb { health_interval: Duration },
 }
 
 impl DataPlane for Haproxy {
     fn apply(&self, upstreams: &[SocketAddr]) -> Result<()> {
-        let commands = lock(&self.slots).commands(upstreams)?;
+        let mut commands = lock(&self.slots).commands(upstreams)?;
+        if matches!(self.role, HaproxyRole::ExternalLb { .. }) {
+            // A registered target starts healthy; its checks go on from
+            // there (a server leaving maintenance would otherwise wait for
+            // two passed checks, seconds without a target at start).
+            let healthy: Vec<String> = commands
+                .iter()
+                .filter_map(|c| c.strip_suffix(" state ready"))
+                .map(|server| format!("{server} health up"))
+                .collect();
+            commands.extend(healthy);
+        }
         if commands.is_empty() {
             return Ok(());
         }

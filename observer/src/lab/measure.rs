@@ -47,7 +47,12 @@ pub struct LabContext {
     /// measurement stands on).
     pub node_name: String,
     /// The ingress controller's pod; nginx's connects carry its cgroup.
+    /// With a load balancer outside the cluster, the load balancer's own
+    /// cgroup (no Pod object: no node's probe would see its sockets).
     pub ingress_pod: KnownPod,
+    /// The address of the load balancer outside the cluster, when the
+    /// lab runs one instead of an ingress.
+    pub external_lb: Option<IpAddr>,
     /// The bystander (`monitoring/prometheus-0`), when it runs.
     pub bystander_pod: Option<KnownPod>,
     /// Idle connections each nginx worker keeps to the pods; 0: every
@@ -79,6 +84,13 @@ pub struct PodMeasurement {
     /// last_send − deletion_seen (retries and pooled sends included); None
     /// when the measurement cannot tell.
     pub measured_last_send_ms: Option<f64>,
+    /// The destination side: the last arrival at the pod from the lab's
+    /// ingress (or external load balancer) − deletion_seen; None where the
+    /// measurement has no destination-side view.
+    pub measured_last_arrival_ms: Option<f64>,
+    /// The ingress's sender-side last send against its destination-side
+    /// last arrival (the same packets), where both exist.
+    pub views_apart_ms: Option<f64>,
     pub failures: FailureCounts,
     /// Of `failures`, those the ingress retried elsewhere (hidden); None
     /// when the measurement cannot tell.
@@ -186,6 +198,8 @@ pub fn gaps_from_records(
             measured_gap_ms: last.map(|l| l.signed_since(t0) as f64 / 1e6),
             // SYNs alone say nothing of pooled sends.
             measured_last_send_ms: None,
+            measured_last_arrival_ms: None,
+            views_apart_ms: None,
             failures,
             failures_retried: None,
         });

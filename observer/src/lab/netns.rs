@@ -332,6 +332,11 @@ impl LabNet {
         sweep(prefix)?;
         let ingress = Netns::create(&format!("{prefix}-ingress"), registry)?;
         ingress.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        // A bridge without an address of its own takes its lowest port's,
+        // and a change flushes its neighbour entries: every pod leaving
+        // would make the node forget every pod's link address. CNI bridges
+        // keep one address; so does the lab's.
+        ingress.ip(&["link", "set", BRIDGE, "address", "02:00:00:00:02:47"])?;
         let gw = subnet.with_len(subnet.gateway);
         if subnet.gateway.is_ipv6() {
             ingress.ip(&["-6", "addr", "add", &gw, "dev", BRIDGE, "nodad"])?;
@@ -407,6 +412,50 @@ impl LabNet {
         Ok(ns)
     }
 
+    /// Creates namespace `<prefix>-<suffix>` reached through the ingress
+    /// namespace as a router, not on the pods' link: a host outside the
+    /// cluster (a cloud load balancer) whose packets reach pods the way a
+    /// VPC routes them, through the pods' node. `remote` is its address on
+    /// a point-to-point link to `local`, the node's end (`v<suffix>`).
+    pub fn add_routed(&self, suffix: &str, local: IpAddr, remote: IpAddr) -> Result<Netns> {
+        let ns = Netns::create(&format!("{}-{suffix}", self.prefix), &self.registry)?;
+        let host_end = format!("v{suffix}");
+        self.ingress.ip(&[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
+        let (family, len, nodad) = if local.is_ipv6() {
+            ("-6", "126", Some("nodad"))
+        } else {
+            ("-4", "30", None)
+        };
+        let with_len = |ip: IpAddr| format!("{ip}/{len}");
+        let mut add = vec![family, "addr", "add"];
+        let local_addr = with_len(local);
+        let mut node_end = add.clone();
+        node_end.extend([local_addr.as_str(), "dev", host_end.as_str()]);
+        node_end.extend(nodad);
+        self.ingress.ip(&node_end)?;
+        let remote_addr = with_len(remote);
+        add.extend([remote_addr.as_str(), "dev", "eth0"]);
+        add.extend(nodad);
+        ns.ip(&add)?;
+        self.ingress.ip(&["link", "set", &host_end, "up"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        let gateway = local.to_string();
+        ns.ip(&[family, "route", "add", "default", "via", &gateway])?;
+        // The node forwards between the link and the pods' bridge.
+        let sysctl = if local.is_ipv6() {
+            "net.ipv6.conf.all.forwarding=1"
+        } else {
+            "net.ipv4.ip_forward=1"
+        };
+        run(
+            "ip",
+            &["netns", "exec", &self.ingress.name, "sysctl", "-qw", sysctl],
+        )?;
+        Ok(ns)
+    }
+
     /// Creates namespace `<prefix>-<suffix>` with `ip` on its `eth0`, joined
     /// to the bridge by veth `v<suffix>` (a pod, or a scraper's pod).
     pub fn add_member(&self, suffix: &str, ip: IpAddr) -> Result<Netns> {
@@ -445,6 +494,11 @@ fn attach(
         ns.ip(&["addr", "add", &addr, "dev", "eth0"])?;
     }
     ns.ip(&["link", "set", "eth0", "up"])?;
+    // Hosts off the pods' link (a load balancer outside the cluster) are
+    // reached through the node, as a VPC routes to pods.
+    let gateway = subnet.gateway.to_string();
+    let family = if ip.is_ipv6() { "-6" } else { "-4" };
+    ns.ip(&[family, "route", "add", "default", "via", &gateway])?;
     let _ = ingress.ip(&["neigh", "del", &ip.to_string(), "dev", BRIDGE]);
     Ok(ns)
 }

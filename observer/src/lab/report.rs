@@ -116,6 +116,15 @@ pub struct TerminationReport {
     /// The measurement's last send − deletion_seen, when it tells.
     #[serde(default)]
     pub measured_last_send_ms: Option<f64>,
+    /// The destination side's view: the ingress's (or the external load
+    /// balancer's) last arrival at the pod − deletion_seen, seen by the
+    /// pod's node's kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_last_arrival_ms: Option<f64>,
+    /// The sender side's last send against the destination side's last
+    /// arrival of the same ingress (arrival − send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views_apart_ms: Option<f64>,
     pub failures: FailureCounts,
     /// Of `failures`, those the measurement found the ingress retried
     /// elsewhere (hidden from users), when it tells.
@@ -151,6 +160,17 @@ impl TerminationReport {
             return None;
         }
         Some((self.truth_last_send_ms? - self.wire_last_send_ms?).abs())
+    }
+
+    /// |destination side's last arrival − wire's last send|, in ms, where
+    /// both exist and the wire saw every send ("nothing after the
+    /// deletion" counts as 0).
+    pub fn arrival_error_ms(&self) -> Option<f64> {
+        if self.wire_unresolved {
+            return None;
+        }
+        let arrival = self.measured_last_arrival_ms?;
+        Some((arrival - self.wire_last_send_ms.unwrap_or(0.0)).abs())
     }
 
     /// |measured − truth| of the last send, in ms, when the measurement
@@ -300,6 +320,15 @@ impl LabReport {
             .map(TerminationReport::error_ms)
             .reduce(f64::max)
     }
+
+    /// The largest |destination-side last arrival − wire last send| over
+    /// the terminations where both tell.
+    pub fn max_arrival_error_ms(&self) -> Option<f64> {
+        self.terminations
+            .iter()
+            .filter_map(TerminationReport::arrival_error_ms)
+            .reduce(f64::max)
+    }
 }
 
 /// Per connector name: its role and its latest last connect over every
@@ -363,12 +392,13 @@ pub fn render_summary(report: &LabReport) -> String {
     // ERR compare the measurement's gap with the truth's choice gap.
     let _ = writeln!(
         out,
-        "{:<28} {:<24} {:>10} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5} {:>8} {:>8} {:>6}",
+        "{:<28} {:<24} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5} {:>8} {:>8} {:>6}",
         "POD",
         "IP",
         "CHOICE ms",
         "LAST SEND",
         "WIRE",
+        "ARRIVAL",
         "MEASURED",
         "ERR ms",
         "RETRY",
@@ -382,7 +412,7 @@ pub fn render_summary(report: &LabReport) -> String {
         let f = &t.failures;
         let _ = writeln!(
             out,
-            "{:<28} {:<24} {:>10} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5} {:>8} {:>8} {:>6}",
+            "{:<28} {:<24} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>6} {:>6} {:>5} {:>8} {:>8} {:>6}",
             t.pod,
             t.ip.to_string(),
             ms(t.truth_gap_ms),
@@ -392,6 +422,7 @@ pub fn render_summary(report: &LabReport) -> String {
                 ms(t.wire_last_send_ms),
                 if t.wire_unresolved { "+" } else { "" }
             ),
+            ms(t.measured_last_arrival_ms),
             ms(t.measured_gap_ms),
             ms(Some(t.error_ms())),
             t.retries,
@@ -411,6 +442,31 @@ pub fn render_summary(report: &LabReport) -> String {
         report.failed_connects(),
         ms(report.max_error_ms()),
     );
+    if let Some(largest) = report.max_arrival_error_ms() {
+        let apart = report
+            .terminations
+            .iter()
+            .filter_map(|t| t.views_apart_ms)
+            .map(f64::abs)
+            .reduce(f64::max);
+        let _ = writeln!(
+            out,
+            "destination side (ARRIVAL: the {} last SYN or request that reached the pod, seen by the pod's node): largest error against the wire {} ms{}",
+            if s.ingress == "external" {
+                "load balancer's"
+            } else {
+                "ingress's"
+            },
+            ms(Some(largest)),
+            match apart {
+                Some(apart) => format!(
+                    "; sender and destination views at most {} ms apart",
+                    ms(Some(apart))
+                ),
+                None => String::new(),
+            }
+        );
+    }
     let n = &report.ingress;
     if s.ingress == "nginx" {
         let _ = writeln!(
@@ -516,6 +572,8 @@ mod tests {
                     cut_requests: 2,
                     measured_gap_ms: Some(1012.5),
                     measured_last_send_ms: None,
+                    measured_last_arrival_ms: Some(1890.9),
+                    views_apart_ms: None,
                     failures_retried: Some(40),
                     wire_last_send_ms: Some(1890.4),
                     wire_unresolved: false,
@@ -551,6 +609,8 @@ mod tests {
                     cut_requests: 1,
                     measured_gap_ms: None,
                     measured_last_send_ms: None,
+                    measured_last_arrival_ms: None,
+                    views_apart_ms: None,
                     failures: FailureCounts::default(),
                     failures_retried: Some(0),
                     wire_last_send_ms: None,

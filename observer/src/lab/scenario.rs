@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cgroup;
-use super::haproxy::{Haproxy, HaproxyPaths, HaproxySettings, HaproxyTotals, parse_log_line};
+use super::haproxy::{
+    Haproxy, HaproxyPaths, HaproxyRole, HaproxySettings, HaproxyTotals, parse_log_line,
+};
 use super::ingress::{DataPlane, IngressConfig, IngressController};
 use super::load::{LoadClient, LoadConfig};
 use super::measure::{ConnectorsByPod, KnownPod, LabContext, LabMeasure, Measurements};
 use super::neighbours::{self, Bystander, NeighbourPod, Targets};
-use super::netns::{BRIDGE, LabNet, Registry};
+use super::netns::{BRIDGE, LabNet, Netns, Registry};
 use super::nginx::{Nginx, NginxPaths, parse_access_line};
 use super::pod::{LabPods, PodBehaviour};
 use super::report::{
@@ -23,7 +25,7 @@ use super::report::{
     ServedReport, TerminationReport, VerifyReport, WireReport,
 };
 use super::truth::{PodTruth, TimelineRecorder, TryTotals, WallToMono, compute_truth};
-use super::wire::WireCapture;
+use super::wire::{Sender, WireCapture};
 use super::{LabError, Result};
 use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, ServicePort, SimServer};
 
@@ -43,6 +45,12 @@ pub enum IngressKind {
     /// HAProxy, its servers changed in place through the runtime API (as
     /// HAProxy- and Envoy-based ingresses do).
     Haproxy,
+    /// A load balancer outside the cluster sending straight to pod IPs
+    /// (an ALB or NLB in IP mode, a GKE NEG): HAProxy in a namespace of
+    /// its own that is no node, health-checking its targets, no retries.
+    /// No probe attributes its sockets: only the pods' node's receiving
+    /// side measures.
+    External,
 }
 
 impl IngressKind {
@@ -50,6 +58,7 @@ impl IngressKind {
         match self {
             IngressKind::Nginx => "nginx",
             IngressKind::Haproxy => "haproxy",
+            IngressKind::External => "external",
         }
     }
 }
@@ -103,7 +112,17 @@ pub struct LabScenario {
     /// one new connection per request.
     pub upstream_keepalive: u32,
     pub ingress: IngressKind,
+    /// The external load balancer's health-check interval (it marks a
+    /// target down after two failed checks).
+    pub lb_health_interval: Duration,
 }
+
+/// Cloud load balancers check their targets every few seconds (GKE NEGs
+/// every 5 s, with an unhealthy threshold of 2).
+pub const DEFAULT_LB_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The name `--external-sender` gives the lab's external load balancer.
+pub const EXTERNAL_LB_NAME: &str = "alb";
 
 /// Real ingresses pool upstream connections by default (ingress-nginx keeps
 /// up to 320 per worker); the lab's load needs far fewer.
@@ -132,6 +151,7 @@ impl Default for LabScenario {
             bystander_qps: 5,
             upstream_keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
             ingress: IngressKind::Nginx,
+            lb_health_interval: DEFAULT_LB_HEALTH_INTERVAL,
         }
     }
 }
@@ -152,6 +172,41 @@ impl LabScenario {
     /// kubelet-shaped pod cgroups.
     pub fn cgroup_parent(&self) -> String {
         format!("{}.slice", self.name_prefix())
+    }
+
+    /// The link between the node and the external load balancer: the
+    /// node's end and the load balancer's address, outside the pod CIDR.
+    pub fn lb_link(&self) -> (IpAddr, IpAddr) {
+        let id = self.lab_id;
+        if self.ipv6 {
+            (
+                IpAddr::V6(std::net::Ipv6Addr::new(
+                    0xfd00,
+                    0x248,
+                    u16::from(id),
+                    0,
+                    0,
+                    0,
+                    0,
+                    1,
+                )),
+                IpAddr::V6(std::net::Ipv6Addr::new(
+                    0xfd00,
+                    0x248,
+                    u16::from(id),
+                    0,
+                    0,
+                    0,
+                    0,
+                    2,
+                )),
+            )
+        } else {
+            (
+                IpAddr::V4(std::net::Ipv4Addr::new(10, 248, id, 1)),
+                IpAddr::V4(std::net::Ipv4Addr::new(10, 248, id, 2)),
+            )
+        }
     }
 
     pub fn pod_cidr(&self) -> String {
@@ -211,6 +266,11 @@ impl LabScenario {
         }
         if self.app_latency > Duration::from_secs(10) {
             return Err(LabError::Invalid("an app latency of at most 10 s".into()));
+        }
+        if self.lb_health_interval < Duration::from_millis(100) {
+            return Err(LabError::Invalid(
+                "the load balancer's health-check interval is at least 100 ms".into(),
+            ));
         }
         if self.upstream_keepalive > 10_000 {
             return Err(LabError::Invalid(
@@ -365,32 +425,58 @@ async fn run(
     cluster.reserve_ip(bystander_ip)?;
 
     // The ingress controller's pod exists (with its cgroup) before nginx
-    // starts in it, as a kubelet would have it.
-    let ingress_pod = neighbours::ingress_pod(
-        &cluster,
-        &cgroup_mount,
-        &cgroup_parent,
-        net.subnet.gateway,
-        listen.port(),
-    )?;
+    // starts in it, as a kubelet would have it. A load balancer outside
+    // the cluster has no pod: it runs in a namespace of its own, in a
+    // cgroup of its own (whose sockets the measurement ignores, as no
+    // node of the cluster would see them).
+    let external = scenario.ingress == IngressKind::External;
+    let ingress_pod = if external {
+        None
+    } else {
+        Some(neighbours::ingress_pod(
+            &cluster,
+            &cgroup_mount,
+            &cgroup_parent,
+            net.subnet.gateway,
+            listen.port(),
+        )?)
+    };
+    let lb = if external {
+        let (node_end, lb_ip) = scenario.lb_link();
+        let ns = {
+            let net = net.clone();
+            blocking(move || net.add_routed(EXTERNAL_LB_SUFFIX, node_end, lb_ip)).await?
+        };
+        let spec = cgroup::PodCgroupSpec::new(&cgroup_parent, "external-load-balancer");
+        let cgroup = cgroup::PodCgroup::create(&cgroup_mount, &spec, cgroup::Leftovers::Kill)
+            .map_err(|e| LabError::Invalid(format!("the load balancer's cgroup: {e}")))?;
+        Some(ExternalLb {
+            ip: lb_ip,
+            ns: Arc::new(ns),
+            cgroup,
+        })
+    } else {
+        None
+    };
+    let listen = match &lb {
+        Some(lb) => SocketAddr::new(lb.ip, listen.port()),
+        None => listen,
+    };
     let plane = {
         let (net, registry) = (net.clone(), registry.clone());
-        let cgroup = ingress_pod.cgroup.path();
+        let (cgroup, lb_ns) = match (&ingress_pod, &lb) {
+            (Some(pod), _) => (pod.cgroup.path(), None),
+            (None, Some(lb)) => (lb.cgroup.path(), Some(lb.ns.clone())),
+            (None, None) => return Err(LabError::Invalid("no ingress".into())),
+        };
         let keepalive = scenario.upstream_keepalive;
         let (kind, dir) = (scenario.ingress, dir.0.clone());
         let pods = scenario.pods;
+        let health_interval = scenario.lb_health_interval;
         blocking(move || {
-            Ok(match kind {
-                IngressKind::Nginx => Plane::Nginx(Arc::new(Nginx::start(
-                    &net.ingress,
-                    NginxPaths::new(&dir),
-                    listen,
-                    keepalive,
-                    &registry,
-                    Some(&cgroup),
-                )?)),
-                IngressKind::Haproxy => Plane::Haproxy(Arc::new(Haproxy::start(
-                    &net.ingress,
+            let haproxy = |ns: &Netns, role| {
+                Haproxy::start(
+                    ns,
                     HaproxyPaths::new(&dir),
                     listen,
                     HaproxySettings {
@@ -398,10 +484,26 @@ async fn run(
                         pods: pods * 2,
                         port: POD_PORT,
                         keepalive,
+                        role,
                     },
                     &registry,
                     Some(&cgroup),
+                )
+            };
+            Ok(match (kind, lb_ns) {
+                (IngressKind::Nginx, _) => Plane::Nginx(Arc::new(Nginx::start(
+                    &net.ingress,
+                    NginxPaths::new(&dir),
+                    listen,
+                    keepalive,
+                    &registry,
+                    Some(&cgroup),
                 )?)),
+                (IngressKind::External, Some(ns)) => Plane::Haproxy(Arc::new(haproxy(
+                    &ns,
+                    HaproxyRole::ExternalLb { health_interval },
+                )?)),
+                _ => Plane::Haproxy(Arc::new(haproxy(&net.ingress, HaproxyRole::Ingress)?)),
             })
         })
         .await?
@@ -456,7 +558,16 @@ async fn run(
         namespace: NAMESPACE.into(),
         pod_cidr: cidr,
         node_name: scenario.node_name(),
-        ingress_pod: known(&ingress_pod),
+        ingress_pod: match (&ingress_pod, &lb) {
+            (Some(pod), _) => known(pod),
+            (None, Some(lb)) => KnownPod {
+                name: "external load balancer".into(),
+                uid: String::new(),
+                cgroup_id: lb.cgroup.id(),
+            },
+            (None, None) => return Err(LabError::Invalid("no ingress".into())),
+        },
+        external_lb: lb.as_ref().map(|lb| lb.ip),
         bystander_pod: bystander.as_ref().map(|b| known(b.pod())),
         upstream_keepalive: scenario.upstream_keepalive,
         records: kept_records(scenario)?,
@@ -469,7 +580,13 @@ async fn run(
     let wire = {
         let subnet = super::measure::Subnet::parse(&scenario.pod_cidr())?;
         let gateway = net.subnet.gateway;
-        WireCapture::start(&net.ingress, BRIDGE, gateway, move |ip| {
+        // The load balancer's packets are routed onto the bridge by the
+        // node: they leave through the bridge device, from its address.
+        let from = Sender {
+            addr: lb.as_ref().map_or(gateway, |lb| lb.ip),
+            link: gateway,
+        };
+        WireCapture::start(&net.ingress, BRIDGE, from, move |ip| {
             ip != gateway && subnet.contains(ip)
         })?
     };
@@ -556,6 +673,7 @@ async fn run(
     drop((plane, net));
     // Its cgroup goes last: nothing of nginx is left in it.
     drop(ingress_pod);
+    drop(lb);
 
     let served = served_report(
         &pods.served_by_source(),
@@ -583,6 +701,18 @@ async fn run(
     };
     add_connectors(&mut report, &connectors);
     Ok(report)
+}
+
+/// The lab's external load balancer's namespace suffix (its bridge port
+/// is `v<suffix>`).
+const EXTERNAL_LB_SUFFIX: &str = "lb";
+
+/// A load balancer outside the cluster: its address on the pods' network,
+/// its namespace and its cgroup.
+struct ExternalLb {
+    ip: IpAddr,
+    ns: Arc<Netns>,
+    cgroup: cgroup::PodCgroup,
 }
 
 /// The running ingress data plane.
@@ -717,6 +847,8 @@ pub fn build_report(
                 cut_requests: t.cut_requests,
                 measured_gap_ms: m.and_then(|m| m.measured_gap_ms),
                 measured_last_send_ms: m.and_then(|m| m.measured_last_send_ms),
+                measured_last_arrival_ms: m.and_then(|m| m.measured_last_arrival_ms),
+                views_apart_ms: m.and_then(|m| m.views_apart_ms),
                 failures: m.map(|m| m.failures).unwrap_or_else(FailureCounts::default),
                 failures_retried: m.and_then(|m| m.failures_retried),
                 wire_last_send_ms: t.wire_last_send_ms(),

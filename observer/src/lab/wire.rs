@@ -198,6 +198,15 @@ impl WireLog {
     }
 }
 
+/// Whose sends the capture keeps: the sender's address, and the address
+/// that resolves the pods' link addresses for it (the sender itself on the
+/// pods' link; the node that routes for a sender off it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sender {
+    pub addr: IpAddr,
+    pub link: IpAddr,
+}
+
 /// A capture running on a thread inside the ingress's namespace.
 pub struct WireCapture {
     stop: Arc<AtomicBool>,
@@ -218,7 +227,7 @@ impl WireCapture {
     pub fn start(
         ns: &Netns,
         interface: &str,
-        from: IpAddr,
+        from: Sender,
         wanted: impl Fn(IpAddr) -> bool + Send + 'static,
     ) -> Result<WireCapture> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -394,7 +403,7 @@ fn open_socket(interface: &str) -> Result<OwnedFd> {
 fn capture(
     fd: &OwnedFd,
     stop: &AtomicBool,
-    from: IpAddr,
+    from: Sender,
     wanted: &dyn Fn(IpAddr) -> bool,
 ) -> Result<Captured> {
     let mut frames = Vec::new();
@@ -447,7 +456,7 @@ fn capture(
                 syn,
                 ack,
                 payload,
-            }) if src == from && wanted(dst.ip()) => {
+            }) if src == from.addr && wanted(dst.ip()) => {
                 let kind = match (syn && !ack, payload > 0) {
                     (true, _) => Some(SendKind::Syn),
                     (false, true) => Some(SendKind::Data),
@@ -457,7 +466,7 @@ fn capture(
                 kind.filter(|kind| seen.insert((src_port, dst, seq, *kind == SendKind::Syn)))
                     .map(|kind| (dst.ip(), kind))
             }
-            Some(Frame::Solicit { src, target }) if src == from => {
+            Some(Frame::Solicit { src, target }) if src == from.link => {
                 Some((target, SendKind::Solicit))
             }
             _ => None,

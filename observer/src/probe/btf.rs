@@ -95,7 +95,7 @@ pub fn drop_reasons(btf: &Btf) -> DropReasons {
         ip_out_no_routes: value("IP_OUTNOROUTES"),
         neigh_failed: value("NEIGH_FAILED"),
         neigh_dead: value("NEIGH_DEAD"),
-        _pad: 0,
+        other_host: value("OTHERHOST"),
     }
 }
 
@@ -112,6 +112,9 @@ pub fn missing_drop_figures(reasons: &DropReasons) -> Vec<&'static str> {
     }
     if absent(reasons.neigh_failed) && absent(reasons.neigh_dead) {
         missing.push("packets dropped when a gone pod's address stopped resolving (NEIGH_*)");
+    }
+    if absent(reasons.other_host) {
+        missing.push("frames flooded to other hosts for a gone pod's link address (OTHERHOST)");
     }
     missing
 }
@@ -311,6 +314,7 @@ mod tests {
             reasons.ip_out_no_routes,
             reasons.neigh_failed,
             reasons.neigh_dead,
+            reasons.other_host,
         ];
         // Distinct values, and each classified as its own kind.
         let distinct: std::collections::BTreeSet<u32> = values.iter().copied().collect();
@@ -329,7 +333,7 @@ mod tests {
     #[test]
     fn a_kernel_without_drop_reasons_says_which_figures_are_missing() {
         let missing = missing_drop_figures(&DropReasons::NONE);
-        assert_eq!(missing.len(), 3, "{missing:?}");
+        assert_eq!(missing.len(), 4, "{missing:?}");
         assert!(missing[0].contains("refused"));
     }
 

@@ -179,6 +179,10 @@ pub enum DropReason {
     NoRoute,
     /// The pod's address stopped answering neighbour resolution.
     Neighbour,
+    /// The pod's address still resolved to its old link address, which
+    /// nobody holds: the frame went to other hosts on the link, which
+    /// dropped it (a bridge floods it to every port: one copy each).
+    OtherHost,
 }
 
 impl DropReason {
@@ -187,6 +191,7 @@ impl DropReason {
             drop_class::NO_SOCKET => Some(DropReason::NoSocket),
             drop_class::NO_ROUTE => Some(DropReason::NoRoute),
             drop_class::NEIGHBOUR => Some(DropReason::Neighbour),
+            drop_class::OTHER_HOST => Some(DropReason::OtherHost),
             _ => None,
         }
     }
@@ -196,6 +201,7 @@ impl DropReason {
             DropReason::NoSocket => "no_socket",
             DropReason::NoRoute => "no_route",
             DropReason::Neighbour => "neighbour",
+            DropReason::OtherHost => "other_host",
         }
     }
 }

@@ -109,8 +109,10 @@ fn an_external_load_balancer_s_last_arrival_gives_the_gap_and_the_recommendation
     assert!(!t.ingress_found);
     assert_eq!(t.propagation_gap_ns, None, "no ingress measured a gap");
     let view = t.destination.as_ref().expect("the pod's own node's view");
-    assert_eq!(view.last_arrival, Some(ms(12_500)));
-    assert_eq!(view.arrival_gap_ns, Some(2_500 * MS as i64));
+    // The SYN the node dropped at 13.4 s still arrived: the load
+    // balancer chose the pod then.
+    assert_eq!(view.last_arrival, Some(ms(13_400)));
+    assert_eq!(view.arrival_gap_ns, Some(3_400 * MS as i64));
     assert_eq!(view.refused, 1);
     assert_eq!(view.dropped, 1);
     assert_eq!(view.served_after_deletion, 3);
@@ -128,13 +130,13 @@ fn an_external_load_balancer_s_last_arrival_gives_the_gap_and_the_recommendation
     );
     assert_eq!(view.senders[0].refused, 1);
     assert_eq!(view.senders[0].dropped, 1);
-    assert_eq!(view.senders[0].arrival_gap_ns, Some(2_500 * MS as i64));
+    assert_eq!(view.senders[0].arrival_gap_ns, Some(3_400 * MS as i64));
 
     let recommendations = engine.recommendations();
     assert_eq!(recommendations.len(), 2, "{recommendations:#?}");
     let service = &recommendations[0];
     assert_eq!(service.gap_view.as_str(), "destination");
-    assert_eq!(service.max_ms, 2_500.0);
+    assert_eq!(service.max_ms, 3_400.0);
 }
 
 #[test]
@@ -239,4 +241,42 @@ fn with_an_ingress_on_the_node_both_views_are_compared() {
     );
     let recommendations = engine.recommendations();
     assert_eq!(recommendations[0].gap_view.as_str(), "sender");
+}
+
+#[test]
+fn a_flooded_frame_is_one_drop_however_many_hosts_drop_a_copy() {
+    let (mut engine, mut steps) = on_this_node();
+    let flooded = |ts_ms: u64, us: u64| ConnectRecord {
+        ts: MonoTime(ts_ms * MS + us * 1_000),
+        ..arrival(
+            "192.0.2.10:50009",
+            ts_ms,
+            Outcome::Dropped {
+                reason: DropReason::OtherHost,
+                opens_connection: true,
+            },
+        )
+    };
+    steps.extend([
+        deleting_web1(10_000),
+        // One SYN flooded to four ports, then its retransmission a
+        // second later, flooded again.
+        Step::Connect(flooded(12_000, 0)),
+        Step::Connect(flooded(12_000, 40)),
+        Step::Connect(flooded(12_000, 90)),
+        Step::Connect(flooded(12_000, 400)),
+        Step::Connect(flooded(13_000, 0)),
+        Step::Connect(flooded(13_000, 60)),
+        deleted_web1(14_000),
+        Step::Tick(20_000),
+    ]);
+    let out = run(&mut engine, steps);
+    let view = closed(&out)[0].destination.clone().expect("view");
+    assert_eq!(view.dropped, 2, "two SYNs, each dropped once: {view:#?}");
+    assert_eq!(
+        view.last_arrival,
+        Some(ms(12_000)),
+        "the connection's first SYN dates the choice, not its retransmission"
+    );
+    assert_eq!(view.senders[0].name, "alb");
 }
