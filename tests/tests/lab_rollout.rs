@@ -243,6 +243,7 @@ async fn engine_gap_matches_nginx_truth() {
     assert!(report.failed_connects() > 0, "failures are measured");
     assert!(report.recommendation.is_some(), "the engine recommends");
     assert_hidden_failures_match(&report);
+    assert_views_agree(&report);
     // nginx retried the refused tries elsewhere, and old workers kept
     // retrying at the pods after they stopped choosing them: the engine's
     // last send sees those retries, its gap does not.
@@ -381,6 +382,105 @@ async fn haproxy_matches_the_wire_and_its_own_retries() {
     }
     assert!(report.failed_connects() > 0, "failures are measured");
     assert_hidden_failures_match(&report);
+    assert_views_agree(&report);
+    let verify = report.verify.expect("verified");
+    assert_eq!(
+        (verify.failed_connects, verify.client_errors),
+        (0, 0),
+        "the recommended preStop removes every failure"
+    );
+}
+
+/// How far the two views of the same packets may be apart: both date a
+/// pooled request by its connection's close, to a jiffy each (4 ms at the
+/// usual 250 Hz).
+const VIEWS_TOLERANCE_MS: f64 = 10.0;
+
+/// The ingress's sender-side last send and its destination-side last
+/// arrival (the pods run on the lab's node) are the same packets.
+fn assert_views_agree(report: &LabReport) {
+    for t in &report.terminations {
+        let arrival = t
+            .measured_last_arrival_ms
+            .unwrap_or_else(|| panic!("{}: no destination-side view: {t:?}", t.pod));
+        let send = t.measured_last_send_ms.unwrap_or(0.0);
+        assert!(
+            (arrival - send).abs() <= VIEWS_TOLERANCE_MS,
+            "{}: last send {send} ms, last arrival {arrival} ms",
+            t.pod
+        );
+        if let Some(apart) = t.views_apart_ms {
+            assert!(
+                apart.abs() <= VIEWS_TOLERANCE_MS,
+                "{}: {apart} ms apart",
+                t.pod
+            );
+        }
+    }
+}
+
+/// How far the destination side's last arrival may be from the wire's
+/// last SYN or request.
+const ARRIVAL_TOLERANCE_MS: f64 = 20.0;
+
+/// A load balancer outside the cluster (an ALB in IP mode): no ingress on
+/// any node, its sockets unseen; only the pods' node's receiving side
+/// measures. Its last arrival at each pod matches the wire, its
+/// recommendation comes from it, and a verify run with it is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_load_balancer_is_measured_from_the_pods_node() {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let scenario = LabScenario {
+        pods: 3,
+        rollouts: 1,
+        prestop: Duration::ZERO,
+        propagation_delay: Duration::from_secs(3),
+        ingress: IngressKind::External,
+        lab_id: 24,
+        ..LabScenario::default()
+    };
+    let report = run_lab(&scenario, true, EngineMeasure::default)
+        .await
+        .expect("lab run");
+    println!("{}", render_summary(&report));
+    assert_clean(&scenario);
+    assert_eq!(report.scenario.ingress, "external");
+    assert_eq!(report.terminations.len(), 3);
+    assert_eq!(report.wire.dropped, 0, "the capture lost frames");
+    assert_eq!(report.served.ingress, 0, "no ingress in the cluster");
+    for t in &report.terminations {
+        let arrival = t
+            .measured_last_arrival_ms
+            .unwrap_or_else(|| panic!("{}: no destination-side view: {t:?}", t.pod));
+        let wire = t
+            .wire_last_send_ms
+            .expect("the load balancer chose the pod after deletion");
+        assert!(
+            wire > 2_500.0,
+            "{}: chosen until the load balancer applied the change",
+            t.pod
+        );
+        if t.wire_unresolved {
+            // The wire saw only a lower bound.
+            assert!(arrival >= wire - ARRIVAL_TOLERANCE_MS, "{t:?}");
+        } else {
+            assert!(
+                (arrival - wire).abs() <= ARRIVAL_TOLERANCE_MS,
+                "{}: the wire's last send {wire} ms, last arrival {arrival} ms",
+                t.pod
+            );
+        }
+        // No sender-side gap: no ingress measured one; the gap is the
+        // arrival's.
+        assert_eq!(t.measured_gap_ms, Some(arrival), "{t:?}");
+        assert!(t.measured_last_send_ms.is_none(), "{t:?}");
+    }
+    assert!(report.client.errors > 0, "no preStop, no retries: 502s");
+    let rec = report
+        .recommendation
+        .expect("a recommendation from the arrivals");
+    assert!(rec.prestop_seconds >= 4, "covers a 3 s delay: {rec:?}");
     let verify = report.verify.expect("verified");
     assert_eq!(
         (verify.failed_connects, verify.client_errors),
