@@ -252,6 +252,18 @@ impl DestinationView {
             .map(|s| s.arrival_gap_ns.unwrap_or(0).max(0))
     }
 
+    /// The arrival gap of the ingress's senders (by the ingress selectors,
+    /// or this node's ingress connector): what the ingress chose, even
+    /// where the sending side could not see it (a connect to a Service's
+    /// ClusterIP, DNATed to the pod, is no connect to the pod's address).
+    pub fn ingress_arrival_gap(&self) -> Option<i64> {
+        self.senders
+            .iter()
+            .filter(|s| s.kind == SenderKind::Ingress)
+            .filter_map(|s| s.arrival_gap_ns)
+            .max()
+    }
+
     /// Compares the ingress's last send with the ingress's last arrival.
     pub fn compare_with_sender_side(&mut self, ingress_last_send: Option<MonoTime>) {
         let ingress_arrival = self

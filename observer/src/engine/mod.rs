@@ -47,6 +47,11 @@ pub use record::{
     PodState, PodTermination, Snapshot,
 };
 
+/// How far the ingress's destination-side arrival may pass its
+/// sender-side gap before the sending side is taken to have missed its
+/// packets: each view dates a pooled request to a jiffy (10 ms at 100 Hz).
+pub const VIEWS_AGREE_NS: i64 = 25_000_000;
+
 /// Closed terminations kept for [`Engine::snapshot`].
 pub const RECENT_CLOSED: usize = 128;
 
@@ -406,7 +411,23 @@ impl Engine {
         let (record, config) = window.close(reason, ingress_found);
         // Pods that never served (never advertised, nothing connected)
         // would only pull the gap distribution towards zero.
+        // What the ingress's packets show at the pod, where the pod runs
+        // here: beyond the sending side's gap, the sending side missed
+        // them (a Service's ClusterIP, DNATed to the pod after the connect).
+        let missed_by_sender = record
+            .destination
+            .as_ref()
+            .and_then(|view| view.ingress_arrival_gap())
+            .filter(|arrival| *arrival > record.propagation_gap_ns.unwrap_or(0) + VIEWS_AGREE_NS);
         if ingress_found
+            && record.usable_for_recommendation()
+            && let Some(arrival) = missed_by_sender
+        {
+            let mut from_arrivals = record.clone();
+            from_arrivals.propagation_gap_ns = Some(arrival);
+            self.samples
+                .add_from_arrivals(&from_arrivals, &config, self.config.recommend.window);
+        } else if ingress_found
             && record.usable_for_recommendation()
             && (config.advertised || record.last_connect.is_some())
         {

@@ -280,3 +280,43 @@ fn a_flooded_frame_is_one_drop_however_many_hosts_drop_a_copy() {
     );
     assert_eq!(view.senders[0].name, "alb");
 }
+
+#[test]
+fn an_ingress_sending_through_a_cluster_ip_is_measured_at_the_pod() {
+    // nginx connects to the Service's ClusterIP; the node DNATs it to the
+    // pod: the sending side sees no connect to the pod, the pod's kernel
+    // sees nginx's packets arrive.
+    let mut config = ingress_nginx();
+    config.ingress.node = Some("node-a".into());
+    let mut engine = Engine::new(config);
+    let mut web1 = pod("web-1", "u1", WEB1, true, false);
+    web1.spec.as_mut().expect("spec").node_name = Some("node-a".into());
+    let mut nginx = pod("nginx-1", "u9", "10.0.9.1", true, false);
+    nginx.metadata.labels = Some(
+        [(
+            "app.kubernetes.io/name".to_string(),
+            "nginx-ingress".to_string(),
+        )]
+        .into(),
+    );
+    nginx.spec.as_mut().expect("spec").node_name = Some("node-a".into());
+    let mut steps = listed(
+        1_000,
+        vec![web1, nginx],
+        vec![slice(&[(WEB1, "u1", true, false)])],
+    );
+    steps.extend([
+        deleting_web1(10_000),
+        Step::Connect(arrival("10.0.9.1:40000", 12_500, Outcome::Accepted)),
+        deleted_web1(13_000),
+        Step::Tick(19_000),
+    ]);
+    let out = run(&mut engine, steps);
+    let t = closed(&out)[0];
+    let view = t.destination.as_ref().expect("view");
+    assert_eq!(view.senders[0].kind, SenderKind::Ingress, "{view:#?}");
+    assert_eq!(view.ingress_arrival_gap(), Some(2_500 * MS as i64));
+    let recommendations = engine.recommendations();
+    assert_eq!(recommendations[0].gap_view.as_str(), "destination");
+    assert_eq!(recommendations[0].max_ms, 2_500.0);
+}
