@@ -489,6 +489,59 @@ async fn an_external_load_balancer_is_measured_from_the_pods_node() {
     );
 }
 
+/// nginx sends to the Service's ClusterIP, DNATed by the node as
+/// kube-proxy does: its sockets never connect to a pod's address, so only
+/// the pods' node sees where each request went. The last arrivals match
+/// the wire, the recommendation comes from them, and a verify run is
+/// clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_through_a_cluster_ip_is_measured_from_the_pods_node() {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let scenario = LabScenario {
+        pods: 2,
+        rollouts: 1,
+        prestop: Duration::ZERO,
+        propagation_delay: Duration::from_secs(2),
+        via_service: true,
+        lab_id: 25,
+        ..LabScenario::default()
+    };
+    let report = run_lab(&scenario, true, EngineMeasure::default)
+        .await
+        .expect("lab run");
+    println!("{}", render_summary(&report));
+    assert_clean(&scenario);
+    assert!(report.scenario.via_service);
+    assert_eq!(report.terminations.len(), 2);
+    for t in &report.terminations {
+        let arrival = t
+            .measured_last_arrival_ms
+            .unwrap_or_else(|| panic!("{}: no destination-side view: {t:?}", t.pod));
+        let wire = t
+            .wire_last_send_ms
+            .expect("nginx chose the pod after deletion");
+        assert!(!t.wire_unresolved, "{t:?}");
+        assert!(
+            (arrival - wire).abs() <= ARRIVAL_TOLERANCE_MS,
+            "{}: the wire's last send {wire} ms, last arrival {arrival} ms",
+            t.pod
+        );
+        // The sending side saw no connect to the pod's address.
+        assert!(t.measured_last_send_ms.unwrap_or(0.0) < 1.0, "{t:?}");
+    }
+    let rec = report
+        .recommendation
+        .expect("a recommendation from the arrivals");
+    assert!(rec.prestop_seconds >= 3, "covers a 2 s delay: {rec:?}");
+    let verify = report.verify.expect("verified");
+    assert_eq!(
+        (verify.failed_connects, verify.client_errors),
+        (0, 0),
+        "the recommended preStop removes every failure"
+    );
+}
+
 /// `--keep-logs` keeps nginx's logs and the connect records the engine
 /// measured from: every failure it counted for the terminations is there.
 fn assert_kept_records(dir: &std::path::Path, report: &LabReport) {

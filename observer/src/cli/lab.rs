@@ -115,6 +115,14 @@ pub struct LabArgs {
     /// target (GET /); a target is down after two failed checks.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub lb_health_interval: Duration,
+    /// The ingress (nginx or haproxy) sends to the Service's ClusterIP
+    /// instead of the pods' addresses; the node DNATs it to the ready
+    /// endpoints as kube-proxy's nftables mode does, the rule changed after
+    /// --propagation-delay. The ingress's own sockets never connect to a
+    /// pod's address: only the pods' node's receiving side sees where its
+    /// requests go (the ARRIVAL column); the truth is the wire.
+    #[arg(long)]
+    pub via_service: bool,
     /// Keeps concurrent labs apart: namespaces obslab<ID>-*, cgroups
     /// obslab<ID>.slice, pod CIDR 10.247.<ID>.0/24 (fd00:247:<ID>::/120).
     #[arg(long, default_value_t = 0, value_name = "ID")]
@@ -144,6 +152,7 @@ impl LabArgs {
             upstream_keepalive: self.upstream_keepalive,
             ingress: self.ingress,
             lb_health_interval: self.lb_health_interval,
+            via_service: self.via_service,
             sandbox_linger: self.sandbox_linger,
             lab_id: self.lab_id,
             ..LabScenario::default()

@@ -39,6 +39,8 @@ pub struct EngineMeasure {
     task: Option<JoinHandle<Result<Finished>>>,
     /// The lab's traffic comes from a load balancer outside the cluster.
     external: bool,
+    /// The ingress sends through a ClusterIP.
+    via_service: bool,
 }
 
 impl EngineMeasure {
@@ -50,6 +52,7 @@ impl EngineMeasure {
             stop: None,
             task: None,
             external: false,
+            via_service: false,
         }
     }
 
@@ -99,6 +102,7 @@ impl LabMeasure for EngineMeasure {
             ctx.ingress_pod.cgroup_id
         });
         self.external = ctx.external_lb.is_some();
+        self.via_service = ctx.via_service;
         let closed = Arc::new(Mutex::new(Vec::new()));
         let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ClosedTerminations(closed.clone()))];
         if let Some(path) = &ctx.records {
@@ -118,6 +122,7 @@ impl LabMeasure for EngineMeasure {
             Sources {
                 foreign_cgroup,
                 external: self.external,
+                via_service: self.via_service,
             },
         )));
         Ok(())
@@ -184,6 +189,8 @@ struct Sources {
     foreign_cgroup: Option<u64>,
     /// The lab's traffic comes from a load balancer outside the cluster.
     external: bool,
+    /// The ingress sends through a ClusterIP: only the pods see where.
+    via_service: bool,
 }
 
 async fn drive(
@@ -257,7 +264,7 @@ async fn drive(
     let measurements = Measurements {
         pods: closed
             .iter()
-            .filter_map(|t| to_measurement(t, sources.external))
+            .filter_map(|t| to_measurement(t, sources))
             .collect(),
         recommendation,
     };
@@ -302,7 +309,8 @@ impl Sink for RecordLog {
     }
 }
 
-fn to_measurement(t: &PodTermination, external: bool) -> Option<PodMeasurement> {
+fn to_measurement(t: &PodTermination, sources: Sources) -> Option<PodMeasurement> {
+    let external = sources.external;
     let ms = |ns: i64| ns as f64 / 1e6;
     // The lab's traffic as it landed on the pod: the ingress's, or the
     // external load balancer's.
@@ -324,11 +332,13 @@ fn to_measurement(t: &PodTermination, external: bool) -> Option<PodMeasurement> 
         ip: *t.ips.first()?,
         // The gap ends at the ingress's last choice; the last send
         // includes its retries. With no ingress, the load balancer's last
-        // arrival at the pod is the gap (it retries nothing).
-        measured_gap_ms: t
-            .propagation_gap_ns
-            .or(lab_sender.filter(|_| external))
-            .map(ms),
+        // arrival at the pod is the gap (it retries nothing); through a
+        // ClusterIP only the pod saw the ingress's choices.
+        measured_gap_ms: if external || sources.via_service {
+            lab_sender.map(ms)
+        } else {
+            t.propagation_gap_ns.map(ms)
+        },
         measured_last_arrival_ms: lab_sender.map(ms),
         views_apart_ms: t
             .destination

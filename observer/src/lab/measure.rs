@@ -53,6 +53,9 @@ pub struct LabContext {
     /// The address of the load balancer outside the cluster, when the
     /// lab runs one instead of an ingress.
     pub external_lb: Option<IpAddr>,
+    /// The ingress sends to a Service's ClusterIP: its sending side never
+    /// sees a connect to a pod's address.
+    pub via_service: bool,
     /// The bystander (`monitoring/prometheus-0`), when it runs.
     pub bystander_pod: Option<KnownPod>,
     /// Idle connections each nginx worker keeps to the pods; 0: every

@@ -30,6 +30,7 @@ pub mod pod;
 pub mod prober;
 pub mod report;
 pub mod scenario;
+pub mod service;
 pub mod truth;
 pub mod wire;
 

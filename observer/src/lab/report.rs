@@ -43,6 +43,9 @@ pub struct ScenarioSummary {
     /// The lab's ingress: `nginx` or `haproxy`.
     #[serde(default = "nginx")]
     pub ingress: String,
+    /// The ingress sent through the Service's ClusterIP (`--via-service`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub via_service: bool,
 }
 
 fn nginx() -> String {
@@ -367,8 +370,13 @@ pub fn render_summary(report: &LabReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "lab ({}): {} pods, {} rollouts, propagation delay {} ms ± {} ms, preStop {} ms, grace {} s, drain {} ms, app latency {} ms, {} qps, {}{}, {}; probes every {} ms, bystander {} qps",
+        "lab ({}{}): {} pods, {} rollouts, propagation delay {} ms ± {} ms, preStop {} ms, grace {} s, drain {} ms, app latency {} ms, {} qps, {}{}, {}; probes every {} ms, bystander {} qps",
         s.ingress,
+        if s.via_service {
+            " via a ClusterIP"
+        } else {
+            ""
+        },
         s.pods,
         s.rollouts,
         s.propagation_delay_ms,
@@ -560,6 +568,7 @@ mod tests {
                 bystander_qps: 20,
                 upstream_keepalive: 32,
                 ingress: "nginx".into(),
+                via_service: false,
             },
             terminations: vec![
                 TerminationReport {

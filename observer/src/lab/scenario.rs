@@ -24,6 +24,7 @@ use super::report::{
     ClientReport, ConnectorReport, FailureCounts, HiddenReport, LabReport, ScenarioSummary,
     ServedReport, TerminationReport, VerifyReport, WireReport,
 };
+use super::service::ClusterIp;
 use super::truth::{PodTruth, TimelineRecorder, TryTotals, WallToMono, compute_truth};
 use super::wire::{Sender, WireCapture};
 use super::{LabError, Result};
@@ -115,6 +116,10 @@ pub struct LabScenario {
     /// The external load balancer's health-check interval (it marks a
     /// target down after two failed checks).
     pub lb_health_interval: Duration,
+    /// The ingress sends to the Service's ClusterIP, which the node DNATs
+    /// to the ready endpoints as kube-proxy's nftables mode does (changed
+    /// after the propagation delay), instead of to the pods' addresses.
+    pub via_service: bool,
 }
 
 /// Cloud load balancers check their targets every few seconds (GKE NEGs
@@ -152,6 +157,7 @@ impl Default for LabScenario {
             upstream_keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
             ingress: IngressKind::Nginx,
             lb_health_interval: DEFAULT_LB_HEALTH_INTERVAL,
+            via_service: false,
         }
     }
 }
@@ -172,6 +178,27 @@ impl LabScenario {
     /// kubelet-shaped pod cgroups.
     pub fn cgroup_parent(&self) -> String {
         format!("{}.slice", self.name_prefix())
+    }
+
+    /// The Service's ClusterIP and port (`--via-service`), outside the pod
+    /// CIDR.
+    pub fn cluster_ip(&self) -> SocketAddr {
+        let id = self.lab_id;
+        let ip = if self.ipv6 {
+            IpAddr::V6(std::net::Ipv6Addr::new(
+                0xfd00,
+                0x96,
+                u16::from(id),
+                0,
+                0,
+                0,
+                0,
+                0x10,
+            ))
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::new(10, 96, id, 10))
+        };
+        SocketAddr::new(ip, 80)
     }
 
     /// The link between the node and the external load balancer: the
@@ -240,6 +267,7 @@ impl LabScenario {
             bystander_qps: self.bystander_qps,
             upstream_keepalive: self.upstream_keepalive,
             ingress: self.ingress.as_str().into(),
+            via_service: self.via_service,
         }
     }
 
@@ -266,6 +294,13 @@ impl LabScenario {
         }
         if self.app_latency > Duration::from_secs(10) {
             return Err(LabError::Invalid("an app latency of at most 10 s".into()));
+        }
+        if self.via_service && self.ingress == IngressKind::External {
+            return Err(LabError::Invalid(
+                "--via-service routes an in-cluster ingress through a ClusterIP; an external \
+                 load balancer sends to pod IPs"
+                    .into(),
+            ));
         }
         if self.lb_health_interval < Duration::from_millis(100) {
             return Err(LabError::Invalid(
@@ -525,9 +560,24 @@ async fn run(
         None => None,
     };
     let timelines = TimelineRecorder::start(cluster.events());
+    // Through a ClusterIP, the ingress is given the Service's address once
+    // and the controller changes the node's DNAT rule instead.
+    let cluster_ip = if scenario.via_service {
+        let service = scenario.cluster_ip();
+        let cluster_ip = Arc::new(ClusterIp::create(net.ingress.name(), BRIDGE, service)?);
+        let data_plane = plane.data_plane();
+        blocking(move || data_plane.apply(&[service])).await?;
+        Some(cluster_ip)
+    } else {
+        None
+    };
+    let controlled: Arc<dyn DataPlane> = match &cluster_ip {
+        Some(cluster_ip) => cluster_ip.clone(),
+        None => plane.data_plane(),
+    };
     let mut ingress = IngressController::start(
         client.clone(),
-        plane.data_plane(),
+        controlled,
         IngressConfig {
             namespace: NAMESPACE.into(),
             service: DEPLOYMENT.into(),
@@ -568,6 +618,7 @@ async fn run(
             (None, None) => return Err(LabError::Invalid("no ingress".into())),
         },
         external_lb: lb.as_ref().map(|lb| lb.ip),
+        via_service: scenario.via_service,
         bystander_pod: bystander.as_ref().map(|b| known(b.pod())),
         upstream_keepalive: scenario.upstream_keepalive,
         records: kept_records(scenario)?,
@@ -632,7 +683,15 @@ async fn run(
             let log = read(nginx.paths().access_log())?;
             let entries: Vec<_> = log.lines().filter_map(parse_access_line).collect();
             let totals = TryTotals::from_log(&entries);
-            let truth = compute_truth(&timelines, &entries, clock, &wire);
+            // Through a ClusterIP, nginx's log names the Service's address,
+            // never a pod's: the wire is the truth.
+            let truth = if scenario.via_service {
+                let mut truth = compute_truth(&timelines, &[], clock, &wire);
+                truth.iter_mut().for_each(PodTruth::take_wire_as_truth);
+                truth
+            } else {
+                compute_truth(&timelines, &entries, clock, &wire)
+            };
             (
                 truth,
                 totals,
@@ -661,6 +720,7 @@ async fn run(
 
     // Tear down in order: the controllers first, then pods and nginx.
     drop(ingress);
+    drop(cluster_ip);
     drop(cluster);
     server.shutdown().await;
     let pods_done = pods.clone();
