@@ -41,6 +41,7 @@ pub fn close_reason(reason: CloseReason) -> &'static str {
 /// (deletion_seen), on the agent's side of the wire like every other.
 pub fn arrivals_view(d: &DestinationView, t0: MonoTime) -> ArrivalsView {
     ArrivalsView {
+        source: String::new(),
         last_arrival_ms: d.last_arrival.map(|at| ns_to_ms(at.signed_since(t0))),
         arrival_gap_ms: d.arrival_gap_ns.map(ns_to_ms),
         refused: d.refused,
@@ -66,6 +67,7 @@ pub fn termination_view(t: &PodTermination, now: MonoTime) -> TerminationView {
     let since = |at: Option<MonoTime>| at.map(|at| ns_to_ms(at.signed_since(t.deletion_seen)));
     TerminationView {
         source: String::new(),
+        sources: Vec::new(),
         namespace: t.namespace.clone(),
         pod: t.pod.clone(),
         uid: t.uid.clone(),
@@ -95,6 +97,9 @@ pub fn termination_view(t: &PodTermination, now: MonoTime) -> TerminationView {
         dataplane_lag_ms: t.dataplane_lag_ns.map(ns_to_ms),
         last_choice_ms: since(t.last_choice),
         retry_tail_ms: t.retry_tail_ns.map(ns_to_ms),
+        last_send_ms: since(t.last_send),
+        ingress_found: t.ingress_found,
+        ingress: Vec::new(),
         retries_after_deletion: t.retries_after_deletion,
         failures_retried: t.failures_retried,
         failures_not_retried: t.failures_not_retried,
@@ -149,7 +154,17 @@ pub fn source_data(snapshot: &Snapshot) -> SourceData {
             .open
             .iter()
             .chain(snapshot.recent.iter())
-            .map(|t| termination_view(t, snapshot.now))
+            .map(|t| {
+                let mut view = termination_view(t, snapshot.now);
+                // The engine settles `ingress_found` when a window closes;
+                // while one is open, whether the agent knows an ingress on
+                // its node now is what says its gap is the ingress's (the
+                // merge takes sender-side figures only from such agents).
+                if t.closed.is_none() {
+                    view.ingress_found = snapshot.ingress.found();
+                }
+                view
+            })
             .collect(),
         connects_total: snapshot.counters.connects_seen,
         failures_total: snapshot.counters.failures_by_state.values().sum(),

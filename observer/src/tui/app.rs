@@ -364,7 +364,7 @@ impl App {
             .terminations
             .iter()
             .find(|t| {
-                t.source == f.source && t.pod == pod && f.namespace.as_deref() == Some(&t.namespace)
+                t.seen_by(&f.source) && t.pod == pod && f.namespace.as_deref() == Some(&t.namespace)
             })
             .map(|t| DetailTarget::Termination {
                 source: t.source.clone(),

@@ -5,7 +5,9 @@ use super::adapt::{findings_update, snapshot_update};
 use super::app::{
     Action, App, DataUpdate, DetailTarget, Effect, Key, Screen, SortKey, SourceEvent,
 };
-use super::fixtures::{CLOCK, app_with_data, empty_app, finding, snapshot};
+use super::fixtures::{
+    CLOCK, agent_snapshots, app_with_agents, app_with_data, empty_app, finding, snapshot,
+};
 use super::merge::{SourceStatus, summarize};
 use crate::probe::FailureClass;
 
@@ -225,6 +227,57 @@ fn enter_on_a_failure_opens_its_pods_termination() {
 }
 
 #[test]
+fn a_failure_one_agent_saw_opens_the_row_every_agent_reported() {
+    let mut app = app_with_agents();
+    let failed = [finding(
+        1_600,
+        (17, 8080),
+        FailureClass::Refused,
+        Some("cart-7d9f8-abcde"),
+    )];
+    if let Some(update) = findings_update("node-c", &failed, &CLOCK) {
+        app.update(Action::Data(update));
+    }
+    press(&mut app, &[Key::Char('3'), Key::Enter]);
+    assert_eq!(app.screen, Screen::Detail);
+    let shown = app.detail_view().and_then(|v| v.termination);
+    assert_eq!(
+        shown.map(|t| (t.pod, t.sources)),
+        Some((
+            "cart-7d9f8-abcde".to_string(),
+            vec!["node-a".into(), "node-b".into(), "node-c".into()]
+        ))
+    );
+}
+
+#[test]
+fn an_open_detail_stays_when_another_agent_reports_the_pod() {
+    let agents = agent_snapshots();
+    let mut app = App::new("out.yaml".into());
+    let Some((name, first)) = agents.first() else {
+        panic!("no agents in the fixture");
+    };
+    app.update(Action::Data(snapshot_update(name, first)));
+    press(&mut app, &[Key::Char('2'), Key::Enter]);
+    assert_eq!(
+        app.detail,
+        Some(DetailTarget::Termination {
+            source: "node-a".into(),
+            uid: "uid-cart-7d9f8-abcde".into()
+        })
+    );
+    for (name, snapshot) in &agents[1..] {
+        app.update(Action::Data(snapshot_update(name, snapshot)));
+    }
+    // The row's label is now every agent's; the pod is still the pod.
+    let shown = app.detail_view().and_then(|v| v.termination);
+    assert_eq!(
+        shown.map(|t| (t.source, t.ingress.len())),
+        Some(("node-a+2 more".to_string(), 2))
+    );
+}
+
+#[test]
 fn pause_freezes_the_view_and_resume_catches_up() {
     let mut app = app_with_data();
     let failures_before = app.failures.len();
@@ -343,8 +396,15 @@ fn two_sources_merge_and_one_going_away_shows_lost() {
     for source in ["http://a:9090", "http://b:9090"] {
         app.update(Action::Data(snapshot_update(source, &snapshot(10, 0))));
     }
-    // Each agent's view of a pod is its own row; Services merge.
-    assert_eq!(app.termination_rows().len(), 10);
+    // Both agents reported every pod: one row each, naming both; Services
+    // merge.
+    let rows = app.termination_rows();
+    assert_eq!(rows.len(), 5);
+    assert!(
+        rows.iter()
+            .all(|t| t.source == "http://a:9090+http://b:9090"),
+        "{rows:#?}"
+    );
     assert_eq!(app.service_rows().len(), 3);
     assert_eq!(app.service_rows()[1].samples, 24);
 
@@ -364,7 +424,8 @@ fn two_sources_merge_and_one_going_away_shows_lost() {
         )]
     );
     // Its last data stays on screen until it comes back.
-    assert_eq!(app.termination_rows().len(), 10);
+    assert_eq!(app.termination_rows().len(), 5);
+    assert!(app.termination_rows().iter().all(|t| t.sources.len() == 2));
 
     app.update(Action::Data(snapshot_update(
         "http://b:9090",

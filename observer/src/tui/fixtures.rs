@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use crate::clock::{MonoTime, WallClock};
 use crate::engine::arrivals::{DestinationView, SenderArrivals, SenderKind};
-use crate::engine::connector::ConnectorRole;
+use crate::engine::connector::{ConnectorRole, IngressStatus};
 use crate::engine::recommend::GapView;
 use crate::engine::{
     CloseReason, ConnectorActivity, EngineCounters, FailureCounts, Finding, FindingKind, PodState,
@@ -478,6 +478,165 @@ pub fn app_with_data() -> App {
     )));
     if let Some(update) = findings_update("local", &findings(), &CLOCK) {
         app.update(Action::Data(update));
+    }
+    app
+}
+
+/// The ingress pod of the fixture's first ingress node.
+const INGRESS_POD: &str = "ingress-nginx/ingress-nginx-controller-5c8d7";
+/// The second ingress node's.
+const NODE_C_INGRESS_POD: &str = "ingress-nginx/ingress-nginx-controller-9f2k1";
+/// How far the second ingress node's monotonic clock is ahead of the
+/// others': each node's clock counts from its own boot.
+const NODE_C_SKEW_NS: u64 = 5_000_000_000;
+
+/// `t` as a node whose clock is `skew_ns` ahead records it.
+fn skewed(mut t: PodTermination, skew_ns: u64) -> PodTermination {
+    let shift = |at: MonoTime| MonoTime(at.0 + skew_ns);
+    t.deletion_seen = shift(t.deletion_seen);
+    for at in [
+        &mut t.endpoint_not_ready,
+        &mut t.endpoint_removed,
+        &mut t.last_connect,
+        &mut t.last_choice,
+        &mut t.last_send,
+        &mut t.first_failure,
+        &mut t.last_failure,
+    ] {
+        *at = at.map(shift);
+    }
+    for (at, _) in &mut t.failure_times {
+        *at = shift(*at);
+    }
+    for c in &mut t.connectors {
+        c.last_connect = c.last_connect.map(shift);
+    }
+    if let Some(view) = &mut t.destination {
+        view.last_arrival = view.last_arrival.map(shift);
+        for s in &mut view.senders {
+            s.last_arrival = s.last_arrival.map(shift);
+        }
+    }
+    t
+}
+
+fn ingress_on_node(pod: &str) -> IngressStatus {
+    IngressStatus {
+        pods: vec![pod.into()],
+        processes: Vec::new(),
+    }
+}
+
+/// An ingress node's record: the fixture's sender side (its ingress's
+/// connects), without what only the pod's node sees (what arrived, the
+/// kubelet's probes and the other connectors there).
+fn on_ingress_node(mut t: PodTermination) -> PodTermination {
+    t.destination = None;
+    t.connectors.retain(|c| c.role == ConnectorRole::Ingress);
+    // Every agent measures every terminating pod: this one's ingress never
+    // chose the ledger pod (behind a load balancer outside the cluster).
+    t.ingress_found = true;
+    if t.propagation_gap_ns.is_none() && t.closed.is_some() {
+        t.propagation_gap_ns = Some(0);
+    }
+    t
+}
+
+/// The pods' node's record, where no ingress runs: only what arrived at
+/// the pod, and who else connected from there. Its engine's running gap
+/// while a window is open is 0 (no ingress connect); once closed, none.
+fn on_pods_node(mut t: PodTermination) -> PodTermination {
+    t.connectors.retain(|c| c.role != ConnectorRole::Ingress);
+    t.ingress_found = false;
+    t.last_connect = None;
+    t.last_choice = None;
+    t.last_send = None;
+    t.first_failure = None;
+    t.last_failure = None;
+    t.failure_times.clear();
+    t.failures = FailureCounts::default();
+    t.failures_retried = 0;
+    t.failures_not_retried = 0;
+    t.connects_after_deletion = 0;
+    t.retry_tail_ns = None;
+    t.dataplane_lag_ns = None;
+    t.propagation_gap_ns = t.closed.is_none().then_some(0);
+    if let Some(view) = &mut t.destination {
+        // Only a node that ran the ingress compares the two views.
+        view.views_apart_ns = None;
+    }
+    t
+}
+
+/// What three agents report of the fixture's rollout: `node-a`, an ingress
+/// node (the fixture's sender side); `node-b`, the pods' node, where no
+/// ingress runs (what arrived at them); `node-c`, a second ingress node
+/// that stopped choosing the open cart pod sooner (the only pod it saw).
+/// Each has its own monotonic clock: `node-c`'s is 5 s ahead.
+pub fn agent_snapshots() -> Vec<(&'static str, Snapshot)> {
+    let mut node_a = snapshot(10_000, 3);
+    node_a.open = node_a.open.into_iter().map(on_ingress_node).collect();
+    node_a.recent = node_a.recent.into_iter().map(on_ingress_node).collect();
+    node_a.ingress = ingress_on_node(INGRESS_POD);
+    // No ingress measured the ledger pod's gap: only its node recommends.
+    node_a
+        .recommendations
+        .retain(|r| r.gap_view != GapView::Destination);
+
+    let mut node_b = snapshot(2_000, 0);
+    node_b.open = node_b.open.into_iter().map(on_pods_node).collect();
+    node_b.recent = node_b.recent.into_iter().map(on_pods_node).collect();
+    node_b
+        .recommendations
+        .retain(|r| r.gap_view == GapView::Destination);
+
+    // Its ingress stopped choosing the pod at 1.8 s; it saw the deletion
+    // 30 ms after node-a did.
+    let cart = termination(Pod {
+        ns: "shop",
+        name: "cart-7d9f8-abcde",
+        service: Some("cart"),
+        workload: "cart",
+        ip: 17,
+        age_ms: 3_370,
+    });
+    let cart = timeline(
+        cart,
+        Some(590),
+        None,
+        Some(1_800),
+        &[(1_750, FailureClass::Refused)],
+    );
+    let mut cart = on_ingress_node(cart);
+    cart.connects_after_deletion = 12;
+    for c in &mut cart.connectors {
+        c.name = NODE_C_INGRESS_POD.into();
+        c.connects = 12;
+    }
+    let cart = skewed(cart, NODE_C_SKEW_NS);
+    let node_c = Snapshot {
+        now: MonoTime(NOW.0 + NODE_C_SKEW_NS),
+        open: vec![cart],
+        recent: Vec::new(),
+        recommendations: Vec::new(),
+        counters: EngineCounters::default(),
+        ingress: ingress_on_node(NODE_C_INGRESS_POD),
+    };
+    vec![("node-a", node_a), ("node-b", node_b), ("node-c", node_c)]
+}
+
+/// An app fed with [`agent_snapshots`] at the fixture's clock.
+pub fn app_with_agents() -> App {
+    let mut app = App::new("observer-recommendations.yaml".into());
+    let agents = agent_snapshots();
+    for (name, _) in &agents {
+        app.add_source(name);
+    }
+    app.update(Action::Tick {
+        now_ms: RECEIVED_MS,
+    });
+    for (name, snapshot) in &agents {
+        app.update(Action::Data(snapshot_update(name, snapshot)));
     }
     app
 }

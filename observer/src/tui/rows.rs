@@ -86,7 +86,7 @@ impl App {
                     .merged
                     .terminations
                     .iter()
-                    .find(|t| &t.source == source && &t.uid == uid)?;
+                    .find(|t| t.is_record(source, uid))?;
                 let group = t.group_name().map(str::to_string);
                 (Some(t.clone()), t.namespace.clone(), group)
             }
@@ -107,10 +107,9 @@ impl App {
             .iter()
             .filter(|t| t.namespace == namespace && t.group_name() == group.as_deref())
             .filter(|t| {
-                termination.as_ref().is_none_or(|focus| {
-                    (focus.source.as_str(), focus.uid.as_str())
-                        != (t.source.as_str(), t.uid.as_str())
-                })
+                termination
+                    .as_ref()
+                    .is_none_or(|focus| !t.is_record(&focus.source, &focus.uid))
             })
             .cloned()
             .collect();

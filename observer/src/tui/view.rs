@@ -6,7 +6,9 @@
 //!
 //! Monotonic timestamps never cross into the view: each agent has its own
 //! CLOCK_MONOTONIC, so offsets are taken on the agent's side of the wire and
-//! only offsets and wall times are compared here.
+//! only offsets and wall times are compared here. A termination several
+//! agents saw is one row (`merge`), whose offsets are each from the
+//! deletion_seen of the agent they came from.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -165,6 +167,8 @@ pub struct SenderView {
 /// the kubelet's probes; its own row in `senders` has them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ArrivalsView {
+    /// The agent that saw it (the pod's node's); set by the merge.
+    pub source: String,
     /// The last SYN or request that reached the pod, from deletion_seen.
     pub last_arrival_ms: Option<i64>,
     /// 0 when nothing arrived after deletion_seen.
@@ -180,11 +184,47 @@ pub struct ArrivalsView {
     pub views_apart_ms: Option<f64>,
 }
 
-/// One pod's termination as one agent (ingress node) saw it.
+impl ArrivalsView {
+    /// How much it saw, to choose between two agents' views of one pod:
+    /// what arrived without the kubelet, then with it (the pod's node
+    /// sees its kubelet's probes even when nothing else arrives).
+    pub fn weight(&self) -> (u64, u64) {
+        let senders = self
+            .senders
+            .iter()
+            .map(|s| s.arrivals + s.refused + s.dropped)
+            .sum();
+        (
+            self.served_after_deletion + self.refused + self.dropped,
+            senders,
+        )
+    }
+}
+
+/// One ingress node's sender side of a termination, as its own agent
+/// measured it. Offsets are from that agent's deletion_seen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngressSide {
+    /// The agent on that ingress node.
+    pub source: String,
+    pub gap_ms: i64,
+    /// Its ingress's last send (a SYN, retries included, or a request on
+    /// a pooled connection).
+    pub last_send_ms: Option<i64>,
+    pub connects_after_deletion: u64,
+    pub failures: FailureTally,
+}
+
+/// One pod's termination, as every agent that saw it reported it: the
+/// sender side of each ingress node, and the destination side of the
+/// pod's own node (see `merge`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TerminationView {
-    /// The agent that measured it; set by the merge.
+    /// How the screens name the agents that reported it (`node-a`,
+    /// `node-a+node-b`, `node-a+2 more`); set by the merge.
     pub source: String,
+    /// The agents that reported it, by name; set by the merge.
+    pub sources: Vec<String>,
     pub namespace: String,
     pub pod: String,
     pub uid: String,
@@ -217,6 +257,14 @@ pub struct TerminationView {
     pub last_choice_ms: Option<i64>,
     /// Sends after the last choice: retries of failures elsewhere.
     pub retry_tail_ms: Option<i64>,
+    /// The ingress's last send to the pod (retries included).
+    pub last_send_ms: Option<i64>,
+    /// An ingress ran on the agent's node, so its gap is the ingress's
+    /// (while the window is open: the agent knows one now).
+    pub ingress_found: bool,
+    /// Every ingress node's own gap, the largest first (the row's gap is
+    /// the first's); set by the merge.
+    pub ingress: Vec<IngressSide>,
     pub retries_after_deletion: u64,
     /// Failures the ingress retried elsewhere (hidden from users), and
     /// those that reached users.
@@ -237,6 +285,18 @@ impl TerminationView {
 
     pub fn label(&self) -> String {
         format!("{}/{}", self.namespace, self.pod)
+    }
+
+    /// Whether this is the record a Detail target names. A pod's uid names
+    /// it across agents (the row's agents can change as they report);
+    /// without one, only the agent's own record is it.
+    pub fn is_record(&self, source: &str, uid: &str) -> bool {
+        self.uid == uid && (!uid.is_empty() || self.source == source)
+    }
+
+    /// Whether `agent` reported this termination.
+    pub fn seen_by(&self, agent: &str) -> bool {
+        self.sources.iter().any(|s| s == agent)
     }
 
     /// The Service this pod counts under on the Overview.
