@@ -6,7 +6,7 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 use super::app::{Action, App, Key, Screen};
-use super::fixtures::{app_with_data, empty_app};
+use super::fixtures::{app_with_agents, app_with_data, empty_app};
 use super::render::render;
 
 fn draw(app: &App, width: u16, height: u16) -> String {
@@ -99,6 +99,23 @@ fn detail_of_a_termination_seen_only_where_it_arrived() {
 }
 
 #[test]
+fn several_agents_show_one_row_per_termination() {
+    // Two ingress nodes and the pods' node report the same pods.
+    let app = on(app_with_agents(), &[Key::Char('2')]);
+    assert_eq!(app.termination_rows().len(), 5);
+    snapshot_all("live_agents", &app);
+    // Worst first: the open cart pod, with the slower ingress node's gap.
+    let app = on(app, &[Key::Enter]);
+    let view = app.detail_view().and_then(|v| v.termination);
+    assert_eq!(view.map(|t| t.pod), Some("cart-7d9f8-abcde".to_string()));
+    snapshot_all("detail_agents", &app);
+    insta::assert_snapshot!(
+        "detail_agents_scrolled_80x24",
+        draw(&on(app, &[Key::PageDown, Key::PageDown]), 80, 24)
+    );
+}
+
+#[test]
 fn detail_of_a_service() {
     let app = on(app_with_data(), &[Key::Enter]);
     snapshot_all("detail_service", &app);
@@ -159,6 +176,7 @@ fn too_small_says_so() {
 fn no_size_panics() {
     let apps = [
         app_with_data(),
+        app_with_agents(),
         empty_app(),
         on(app_with_data(), &[Key::Char('?')]),
     ];

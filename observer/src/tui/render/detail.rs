@@ -174,9 +174,19 @@ fn termination_lines(t: &TerminationView, clock: u64, room: Room, lines: &mut Ve
             } else {
                 ips.join(", ")
             },
-            t.source
+            // Every agent by name: the row's label may be cut short.
+            if t.sources.is_empty() {
+                t.source.clone()
+            } else {
+                t.sources.join(", ")
+            }
         ),
     ));
+    // A row several agents reported: which one each side came from.
+    let merged = t.sources.len() > 1;
+    if merged {
+        lines.push(field("From", origins(t)));
+    }
     lines.push(field(
         "Service",
         format!(
@@ -240,8 +250,14 @@ fn termination_lines(t: &TerminationView, clock: u64, room: Room, lines: &mut Ve
         ));
     }
     lines.push(Line::from(""));
+    // Each agent's offsets are from its own deletion_seen: no node's
+    // clock is read against another's.
     lines.push(Line::styled(
-        "Timeline (from deletion seen)",
+        if merged {
+            "Timeline (from deletion seen, as each agent saw it)"
+        } else {
+            "Timeline (from deletion seen)"
+        },
         header_style(),
     ));
     let mut events: Vec<(i64, Line<'static>)> = t
@@ -288,8 +304,57 @@ fn termination_lines(t: &TerminationView, clock: u64, room: Room, lines: &mut Ve
             )));
         }
     }
+    if merged {
+        ingress_lines(t, room, lines);
+    }
     if let Some(d) = &t.destination {
         sender_lines(d, room, lines);
+    }
+}
+
+/// Which agent each side of a merged row came from: the gap (the largest
+/// of the ingress nodes') and the arrivals (the pod's node).
+fn origins(t: &TerminationView) -> String {
+    let gap = match t.ingress.as_slice() {
+        [] => "no ingress measured a gap".to_owned(),
+        [only] => format!("gap {}", only.source),
+        [largest, ..] => format!(
+            "gap {} (the largest of {} ingress nodes)",
+            largest.source,
+            t.ingress.len()
+        ),
+    };
+    match &t.destination {
+        Some(d) => format!("{gap}  arrivals {}", d.source),
+        None => gap,
+    }
+}
+
+/// Each ingress node's own sender side, the largest gap first: the row's
+/// gap is the first's, the others are what the preStop also covers.
+fn ingress_lines(t: &TerminationView, room: Room, lines: &mut Vec<Line<'static>>) {
+    if t.ingress.is_empty() {
+        return;
+    }
+    lines.push(Line::from(""));
+    lines.push(Line::styled(
+        "Sent after deletion (sender side, each ingress node's own kernel)",
+        header_style(),
+    ));
+    for side in &t.ingress {
+        // The agent last, cut to the panel, as the senders below.
+        let figures = format!(
+            "  gap {:>7}  last send {:>8} {:>6} conn {:>4} fail  ",
+            ms(side.gap_ms as f64),
+            side.last_send_ms.map_or_else(|| "-".to_owned(), offset),
+            side.connects_after_deletion,
+            side.failures.total()
+        );
+        let name = fit(
+            &side.source,
+            room.width.saturating_sub(figures.chars().count()),
+        );
+        lines.push(Line::from(format!("{figures}{name}")));
     }
 }
 

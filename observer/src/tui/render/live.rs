@@ -146,6 +146,10 @@ fn title_line(t: &TerminationView, show_source: bool, width: usize) -> Line<'sta
     }
     let line = Line::from(spans);
     if line.width() > width {
+        if show_source {
+            // The agents are in the Detail; the figures matter more here.
+            return title_line(t, false, width);
+        }
         // Keep the essentials when the row does not fit.
         return Line::from(fit(
             &format!("{}  gap {}  {failures} failed", t.label(), opt_ms(t.gap_ms)),
