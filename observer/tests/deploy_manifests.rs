@@ -439,6 +439,13 @@ fn node_selection_and_tolerations_live_in_one_file() {
             .map(String::as_str),
         Some("linux")
     );
+    // Every node: each measures the receiving side of its own pods, and a
+    // tainted node's pods terminate too.
+    let tolerates_all =
+        pod.tolerations.unwrap_or_default().iter().any(|t| {
+            t.key.is_none() && t.operator.as_deref() == Some("Exists") && t.effect.is_none()
+        });
+    assert!(tolerates_all, "the agent runs on every node");
 }
 
 #[test]

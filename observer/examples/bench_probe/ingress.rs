@@ -20,8 +20,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use observer::lab::app;
 use observer::lab::ingress::DataPlane as _;
+use observer::lab::netns::BRIDGE;
 use observer::lab::netns::{LabNet, Netns, Registry};
 use observer::lab::nginx::{Nginx, NginxPaths};
+use observer::lab::service::ClusterIp;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
@@ -137,14 +139,60 @@ impl Drop for Node {
     }
 }
 
-pub fn run(observer_bin: &str, runtime: &Handle, dir: &Path) -> anyhow::Result<String> {
+/// How nginx reaches the pods in one row of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// nginx's upstream keep-alive (0: a connect per request).
+    pub keepalive: u32,
+    /// nginx sends to a Service's ClusterIP, DNATed to the pods by the
+    /// node: its connects are to no pod's address, so with every pod
+    /// watched only the receiving side follows them (the pods' accepts).
+    pub via_cluster_ip: bool,
+}
+
+/// The sending side's rows: a connect per request, then keep-alive.
+pub const INGRESS_SHAPES: [Shape; 2] = [
+    Shape {
+        keepalive: 0,
+        via_cluster_ip: false,
+    },
+    Shape {
+        keepalive: 32,
+        via_cluster_ip: false,
+    },
+];
+
+/// The receiving side's row: an accept storm into the pods, every
+/// connection new, the senders' sockets unwatched.
+pub const ACCEPT_SHAPES: [Shape; 1] = [Shape {
+    keepalive: 0,
+    via_cluster_ip: true,
+}];
+
+/// The bench's ClusterIP (outside its pod CIDR).
+const CLUSTER_IP: &str = "10.96.250.10:80";
+
+pub fn run(
+    observer_bin: &str,
+    runtime: &Handle,
+    dir: &Path,
+    shapes: &[Shape],
+) -> anyhow::Result<String> {
     let node = Node::create(runtime)?;
     let _stats = BpfStats::enable()?;
     let steady = SimCluster::start(runtime, dir, &node.pod_ips(), POD_PORT, true)?;
     let watching = SimCluster::start(runtime, dir, &node.pod_ips(), POD_PORT, false)?;
     let mut rows = Vec::new();
-    for keepalive in [0, 32] {
-        let nginx_dir = dir.join(format!("nginx-keepalive-{keepalive}"));
+    for &shape in shapes {
+        let keepalive = shape.keepalive;
+        let nginx_dir = dir.join(format!(
+            "nginx-keepalive-{keepalive}{}",
+            if shape.via_cluster_ip {
+                "-cluster-ip"
+            } else {
+                ""
+            }
+        ));
         std::fs::create_dir_all(&nginx_dir)
             .with_context(|| format!("creating {}", nginx_dir.display()))?;
         let listen: SocketAddr = LISTEN.parse()?;
@@ -157,7 +205,19 @@ pub fn run(observer_bin: &str, runtime: &Handle, dir: &Path) -> anyhow::Result<S
             None,
         )
         .context("starting nginx")?;
-        nginx.apply(&node.upstreams).context("configuring nginx")?;
+        let cluster_ip = if shape.via_cluster_ip {
+            let service: SocketAddr = CLUSTER_IP.parse()?;
+            let cluster_ip = ClusterIp::create(node.net.ingress.name(), BRIDGE, service)
+                .context("the ClusterIP's DNAT rule")?;
+            cluster_ip
+                .apply(&node.upstreams)
+                .context("the ClusterIP's endpoints")?;
+            nginx.apply(&[service]).context("configuring nginx")?;
+            Some(cluster_ip)
+        } else {
+            nginx.apply(&node.upstreams).context("configuring nginx")?;
+            None
+        };
         std::thread::sleep(Duration::from_millis(500));
         let mut rates: [Vec<f64>; 5] = Default::default();
         let mut cpu: [Vec<f64>; 5] = Default::default();
@@ -176,7 +236,12 @@ pub fn run(observer_bin: &str, runtime: &Handle, dir: &Path) -> anyhow::Result<S
                 let sample = measure(tracer, watched, observer_bin, &node, cluster, keepalive)
                     .with_context(|| format!("keepalive {keepalive} with {label}"))?;
                 eprintln!(
-                    "bench probe: ingress (keepalive {keepalive}) round {} {label}: {:.0} requests/s, {:.1} µs CPU per request, {:.3} µs its own",
+                    "bench probe: ingress (keepalive {keepalive}{}) round {} {label}: {:.0} requests/s, {:.1} µs CPU per request, {:.3} µs its own",
+                    if shape.via_cluster_ip {
+                        ", through a ClusterIP"
+                    } else {
+                        ""
+                    },
                     round + 1,
                     sample.requests_per_sec,
                     sample.cpu_us_per_request,
@@ -196,8 +261,9 @@ pub fn run(observer_bin: &str, runtime: &Handle, dir: &Path) -> anyhow::Result<S
                 median(&own[i])
             },
         };
-        rows.push((keepalive, std::array::from_fn(sample)));
+        rows.push((shape, std::array::from_fn(sample)));
         drop(nginx);
+        drop(cluster_ip);
         // The access log grows by the hundred megabytes; nothing reads it.
         let _ = std::fs::remove_dir_all(&nginx_dir);
     }
@@ -306,12 +372,13 @@ impl WrkReport {
     }
 }
 
-fn render(rows: &[(u32, [Sample; 5])]) -> String {
+fn render(rows: &[(Shape, [Sample; 5])]) -> String {
     let mut out = String::from(
         "| upstream connections | no tracer | observer's hooks alone | observer agent, steady state | observer agent, every pod watched | bpftrace |\n\
          |---|---|---|---|---|---|\n",
     );
-    for (keepalive, [none, hooks, steady, watching, bpftrace]) in rows {
+    for (shape, [none, hooks, steady, watching, bpftrace]) in rows {
+        let keepalive = &shape.keepalive;
         let figures = |s: &Sample| {
             format!(
                 "{:.0} req/s, {:.1} µs",
@@ -330,7 +397,10 @@ fn render(rows: &[(u32, [Sample; 5])]) -> String {
         };
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",
-            if *keepalive == 0 {
+            if shape.via_cluster_ip {
+                "one per request through a ClusterIP: the pods' accept storm, the receiving side alone"
+                    .to_string()
+            } else if *keepalive == 0 {
                 "one per request (a connect per request)".to_string()
             } else {
                 format!("keep-alive (`keepalive {keepalive}`)")
@@ -351,7 +421,10 @@ fn render(rows: &[(u32, [Sample; 5])]) -> String {
          `kernel.bpf_stats_enabled`), as a share of a request's CPU with no tracer: the \
          figure the targets are held against. Steady state: every pod Ready, nothing watched, the probe only looks for \
          failures. Every pod watched: each is not Ready in the simulator, so every upstream \
-         connect is followed and measured, the most a rollout can ask of the agent.\n",
+         connect is followed and measured, the most a rollout can ask of the agent. Through a \
+         ClusterIP, nginx connects to the Service's address and the node DNATs each connect to a \
+         pod (as kube-proxy does): nginx's sockets go to no watched address, so what the agent \
+         follows is each pod's side, the connection it accepts and its close.\n",
     );
     out
 }

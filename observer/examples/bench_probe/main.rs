@@ -5,14 +5,16 @@
 //!    connect on the success and the failure path.
 //! 2. [`ingress`]: an ingress node at production shape, nginx proxying to
 //!    pods under wrk, with and without upstream keep-alive.
-//! 3. [`agent_cpu`]: the agent's own CPU at 10 000 connects/s to 300
+//! 3. [`ingress`] again, nginx sending through a Service's ClusterIP: an
+//!    accept storm into the pods, which only the receiving side follows.
+//! 4. [`agent_cpu`]: the agent's own CPU at 10 000 connects/s to 300
 //!    destinations.
 //!
 //! Each compares tracers interleaved over several rounds in one run, as
 //! ratios, because absolute figures on a shared machine mean little.
 //! Prints Markdown on stdout, progress on stderr. The observer binary is
 //! the first argument (default `target/release/observer`);
-//! `OBSERVER_BENCH_ONLY=loopback|ingress|agent` runs one part alone.
+//! `OBSERVER_BENCH_ONLY=loopback|ingress|accept|agent` runs one part alone.
 
 mod agent_cpu;
 mod cluster;
@@ -56,15 +58,29 @@ fn main() -> anyhow::Result<()> {
             );
         }
         if wanted("ingress") {
-            let table = ingress::run(&observer_bin, runtime.handle(), &dir)?;
+            let table = ingress::run(
+                &observer_bin,
+                runtime.handle(),
+                &dir,
+                &ingress::INGRESS_SHAPES,
+            )?;
             out += &format!("An ingress node:\n\n{table}\n");
+        }
+        if wanted("accept") {
+            let table = ingress::run(
+                &observer_bin,
+                runtime.handle(),
+                &dir,
+                &ingress::ACCEPT_SHAPES,
+            )?;
+            out += &format!("The receiving side: an accept storm into the pods:\n\n{table}\n");
         }
         if wanted("agent") {
             let table = agent_cpu::run(&observer_bin, runtime.handle(), &dir)?;
             out += &format!("The agent's own CPU:\n\n{table}");
         }
         if out.is_empty() {
-            bail!("OBSERVER_BENCH_ONLY={only:?}: expected loopback, ingress or agent");
+            bail!("OBSERVER_BENCH_ONLY={only:?}: expected loopback, ingress, accept or agent");
         }
         Ok(out)
     })();
