@@ -47,9 +47,10 @@ pub use record::{
     PodState, PodTermination, Snapshot,
 };
 
-/// How far the ingress's destination-side arrival may pass its
-/// sender-side gap before the sending side is taken to have missed its
-/// packets: each view dates a pooled request to a jiffy (10 ms at 100 Hz).
+/// How far the ingress's destination-side last arrival may pass its
+/// sender-side last send before the sending side is taken to have missed
+/// its packets: each view dates a pooled request to a jiffy (10 ms at
+/// 100 Hz).
 pub const VIEWS_AGREE_NS: i64 = 25_000_000;
 
 /// Closed terminations kept for [`Engine::snapshot`].
@@ -409,16 +410,20 @@ impl Engine {
         };
         let ingress_found = self.ingress_status().found();
         let (record, config) = window.close(reason, ingress_found);
-        // Pods that never served (never advertised, nothing connected)
-        // would only pull the gap distribution towards zero.
         // What the ingress's packets show at the pod, where the pod runs
-        // here: beyond the sending side's gap, the sending side missed
+        // here: past the sending side's last send (retries included: the
+        // pod cannot tell a retry from a choice), the sending side missed
         // them (a Service's ClusterIP, DNATed to the pod after the connect).
+        let last_send_ns = record
+            .last_send
+            .map_or(0, |send| send.signed_since(record.deletion_seen));
         let missed_by_sender = record
             .destination
             .as_ref()
             .and_then(|view| view.ingress_arrival_gap())
-            .filter(|arrival| *arrival > record.propagation_gap_ns.unwrap_or(0) + VIEWS_AGREE_NS);
+            .filter(|arrival| *arrival > last_send_ns + VIEWS_AGREE_NS);
+        // Pods that never served (never advertised, nothing connected)
+        // would only pull the gap distribution towards zero.
         if ingress_found
             && record.usable_for_recommendation()
             && let Some(arrival) = missed_by_sender

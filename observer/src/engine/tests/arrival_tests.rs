@@ -320,3 +320,40 @@ fn an_ingress_sending_through_a_cluster_ip_is_measured_at_the_pod() {
     assert_eq!(recommendations[0].gap_view.as_str(), "destination");
     assert_eq!(recommendations[0].max_ms, 2_500.0);
 }
+
+#[test]
+fn the_ingress_s_retries_at_the_pod_do_not_switch_the_view() {
+    // nginx chose the pod until 11 s, then only retried there until 15 s
+    // (old workers): the pod saw those retries arrive too. The sending
+    // side saw every packet, so its choice gap stands.
+    let mut config = ingress_nginx();
+    config.ingress.node = Some("node-a".into());
+    let mut engine = Engine::new(config);
+    let mut web1 = pod("web-1", "u1", WEB1, true, false);
+    web1.spec.as_mut().expect("spec").node_name = Some("node-a".into());
+    let mut steps = listed(1_000, vec![web1], vec![slice(&[(WEB1, "u1", true, false)])]);
+    let retry = ConnectRecord {
+        retry: true,
+        ..syn(WEB1_HTTP, 15_000)
+    };
+    steps.extend([
+        deleting_web1(10_000),
+        Step::Connect(syn(WEB1_HTTP, 11_000)),
+        Step::Connect(retry),
+        Step::Connect(refused("10.0.9.1:40000", 15_000)),
+        deleted_web1(16_000),
+        Step::Tick(22_000),
+    ]);
+    let out = run(&mut engine, steps);
+    let t = closed(&out)[0];
+    assert_eq!(t.propagation_gap_ns, Some(1_000 * MS as i64));
+    let view = t.destination.as_ref().expect("view");
+    assert_eq!(
+        view.ingress_arrival_gap(),
+        Some(5_000 * MS as i64),
+        "{view:#?}"
+    );
+    let recommendations = engine.recommendations();
+    assert_eq!(recommendations[0].gap_view.as_str(), "sender");
+    assert_eq!(recommendations[0].max_ms, 1_000.0);
+}
