@@ -141,10 +141,11 @@ fn service_row(screen: &str) -> Option<&str> {
 
 /// A gap in the row's P50 column, e.g. `1013ms`.
 fn measured_gap_ms(row: &str) -> Option<u64> {
+    // The first cell in ms after the name and the termination count (the
+    // name may carry a view mark such as `[dst]`).
     row.split(|c: char| c.is_whitespace() || c == '│')
         .filter(|cell| !cell.is_empty())
-        .nth(2)
-        .and_then(|cell| cell.strip_suffix("ms"))
+        .find_map(|cell| cell.strip_suffix("ms"))
         .and_then(|ms| ms.parse().ok())
 }
 
