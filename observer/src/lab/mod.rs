@@ -26,6 +26,7 @@ pub mod measure;
 pub mod neighbours;
 pub mod netns;
 pub mod nginx;
+mod plane;
 pub mod pod;
 pub mod prober;
 pub mod report;

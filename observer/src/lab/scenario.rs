@@ -10,29 +10,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cgroup;
-use super::haproxy::{
-    Haproxy, HaproxyPaths, HaproxyRole, HaproxySettings, HaproxyTotals, parse_log_line,
-};
 use super::ingress::{DataPlane, IngressConfig, IngressController};
 use super::load::{LoadClient, LoadConfig};
 use super::measure::{ConnectorsByPod, KnownPod, LabContext, LabMeasure, Measurements};
 use super::neighbours::{self, Bystander, NeighbourPod, Targets};
-use super::netns::{BRIDGE, LabNet, Netns, Registry};
-use super::nginx::{Nginx, NginxPaths, parse_access_line};
+use super::netns::{BRIDGE, LabNet, Registry};
+use super::plane;
 use super::pod::{LabPods, PodBehaviour};
 use super::report::{
     ClientReport, ConnectorReport, FailureCounts, HiddenReport, LabReport, ScenarioSummary,
     ServedReport, TerminationReport, VerifyReport, WireReport,
 };
 use super::service::ClusterIp;
-use super::truth::{PodTruth, TimelineRecorder, TryTotals, WallToMono, compute_truth};
+use super::truth::{PodTruth, TimelineRecorder, TryTotals, WallToMono};
 use super::wire::{Sender, WireCapture};
 use super::{LabError, Result};
 use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, ServicePort, SimServer};
 
 const NAMESPACE: &str = "lab";
 const DEPLOYMENT: &str = "web";
-const POD_PORT: u16 = 8080;
+pub(super) const POD_PORT: u16 = 8080;
 /// nginx's address inside the ingress namespace.
 const NGINX_LISTEN: &str = "127.0.0.1:8000";
 
@@ -180,62 +177,6 @@ impl LabScenario {
         format!("{}.slice", self.name_prefix())
     }
 
-    /// The Service's ClusterIP and port (`--via-service`), outside the pod
-    /// CIDR.
-    pub fn cluster_ip(&self) -> SocketAddr {
-        let id = self.lab_id;
-        let ip = if self.ipv6 {
-            IpAddr::V6(std::net::Ipv6Addr::new(
-                0xfd00,
-                0x96,
-                u16::from(id),
-                0,
-                0,
-                0,
-                0,
-                0x10,
-            ))
-        } else {
-            IpAddr::V4(std::net::Ipv4Addr::new(10, 96, id, 10))
-        };
-        SocketAddr::new(ip, 80)
-    }
-
-    /// The link between the node and the external load balancer: the
-    /// node's end and the load balancer's address, outside the pod CIDR.
-    pub fn lb_link(&self) -> (IpAddr, IpAddr) {
-        let id = self.lab_id;
-        if self.ipv6 {
-            (
-                IpAddr::V6(std::net::Ipv6Addr::new(
-                    0xfd00,
-                    0x248,
-                    u16::from(id),
-                    0,
-                    0,
-                    0,
-                    0,
-                    1,
-                )),
-                IpAddr::V6(std::net::Ipv6Addr::new(
-                    0xfd00,
-                    0x248,
-                    u16::from(id),
-                    0,
-                    0,
-                    0,
-                    0,
-                    2,
-                )),
-            )
-        } else {
-            (
-                IpAddr::V4(std::net::Ipv4Addr::new(10, 248, id, 1)),
-                IpAddr::V4(std::net::Ipv4Addr::new(10, 248, id, 2)),
-            )
-        }
-    }
-
     pub fn pod_cidr(&self) -> String {
         if self.ipv6 {
             format!("fd00:247:{:x}::/120", self.lab_id)
@@ -378,7 +319,9 @@ pub async fn run_scenario(scenario: &LabScenario, measure: impl LabMeasure) -> R
 }
 
 /// Runs a blocking step (iproute2, nginx) off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| LabError::Invalid(format!("blocking lab step: {e}")))?
@@ -459,90 +402,21 @@ async fn run(
     cluster.reserve_ip(net.node_ip())?;
     cluster.reserve_ip(bystander_ip)?;
 
-    // The ingress controller's pod exists (with its cgroup) before nginx
-    // starts in it, as a kubelet would have it. A load balancer outside
-    // the cluster has no pod: it runs in a namespace of its own, in a
-    // cgroup of its own (whose sockets the measurement ignores, as no
-    // node of the cluster would see them).
-    let external = scenario.ingress == IngressKind::External;
-    let ingress_pod = if external {
-        None
-    } else {
-        Some(neighbours::ingress_pod(
-            &cluster,
-            &cgroup_mount,
-            &cgroup_parent,
-            net.subnet.gateway,
-            listen.port(),
-        )?)
-    };
-    let lb = if external {
-        let (node_end, lb_ip) = scenario.lb_link();
-        let ns = {
-            let net = net.clone();
-            blocking(move || net.add_routed(EXTERNAL_LB_SUFFIX, node_end, lb_ip)).await?
-        };
-        let spec = cgroup::PodCgroupSpec::new(&cgroup_parent, "external-load-balancer");
-        let cgroup = cgroup::PodCgroup::create(&cgroup_mount, &spec, cgroup::Leftovers::Kill)
-            .map_err(|e| LabError::Invalid(format!("the load balancer's cgroup: {e}")))?;
-        Some(ExternalLb {
-            ip: lb_ip,
-            ns: Arc::new(ns),
-            cgroup,
-        })
-    } else {
-        None
-    };
-    let listen = match &lb {
-        Some(lb) => SocketAddr::new(lb.ip, listen.port()),
-        None => listen,
-    };
-    let plane = {
-        let (net, registry) = (net.clone(), registry.clone());
-        let (cgroup, lb_ns) = match (&ingress_pod, &lb) {
-            (Some(pod), _) => (pod.cgroup.path(), None),
-            (None, Some(lb)) => (lb.cgroup.path(), Some(lb.ns.clone())),
-            (None, None) => return Err(LabError::Invalid("no ingress".into())),
-        };
-        let keepalive = scenario.upstream_keepalive;
-        let (kind, dir) = (scenario.ingress, dir.0.clone());
-        let pods = scenario.pods;
-        let health_interval = scenario.lb_health_interval;
-        blocking(move || {
-            let haproxy = |ns: &Netns, role| {
-                Haproxy::start(
-                    ns,
-                    HaproxyPaths::new(&dir),
-                    listen,
-                    HaproxySettings {
-                        // A rollout surges to twice the pods at most.
-                        pods: pods * 2,
-                        port: POD_PORT,
-                        keepalive,
-                        role,
-                    },
-                    &registry,
-                    Some(&cgroup),
-                )
-            };
-            Ok(match (kind, lb_ns) {
-                (IngressKind::Nginx, _) => Plane::Nginx(Arc::new(Nginx::start(
-                    &net.ingress,
-                    NginxPaths::new(&dir),
-                    listen,
-                    keepalive,
-                    &registry,
-                    Some(&cgroup),
-                )?)),
-                (IngressKind::External, Some(ns)) => Plane::Haproxy(Arc::new(haproxy(
-                    &ns,
-                    HaproxyRole::ExternalLb { health_interval },
-                )?)),
-                _ => Plane::Haproxy(Arc::new(haproxy(&net.ingress, HaproxyRole::Ingress)?)),
-            })
-        })
-        .await?
-    };
+    let plane::IngressSide {
+        pod: ingress_pod,
+        lb,
+        plane,
+        listen,
+    } = plane::start(
+        scenario,
+        &cluster,
+        &net,
+        registry,
+        (&cgroup_mount, &cgroup_parent),
+        &dir.0,
+        listen,
+    )
+    .await?;
     let bystander = match &targets {
         Some(targets) => {
             let net = net.clone();
@@ -674,48 +548,9 @@ async fn run(
     if let Some(dir) = &scenario.keep_logs {
         keep_logs(dir, &scenario.name_prefix(), &plane.logs())?;
     }
-    let read = |path: std::path::PathBuf| {
-        std::fs::read_to_string(&path).map_err(LabError::io(format!("reading {}", path.display())))
-    };
     let timelines = timelines.timelines();
-    let (mut truth, totals, hidden_truth) = match &plane {
-        Plane::Nginx(nginx) => {
-            let log = read(nginx.paths().access_log())?;
-            let entries: Vec<_> = log.lines().filter_map(parse_access_line).collect();
-            let totals = TryTotals::from_log(&entries);
-            // Through a ClusterIP, nginx's log names the Service's address,
-            // never a pod's: the wire is the truth.
-            let truth = if scenario.via_service {
-                let mut truth = compute_truth(&timelines, &[], clock, &wire);
-                truth.iter_mut().for_each(PodTruth::take_wire_as_truth);
-                truth
-            } else {
-                compute_truth(&timelines, &entries, clock, &wire)
-            };
-            (
-                truth,
-                totals,
-                (
-                    totals.failed_retried,
-                    totals.failed_not_retried,
-                    totals.failed_retried_pooled,
-                ),
-            )
-        }
-        Plane::Haproxy(haproxy) => {
-            let log = read(haproxy.paths().access_log())?;
-            let requests: Vec<_> = log.lines().filter_map(parse_log_line).collect();
-            let own = HaproxyTotals::from_log(&requests);
-            let mut truth = compute_truth(&timelines, &[], clock, &wire);
-            truth.iter_mut().for_each(PodTruth::take_wire_as_truth);
-            let totals = TryTotals {
-                requests: own.requests,
-                retries: own.retried,
-                ..TryTotals::default()
-            };
-            (truth, totals, (own.retried, own.not_retried, 0))
-        }
-    };
+    let (mut truth, totals, hidden_truth) =
+        plane::truth(&plane, scenario.via_service, &timelines, clock, &wire)?;
     truth.sort_by_key(|t| t.deletion);
 
     // Tear down in order: the controllers first, then pods and nginx.
@@ -761,41 +596,6 @@ async fn run(
     };
     add_connectors(&mut report, &connectors);
     Ok(report)
-}
-
-/// The lab's external load balancer's namespace suffix (its bridge port
-/// is `v<suffix>`).
-const EXTERNAL_LB_SUFFIX: &str = "lb";
-
-/// A load balancer outside the cluster: its address on the pods' network,
-/// its namespace and its cgroup.
-struct ExternalLb {
-    ip: IpAddr,
-    ns: Arc<Netns>,
-    cgroup: cgroup::PodCgroup,
-}
-
-/// The running ingress data plane.
-enum Plane {
-    Nginx(Arc<Nginx>),
-    Haproxy(Arc<Haproxy>),
-}
-
-impl Plane {
-    fn data_plane(&self) -> Arc<dyn DataPlane> {
-        match self {
-            Plane::Nginx(nginx) => nginx.clone(),
-            Plane::Haproxy(haproxy) => haproxy.clone(),
-        }
-    }
-
-    /// Its logs: (access, error).
-    fn logs(&self) -> (std::path::PathBuf, std::path::PathBuf) {
-        match self {
-            Plane::Nginx(nginx) => (nginx.paths().access_log(), nginx.paths().error_log()),
-            Plane::Haproxy(haproxy) => (haproxy.paths().access_log(), haproxy.paths().error_log()),
-        }
-    }
 }
 
 /// The lab's fixed addresses: nginx's (the bridge), the node's end, the
