@@ -74,6 +74,9 @@ pub struct ClusterModel {
     slices_synced: bool,
     warned: HashSet<String>,
     skipped_objects: u64,
+    /// Nodes by their addresses, from the pods' `status.hostIPs`: as many
+    /// entries as nodes have addresses.
+    nodes_by_ip: HashMap<IpAddr, String>,
 }
 
 impl ClusterModel {
@@ -195,6 +198,13 @@ impl ClusterModel {
         out: &mut Vec<ClusterChange>,
     ) {
         let uid = snapshot.uid.clone();
+        if let Some(node) = &snapshot.node {
+            for ip in &snapshot.host_ips {
+                if self.nodes_by_ip.get(ip) != Some(node) {
+                    self.nodes_by_ip.insert(*ip, node.clone());
+                }
+            }
+        }
         let mut first_sight = false;
         if !self.pods.contains_key(&uid) {
             first_sight = true;
@@ -385,6 +395,12 @@ impl ClusterModel {
     /// The pod that held `ip` at local time `t`. Attribution is by tenure
     /// interval: a pod that later reuses the IP never receives earlier
     /// connects, and vice versa.
+    /// The node that has `ip` as one of its addresses, as its pods report
+    /// it (`status.hostIPs`).
+    pub fn node_with_ip(&self, ip: IpAddr) -> Option<&str> {
+        self.nodes_by_ip.get(&ip).map(String::as_str)
+    }
+
     pub fn pod_for_ip_at(&self, ip: IpAddr, t: MonoTime) -> Option<&PodRecord> {
         self.ips.holder_at(ip, t).and_then(|uid| self.pod(uid))
     }

@@ -129,6 +129,11 @@ pub struct PodSnapshot {
     /// never claims (every hostNetwork pod and the node itself use it).
     pub host_network: bool,
     pub ips: Vec<IpAddr>,
+    /// The node's addresses (`status.hostIPs`, `status.hostIP`): what a
+    /// node's own traffic (NodePort SNAT, a load balancer in instance
+    /// mode) comes from. Unparsable ones are left out: they name no
+    /// sender, and the pod is fine without them.
+    pub host_ips: Vec<IpAddr>,
     pub containers: Vec<ContainerInfo>,
     pub termination_grace_period_seconds: Option<i64>,
     pub phase: Option<PodPhase>,
@@ -273,6 +278,15 @@ impl PodSnapshot {
             }
         }
         ips.shrink_to_fit();
+        let mut host_ips: Vec<IpAddr> = status
+            .and_then(|s| s.host_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|h| h.ip.as_str())
+            .chain(status.and_then(|s| s.host_ip.as_deref()))
+            .filter_map(|text| text.parse().ok())
+            .collect();
+        host_ips.dedup();
         let spec = pod.spec.as_ref();
         let mut containers: Vec<ContainerInfo> = Vec::new();
         if let Some(spec) = spec {
@@ -305,6 +319,7 @@ impl PodSnapshot {
                 .and_then(|s| s.node_name.clone())
                 .filter(|n| !n.is_empty()),
             ips,
+            host_ips,
             containers,
             termination_grace_period_seconds: spec.and_then(|s| s.termination_grace_period_seconds),
             phase,

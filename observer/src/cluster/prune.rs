@@ -17,7 +17,7 @@
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, Pod,
+    Container, ContainerPort, ExecAction, HTTPGetAction, HostIP, Lifecycle, LifecycleHandler, Pod,
     PodCondition, PodIP, PodSpec, PodStatus, Probe, SleepAction, TCPSocketAction,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
@@ -75,6 +75,12 @@ pub fn prune_pod(pod: &Pod) -> Pod {
             .pod_ips
             .as_ref()
             .map(|ips| ips.iter().map(|p| PodIP { ip: p.ip.clone() }).collect()),
+        // The node's addresses name what a node itself sends to a pod.
+        host_ip: status.host_ip.clone(),
+        host_ips: status
+            .host_ips
+            .as_ref()
+            .map(|ips| ips.iter().map(|h| HostIP { ip: h.ip.clone() }).collect()),
         // The model reads the first Ready condition's status.
         conditions: status.conditions.as_ref().map(|conditions| {
             conditions

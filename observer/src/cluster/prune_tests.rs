@@ -93,7 +93,6 @@ fn a_pruned_pod_reads_the_same_and_holds_no_secret() {
         "managedFields",
         "annotations",
         "containerStatuses",
-        "hostIP",
         "volumes",
         "curl",
     ] {

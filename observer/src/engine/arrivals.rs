@@ -34,6 +34,9 @@ pub enum SenderKind {
     Pod,
     /// Another process on this node.
     Process,
+    /// Another node, by its address (`status.hostIPs` of its pods): a
+    /// NodePort's SNAT, a load balancer in instance mode.
+    Node,
     /// Anything else: a load balancer outside the cluster, named by
     /// `--external-sender` where its range is known.
     External,
@@ -46,6 +49,7 @@ impl SenderKind {
             SenderKind::Kubelet => "kubelet",
             SenderKind::Pod => "pod",
             SenderKind::Process => "process",
+            SenderKind::Node => "node",
             SenderKind::External => "external",
         }
     }

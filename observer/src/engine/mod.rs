@@ -183,9 +183,9 @@ impl Engine {
     }
 
     /// Who sent what arrived: this node's own connector where the 4-tuple
-    /// is one of its connects, else a pod by its address, else an
-    /// external sender (named where `--external-sender` covers it). Never
-    /// the destination port alone.
+    /// is one of its connects, else a pod by its address, else
+    /// a node by its address, else an external sender (named where
+    /// `--external-sender` covers it). Never the destination port alone.
     fn sender_of(&self, record: &ConnectRecord, at: MonoTime) -> Sender {
         if let Some((role, name)) = self.local_senders.find(record.src, record.dst, at) {
             return Sender {
@@ -203,6 +203,12 @@ impl Engine {
             return Sender {
                 kind,
                 name: format!("{}/{}", pod.namespace, pod.name),
+            };
+        }
+        if let Some(node) = self.model.node_with_ip(ip) {
+            return Sender {
+                kind: SenderKind::Node,
+                name: node.to_owned(),
             };
         }
         let name = self

@@ -357,3 +357,25 @@ fn the_ingress_s_retries_at_the_pod_do_not_switch_the_view() {
     assert_eq!(recommendations[0].gap_view.as_str(), "sender");
     assert_eq!(recommendations[0].max_ms, 1_000.0);
 }
+
+#[test]
+fn a_node_s_own_traffic_is_named_after_the_node() {
+    // A NodePort's SNAT: what arrives comes from node-b's address, which
+    // node-b's pods report as their hostIP.
+    let (mut engine, mut steps) = on_this_node();
+    let mut other: Pod = pod("db-1", "u7", "10.0.1.7", true, false);
+    other.spec.as_mut().expect("spec").node_name = Some("node-b".into());
+    other.status.as_mut().expect("status").host_ip = Some("192.168.10.22".into());
+    steps.extend([
+        Step::Pod(2_000, Event::Apply(other)),
+        deleting_web1(10_000),
+        Step::Connect(arrival("192.168.10.22:31000", 11_000, Outcome::Accepted)),
+        deleted_web1(12_000),
+        Step::Tick(18_000),
+    ]);
+    let out = run(&mut engine, steps);
+    let view = closed(&out)[0].destination.clone().expect("view");
+    assert_eq!(view.senders.len(), 1, "{view:#?}");
+    assert_eq!(view.senders[0].kind, SenderKind::Node);
+    assert_eq!(view.senders[0].name, "node-b");
+}
