@@ -37,6 +37,8 @@ pub struct EngineMeasure {
     state: Option<AgentState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<Finished>>>,
+    /// Reads the watches and stamps their events, apart from the engine.
+    watchers: Option<JoinHandle<()>>,
     /// The lab's traffic comes from a load balancer outside the cluster.
     external: bool,
     /// The ingress sends through a ClusterIP.
@@ -51,6 +53,7 @@ impl EngineMeasure {
             state: None,
             stop: None,
             task: None,
+            watchers: None,
             external: false,
             via_service: false,
         }
@@ -85,6 +88,20 @@ impl LabMeasure for EngineMeasure {
             &WatchConfig::default(),
             Arc::new(WatchCounters::default()),
         );
+        // The watchers run on a task of their own, as in the agent: an
+        // event is stamped when it is read off the watch, so a loop busy
+        // with the probe's records must not delay its reading (a late
+        // deletion_seen would leave out what happened just after it).
+        let (event_tx, event_rx) = tokio::sync::mpsc::unbounded_channel();
+        self.watchers = Some(tokio::spawn(async move {
+            futures::pin_mut!(events);
+            while let Some(event) = events.next().await {
+                if event_tx.send(event).is_err() {
+                    break;
+                }
+            }
+        }));
+        let events = tokio_stream_from(event_rx);
         let (stop, stopped) = oneshot::channel();
         self.stop = Some(stop);
         // The ingress is found as on a node: by its pod's labels, among
@@ -138,12 +155,16 @@ impl LabMeasure for EngineMeasure {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let (measurements, closed) = self
+        let finished = self
             .task
             .take()
             .ok_or_else(|| LabError::Measure("finish before start".into()))?
-            .await
-            .map_err(|e| LabError::Measure(format!("engine task: {e}")))??;
+            .await;
+        if let Some(watchers) = self.watchers.take() {
+            watchers.abort();
+        }
+        let (measurements, closed) =
+            finished.map_err(|e| LabError::Measure(format!("engine task: {e}")))??;
         self.connectors = closed
             .into_iter()
             .map(|t| {
@@ -179,6 +200,15 @@ impl Sink for ClosedTerminations {
 
 fn measure_error(error: SinkError) -> LabError {
     LabError::Measure(error.to_string())
+}
+
+/// The receiving end of a channel as a stream.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 /// Where the lab's traffic comes from, as the measurement may know it.
