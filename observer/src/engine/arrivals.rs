@@ -304,11 +304,12 @@ pub fn arrival_time(record: &ConnectRecord) -> MonoTime {
 /// the sending side learns its port.
 pub const SYN_MATCH_WINDOW_NS: u64 = 10_000_000;
 
-/// A connector of this node, as remembered for one tuple.
-#[derive(Clone, Debug)]
+/// A connector of this node, as remembered for one tuple: its role and
+/// its index in the engine's connector table (no name copied per connect).
+#[derive(Clone, Copy, Debug)]
 struct LocalConnect {
     role: ConnectorRole,
-    name: String,
+    connector: u16,
     at: MonoTime,
 }
 
@@ -329,12 +330,12 @@ impl LocalSenders {
         dst: SocketAddr,
         at: MonoTime,
         role: ConnectorRole,
-        name: &str,
+        connector: u16,
     ) {
         let key = (src, dst);
         let connect = LocalConnect {
             role,
-            name: name.to_owned(),
+            connector,
             at,
         };
         if self.by_tuple.insert(key, connect).is_none() {
@@ -355,14 +356,14 @@ impl LocalSenders {
         src: SocketAddr,
         dst: SocketAddr,
         at: MonoTime,
-    ) -> Option<(ConnectorRole, &str)> {
+    ) -> Option<(ConnectorRole, u16)> {
         let exact = self.by_tuple.get(&(src, dst));
         let by_address = || {
             self.by_tuple
                 .get(&(SocketAddr::new(src.ip(), 0), dst))
                 .filter(|c| c.at.0.abs_diff(at.0) <= SYN_MATCH_WINDOW_NS)
         };
-        exact.or_else(by_address).map(|c| (c.role, c.name.as_str()))
+        exact.or_else(by_address).map(|c| (c.role, c.connector))
     }
 
     pub fn len(&self) -> usize {
@@ -411,7 +412,7 @@ mod tests {
         let t = MonoTime(1_000_000_000);
         for port in 1..=(MAX_LOCAL_TUPLES as u16 + 10) {
             let src = SocketAddr::new("10.0.9.1".parse().expect("ip"), port);
-            local.note(src, dst, t, ConnectorRole::Kubelet, "kubelet");
+            local.note(src, dst, t, ConnectorRole::Kubelet, 3);
         }
         assert_eq!(local.len(), MAX_LOCAL_TUPLES);
         let oldest = SocketAddr::new("10.0.9.1".parse().expect("ip"), 1);
@@ -422,7 +423,7 @@ mod tests {
         );
         assert_eq!(
             local.find(newest, dst, t),
-            Some((ConnectorRole::Kubelet, "kubelet"))
+            Some((ConnectorRole::Kubelet, 3))
         );
     }
 
@@ -436,12 +437,12 @@ mod tests {
             dst,
             syn,
             ConnectorRole::Kubelet,
-            "kubelet",
+            3,
         );
         let src: SocketAddr = "10.0.9.1:45001".parse().expect("addr");
         assert_eq!(
             local.find(src, dst, MonoTime(syn.0 + 200_000)),
-            Some((ConnectorRole::Kubelet, "kubelet"))
+            Some((ConnectorRole::Kubelet, 3))
         );
         assert!(
             local

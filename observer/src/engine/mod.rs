@@ -117,10 +117,9 @@ impl Engine {
                 Outcome::Connect | Outcome::Established { .. } | Outcome::Failed { .. }
             )
         {
-            let name = self.connectors.name(connector);
             let at = record.syn.unwrap_or(record.ts);
             self.local_senders
-                .note(record.src, record.dst, at, role, name);
+                .note(record.src, record.dst, at, role, connector);
         }
         let fact = ConnectFact::from_record(record, role, connector);
         self.latest = self.latest.max(fact.ts);
@@ -187,10 +186,10 @@ impl Engine {
     /// a node by its address, else an external sender (named where
     /// `--external-sender` covers it). Never the destination port alone.
     fn sender_of(&self, record: &ConnectRecord, at: MonoTime) -> Sender {
-        if let Some((role, name)) = self.local_senders.find(record.src, record.dst, at) {
+        if let Some((role, connector)) = self.local_senders.find(record.src, record.dst, at) {
             return Sender {
                 kind: SenderKind::from_role(role),
-                name: name.to_owned(),
+                name: self.connectors.name(connector).to_owned(),
             };
         }
         let ip = record.src.ip();
