@@ -219,3 +219,30 @@ pub fn require_root() {
         panic!("{error}");
     }
 }
+
+/// The namespaces whose names start with `prefix`.
+pub fn namespaces_named(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap_or_else(|e| panic!("ip netns list: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// No namespace and no pod cgroup of the lab `scenario` ran is left.
+pub fn assert_lab_clean(scenario: &observer::lab::LabScenario) {
+    // Namespace names are `obslab<id>-…`; the trailing dash keeps lab 1
+    // apart from lab 11.
+    let prefix = format!("{}-", scenario.name_prefix());
+    let left = namespaces_named(&prefix);
+    assert!(left.is_empty(), "the lab left namespaces behind: {left:?}");
+    let mount =
+        observer::lab::cgroup::v2_mount().unwrap_or_else(|e| panic!("a cgroup v2 mount: {e}"));
+    let parent = mount.join(scenario.cgroup_parent());
+    assert!(!parent.exists(), "the lab left {} behind", parent.display());
+}

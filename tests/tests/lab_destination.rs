@@ -10,43 +10,15 @@
 // test failing, with its message (the workspace denies them in runtime code).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use observer::lab::scenario::IngressKind;
-use observer::lab::{EngineMeasure, LabScenario, cgroup, render_summary, run_lab};
+use observer::lab::{EngineMeasure, LabReport, LabScenario, render_summary, run_lab};
+use observer_tests::assert_lab_clean as assert_clean;
 use observer_tests::require_root;
 
 /// One lab at a time: the runs are timing measurements.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn leftovers(prefix: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
-
-/// No namespace and no pod cgroup of the lab is left.
-fn assert_clean(scenario: &LabScenario) {
-    // Namespace names are `obslab<id>-…`; the trailing dash keeps lab 1
-    // apart from lab 11.
-    let prefix = format!("{}-", scenario.name_prefix());
-    assert!(
-        leftovers(&prefix).is_empty(),
-        "the lab left namespaces behind: {:?}",
-        leftovers(&prefix)
-    );
-    let mount = cgroup::v2_mount().expect("a cgroup v2 mount");
-    let parent = mount.join(scenario.cgroup_parent());
-    assert!(!parent.exists(), "the lab left {} behind", parent.display());
-}
 
 /// How far the destination side's last arrival may be from the wire's
 /// last SYN or request.
@@ -106,16 +78,7 @@ async fn an_external_load_balancer_is_measured_from_the_pods_node() {
         assert!(t.measured_last_send_ms.is_none(), "{t:?}");
     }
     assert!(report.client.errors > 0, "no preStop, no retries: 502s");
-    let rec = report
-        .recommendation
-        .expect("a recommendation from the arrivals");
-    assert!(rec.prestop_seconds >= 4, "covers a 3 s delay: {rec:?}");
-    let verify = report.verify.expect("verified");
-    assert_eq!(
-        (verify.failed_connects, verify.client_errors),
-        (0, 0),
-        "the recommended preStop removes every failure"
-    );
+    assert_recommendation_covers(&report, 4);
 }
 
 /// nginx sends to the Service's ClusterIP, DNATed by the node as
@@ -159,10 +122,19 @@ async fn an_ingress_through_a_cluster_ip_is_measured_from_the_pods_node() {
         // The sending side saw no connect to the pod's address.
         assert!(t.measured_last_send_ms.unwrap_or(0.0) < 1.0, "{t:?}");
     }
+    assert_recommendation_covers(&report, 3);
+}
+
+/// The recommendation comes from the arrivals, is at least
+/// `prestop_seconds`, and the verify run with it is clean.
+fn assert_recommendation_covers(report: &LabReport, prestop_seconds: u64) {
     let rec = report
         .recommendation
         .expect("a recommendation from the arrivals");
-    assert!(rec.prestop_seconds >= 3, "covers a 2 s delay: {rec:?}");
+    assert!(
+        rec.prestop_seconds >= prestop_seconds,
+        "covers the delay: {rec:?}"
+    );
     let verify = report.verify.expect("verified");
     assert_eq!(
         (verify.failed_connects, verify.client_errors),

@@ -14,34 +14,20 @@
 // test failing, with its message (the workspace denies them in runtime code).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use observer::lab::report::{ConnectorRole, TerminationReport};
 use observer::lab::scenario::IngressKind;
 use observer::lab::{
-    EngineMeasure, LabReport, LabScenario, ProbeOnlyMeasure, cgroup, render_summary, run_lab,
+    EngineMeasure, LabReport, LabScenario, ProbeOnlyMeasure, render_summary, run_lab,
 };
-use observer_tests::require_root;
+use observer_tests::{assert_lab_clean as assert_clean, require_root};
 
 /// One lab at a time: the runs are timing measurements.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How far a measured gap may be from the truth.
 const TOLERANCE_MS: f64 = 50.0;
-
-fn leftovers(prefix: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
 
 /// Runs `scenario` measured by the probe alone (connects only).
 async fn run(scenario: &LabScenario) -> LabReport {
@@ -52,21 +38,6 @@ async fn run(scenario: &LabScenario) -> LabReport {
     println!("{}", serde_json::to_string(&report).unwrap_or_default());
     assert_clean(scenario);
     report
-}
-
-/// No namespace and no pod cgroup of the lab is left.
-fn assert_clean(scenario: &LabScenario) {
-    // Namespace names are `obslab<id>-…`; the trailing dash keeps lab 1
-    // apart from lab 11.
-    let prefix = format!("{}-", scenario.name_prefix());
-    assert!(
-        leftovers(&prefix).is_empty(),
-        "the lab left namespaces behind: {:?}",
-        leftovers(&prefix)
-    );
-    let mount = cgroup::v2_mount().expect("a cgroup v2 mount");
-    let parent = mount.join(scenario.cgroup_parent());
-    assert!(!parent.exists(), "the lab left {} behind", parent.display());
 }
 
 /// The probe-only measurement with keep-alive off: every send is a SYN,

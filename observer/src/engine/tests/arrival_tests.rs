@@ -52,6 +52,19 @@ fn on_this_node() -> (Engine, Vec<Step>) {
     (Engine::new(config), steps)
 }
 
+/// web-1 runs on node-a, this engine's node, with nginx (a host process)
+/// as the ingress and `others` listed beside it.
+fn nginx_on_this_node(others: Vec<Pod>) -> (Engine, Vec<Step>) {
+    let mut config = ingress_nginx();
+    config.ingress.node = Some("node-a".into());
+    let mut web1 = pod("web-1", "u1", WEB1, true, false);
+    web1.spec.as_mut().expect("spec").node_name = Some("node-a".into());
+    let mut pods = vec![web1];
+    pods.extend(others);
+    let steps = listed(1_000, pods, vec![slice(&[(WEB1, "u1", true, false)])]);
+    (Engine::new(config), steps)
+}
+
 fn deleting_web1(t_ms: u64) -> Step {
     let mut web1 = pod("web-1", "u1", WEB1, true, true);
     web1.spec.as_mut().expect("spec").node_name = Some("node-a".into());
@@ -205,12 +218,7 @@ fn a_pod_on_this_node_that_nothing_reached_has_an_arrival_gap_of_zero() {
 
 #[test]
 fn with_an_ingress_on_the_node_both_views_are_compared() {
-    let mut config = ingress_nginx();
-    config.ingress.node = Some("node-a".into());
-    let mut engine = Engine::new(config);
-    let mut web1 = pod("web-1", "u1", WEB1, true, false);
-    web1.spec.as_mut().expect("spec").node_name = Some("node-a".into());
-    let mut steps = listed(1_000, vec![web1], vec![slice(&[(WEB1, "u1", true, false)])]);
+    let (mut engine, mut steps) = nginx_on_this_node(Vec::new());
     let established = record(
         WEB1_HTTP,
         12_001,
@@ -286,11 +294,6 @@ fn an_ingress_sending_through_a_cluster_ip_is_measured_at_the_pod() {
     // nginx connects to the Service's ClusterIP; the node DNATs it to the
     // pod: the sending side sees no connect to the pod, the pod's kernel
     // sees nginx's packets arrive.
-    let mut config = ingress_nginx();
-    config.ingress.node = Some("node-a".into());
-    let mut engine = Engine::new(config);
-    let mut web1 = pod("web-1", "u1", WEB1, true, false);
-    web1.spec.as_mut().expect("spec").node_name = Some("node-a".into());
     let mut nginx = pod("nginx-1", "u9", "10.0.9.1", true, false);
     nginx.metadata.labels = Some(
         [(
@@ -300,11 +303,7 @@ fn an_ingress_sending_through_a_cluster_ip_is_measured_at_the_pod() {
         .into(),
     );
     nginx.spec.as_mut().expect("spec").node_name = Some("node-a".into());
-    let mut steps = listed(
-        1_000,
-        vec![web1, nginx],
-        vec![slice(&[(WEB1, "u1", true, false)])],
-    );
+    let (mut engine, mut steps) = nginx_on_this_node(vec![nginx]);
     steps.extend([
         deleting_web1(10_000),
         Step::Connect(arrival("10.0.9.1:40000", 12_500, Outcome::Accepted)),
@@ -326,12 +325,7 @@ fn the_ingress_s_retries_at_the_pod_do_not_switch_the_view() {
     // nginx chose the pod until 11 s, then only retried there until 15 s
     // (old workers): the pod saw those retries arrive too. The sending
     // side saw every packet, so its choice gap stands.
-    let mut config = ingress_nginx();
-    config.ingress.node = Some("node-a".into());
-    let mut engine = Engine::new(config);
-    let mut web1 = pod("web-1", "u1", WEB1, true, false);
-    web1.spec.as_mut().expect("spec").node_name = Some("node-a".into());
-    let mut steps = listed(1_000, vec![web1], vec![slice(&[(WEB1, "u1", true, false)])]);
+    let (mut engine, mut steps) = nginx_on_this_node(Vec::new());
     let retry = ConnectRecord {
         retry: true,
         ..syn(WEB1_HTTP, 15_000)
