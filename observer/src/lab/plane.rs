@@ -2,9 +2,10 @@
 //! the ingress controller's pod), or a load balancer outside the cluster
 //! (HAProxy in a namespace of its own, routed through the pods' node).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use observer_sim::Cluster;
 
@@ -16,10 +17,61 @@ use super::ingress::DataPlane;
 use super::neighbours::{self, NeighbourPod};
 use super::netns::{LabNet, Netns, Registry};
 use super::nginx::{Nginx, NginxPaths, parse_access_line};
-use super::scenario::{IngressKind, LabScenario, POD_PORT, blocking};
 use super::truth::{PodTimeline, PodTruth, TryTotals, WallToMono, compute_truth};
 use super::wire::WireLog;
 use super::{LabError, Result};
+
+/// The lab's ingress data plane.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum IngressKind {
+    /// nginx, its config rewritten and reloaded on every endpoint change
+    /// (as ingress-nginx does without its Lua balancer).
+    #[default]
+    Nginx,
+    /// HAProxy, its servers changed in place through the runtime API (as
+    /// HAProxy- and Envoy-based ingresses do).
+    Haproxy,
+    /// A load balancer outside the cluster sending straight to pod IPs
+    /// (an ALB or NLB in IP mode, a GKE NEG): HAProxy in a namespace of
+    /// its own that is no node, health-checking its targets, no retries.
+    /// No probe attributes its sockets: only the pods' node's receiving
+    /// side measures.
+    External,
+}
+
+impl IngressKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngressKind::Nginx => "nginx",
+            IngressKind::Haproxy => "haproxy",
+            IngressKind::External => "external",
+        }
+    }
+}
+
+/// The pods' port.
+pub(super) const POD_PORT: u16 = 8080;
+
+/// What [`start`] needs of the scenario.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PlaneSettings {
+    pub kind: IngressKind,
+    /// The most pods the Deployment runs before a rollout surges.
+    pub pods: u32,
+    pub keepalive: u32,
+    pub lb_health_interval: Duration,
+    /// The node's end and the external load balancer's address.
+    pub lb_link: (IpAddr, IpAddr),
+}
+
+/// Runs a blocking step (iproute2, nginx) off the async threads.
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LabError::Invalid(format!("blocking lab step: {e}")))?
+}
 
 /// The lab's external load balancer's namespace suffix (its bridge port
 /// is `v<suffix>`).
@@ -68,7 +120,7 @@ pub(super) struct IngressSide {
 /// Starts the scenario's traffic source; `cgroups` is the cgroup v2 mount
 /// and the lab's directory under it.
 pub(super) async fn start(
-    scenario: &LabScenario,
+    settings: PlaneSettings,
     cluster: &Cluster,
     net: &Arc<LabNet>,
     registry: &Registry,
@@ -82,7 +134,7 @@ pub(super) async fn start(
     // the cluster has no pod: it runs in a namespace of its own, in a
     // cgroup of its own (whose sockets the measurement ignores, as no
     // node of the cluster would see them).
-    let external = scenario.ingress == IngressKind::External;
+    let external = settings.kind == IngressKind::External;
     let ingress_pod = if external {
         None
     } else {
@@ -95,7 +147,7 @@ pub(super) async fn start(
         )?)
     };
     let lb = if external {
-        let (node_end, lb_ip) = scenario.lb_link();
+        let (node_end, lb_ip) = settings.lb_link;
         let ns = {
             let net = net.clone();
             blocking(move || net.add_routed(EXTERNAL_LB_SUFFIX, node_end, lb_ip)).await?
@@ -122,10 +174,10 @@ pub(super) async fn start(
             (None, Some(lb)) => (lb.cgroup.path(), Some(lb.ns.clone())),
             (None, None) => return Err(LabError::Invalid("no ingress".into())),
         };
-        let keepalive = scenario.upstream_keepalive;
-        let (kind, dir): (IngressKind, PathBuf) = (scenario.ingress, dir.to_path_buf());
-        let pods = scenario.pods;
-        let health_interval = scenario.lb_health_interval;
+        let keepalive = settings.keepalive;
+        let (kind, dir): (IngressKind, PathBuf) = (settings.kind, dir.to_path_buf());
+        let pods = settings.pods;
+        let health_interval = settings.lb_health_interval;
         blocking(move || {
             let haproxy = |ns: &Netns, role| {
                 Haproxy::start(
@@ -167,43 +219,6 @@ pub(super) async fn start(
         plane,
         listen,
     })
-}
-
-impl LabScenario {
-    /// The Service's ClusterIP and port (`--via-service`), outside the pod
-    /// CIDR.
-    pub fn cluster_ip(&self) -> SocketAddr {
-        let id = u16::from(self.lab_id);
-        let ip = if self.ipv6 {
-            IpAddr::V6(Ipv6Addr::from([0xfd00, 0x96, id, 0, 0, 0, 0, 0x10]))
-        } else {
-            IpAddr::V4(Ipv4Addr::new(10, 96, self.lab_id, 10))
-        };
-        SocketAddr::new(ip, 80)
-    }
-
-    /// The link between the node and the external load balancer: the
-    /// node's end and the load balancer's address, outside the pod CIDR.
-    pub fn lb_link(&self) -> (IpAddr, IpAddr) {
-        let id = u16::from(self.lab_id);
-        let end = |host: u8| {
-            if self.ipv6 {
-                IpAddr::V6(Ipv6Addr::from([
-                    0xfd00,
-                    0x248,
-                    id,
-                    0,
-                    0,
-                    0,
-                    0,
-                    u16::from(host),
-                ]))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(10, 248, self.lab_id, host))
-            }
-        };
-        (end(1), end(2))
-    }
 }
 
 /// The truth per termination, the ingress's own totals, and its own

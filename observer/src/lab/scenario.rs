@@ -4,7 +4,7 @@
 //! `--verify` rerun with the recommended preStop.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use super::load::{LoadClient, LoadConfig};
 use super::measure::{ConnectorsByPod, KnownPod, LabContext, LabMeasure, Measurements};
 use super::neighbours::{self, Bystander, NeighbourPod, Targets};
 use super::netns::{BRIDGE, LabNet, Registry};
-use super::plane;
+use super::plane::{self, POD_PORT, blocking};
 use super::pod::{LabPods, PodBehaviour};
 use super::report::{
     ClientReport, ConnectorReport, FailureCounts, HiddenReport, LabReport, ScenarioSummary,
@@ -29,37 +29,10 @@ use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, ServicePort, SimServe
 
 const NAMESPACE: &str = "lab";
 const DEPLOYMENT: &str = "web";
-pub(super) const POD_PORT: u16 = 8080;
 /// nginx's address inside the ingress namespace.
 const NGINX_LISTEN: &str = "127.0.0.1:8000";
 
-/// The lab's ingress data plane.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum IngressKind {
-    /// nginx, its config rewritten and reloaded on every endpoint change
-    /// (as ingress-nginx does without its Lua balancer).
-    #[default]
-    Nginx,
-    /// HAProxy, its servers changed in place through the runtime API (as
-    /// HAProxy- and Envoy-based ingresses do).
-    Haproxy,
-    /// A load balancer outside the cluster sending straight to pod IPs
-    /// (an ALB or NLB in IP mode, a GKE NEG): HAProxy in a namespace of
-    /// its own that is no node, health-checking its targets, no retries.
-    /// No probe attributes its sockets: only the pods' node's receiving
-    /// side measures.
-    External,
-}
-
-impl IngressKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IngressKind::Nginx => "nginx",
-            IngressKind::Haproxy => "haproxy",
-            IngressKind::External => "external",
-        }
-    }
-}
+pub use super::plane::IngressKind;
 
 /// What to run. `Default` gives the documented defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,6 +148,41 @@ impl LabScenario {
     /// kubelet-shaped pod cgroups.
     pub fn cgroup_parent(&self) -> String {
         format!("{}.slice", self.name_prefix())
+    }
+
+    /// The Service's ClusterIP and port (`--via-service`), outside the pod
+    /// CIDR.
+    pub fn cluster_ip(&self) -> SocketAddr {
+        let id = u16::from(self.lab_id);
+        let ip = if self.ipv6 {
+            IpAddr::V6(Ipv6Addr::from([0xfd00, 0x96, id, 0, 0, 0, 0, 0x10]))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(10, 96, self.lab_id, 10))
+        };
+        SocketAddr::new(ip, 80)
+    }
+
+    /// The link between the node and the external load balancer: the
+    /// node's end and the load balancer's address, outside the pod CIDR.
+    pub fn lb_link(&self) -> (IpAddr, IpAddr) {
+        let id = u16::from(self.lab_id);
+        let end = |host: u8| {
+            if self.ipv6 {
+                IpAddr::V6(Ipv6Addr::from([
+                    0xfd00,
+                    0x248,
+                    id,
+                    0,
+                    0,
+                    0,
+                    0,
+                    u16::from(host),
+                ]))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(10, 248, self.lab_id, host))
+            }
+        };
+        (end(1), end(2))
     }
 
     pub fn pod_cidr(&self) -> String {
@@ -318,15 +326,6 @@ pub async fn run_scenario(scenario: &LabScenario, measure: impl LabMeasure) -> R
     }
 }
 
-/// Runs a blocking step (iproute2, nginx) off the async threads.
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| LabError::Invalid(format!("blocking lab step: {e}")))?
-}
-
 /// Removes the lab's directory on drop.
 struct WorkDir(PathBuf);
 
@@ -408,7 +407,13 @@ async fn run(
         plane,
         listen,
     } = plane::start(
-        scenario,
+        plane::PlaneSettings {
+            kind: scenario.ingress,
+            pods: scenario.pods,
+            keepalive: scenario.upstream_keepalive,
+            lb_health_interval: scenario.lb_health_interval,
+            lb_link: scenario.lb_link(),
+        },
         &cluster,
         &net,
         registry,
