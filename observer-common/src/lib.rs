@@ -433,6 +433,19 @@ pub struct SockOffsets {
     /// connecting socket never sets; how a close tells a connection a pod
     /// accepted from one it opened.
     pub max_ack_backlog: u32,
+    /// `tcp_sock.data_segs_out` and `data_segs_in` (u32s): segments with
+    /// data sent and received. A connection that sent a request and never
+    /// received data has a request in flight whatever the jiffies say (its
+    /// connect set `lrcvtime` and `lsndtime` in the same jiffy as its first
+    /// send).
+    pub data_segs_out: u32,
+    pub data_segs_in: u32,
+    /// `tcp_sock.delivered_mstamp` and `tcp_mstamp` (u64s, microseconds):
+    /// when data sent was last acknowledged, and the packet being handled.
+    /// Equal at the peer's FIN when the FIN itself acknowledged data: the
+    /// peer closed after our data arrived and sent nothing back.
+    pub delivered_mstamp: u32,
+    pub tcp_mstamp: u32,
 }
 
 impl SockOffsets {
@@ -440,7 +453,7 @@ impl SockOffsets {
     pub const ABSENT: u32 = u32::MAX;
 }
 
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 88);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 104);
 const _: () = assert!(core::mem::size_of::<ConnectEvent>() == 96);
 const _: () = assert!(core::mem::align_of::<ConnectEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<DestKey>() == 20);

@@ -168,6 +168,10 @@ pub(crate) static SOCK_OFFSETS: SockOffsets = SockOffsets {
     skb_cb: 0,
     exterr_errno: 0,
     max_ack_backlog: 0,
+    data_segs_out: 0,
+    data_segs_in: 0,
+    delivered_mstamp: 0,
+    tcp_mstamp: 0,
 };
 
 /// The kernel's drop reasons the receiving side classifies, and where a

@@ -111,7 +111,9 @@ pub(crate) fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(
     let lsndtime: u32 = read_kernel(skaddr, offset!(lsndtime))?;
     let lrcvtime: u32 = read_kernel(skaddr, offset!(lrcvtime))?;
     // Sent after the last data received (jiffies wrap: compare signed).
-    let cut = peer_closed && (lsndtime.wrapping_sub(lrcvtime) as i32) > 0;
+    // Within one jiffy the two times tie, and the counters decide.
+    let sent_since = lsndtime.wrapping_sub(lrcvtime) as i32;
+    let cut = peer_closed && (sent_since > 0 || (sent_since == 0 && unanswered_in_a_tie(skaddr)));
     if !watched && !cut {
         return Ok(());
     }
@@ -149,6 +151,28 @@ pub(crate) fn on_leaving_established(skaddr: u64, peer_closed: bool) -> Result<(
         event.kind = kind::SENT;
     });
     Ok(())
+}
+
+/// At the peer's FIN, with data last sent and received in the same jiffy:
+/// whether what was sent last went unanswered. A fresh connection's
+/// connect sets both times, so its first request ties with it: if it sent
+/// data and never received any, the request is in flight. Otherwise, if
+/// this FIN acknowledged data (the delivery time is this packet's), the
+/// peer got it and closed without a reply. A reply and a new request in
+/// the same jiffy, acknowledged before the FIN, stay unseen.
+#[inline(always)]
+fn unanswered_in_a_tie(skaddr: u64) -> bool {
+    let segs_out: u32 = read_kernel(skaddr, offset!(data_segs_out)).unwrap_or(0);
+    if segs_out == 0 {
+        return false;
+    }
+    let segs_in: u32 = read_kernel(skaddr, offset!(data_segs_in)).unwrap_or(0);
+    if segs_in == 0 {
+        return true;
+    }
+    let delivered: u64 = read_kernel(skaddr, offset!(delivered_mstamp)).unwrap_or(0);
+    let now: u64 = read_kernel(skaddr, offset!(tcp_mstamp)).unwrap_or(1);
+    delivered == now
 }
 
 #[inline(never)]

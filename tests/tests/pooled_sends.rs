@@ -287,3 +287,100 @@ fn set_user_timeout(conn: &TcpStream, timeout: Duration) {
         std::io::Error::last_os_error()
     );
 }
+
+/// What a cut test connection did before the server closed it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum BeforeTheClose {
+    /// Connected and sent its first request at once: the connect's jiffy
+    /// is the request's, so the jiffies alone cannot tell it was unanswered.
+    FreshRequest,
+    /// Connected, sent a request and got its reply at once: the server
+    /// then closes an idle connection, which is no cut.
+    FreshAnswered,
+}
+
+/// Runs one connection of `kind` to `dst` and returns its local address.
+fn connection_closed_by_the_server(
+    link: &Link,
+    listener: &TcpListener,
+    dst: SocketAddr,
+    kind: BeforeTheClose,
+) -> SocketAddr {
+    let client = link
+        .client
+        .spawn_in("fresh-client", move || {
+            let mut conn = TcpStream::connect(dst).expect("connect");
+            let local = conn.local_addr().expect("local");
+            let mut buf = [0u8; 64];
+            conn.write_all(b"GET 1").expect("send");
+            if kind == BeforeTheClose::FreshAnswered {
+                conn.read_exact(&mut buf[..5]).expect("reply");
+            }
+            // The server's close; then this side closes too.
+            let _ = conn.read(&mut buf);
+            local
+        })
+        .expect("client namespace");
+    let (mut conn, _) = listener.accept().expect("accept");
+    let mut buf = [0u8; 64];
+    let n = conn.read(&mut buf).expect("request");
+    if kind == BeforeTheClose::FreshAnswered {
+        conn.write_all(&buf[..n]).expect("reply");
+    }
+    // The app exits 20 ms later, under the request if it never answered.
+    std::thread::sleep(Duration::from_millis(20));
+    drop(conn);
+    client.join().expect("client")
+}
+
+/// A proxy's request on a connection it has just opened (no pool, or a
+/// pool that was empty) cut by the app's exit: the kernel stamps the
+/// connect and the request in the same jiffy, and the probe still counts
+/// the cut, every time; a connection whose request was answered in the
+/// same jiffy and then closed idle never counts.
+#[test]
+fn a_fresh_connections_first_request_cut_in_flight_is_counted() {
+    require_root();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _context = runtime.enter();
+    let link = Link::create("fresh", 64).expect("namespaces");
+    let mut probe = Probe::load(&ProbeOptions::default()).expect("probe loads (run as root)");
+    let mut reader = probe.event_reader().expect("reader");
+    let server = link.server_v4;
+    let dst = SocketAddr::new(server, PORT);
+    let listener = link
+        .server
+        .run_in("fresh-server", move || {
+            TcpListener::bind(dst).expect("bind")
+        })
+        .expect("server namespace");
+    probe.watch(server).expect("watch");
+    const ROUNDS: usize = 12;
+    let mut locals = Vec::new();
+    for _ in 0..ROUNDS {
+        for kind in [BeforeTheClose::FreshRequest, BeforeTheClose::FreshAnswered] {
+            locals.push((
+                kind,
+                connection_closed_by_the_server(&link, &listener, dst, kind),
+            ));
+        }
+    }
+    let mut records = Vec::new();
+    for _ in 0..10 {
+        let mut batch = Vec::new();
+        runtime
+            .block_on(reader.next_batch(Duration::from_millis(100), &mut batch))
+            .expect("read");
+        records.extend(batch);
+    }
+    for (kind, local) in locals {
+        let cut = records
+            .iter()
+            .filter(|r| r.src == local)
+            .filter(|r| r.failure_class() == Some(FailureClass::Cut))
+            .count();
+        let expected = usize::from(kind == BeforeTheClose::FreshRequest);
+        let mine: Vec<&ConnectRecord> = records.iter().filter(|r| r.src == local).collect();
+        assert_eq!(cut, expected, "{kind:?} from {local}: {mine:#?}");
+    }
+}

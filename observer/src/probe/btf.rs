@@ -64,6 +64,10 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, BtfError> {
         exterr_errno: offset_of(btf, "sock_exterr_skb", &["ee", "ee_errno"])
             .unwrap_or(SockOffsets::ABSENT),
         max_ack_backlog: offset_of(btf, "sock", &["sk_max_ack_backlog"])?,
+        data_segs_out: offset_of(btf, "tcp_sock", &["data_segs_out"])?,
+        data_segs_in: offset_of(btf, "tcp_sock", &["data_segs_in"])?,
+        delivered_mstamp: offset_of(btf, "tcp_sock", &["delivered_mstamp"])?,
+        tcp_mstamp: offset_of(btf, "tcp_sock", &["tcp_mstamp"])?,
         ..socket_cgroup_offsets(btf)
     }
     .with_head_block())
