@@ -1,5 +1,6 @@
 //! Fault injection and the request log.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -105,6 +106,54 @@ impl RequestRecord {
     pub fn param(&self, name: &str) -> Option<String> {
         super::protocol::parse_query(&self.query).remove(name)
     }
+
+    /// The collection asked for: the path's last segment (`pods`,
+    /// `endpointslices`).
+    pub fn resource(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or_default()
+    }
+
+    /// How much of the collection the request covers, as the API server's
+    /// cost grows with it: one object, one node's pods, one namespace, or
+    /// the whole cluster.
+    pub fn scope(&self) -> RequestScope {
+        let fields = self.param("fieldSelector").unwrap_or_default();
+        let has = |field: &str| {
+            fields
+                .split(',')
+                .filter_map(|term| term.split_once('='))
+                .any(|(name, _)| name.trim() == field)
+        };
+        if has("metadata.name") {
+            RequestScope::Object
+        } else if has("spec.nodeName") {
+            RequestScope::Node
+        } else if self.path.contains("/namespaces/") {
+            RequestScope::Namespace
+        } else {
+            RequestScope::Cluster
+        }
+    }
+}
+
+/// How much of a collection a list or watch covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RequestScope {
+    Object,
+    Node,
+    Namespace,
+    Cluster,
+}
+
+impl RequestScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestScope::Object => "object",
+            RequestScope::Node => "node",
+            RequestScope::Namespace => "namespace",
+            RequestScope::Cluster => "cluster",
+        }
+    }
 }
 
 /// Every request served, in order of completion of its response head.
@@ -135,7 +184,61 @@ impl RequestLog {
         self.lock().clear();
     }
 
+    /// The watches opened so far (status 200), by resource and scope.
+    pub fn watches_by_scope(&self) -> BTreeMap<(String, RequestScope), u64> {
+        let mut counts = BTreeMap::new();
+        for r in self.lock().iter().filter(|r| r.watch && r.status == 200) {
+            *counts
+                .entry((r.resource().to_owned(), r.scope()))
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
     pub(crate) fn push(&self, r: RequestRecord) {
         self.lock().push(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch_of(path: &str, query: &str) -> RequestRecord {
+        RequestRecord {
+            method: "GET".into(),
+            path: path.into(),
+            query: query.into(),
+            status: 200,
+            watch: true,
+        }
+    }
+
+    #[test]
+    fn a_request_is_scoped_by_its_field_selector_then_its_path() {
+        let pods = "/api/v1/pods";
+        assert_eq!(watch_of(pods, "watch=true").scope(), RequestScope::Cluster);
+        let node = watch_of(pods, "fieldSelector=spec.nodeName%3Dnode-a&watch=true");
+        assert_eq!(node.scope(), RequestScope::Node);
+        assert_eq!(node.resource(), "pods");
+        let one = watch_of(pods, "fieldSelector=metadata.name%3Dweb-1");
+        assert_eq!(one.scope(), RequestScope::Object);
+        let ns = watch_of(
+            "/apis/discovery.k8s.io/v1/namespaces/lab/endpointslices",
+            "",
+        );
+        assert_eq!(ns.scope(), RequestScope::Namespace);
+        assert_eq!(ns.resource(), "endpointslices");
+        let log = RequestLog::default();
+        log.push(node.clone());
+        log.push(node);
+        log.push(watch_of(pods, "watch=true"));
+        log.push(RequestRecord {
+            status: 410,
+            ..watch_of(pods, "watch=true")
+        });
+        let counts = log.watches_by_scope();
+        assert_eq!(counts[&("pods".to_owned(), RequestScope::Node)], 2);
+        assert_eq!(counts[&("pods".to_owned(), RequestScope::Cluster)], 1);
     }
 }

@@ -20,10 +20,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Client;
 use observer::clock::MonoTime;
+use observer::cluster::selector::LabelSelector;
 use observer::cluster::{
-    ClientSource, ClusterHandle, ClusterModel, EndpointConditions, EndpointKey, WatchConfig,
-    connect, run,
+    ClientSource, ClusterHandle, ClusterModel, EndpointConditions, EndpointKey, PodScope, ScopeNow,
+    WatchConfig, WatchCounters, connect, run, stamped_events,
 };
+use observer_sim::RequestScope;
 use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, SimConfig, SimServer, Store};
 use tokio::sync::Mutex;
 use tokio::time::{Instant, sleep};
@@ -686,6 +688,7 @@ async fn namespace_and_selector_scope_the_watch() {
             namespace: Some("a".into()),
             pod_label_selector: Some("app=api".into()),
             slice_label_selector: None,
+            ..WatchConfig::default()
         },
     );
     eventually(
@@ -701,6 +704,147 @@ async fn namespace_and_selector_scope_the_watch() {
         .map(|p| format!("{}/{}", p.namespace, p.name))
         .collect();
     assert_eq!(names, ["a/api-6f7c9d8b4-x"]);
+    server.shutdown().await;
+}
+
+fn on_node(mut pod: Pod, node: &str) -> Pod {
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_name = Some(node.into());
+    }
+    pod
+}
+
+/// Watches with `scope` and applies every event to a fresh model; returns
+/// the model and the watch's counters.
+fn watch_scoped(client: Client, scope: PodScope) -> (ClusterHandle, std::sync::Arc<WatchCounters>) {
+    use futures::StreamExt as _;
+    let handle = ClusterHandle::default();
+    let counters = std::sync::Arc::new(WatchCounters::default());
+    let config = WatchConfig {
+        pod_scope: scope,
+        ..WatchConfig::default()
+    };
+    let mut events = Box::pin(stamped_events(&client, &config, counters.clone()));
+    let applying = handle.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            applying.apply(event);
+        }
+    });
+    (handle, counters)
+}
+
+fn pod_names(handle: &ClusterHandle) -> Vec<String> {
+    let mut names: Vec<String> = handle.model().pods().map(|p| p.name.clone()).collect();
+    names.sort();
+    names
+}
+
+/// An agent on a node without an ingress watches its own node's pods
+/// only (the API server sends it nothing about other nodes' pods), while
+/// the EndpointSlices stay cluster-wide. On the node where an ingress pod
+/// shows up, the watch widens to every pod: the ingress's upstreams are
+/// on other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_scoped_watch_sees_its_node_and_widens_for_an_ingress() {
+    let _serial = SERIAL.lock().await;
+    let server = server().await;
+    let store = server.store().clone();
+    store
+        .create(on_node(
+            manual_pod("a", "api-6f7c9d8b4-x", "10.8.0.1"),
+            "node-a",
+        ))
+        .expect("pod");
+    store
+        .create(on_node(
+            manual_pod("a", "api-6f7c9d8b4-y", "10.8.0.2"),
+            "node-b",
+        ))
+        .expect("pod");
+    let client = server.client().await.expect("client");
+    let ingress = LabelSelector::parse("app.kubernetes.io/name=ingress-nginx").expect("selector");
+    let (node_a, counters_a) = watch_scoped(
+        client.clone(),
+        PodScope::NodeUntilIngress {
+            node: "node-a".into(),
+            ingress_selectors: vec![ingress.clone()],
+        },
+    );
+    let (node_b, counters_b) = watch_scoped(client, PodScope::Node("node-b".into()));
+    for handle in [&node_a, &node_b] {
+        eventually(
+            handle,
+            Duration::from_secs(10),
+            "sync",
+            ClusterModel::is_synced,
+        )
+        .await;
+    }
+    assert_eq!(pod_names(&node_a), ["api-6f7c9d8b4-x"]);
+    assert_eq!(pod_names(&node_b), ["api-6f7c9d8b4-y"]);
+    assert_eq!(counters_a.pod_scope.get(), ScopeNow::Node);
+    let watches = server.requests().watches_by_scope();
+    let pods_by = |scope| {
+        watches
+            .get(&("pods".to_owned(), scope))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(pods_by(RequestScope::Cluster), 0, "{watches:?}");
+    assert_eq!(pods_by(RequestScope::Node), 2, "{watches:?}");
+    assert_eq!(
+        watches.get(&("endpointslices".to_owned(), RequestScope::Cluster)),
+        Some(&2),
+        "EndpointSlices stay cluster-wide: {watches:?}"
+    );
+
+    // A pod on node-b changes: node-a's watch is not told.
+    let events_a = counters_a.pods.snapshot().events;
+    let mut later = on_node(manual_pod("a", "api-6f7c9d8b4-z", "10.8.0.3"), "node-b");
+    later.metadata.labels = Some(BTreeMap::from([("app".to_string(), "api".to_string())]));
+    store.create(later).expect("pod");
+    eventually(&node_b, Duration::from_secs(10), "node-b's new pod", |m| {
+        m.pods().count() == 2
+    })
+    .await;
+    assert_eq!(counters_a.pods.snapshot().events, events_a);
+
+    // An ingress pod lands on node-a: its agent widens, node-b's does not.
+    let mut controller = on_node(
+        manual_pod("ingress-nginx", "ingress-nginx-controller-1", "10.8.0.9"),
+        "node-a",
+    );
+    controller.metadata.labels = Some(BTreeMap::from([(
+        "app.kubernetes.io/name".to_string(),
+        "ingress-nginx".to_string(),
+    )]));
+    store.create(controller.clone()).expect("pod");
+    eventually(&node_a, Duration::from_secs(10), "every pod", |m| {
+        m.is_synced() && m.pods().count() == 4
+    })
+    .await;
+    assert_eq!(counters_a.pod_scope.get(), ScopeNow::Cluster);
+    assert_eq!(counters_b.pod_scope.get(), ScopeNow::Node);
+    let mut on_b = controller;
+    on_b.metadata.name = Some("ingress-nginx-controller-2".into());
+    on_b.metadata.uid = None;
+    store.create(on_node(on_b, "node-b")).expect("pod");
+    eventually(&node_b, Duration::from_secs(10), "node-b's ingress", |m| {
+        m.pods().count() == 3
+    })
+    .await;
+    assert_eq!(
+        counters_b.pod_scope.get(),
+        ScopeNow::Node,
+        "a node scope given outright never widens"
+    );
+    let watches = server.requests().watches_by_scope();
+    assert_eq!(
+        watches.get(&("pods".to_owned(), RequestScope::Cluster)),
+        Some(&1),
+        "{watches:?}"
+    );
     server.shutdown().await;
 }
 

@@ -26,7 +26,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use observer::cluster::{WatchConfig, WatchCounters, stamped_events};
+use observer::cluster::{PodScope, WatchConfig, WatchCounters, stamped_events};
 use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, RequestRecord, SimConfig, SimServer};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -606,9 +606,14 @@ async fn cluster_role_allows_exactly_what_the_watchers_request() {
     cluster.wait_rollout("web").await.expect("rolled out");
     let client = server.client().await.expect("client");
 
-    // Cluster-wide as the DaemonSet runs it, and scoped to a namespace as
-    // `observer agent -n` does: both must be covered by the one role.
+    // Node-scoped as the DaemonSet runs it where no ingress runs,
+    // cluster-wide as it runs where one does, and scoped to a namespace as
+    // `observer agent -n` does: all must be covered by the one role.
     let configs = [
+        WatchConfig {
+            pod_scope: PodScope::Node(cluster.node_name().to_owned()),
+            ..Default::default()
+        },
         WatchConfig::default(),
         WatchConfig {
             namespace: Some(ClusterConfig::default().namespace),

@@ -13,9 +13,10 @@ use super::input::{Input, Recording, read_recording};
 use super::sinks::{NdjsonSink, RecordingSink, StateSink};
 use crate::{
     clock::MonoTime,
-    cluster::{self, ClientSource, WatchConfig, WatchCounters},
+    cluster::{self, ClientSource, ScopeNow, WatchConfig, WatchCounters},
     connector::CgroupResolver,
     engine::{Engine, EngineConfig, IngressConfig},
+    export::watch_metrics::WatchReport,
     export::{AgentState, HttpConfig, HttpServer},
     probe::{Probe, ProbeOptions},
 };
@@ -152,6 +153,14 @@ async fn start_sources(
         return Ok(None);
     };
     let counters = Arc::new(WatchCounters::default());
+    match options.watch.pod_scope.node() {
+        Some(node) => tracing::info!(
+            node,
+            "watching this node's pods (every pod once an ingress runs here) and every \
+             EndpointSlice"
+        ),
+        None => tracing::info!("watching every pod and every EndpointSlice"),
+    }
     let mut events = Box::pin(cluster::stamped_events(
         &client,
         &options.watch,
@@ -165,6 +174,31 @@ async fn start_sources(
         }
     });
     Ok(Some(counters))
+}
+
+/// The watches for `/metrics`: the Pod watch's scope follows its widening.
+fn watch_reports(counters: &WatchCounters, watch: &WatchConfig) -> [WatchReport; 2] {
+    let whole = if watch.namespace.is_some() {
+        "namespace"
+    } else {
+        "cluster"
+    };
+    let pods = match counters.pod_scope.get() {
+        ScopeNow::Node => "node",
+        ScopeNow::Cluster => whole,
+    };
+    [
+        WatchReport {
+            resource: "pods",
+            scope: pods,
+            counts: counters.pods.snapshot(),
+        },
+        WatchReport {
+            resource: "endpointslices",
+            scope: whole,
+            counts: counters.endpoint_slices.snapshot(),
+        },
+    ]
 }
 
 /// Said once: without an ingress, no gap is measured here, and the
@@ -261,6 +295,9 @@ pub async fn run_agent(options: AgentOptions, state: AgentState) -> anyhow::Resu
                 state.with_metrics(|m| {
                     m.add_events(processed);
                     m.set_health(probe.counters().ok(), restarts, errors);
+                    if let Some(counters) = &watch_counters {
+                        m.set_watches(&watch_reports(counters, &options.watch));
+                    }
                 });
                 processed = 0;
                 state.set_not_ready((!synced).then(|| "Kubernetes watches not listed yet".to_string()));

@@ -58,15 +58,19 @@ impl AgentArgs {
     }
 
     fn options(&self) -> anyhow::Result<AgentOptions> {
+        let engine = self.engine.engine_config();
         Ok(AgentOptions {
             listen: self.listen.clone(),
             http: self.api.http_config()?,
             output: self.output.clone(),
             record: self.record.clone(),
             kube: self.kube.client_source(),
-            watch: self.kube.watch_config(),
+            watch: self
+                .kube
+                .watch_config(Some(&engine.ingress))
+                .map_err(anyhow::Error::msg)?,
             cgroup_root: self.kube.cgroup_root.clone(),
-            engine: self.engine.engine_config(),
+            engine,
             probe: ProbeOptions {
                 // A host ingress is known by its process name only: every
                 // failure must name its process.
@@ -178,18 +182,18 @@ pub struct RecordArgs {
 
 impl RecordArgs {
     pub async fn run(self) -> anyhow::Result<()> {
-        agent::run_agent(self.options(), AgentState::default()).await
+        agent::run_agent(self.options()?, AgentState::default()).await
     }
 
-    fn options(&self) -> AgentOptions {
-        AgentOptions {
+    fn options(&self) -> anyhow::Result<AgentOptions> {
+        Ok(AgentOptions {
             record: Some(self.file.clone()),
             kube: self.kube.client_source(),
-            watch: self.kube.watch_config(),
+            watch: self.kube.watch_config(None).map_err(anyhow::Error::msg)?,
             cgroup_root: self.kube.cgroup_root.clone(),
             duration: self.duration,
             ..AgentOptions::default()
-        }
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 use observer::{
     cluster::selector::LabelSelector,
-    cluster::{ClientSource, WatchConfig},
+    cluster::{ClientSource, PodScope, WatchConfig},
     engine::{EngineConfig, IngressConfig, RecommendConfig, arrivals::ExternalSender},
     probe::{ProbeOptions, SyncFailureHook},
 };
@@ -125,6 +125,16 @@ pub struct KubeArgs {
     /// connects are the ingress's.
     #[arg(long, value_name = "SELECTOR")]
     pub pod_selector: Option<String>,
+    /// Which pods to watch. `auto`: this node's pods (NODE_NAME or
+    /// --node-name), widened to every pod of the cluster once an ingress
+    /// pod runs on this node (it sends to pods on other nodes), or from
+    /// the start with --ingress-comm or without a node name. `node`: this
+    /// node's pods only, never widened. `cluster`: every pod, on every
+    /// node: on a large cluster, each pod change is then sent once per
+    /// agent (docs/DEPLOY.md, "What the API server carries").
+    /// EndpointSlices are watched cluster-wide in every mode.
+    #[arg(long, value_enum, default_value_t = PodWatch::Auto, value_name = "SCOPE")]
+    pub pod_watch: PodWatch,
     /// The node's cgroup v2 hierarchy, which maps each connect to the pod
     /// that made it. Default: this system's cgroup2 mount. In a container,
     /// mount the host's /sys/fs/cgroup read-only and point here (the
@@ -144,13 +154,52 @@ impl KubeArgs {
         }
     }
 
-    pub fn watch_config(&self) -> WatchConfig {
-        WatchConfig {
+    /// What to watch; `ingress` is how this node's ingress is found (none:
+    /// a command that measures nothing, such as `agent record`, where
+    /// `auto` watches the cluster).
+    pub fn watch_config(&self, ingress: Option<&IngressConfig>) -> Result<WatchConfig, String> {
+        let node = ingress.and_then(|i| i.node.clone());
+        let pod_scope = match (self.pod_watch, node) {
+            (PodWatch::Cluster, _) => PodScope::Cluster,
+            (PodWatch::Node, Some(node)) => PodScope::Node(node),
+            (PodWatch::Node, None) => {
+                return Err(
+                    "--pod-watch node needs this node's name: set NODE_NAME (the \
+                            DaemonSet sets it from the downward API) or pass --node-name"
+                        .into(),
+                );
+            }
+            (PodWatch::Auto, None) => PodScope::Cluster,
+            (PodWatch::Auto, Some(_)) if ingress.is_some_and(|i| !i.comms.is_empty()) => {
+                // A host ingress has no pod whose arrival could widen the
+                // watch: it needs every pod from the start.
+                PodScope::Cluster
+            }
+            (PodWatch::Auto, Some(node)) => PodScope::NodeUntilIngress {
+                node,
+                ingress_selectors: ingress
+                    .map(IngressConfig::parsed_selectors)
+                    .transpose()
+                    .map_err(|e| format!("--ingress-selector: {e}"))?
+                    .unwrap_or_default(),
+            },
+        };
+        Ok(WatchConfig {
             namespace: self.namespace.clone(),
             pod_label_selector: self.pod_selector.clone(),
+            pod_scope,
             ..WatchConfig::default()
-        }
+        })
     }
+}
+
+/// `--pod-watch`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodWatch {
+    #[default]
+    Auto,
+    Node,
+    Cluster,
 }
 
 /// How measurements become recommendations.
@@ -252,6 +301,61 @@ impl EngineArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kube(pod_watch: PodWatch) -> KubeArgs {
+        KubeArgs {
+            kubeconfig: None,
+            no_kube: false,
+            namespace: None,
+            pod_selector: None,
+            pod_watch,
+            cgroup_root: None,
+        }
+    }
+
+    #[test]
+    fn an_agent_that_knows_its_node_watches_that_nodes_pods_until_an_ingress_runs_there() {
+        let ingress = IngressConfig {
+            node: Some("node-a".into()),
+            ..IngressConfig::default()
+        };
+        let auto = kube(PodWatch::Auto)
+            .watch_config(Some(&ingress))
+            .expect("config");
+        match auto.pod_scope {
+            PodScope::NodeUntilIngress {
+                node,
+                ingress_selectors,
+            } => {
+                assert_eq!(node, "node-a");
+                assert_eq!(ingress_selectors.len(), ingress.selectors.len());
+            }
+            other => panic!("{other:?}"),
+        }
+        let host_ingress = IngressConfig {
+            comms: vec!["nginx".into()],
+            ..ingress.clone()
+        };
+        let scope = |watch, ingress: Option<&IngressConfig>| {
+            kube(watch).watch_config(ingress).map(|c| c.pod_scope)
+        };
+        assert_eq!(
+            scope(PodWatch::Auto, Some(&host_ingress)),
+            Ok(PodScope::Cluster)
+        );
+        assert_eq!(scope(PodWatch::Auto, None), Ok(PodScope::Cluster));
+        assert_eq!(
+            scope(PodWatch::Node, Some(&ingress)),
+            Ok(PodScope::Node("node-a".into()))
+        );
+        assert_eq!(
+            scope(PodWatch::Cluster, Some(&ingress)),
+            Ok(PodScope::Cluster)
+        );
+        let no_node = IngressConfig::default();
+        let error = scope(PodWatch::Node, Some(&no_node)).expect_err("no node");
+        assert!(error.contains("NODE_NAME"), "{error}");
+    }
 
     #[test]
     fn parses_durations() {

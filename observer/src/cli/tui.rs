@@ -56,11 +56,15 @@ impl TuiArgs {
         }
         let state = AgentState::default();
         let updates = tui::follow_local(state.clone());
+        let engine = self.engine.engine_config();
         let agent_options = AgentOptions {
             kube: self.kube.client_source(),
-            watch: self.kube.watch_config(),
+            watch: self
+                .kube
+                .watch_config(Some(&engine.ingress))
+                .map_err(anyhow::Error::msg)?,
             cgroup_root: self.kube.cgroup_root.clone(),
-            engine: self.engine.engine_config(),
+            engine,
             ..AgentOptions::default()
         };
         let agent = tokio::spawn(agent::run_agent(agent_options, state.clone()));

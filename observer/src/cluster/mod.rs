@@ -11,6 +11,7 @@ pub mod endpoints;
 pub mod ip_index;
 pub mod model;
 pub mod pod;
+pub mod pod_watch;
 pub mod prestop;
 pub mod prune;
 mod small_set;
@@ -28,6 +29,7 @@ pub use model::{ClusterModel, ModelStats, ResourceEvent, StampedEvent};
 pub use pod::{
     ContainerInfo, ContainerPort, Deletion, MalformedObject, Owner, PodPhase, PodRecord, Removal,
 };
+pub use pod_watch::{PodScope, ScopeNow};
 pub use prestop::PreStop;
 pub use watch::{
     ClientSource, ClusterHandle, ConnectError, WatchConfig, WatchCounters, connect, run,

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::change::{ClusterChange, WatchedResource};
 use super::model::{ClusterModel, ResourceEvent, StampedEvent};
+use super::pod_watch::{PodScope, SharedScope, scoped_pod_events};
 use super::prune::{prune_pod, prune_slice};
 use crate::clock::MonoTime;
 
@@ -90,6 +91,11 @@ pub async fn connect(source: &ClientSource) -> Result<Option<Client>, ConnectErr
 pub struct WatchConfig {
     /// Watch one namespace instead of the whole cluster.
     pub namespace: Option<String>,
+    /// Which Pods: the cluster's, one node's, or one node's until an
+    /// ingress runs there. EndpointSlices are always the cluster's (or the
+    /// namespace's): they carry every pod's termination, as kube-proxy
+    /// reads them.
+    pub pod_scope: PodScope,
     /// Label selector for pods (e.g. `app=web`).
     pub pod_label_selector: Option<String>,
     /// Label selector for EndpointSlices (e.g.
@@ -157,6 +163,9 @@ impl WatcherCounters {
 pub struct WatchCounters {
     pub pods: WatcherCounters,
     pub endpoint_slices: WatcherCounters,
+    /// The Pod watch's scope right now (it widens when an ingress shows
+    /// up on this node).
+    pub pod_scope: Arc<SharedScope>,
 }
 
 /// The shared state of the cluster side: the model, the change stream and
@@ -257,11 +266,12 @@ pub fn stamped_events(
     counters: Arc<WatchCounters>,
 ) -> impl Stream<Item = StampedEvent> + Send + 'static {
     let ns = config.namespace.as_deref();
-    let pods = watcher::watcher(
+    let pods = scoped_pod_events(
         api::<Pod>(client, ns),
         watcher_config(config.pod_label_selector.as_deref()),
-    )
-    .default_backoff();
+        &config.pod_scope,
+        counters.pod_scope.clone(),
+    );
     let slices = watcher::watcher(
         api::<EndpointSlice>(client, ns),
         watcher_config(config.slice_label_selector.as_deref()),

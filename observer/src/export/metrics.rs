@@ -8,6 +8,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::watch_metrics::{WatchMetrics, WatchReport};
 use crate::{
     engine::connector::{ConnectorRole, IngressStatus},
     engine::{PodState, PodTermination, Recommendation},
@@ -74,6 +75,7 @@ pub struct Metrics {
     sync_failure_hook: Family<HookLabels, Gauge>,
     watch_restarts: Counter,
     watch_errors: Counter,
+    watches: WatchMetrics,
     ingress_pods: Gauge,
     connects_after_deletion: Family<RoleLabels, Counter>,
     bystander_failures: Family<RoleLabels, Counter>,
@@ -241,8 +243,10 @@ impl Metrics {
              other pods, host processes), by role; never findings",
             bystander_failures.clone(),
         );
+        let watches = WatchMetrics::register(&mut registry);
         Metrics {
             registry,
+            watches,
             ingress_pods,
             connects_after_deletion,
             bystander_failures,
@@ -443,6 +447,11 @@ impl Metrics {
         self.watch_errors
             .inc_by(watch_errors.saturating_sub(self.last_watch_errors));
         self.last_watch_errors = self.last_watch_errors.max(watch_errors);
+    }
+
+    /// The watches' scopes and cumulative counts.
+    pub fn set_watches(&mut self, watches: &[WatchReport]) {
+        self.watches.update(watches);
     }
 
     pub fn encode(&self) -> String {

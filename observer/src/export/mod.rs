@@ -7,6 +7,7 @@ mod http_io;
 mod http_routes;
 pub mod metrics;
 pub mod state;
+pub mod watch_metrics;
 
 pub use api_token::ApiToken;
 pub use http::{HttpConfig, HttpLimits, HttpServer};
