@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use cli::lab::LabArgs;
 use cli::{
     agent::{AgentArgs, RecordArgs},
+    cluster::ClusterArgs,
     replay::ReplayArgs,
     trace::TraceArgs,
     tui::TuiArgs,
@@ -68,6 +69,11 @@ enum Command {
     /// Watch rollouts live: on this node (probe, watchers and engine in
     /// this process), or across agents with --agents URL[,URL...].
     Tui(TuiArgs),
+    /// The cluster-wide view: read every agent (--agents URL,... or
+    /// --service the headless Service) and print one row per termination,
+    /// the pod's node's view (what arrived) next to each ingress node's
+    /// (its gap and failures), as NDJSON or JSON.
+    Cluster(ClusterArgs),
     /// Capture the raw inputs (probe events, watch events) to a file.
     Record(RecordArgs),
     /// Run a recording through the engine; the NDJSON output is the same,
@@ -113,6 +119,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent(args) => args.run().await,
             Command::Record(args) => args.run().await,
             Command::Tui(args) => args.run().await,
+            Command::Cluster(args) => args.run().await,
             Command::Replay(args) => args.run(),
         }
     });

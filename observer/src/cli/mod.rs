@@ -2,6 +2,7 @@
 //! runs itself, and here the argument groups several commands share.
 
 pub mod agent;
+pub mod cluster;
 #[cfg(feature = "lab")]
 pub mod lab;
 pub mod replay;

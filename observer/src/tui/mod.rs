@@ -17,6 +17,7 @@
 pub mod action;
 pub mod adapt;
 pub mod app;
+pub mod cluster_rows;
 pub mod feed;
 pub mod format;
 pub mod merge;
@@ -38,6 +39,6 @@ mod render_tests;
 
 pub use app::{Action, App, DataUpdate, Effect, Key, Screen, SortKey, SourceEvent};
 pub use feed::{follow_local, follow_state};
-pub use remote::{RemoteError, RemoteOptions, spawn_agents};
+pub use remote::{AgentUrl, RemoteError, RemoteOptions, fetch_snapshot, spawn_agents};
 pub use runtime::{TuiOptions, run_remote, run_tui};
 pub use terminal::{DEFAULT_LOG_FILE, TerminalGuard, log_to_file};

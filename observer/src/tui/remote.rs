@@ -186,6 +186,16 @@ pub fn spawn_agents(
         .collect())
 }
 
+/// One agent's current snapshot (`observer cluster`: a one-shot read).
+pub async fn fetch_snapshot(
+    url: &AgentUrl,
+    options: &RemoteOptions,
+) -> Result<Snapshot, RemoteError> {
+    let body = get(url, SNAPSHOT_PATH, options).await?;
+    let bytes = read_all(body, options).await?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
 /// Follows one agent forever (until the TUI is gone).
 async fn follow_agent(
     name: String,
