@@ -436,6 +436,13 @@ impl ClusterModel {
             .collect()
     }
 
+    /// Every tenure of every Service address on `ip`, oldest first per
+    /// Service: how an address whose pod this agent does not watch (a pod
+    /// on another node, with node-scoped watches) is still named.
+    pub fn endpoints_on_ip(&self, ip: IpAddr) -> impl Iterator<Item = &EndpointRecord> {
+        self.endpoints.records_on_ip(ip)
+    }
+
     pub fn endpoints(&self) -> impl Iterator<Item = &EndpointRecord> {
         self.endpoints.records()
     }

@@ -182,9 +182,10 @@ impl Engine {
     }
 
     /// Who sent what arrived: this node's own connector where the 4-tuple
-    /// is one of its connects, else a pod by its address, else
-    /// a node by its address, else an external sender (named where
-    /// `--external-sender` covers it). Never the destination port alone.
+    /// is one of its connects, else a pod by its address, else a Service's
+    /// pod by the EndpointSlices, else a node by its address, else an
+    /// external sender (named where `--external-sender` covers it). Never
+    /// the destination port alone.
     fn sender_of(&self, record: &ConnectRecord, at: MonoTime) -> Sender {
         if let Some((role, connector)) = self.local_senders.find(record.src, record.dst, at) {
             return Sender {
@@ -202,6 +203,21 @@ impl Engine {
             return Sender {
                 kind,
                 name: format!("{}/{}", pod.namespace, pod.name),
+            };
+        }
+        // A pod this agent does not watch (on another node) that backs a
+        // Service: named after the Service, as the EndpointSlices say.
+        let backing = self
+            .model
+            .endpoints_on_ip(ip)
+            .find(|e| e.first_seen <= at && e.endpoint_removed.is_none_or(|removed| removed >= at));
+        if let Some(endpoint) = backing {
+            return Sender {
+                kind: SenderKind::Pod,
+                name: format!(
+                    "service {}/{}",
+                    endpoint.key.namespace, endpoint.key.service
+                ),
             };
         }
         if let Some(node) = self.model.node_with_ip(ip) {

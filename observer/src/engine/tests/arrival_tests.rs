@@ -373,3 +373,36 @@ fn a_node_s_own_traffic_is_named_after_the_node() {
     assert_eq!(view.senders[0].kind, SenderKind::Node);
     assert_eq!(view.senders[0].name, "node-b");
 }
+
+#[test]
+fn a_pod_on_another_node_is_named_after_the_service_it_backs() {
+    // With node-scoped watches the ingress pod on node-b is no pod this
+    // agent knows; the EndpointSlices (watched cluster-wide) still say
+    // which Service its address backs.
+    let (mut engine, mut steps) = on_this_node();
+    let controller: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "addressType": "IPv4",
+        "metadata": {"name": "ingress-nginx-controller-x", "namespace": "ingress-nginx",
+                     "labels": {"kubernetes.io/service-name": "ingress-nginx-controller"}},
+        "endpoints": [{"addresses": ["10.0.3.9"], "conditions": {"ready": true},
+                       "targetRef": {"kind": "Pod", "namespace": "ingress-nginx", "uid": "u-ctl"}}],
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]
+    }))
+    .expect("slice");
+    steps.extend([
+        Step::Slice(2_000, Event::Apply(controller)),
+        deleting_web1(10_000),
+        Step::Connect(arrival("10.0.3.9:41000", 11_000, Outcome::Accepted)),
+        deleted_web1(12_000),
+        Step::Tick(18_000),
+    ]);
+    let out = run(&mut engine, steps);
+    let view = closed(&out)[0].destination.clone().expect("view");
+    assert_eq!(view.senders.len(), 1, "{view:#?}");
+    assert_eq!(view.senders[0].kind, SenderKind::Pod);
+    assert_eq!(
+        view.senders[0].name,
+        "service ingress-nginx/ingress-nginx-controller"
+    );
+    assert_eq!(view.arrival_gap_ns, Some(1_000 * MS as i64));
+}
