@@ -117,7 +117,20 @@ impl RequestRecord {
     /// cost grows with it: one object, one node's pods, one namespace, or
     /// the whole cluster.
     pub fn scope(&self) -> RequestScope {
-        let fields = self.param("fieldSelector").unwrap_or_default();
+        RequestScope::of(&self.path, &self.query)
+    }
+}
+
+impl RequestScope {
+    /// The scope of a request for `path` with the raw `query`.
+    pub fn of(path: &str, query: &str) -> RequestScope {
+        let fields = super::protocol::parse_query(query).remove("fieldSelector");
+        RequestScope::of_parts(path, fields.as_deref())
+    }
+
+    /// The scope of a request for `path` with the decoded field selector.
+    pub fn of_parts(path: &str, field_selector: Option<&str>) -> RequestScope {
+        let fields = field_selector.unwrap_or_default();
         let has = |field: &str| {
             fields
                 .split(',')
@@ -128,7 +141,7 @@ impl RequestRecord {
             RequestScope::Object
         } else if has("spec.nodeName") {
             RequestScope::Node
-        } else if self.path.contains("/namespaces/") {
+        } else if path.contains("/namespaces/") {
             RequestScope::Namespace
         } else {
             RequestScope::Cluster
@@ -153,6 +166,34 @@ impl RequestScope {
             RequestScope::Namespace => "namespace",
             RequestScope::Cluster => "cluster",
         }
+    }
+}
+
+/// Watch events sent (changes, not the initial listing nor bookmarks), by
+/// resource and the watch's scope: what one object change costs the
+/// server, summed over every watch that carried it.
+#[derive(Clone, Default)]
+pub struct WatchTally {
+    sent: Arc<Mutex<BTreeMap<ScopedResource, Arc<AtomicU64>>>>,
+}
+
+/// A resource (`pods`) and the scope of the watches on it.
+pub type ScopedResource = (String, RequestScope);
+
+impl WatchTally {
+    /// The counter a new watch of `resource` at `scope` adds to.
+    pub(crate) fn counter(&self, resource: &str, scope: RequestScope) -> Arc<AtomicU64> {
+        let mut sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.entry((resource.to_owned(), scope))
+            .or_default()
+            .clone()
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<ScopedResource, u64> {
+        let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.iter()
+            .map(|(key, n)| (key.clone(), n.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 

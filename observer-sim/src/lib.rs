@@ -43,7 +43,7 @@ pub use cluster::{
     Cluster, ClusterConfig, DeploymentSpec, LifecycleEvent, NoopRuntime, PodInfo, PodRuntime,
     RuntimeError, ServicePort, StandalonePod,
 };
-pub use faults::{Faults, RequestLog, RequestRecord, RequestScope};
+pub use faults::{Faults, RequestLog, RequestRecord, RequestScope, WatchTally};
 pub use ipam::{IpPool, IpPoolError};
 pub use selector::{FieldSelector, LabelSelector, SelectorError};
 pub use server::{SimConfig, SimServer};

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -360,6 +361,8 @@ pub(crate) struct WatchStream {
     kill_rx: watch::Receiver<u64>,
     closed_rx: watch::Receiver<bool>,
     done: bool,
+    /// Change events this watch sent, added to its resource and scope's.
+    sent: Arc<AtomicU64>,
 }
 
 fn event_line(ty: &str, object: &Value) -> Bytes {
@@ -380,6 +383,7 @@ impl WatchStream {
         params: WatchParams,
         drop_rx: watch::Receiver<u64>,
         kill_rx: watch::Receiver<u64>,
+        sent: Arc<AtomicU64>,
     ) -> Result<Self, Reply> {
         let rv = q
             .get("resourceVersion")
@@ -408,6 +412,7 @@ impl WatchStream {
             drop_rx,
             kill_rx,
             done: false,
+            sent,
         };
         s.drop_rx.borrow_and_update();
         s.kill_rx.borrow_and_update();
@@ -488,6 +493,7 @@ impl WatchStream {
                     for c in &changes {
                         if let Some(line) = self.translate(c) {
                             self.pending.push_back(line);
+                            self.sent.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     self.cursor = rv;

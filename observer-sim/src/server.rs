@@ -23,7 +23,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::SimError;
-use super::faults::{Faults, RequestLog, RequestRecord};
+use super::faults::{Faults, RequestLog, RequestRecord, RequestScope, WatchTally};
 use super::protocol::{self, Filter, Reply, WatchCut, WatchParams, WatchStream};
 use super::store::{Kind, Store, wait_closed};
 
@@ -53,6 +53,7 @@ struct Ctx {
     store: Store,
     faults: Faults,
     log: RequestLog,
+    tally: WatchTally,
     config: SimConfig,
 }
 
@@ -82,6 +83,7 @@ impl SimServer {
             store,
             faults: Faults::default(),
             log: RequestLog::default(),
+            tally: WatchTally::default(),
             config,
         };
         let task = tokio::spawn(accept_loop(listener, ctx.clone()));
@@ -111,6 +113,11 @@ impl SimServer {
 
     pub fn requests(&self) -> &RequestLog {
         &self.ctx.log
+    }
+
+    /// Watch events sent so far, by resource and watch scope.
+    pub fn watch_events_sent(&self) -> std::collections::BTreeMap<(String, RequestScope), u64> {
+        self.ctx.tally.snapshot()
     }
 
     /// Compacts history up to now: older resourceVersions get 410 Gone.
@@ -387,6 +394,7 @@ async fn respond(
                 bookmark_every: ctx.config.bookmark_interval,
                 deadline: timeout.map(|t| Instant::now() + Duration::from_secs(t)),
             };
+            let scope = RequestScope::of_parts(path, q.get("fieldSelector").map(String::as_str));
             let opened = WatchStream::open(
                 ctx.store.clone(),
                 kind,
@@ -395,6 +403,7 @@ async fn respond(
                 params,
                 ctx.faults.drop_watches_signal(),
                 ctx.faults.kill_connections_signal(),
+                ctx.tally.counter(kind.plural(), scope),
             );
             match opened {
                 Err(r) => reply(r),

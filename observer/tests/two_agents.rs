@@ -178,7 +178,7 @@ async fn the_pods_agent_watches_its_node_and_the_merged_view_has_both_sides() {
         ))
         .unwrap();
     let ingress_uid = controller.metadata.uid.clone().unwrap();
-    store
+    let batch = store
         .create(pod(
             "batch-1",
             "node-c",
@@ -224,6 +224,15 @@ async fn the_pods_agent_watches_its_node_and_the_merged_view_has_both_sides() {
         .delete::<EndpointSlice>("shop", "web-abc", None)
         .unwrap();
     store.delete::<Pod>("shop", "web-1", Some(0)).unwrap();
+    // A pod on a third node changes: only the cluster-wide watch hears.
+    let mut relabelled = batch;
+    relabelled
+        .metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("tier".into(), "low".into());
+    store.update(relabelled).unwrap();
     until("both windows closed", || {
         [&node_a, &node_b]
             .iter()
@@ -284,5 +293,11 @@ async fn the_pods_agent_watches_its_node_and_the_merged_view_has_both_sides() {
             && r.param("fieldSelector").as_deref() == Some("spec.nodeName=node-a")
     });
     assert!(node_a_listed, "node-a started with its own node's pods");
+    // What each pod change cost: web-1's two changes went to node-b's
+    // watch and node-a's; batch-1's to node-a's only.
+    let sent = server.watch_events_sent();
+    let pods_sent = |scope| sent.get(&("pods".to_owned(), scope)).copied();
+    assert_eq!(pods_sent(RequestScope::Node), Some(2), "{sent:?}");
+    assert_eq!(pods_sent(RequestScope::Cluster), Some(3), "{sent:?}");
     server.shutdown().await;
 }
