@@ -53,17 +53,7 @@ pub enum Format {
 
 impl ClusterArgs {
     pub async fn run(self) -> anyhow::Result<()> {
-        let mut agents = self.agents.clone();
-        if let Some(service) = &self.service {
-            let addresses = tokio::net::lookup_host(service.as_str())
-                .await
-                .with_context(|| format!("resolving --service {service}"))?;
-            agents.extend(addresses.map(|a| format!("http://{a}")));
-        }
-        anyhow::ensure!(
-            !agents.is_empty(),
-            "no agent to read: --service resolved to no address"
-        );
+        let agents = agent_urls(&self.agents, self.service.as_deref()).await?;
         let options = RemoteOptions {
             api_token: match &self.api_token_file {
                 Some(path) => Some(ApiToken::from_file(path).context("--api-token-file")?),
@@ -121,4 +111,21 @@ impl ClusterArgs {
         }
         Ok(())
     }
+}
+
+/// `--agents` and, with `--service`, every address the headless Service
+/// resolves to (one per agent pod).
+pub async fn agent_urls(agents: &[String], service: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let mut urls = agents.to_vec();
+    if let Some(service) = service {
+        let addresses = tokio::net::lookup_host(service)
+            .await
+            .with_context(|| format!("resolving --service {service}"))?;
+        urls.extend(addresses.map(|a| format!("http://{a}")));
+    }
+    anyhow::ensure!(
+        !urls.is_empty(),
+        "no agent to read: --service resolved to no address"
+    );
+    Ok(urls)
 }

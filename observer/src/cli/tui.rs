@@ -15,14 +15,19 @@ use observer::{
 use super::{EngineArgs, KubeArgs};
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("remote").args(["agents", "service"]).multiple(true)))]
 pub struct TuiArgs {
     /// Read these agents' HTTP APIs (e.g. http://10.0.0.7:9990) instead of
     /// running the probe here; a lost agent is shown and reconnected.
     #[arg(long, value_delimiter = ',', value_name = "URL[,URL...]")]
     pub agents: Vec<String>,
-    /// With --agents: the agents' API token (`agent --api-token-file`),
+    /// Read every agent a headless Service's DNS name resolves to, e.g.
+    /// `observer.observer.svc:9990` (deploy/ defines it), as --agents.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub service: Option<String>,
+    /// With --agents or --service: the agents' API token (`agent --api-token-file`),
     /// read from this file and sent as `Authorization: Bearer …`.
-    #[arg(long, value_name = "FILE", requires = "agents")]
+    #[arg(long, value_name = "FILE", requires = "remote")]
     pub api_token_file: Option<PathBuf>,
     /// Where logs go while the TUI owns the terminal.
     #[arg(long, default_value = "observer-tui.log", value_name = "FILE")]
@@ -44,7 +49,8 @@ impl TuiArgs {
         if let Some(path) = &self.export {
             options.export_path = path.clone();
         }
-        if !self.agents.is_empty() {
+        if !self.agents.is_empty() || self.service.is_some() {
+            let agents = super::cluster::agent_urls(&self.agents, self.service.as_deref()).await?;
             let remote = RemoteOptions {
                 api_token: match &self.api_token_file {
                     Some(path) => Some(ApiToken::from_file(path).context("--api-token-file")?),
@@ -52,7 +58,7 @@ impl TuiArgs {
                 },
                 ..RemoteOptions::default()
             };
-            return tui::run_remote(&self.agents, remote, options).await;
+            return tui::run_remote(&agents, remote, options).await;
         }
         let state = AgentState::default();
         let updates = tui::follow_local(state.clone());
