@@ -159,6 +159,13 @@ pub enum RequestScope {
 }
 
 impl RequestScope {
+    pub const ALL: [RequestScope; 4] = [
+        RequestScope::Object,
+        RequestScope::Node,
+        RequestScope::Namespace,
+        RequestScope::Cluster,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RequestScope::Object => "object",

@@ -97,6 +97,15 @@ enum Bench {
         /// Minutes of churn (the whole run takes about a minute more).
         #[arg(long, default_value_t = 3.0)]
         minutes: f64,
+        /// Nodes the pods are spread over.
+        #[arg(long, default_value_t = 50)]
+        nodes: u32,
+        /// Agents of nodes without an ingress to run beside the ingress
+        /// node's, each watching its own node's pods (node-0, node-1, …);
+        /// their memory, CPU and what the API server sent them go in the
+        /// table (section `soak-nodes`).
+        #[arg(long, default_value_t = 0)]
+        node_agents: u32,
     },
 }
 
@@ -180,18 +189,44 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Bench {
-            what: Bench::Soak { minutes },
+            what:
+                Bench::Soak {
+                    minutes,
+                    nodes,
+                    node_agents,
+                },
         } => {
             setup::setup()?;
-            let minutes = minutes.to_string();
-            let (table, status) = run_example("bench_soak", &["--minutes", &minutes])?;
+            let (minutes, nodes, agents) = (
+                minutes.to_string(),
+                nodes.to_string(),
+                node_agents.to_string(),
+            );
+            let (table, status) = run_example(
+                "bench_soak",
+                &[
+                    "--minutes",
+                    &minutes,
+                    "--nodes",
+                    &nodes,
+                    "--node-agents",
+                    &agents,
+                ],
+            )?;
             // Exit code 2: the run finished but a check failed; the table
             // is still written down.
             if !status.success() && status.code() != Some(2) {
                 anyhow::bail!("the soak failed with {status}");
             }
             println!("{table}");
-            docs::write_section("soak", &table)?;
+            if node_agents > 0 {
+                let command = format!(
+                    "cargo xtask bench soak --minutes {minutes} --nodes {nodes} --node-agents {agents}"
+                );
+                docs::write_section_from("soak-nodes", &command, &table)?;
+            } else {
+                docs::write_section("soak", &table)?;
+            }
             if !status.success() {
                 anyhow::bail!("the soak failed a check (see docs/BENCHMARKS.md)");
             }

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use futures::StreamExt as _;
 use observer::agent::{EngineLoop, Input, NdjsonSink, Sink};
 use observer::clock::MonoTime;
-use observer::cluster::{self, ClientSource, WatchConfig, WatchCounters};
+use observer::cluster::{self, ClientSource, PodScope, WatchConfig, WatchCounters};
 use observer::engine::{Engine, EngineConfig, IngressConfig};
 use observer::probe::decode::{ConnectRecord, FailureClass, Outcome};
 use tokio::sync::mpsc;
@@ -105,35 +105,45 @@ impl Load {
 }
 
 /// Runs the agent until stdin closes. Prints `synced` on stdout once both
-/// watches have listed, and `done <connects>` at the end.
-pub fn run(kubeconfig: PathBuf, output: PathBuf) -> anyhow::Result<()> {
+/// watches have listed, and `done <connects>` at the end. With `node`, it
+/// is the agent of a node without an ingress: it watches that node's pods
+/// (and every EndpointSlice) and no ingress connects.
+pub fn run(kubeconfig: PathBuf, output: PathBuf, node: Option<String>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("building the runtime")?;
-    runtime.block_on(agent(kubeconfig, output))
+    runtime.block_on(agent(kubeconfig, output, node))
 }
 
-async fn agent(kubeconfig: PathBuf, output: PathBuf) -> anyhow::Result<()> {
+async fn agent(kubeconfig: PathBuf, output: PathBuf, node: Option<String>) -> anyhow::Result<()> {
     let client = cluster::connect(&ClientSource::Kubeconfig(kubeconfig))
         .await?
         .context("no client")?;
     let config = EngineConfig {
         ingress: IngressConfig {
-            comms: vec![INGRESS_COMM.into()],
+            comms: if node.is_some() {
+                Vec::new()
+            } else {
+                vec![INGRESS_COMM.into()]
+            },
+            node: node.clone(),
             ..IngressConfig::default()
         },
         ..EngineConfig::default()
     };
+    let watch = WatchConfig {
+        pod_scope: match &node {
+            Some(node) => PodScope::Node(node.clone()),
+            None => PodScope::Cluster,
+        },
+        ..WatchConfig::default()
+    };
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NdjsonSink::create(&output)?)];
     let mut engine_loop = EngineLoop::new(Engine::new(config), sinks);
     let counters = Arc::new(WatchCounters::default());
-    let mut events = Box::pin(cluster::stamped_events(
-        &client,
-        &WatchConfig::default(),
-        counters.clone(),
-    ));
+    let mut events = Box::pin(cluster::stamped_events(&client, &watch, counters.clone()));
     // The watchers run on their own task, as in the agent, handing
     // events over a bounded channel.
     let (tx, mut rx) = mpsc::channel::<Input>(4_096);
@@ -173,7 +183,7 @@ async fn agent(kubeconfig: PathBuf, output: PathBuf) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 ticks += 1;
-                if synced {
+                if synced && node.is_none() {
                     load.tick(engine_loop.engine(), ticks % READY_REFRESH_TICKS == 1, &mut batch);
                     for input in batch.drain(..) {
                         connects += 1;

@@ -66,7 +66,17 @@ pub fn ip_of(slot: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 64, (slot / 250) as u8, (slot % 250 + 1) as u8)
 }
 
-fn pod_object(slot: usize, generation: u32, ready: bool) -> Pod {
+/// The node slot's pods run on, of `nodes`.
+pub fn node_of(slot: usize, nodes: usize) -> String {
+    format!("node-{}", slot % nodes.max(1))
+}
+
+/// The slot a pod's name was made for (`{service}-7d4b9c-{slot}-{generation}`).
+pub fn slot_of_name(name: &str) -> Option<usize> {
+    name.rsplit('-').nth(1)?.parse().ok()
+}
+
+fn pod_object(slot: usize, generation: u32, ready: bool, nodes: usize) -> Pod {
     let service = format!("svc-{:03}", service_of(slot));
     let ip = ip_of(slot).to_string();
     serde_json::from_value(json!({
@@ -79,7 +89,7 @@ fn pod_object(slot: usize, generation: u32, ready: bool) -> Pod {
                                  "controller": true}]
         },
         "spec": {
-            "nodeName": format!("node-{}", slot % 50), "terminationGracePeriodSeconds": 30,
+            "nodeName": node_of(slot, nodes), "terminationGracePeriodSeconds": 30,
             "containers": [{
                 "name": "app", "image": "registry.example/app:1.2.3",
                 "env": [{"name": "LOG_LEVEL", "value": "info"},
@@ -136,14 +146,15 @@ struct State {
 pub struct Churn {
     store: Store,
     state: Arc<Mutex<State>>,
+    nodes: usize,
 }
 
 impl Churn {
     /// Creates every pod (ready) and every slice.
-    pub fn populate(store: Store) -> anyhow::Result<Churn> {
+    pub fn populate(store: Store, nodes: usize) -> anyhow::Result<Churn> {
         let mut slices = vec![vec![None; ENDPOINTS_PER_SLICE]; PODS / ENDPOINTS_PER_SLICE];
         for slot in 0..PODS {
-            let created = store.create(pod_object(slot, 0, true))?;
+            let created = store.create(pod_object(slot, 0, true, nodes))?;
             slices[slice_of(slot)][slot % ENDPOINTS_PER_SLICE] = Some(Endpoint {
                 uid: created.metadata.uid.unwrap_or_default(),
                 name: created.metadata.name.unwrap_or_default(),
@@ -157,6 +168,7 @@ impl Churn {
         }
         Ok(Churn {
             store,
+            nodes,
             state: Arc::new(Mutex::new(State {
                 slices,
                 generations: vec![0; PODS],
@@ -227,7 +239,9 @@ impl Churn {
             state.generations[slot] += 1;
             state.generations[slot]
         };
-        let successor = self.store.create(pod_object(slot, generation, false))?;
+        let successor = self
+            .store
+            .create(pod_object(slot, generation, false, self.nodes))?;
         let endpoint = Endpoint {
             uid: successor.metadata.uid.clone().unwrap_or_default(),
             name: successor.metadata.name.clone().unwrap_or_default(),

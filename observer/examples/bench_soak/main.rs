@@ -48,27 +48,128 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--agent") {
         let (Some(kubeconfig), Some(output)) = (args.get(2), args.get(3)) else {
-            anyhow::bail!("usage: bench_soak --agent KUBECONFIG OUTPUT");
+            anyhow::bail!("usage: bench_soak --agent KUBECONFIG OUTPUT [--node NAME]");
         };
-        return agent::run(kubeconfig.into(), output.into());
+        let node = (args.get(4).map(String::as_str) == Some("--node"))
+            .then(|| args.get(5).cloned())
+            .flatten();
+        return agent::run(kubeconfig.into(), output.into(), node);
     }
-    let minutes: f64 = match args.iter().position(|a| a == "--minutes") {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|m| m.parse().ok())
-            .context("--minutes takes a number")?,
-        None => 3.0,
+    let number = |flag: &str, default: f64| -> anyhow::Result<f64> {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args
+                .get(i + 1)
+                .and_then(|m| m.parse().ok())
+                .with_context(|| format!("{flag} takes a number")),
+            None => Ok(default),
+        }
     };
+    let minutes = number("--minutes", 3.0)?;
+    let shape = Shape {
+        nodes: number("--nodes", 50.0)? as usize,
+        node_agents: number("--node-agents", 0.0)? as usize,
+    };
+    anyhow::ensure!(shape.nodes >= 1, "--nodes takes at least 1");
+    anyhow::ensure!(
+        shape.node_agents <= shape.nodes,
+        "--node-agents is at most --nodes"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("building the runtime")?;
-    let passed = runtime.block_on(soak(Duration::from_secs_f64(minutes * 60.0)))?;
+    let passed = runtime.block_on(soak(Duration::from_secs_f64(minutes * 60.0), shape))?;
     if !passed {
         std::process::exit(2);
     }
     Ok(())
+}
+
+/// How the cluster is laid out: pods spread over `nodes`, and how many of
+/// those nodes (without an ingress) get an agent of their own beside the
+/// ingress node's.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub nodes: usize,
+    pub node_agents: usize,
+}
+
+/// One agent process and its stdout lines.
+struct AgentProcess {
+    child: std::process::Child,
+    pid: u32,
+    lines: mpsc::Receiver<String>,
+    output: std::path::PathBuf,
+}
+
+impl AgentProcess {
+    fn spawn(
+        kubeconfig: &std::path::Path,
+        output: std::path::PathBuf,
+        node: Option<&str>,
+    ) -> anyhow::Result<AgentProcess> {
+        let mut command = Command::new(std::env::current_exe().context("own path")?);
+        command.arg("--agent").arg(kubeconfig).arg(&output);
+        if let Some(node) = node {
+            command.args(["--node", node]);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting an agent process")?;
+        let pid = child.id();
+        let child_out = child.stdout.take().context("agent stdout")?;
+        let (lines_tx, lines) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(child_out).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(AgentProcess {
+            child,
+            pid,
+            lines,
+            output,
+        })
+    }
+
+    /// Waits for the agent's `synced` line.
+    async fn synced(&self) -> anyhow::Result<()> {
+        let spawned = Instant::now();
+        loop {
+            match self.lines.try_recv() {
+                Ok(line) if line == "synced" => return Ok(()),
+                Ok(_) => {}
+                Err(mpsc::TryRecvError::Empty) => {
+                    anyhow::ensure!(
+                        spawned.elapsed() < Duration::from_secs(300),
+                        "an agent did not list within 5 minutes"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => anyhow::bail!("an agent exited early"),
+            }
+        }
+    }
+
+    /// Stops it (closing stdin), and returns its `done` line and output.
+    fn stop(mut self) -> anyhow::Result<(String, String)> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().context("waiting for an agent")?;
+        anyhow::ensure!(status.success(), "an agent failed: {status}");
+        let summary = self
+            .lines
+            .try_iter()
+            .find(|l| l.starts_with("done"))
+            .unwrap_or_default();
+        let text = std::fs::read_to_string(&self.output).context("an agent's output")?;
+        Ok((summary, text))
+    }
 }
 
 /// What happened during the run, for the report.
@@ -83,62 +184,51 @@ pub struct Run {
     pub agent_summary: String,
 }
 
-async fn soak(churn_for: Duration) -> anyhow::Result<bool> {
+async fn soak(churn_for: Duration, shape: Shape) -> anyhow::Result<bool> {
     let sim = SimServer::start_with(SimConfig::default()).await?;
     let temp = tempfile::tempdir().context("temp dir")?;
     let kubeconfig = temp.path().join("kubeconfig");
     let output = temp.path().join("agent.ndjson");
     sim.write_kubeconfig(&kubeconfig)?;
     let started = Instant::now();
-    let churn = Churn::populate(sim.store().clone())?;
+    let churn = Churn::populate(sim.store().clone(), shape.nodes)?;
     let populate = started.elapsed();
     eprintln!(
-        "soak: {} pods in {} slices across {} services, created in {populate:.1?}",
+        "soak: {} pods in {} slices across {} services on {} nodes, created in {populate:.1?}",
         churn::PODS,
         churn::PODS / churn::ENDPOINTS_PER_SLICE,
-        churn::SERVICES
+        churn::SERVICES,
+        shape.nodes
     );
 
-    let mut child = Command::new(std::env::current_exe().context("own path")?)
-        .arg("--agent")
-        .arg(&kubeconfig)
-        .arg(&output)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting the agent process")?;
-    let pid = child.id();
-    let child_out = child.stdout.take().context("agent stdout")?;
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(child_out).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
     let spawned = Instant::now();
-    loop {
-        match lines.try_recv() {
-            Ok(line) if line == "synced" => break,
-            Ok(_) => {}
-            Err(mpsc::TryRecvError::Empty) => {
-                anyhow::ensure!(
-                    spawned.elapsed() < Duration::from_secs(300),
-                    "the agent did not list within 5 minutes"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(mpsc::TryRecvError::Disconnected) => anyhow::bail!("the agent exited early"),
-        }
-    }
+    let ingress_agent = AgentProcess::spawn(&kubeconfig, output.clone(), None)?;
+    let pid = ingress_agent.pid;
+    ingress_agent.synced().await?;
     let sync = spawned.elapsed();
     let at_sync = proc::usage(pid)?;
     eprintln!(
         "soak: agent listed in {sync:.1?}, RSS {}; churning for {churn_for:?}",
         proc::mib(at_sync.rss_kib)
     );
+    // The agents of nodes without an ingress: node-0, node-1, …
+    let mut node_agents = Vec::new();
+    for i in 0..shape.node_agents {
+        let node = format!("node-{i}");
+        let out = temp.path().join(format!("{node}.ndjson"));
+        node_agents.push((
+            node.clone(),
+            AgentProcess::spawn(&kubeconfig, out, Some(&node))?,
+        ));
+    }
+    let mut node_at_sync = Vec::new();
+    for (_, agent) in &node_agents {
+        agent.synced().await?;
+        node_at_sync.push(proc::usage(agent.pid)?);
+    }
+    if !node_agents.is_empty() {
+        eprintln!("soak: {} node agents listed", node_agents.len());
+    }
 
     let order = churn::slot_order();
     let mut tasks = Vec::new();
@@ -185,16 +275,20 @@ async fn soak(churn_for: Duration) -> anyhow::Result<bool> {
     tokio::time::sleep(SETTLE).await;
     let at_end = proc::usage(pid)?;
     samples.push((churn_start.elapsed(), at_end));
+    let mut nodes_report = Vec::new();
+    for ((node, agent), at_sync) in node_agents.into_iter().zip(node_at_sync) {
+        let at_end = proc::usage(agent.pid)?;
+        let (_, text) = agent.stop()?;
+        nodes_report.push(report::NodeAgent {
+            node,
+            at_sync,
+            at_end,
+            output: text,
+        });
+    }
     // Closing stdin stops the agent: it closes what is still open, flushes
     // and reports.
-    drop(child.stdin.take());
-    let status = child.wait().context("waiting for the agent")?;
-    anyhow::ensure!(status.success(), "the agent failed: {status}");
-    let agent_summary = lines
-        .try_iter()
-        .find(|l| l.starts_with("done"))
-        .unwrap_or_default();
-    let text = std::fs::read_to_string(&output).context("the agent's output")?;
+    let (agent_summary, text) = ingress_agent.stop()?;
     if let Some(keep) = std::env::var_os("SOAK_KEEP") {
         std::fs::write(&keep, &text).context("keeping the agent's output")?;
         let log: Vec<String> = churn.log().iter().map(|t| format!("{t:?}")).collect();
@@ -213,7 +307,19 @@ async fn soak(churn_for: Duration) -> anyhow::Result<bool> {
         faults,
         agent_summary,
     };
-    let (table, passed) = report::report(&run, &churn.log(), &text);
+    let (mut table, mut passed) = report::report(&run, &churn.log(), &text);
+    if !nodes_report.is_empty() {
+        let (more, ok) = report::node_agents(
+            &nodes_report,
+            &churn.log(),
+            shape,
+            run.churn,
+            &sim.requests().watches_by_scope(),
+            &sim.watch_events_sent(),
+        );
+        table.push_str(&more);
+        passed &= ok;
+    }
     let mut stdout = std::io::stdout();
     stdout.write_all(table.as_bytes())?;
     stdout.flush()?;

@@ -7,9 +7,11 @@ use std::fmt::Write as _;
 use observer::clock::MonoTime;
 use observer::engine::PodTermination;
 
-use super::Run;
+use observer_sim::RequestScope;
+
 use super::churn::{self, TerminationLog};
-use super::proc::mib;
+use super::proc::{Usage, mib};
+use super::{Run, Shape};
 
 /// How the agent's record of one termination compares with the log.
 #[derive(Default)]
@@ -253,5 +255,107 @@ pub fn report(run: &Run, log: &[TerminationLog], output: &str) -> (String, bool)
             );
         }
     }
+    (t, passed)
+}
+
+/// One node-scoped agent's run.
+pub struct NodeAgent {
+    pub node: String,
+    pub at_sync: Usage,
+    pub at_end: Usage,
+    pub output: String,
+}
+
+/// Node-scoped agents' memory and CPU (targets: 16 MiB and 2 mCPU each),
+/// that each reported exactly its node's terminations, and what the
+/// simulator served by scope.
+pub fn node_agents(
+    agents: &[NodeAgent],
+    log: &[TerminationLog],
+    shape: Shape,
+    churn: std::time::Duration,
+    watches: &BTreeMap<(String, RequestScope), u64>,
+    sent: &BTreeMap<(String, RequestScope), u64>,
+) -> (String, bool) {
+    let seconds = churn.as_secs_f64() + super::SETTLE.as_secs_f64();
+    let mut exactly = 0;
+    let mut expected = 0;
+    let mut hwm_kib = Vec::new();
+    let mut mcpu = Vec::new();
+    for agent in agents {
+        let own: Vec<TerminationLog> = log
+            .iter()
+            .filter(|t| {
+                churn::slot_of_name(&t.name).map(|slot| churn::node_of(slot, shape.nodes))
+                    == Some(agent.node.clone())
+            })
+            .cloned()
+            .collect();
+        let c = check(&own, &agent.output);
+        expected += own.len();
+        if c.missing.is_empty() && c.duplicated.is_empty() && c.unexpected == 0 {
+            exactly += c.exactly_once;
+        }
+        hwm_kib.push(agent.at_end.hwm_kib);
+        mcpu.push((agent.at_end.cpu_s - agent.at_sync.cpu_s) * 1000.0 / seconds);
+    }
+    let max_hwm = hwm_kib.iter().copied().max().unwrap_or(0);
+    let max_mcpu = mcpu.iter().copied().fold(0.0, f64::max);
+    let mean_mcpu = mcpu.iter().sum::<f64>() / mcpu.len().max(1) as f64;
+    let count = |map: &BTreeMap<(String, RequestScope), u64>, resource: &str| {
+        RequestScope::ALL
+            .iter()
+            .filter_map(|scope| {
+                let n = map.get(&(resource.to_owned(), *scope)).copied()?;
+                Some(format!("{} {n}", scope.as_str()))
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let pod_events: u64 = sent
+        .iter()
+        .filter(|((resource, _), _)| resource == "pods")
+        .map(|(_, n)| n)
+        .sum();
+    let passed = exactly == expected && max_hwm <= 16 * 1024 && max_mcpu <= 2.0;
+    let mut t = String::new();
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(t, "| {k} | {v} |");
+    };
+    row(
+        "layout",
+        format!(
+            "{} pods on {} nodes; the ingress node's agent (every pod) and {} node agents \
+             (their node's pods, every EndpointSlice)",
+            churn::PODS,
+            shape.nodes,
+            agents.len()
+        ),
+    );
+    row("Pod watches opened, by scope", count(watches, "pods"));
+    row(
+        "EndpointSlice watches opened, by scope",
+        count(watches, "endpointslices"),
+    );
+    row(
+        "Pod change events sent, by watch scope",
+        format!(
+            "{}; {:.2} per termination over all watches",
+            count(sent, "pods"),
+            pod_events as f64 / log.len().max(1) as f64
+        ),
+    );
+    row(
+        "**node agents: their node's terminations in their output exactly once**",
+        format!("**{exactly} of {expected}**"),
+    );
+    row(
+        "**node agent peak RSS (VmHWM), largest**",
+        format!("**{}** (target ≤ 16 MiB)", mib(max_hwm)),
+    );
+    row(
+        "**node agent CPU over the churn, largest / mean**",
+        format!("**{max_mcpu:.2} / {mean_mcpu:.2} mCPU** (target ≤ 2 mCPU)"),
+    );
     (t, passed)
 }
