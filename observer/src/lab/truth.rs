@@ -283,6 +283,10 @@ fn ms_since(t: Option<MonoTime>, since: MonoTime) -> Option<f64> {
     t.map(|t| t.signed_since(since) as f64 / 1e6)
 }
 
+/// How far a time computed from nginx's log (a start and a duration, each
+/// in whole milliseconds) can lie before the event.
+const LOG_RESOLUTION_NS: u64 = 2_000_000;
+
 /// Computes each terminated pod's truth from its timeline and the log.
 pub fn compute_truth(
     pods: &[PodTimeline],
@@ -322,7 +326,14 @@ pub fn compute_truth(
                 continue;
             }
             let in_window = |t: MonoTime| t >= deletion && end.is_none_or(|end| t < end);
-            let ended = clock.to_mono(try_.start_wall_ns.saturating_add(try_.duration_ns));
+            // nginx logs its times in whole milliseconds: a cut by the
+            // app's exit a moment after the deletion can read as ending
+            // up to two of them before it.
+            let ended = clock.to_mono(
+                try_.start_wall_ns
+                    .saturating_add(try_.duration_ns)
+                    .saturating_add(LOG_RESOLUTION_NS),
+            );
             truth.cut_requests += u64::from(try_.cut() && in_window(ended));
             let at = clock.to_mono(try_.start_wall_ns);
             if !in_window(at) {
@@ -500,6 +511,23 @@ mod tests {
         assert_eq!(truth.cut_requests, 1);
         assert_eq!(truth.tries_after_deletion, 0, "it started before");
         assert_eq!(truth.truth_gap_ms, None);
+    }
+
+    #[test]
+    fn a_cut_logged_a_millisecond_before_the_deletion_is_the_exits() {
+        let clock = WallToMono::from_offset_ns(0);
+        let pods = vec![timeline("a", "10.0.0.2", 0, Some(1_000 * MS))];
+        // The exit cut it just after the deletion; nginx's whole
+        // milliseconds put its end at 0.999 s.
+        let line = r#"0.999 0.020 502 "10.0.0.2:8080, 10.0.0.3:8080" "0.020, 0.000" "502, 502" "0.000, -" "-, -" "-""#;
+        let log = vec![crate::lab::nginx::parse_access_line(line).unwrap()];
+        let truth = &compute_truth(&pods, &log, clock, &WireLog::default())[0];
+        assert_eq!(truth.cut_requests, 1);
+        // One ended 5 ms before the deletion was no exit's.
+        let line = r#"0.995 0.020 502 "10.0.0.2:8080, 10.0.0.3:8080" "0.020, 0.000" "502, 502" "0.000, -" "-, -" "-""#;
+        let log = vec![crate::lab::nginx::parse_access_line(line).unwrap()];
+        let truth = &compute_truth(&pods, &log, clock, &WireLog::default())[0];
+        assert_eq!(truth.cut_requests, 0);
     }
 
     #[test]
