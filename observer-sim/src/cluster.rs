@@ -33,6 +33,11 @@ pub struct ClusterConfig {
     pub start_delay: Duration,
     /// From running to Ready.
     pub ready_delay: Duration,
+    /// From the kubelet seeing a pod's deletion to its preStop hook (or
+    /// SIGTERM) starting: a real kubelet's pod worker and container runtime
+    /// take tens of milliseconds, while this one sees the deletion in the
+    /// store itself, with no watch between.
+    pub stop_delay: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -45,6 +50,7 @@ impl Default for ClusterConfig {
             endpoint_delay: Duration::from_millis(50),
             start_delay: Duration::from_millis(20),
             ready_delay: Duration::from_millis(50),
+            stop_delay: Duration::ZERO,
         }
     }
 }

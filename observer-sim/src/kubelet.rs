@@ -234,7 +234,8 @@ async fn lifecycle(
         name: name.into(),
         ip,
     });
-    sleep_until((Instant::now() + spec.pre_stop).min(deadline)).await;
+    let hook_starts = Instant::now() + shared.config.stop_delay;
+    sleep_until((hook_starts + spec.pre_stop).min(deadline)).await;
     shared.emit(LifecycleEvent::PodSigterm {
         name: name.into(),
         ip,

@@ -387,6 +387,11 @@ async fn run(
             pod_cidr: cidr.clone(),
             ip_reuse: scenario.reuse_ips,
             ready_delay: Duration::from_millis(200),
+            // A node's kubelet learns of the deletion through its own
+            // watch and stops the container through the runtime; the
+            // app's exit does not come the instant the API records the
+            // deletion.
+            stop_delay: Duration::from_millis(20),
             ..ClusterConfig::default()
         },
         pods.clone(),
