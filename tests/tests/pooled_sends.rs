@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use observer::clock::MonoTime;
-use observer::probe::{ConnectRecord, FailureClass, Outcome, Probe, ProbeOptions};
+use observer::probe::{ConnectRecord, EventReader, FailureClass, Outcome, Probe, ProbeOptions};
 use observer_tests::{Link, require_root};
 
 const PORT: u16 = 9180;
@@ -102,6 +102,22 @@ fn pooled_connection(
     sent
 }
 
+/// What the probe reports over the next second (ten 100 ms reads).
+fn read_for_a_second(
+    runtime: &tokio::runtime::Runtime,
+    reader: &mut EventReader,
+) -> Vec<ConnectRecord> {
+    let mut records = Vec::new();
+    for _ in 0..10 {
+        let mut batch = Vec::new();
+        runtime
+            .block_on(reader.next_batch(Duration::from_millis(100), &mut batch))
+            .expect("read");
+        records.extend(batch);
+    }
+    records
+}
+
 fn sent_records(records: &[ConnectRecord], local: SocketAddr) -> Vec<(MonoTime, MonoTime)> {
     records
         .iter()
@@ -141,14 +157,7 @@ fn a_pooled_connections_last_request_is_reported_when_it_closes() {
             },
             ending,
         );
-        let mut records = Vec::new();
-        for _ in 0..10 {
-            let mut batch = Vec::new();
-            runtime
-                .block_on(reader.next_batch(Duration::from_millis(100), &mut batch))
-                .expect("read");
-            records.extend(batch);
-        }
+        let records = read_for_a_second(&runtime, &mut reader);
         let reports = sent_records(&records, sent.local);
         assert!(
             !reports.is_empty(),
@@ -229,14 +238,7 @@ fn a_pooled_connection_to_a_vanished_pod_fails_timed_out() {
     assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT), "{err}");
     let local = conn.local_addr().expect("local");
     drop(conn);
-    let mut records = Vec::new();
-    for _ in 0..10 {
-        let mut batch = Vec::new();
-        runtime
-            .block_on(reader.next_batch(Duration::from_millis(100), &mut batch))
-            .expect("read");
-        records.extend(batch);
-    }
+    let records = read_for_a_second(&runtime, &mut reader);
     let mine: Vec<&ConnectRecord> = records.iter().filter(|r| r.src == local).collect();
     let sent = sent_records(&records, local);
     assert_eq!(sent.len(), 1, "{mine:#?}");
@@ -365,14 +367,7 @@ fn a_fresh_connections_first_request_cut_in_flight_is_counted() {
             ));
         }
     }
-    let mut records = Vec::new();
-    for _ in 0..10 {
-        let mut batch = Vec::new();
-        runtime
-            .block_on(reader.next_batch(Duration::from_millis(100), &mut batch))
-            .expect("read");
-        records.extend(batch);
-    }
+    let records = read_for_a_second(&runtime, &mut reader);
     for (kind, local) in locals {
         let cut = records
             .iter()
