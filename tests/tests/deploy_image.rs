@@ -300,8 +300,25 @@ impl Container {
             .to_string()
     }
 
+    /// podman reads the container's process to report its state; while that
+    /// process is exiting the read can fail ("read /proc/N/cgroup: no such
+    /// process"), and the next inspect sees the exited state.
     fn running(&self) -> bool {
-        self.inspect("{{.State.Running}}") == "true"
+        let mut last_error = String::new();
+        for _ in 0..40 {
+            let out = output(podman().args([
+                "inspect",
+                "--format",
+                "{{.State.Running}}",
+                &self.name,
+            ]));
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).trim() == "true";
+            }
+            last_error = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("podman inspect {} kept failing: {last_error}", self.name)
     }
 
     fn exit_code(&self) -> i32 {
