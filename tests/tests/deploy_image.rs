@@ -306,12 +306,8 @@ impl Container {
     fn running(&self) -> bool {
         let mut last_error = String::new();
         for _ in 0..40 {
-            let out = output(podman().args([
-                "inspect",
-                "--format",
-                "{{.State.Running}}",
-                &self.name,
-            ]));
+            let out =
+                output(podman().args(["inspect", "--format", "{{.State.Running}}", &self.name]));
             if out.status.success() {
                 return String::from_utf8_lossy(&out.stdout).trim() == "true";
             }
