@@ -5,7 +5,8 @@
 //! is removed only when no slice of the Service lists it, and its
 //! conditions are the merge of every slice that lists it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -192,6 +193,10 @@ pub struct EndpointTable {
     /// Tenures per address, oldest first; the last may be current.
     records: HashMap<EndpointKey, Vec<EndpointRecord>>,
     by_ip: HashMap<IpAddr, SmallSet<EndpointKey>>,
+    /// Every tenure's removal, earliest first, so pruning visits only the
+    /// addresses it frees: a scan of every address on each tick was most
+    /// of a node agent's CPU.
+    removals: BinaryHeap<Reverse<(MonoTime, EndpointKey)>>,
 }
 
 impl EndpointTable {
@@ -325,6 +330,7 @@ impl EndpointTable {
         let Some(merged) = merged else {
             if let Some(record) = current {
                 close(record, at, late, out);
+                self.removals.push(Reverse((at, key.clone())));
             }
             return;
         };
@@ -385,6 +391,7 @@ impl EndpointTable {
                 // The address now belongs to another pod: the old tenure ends.
                 if let Some(record) = current {
                     close(record, at, late, out);
+                    self.removals.push(Reverse((at, key.clone())));
                 }
                 let c = merged.conditions;
                 let mut record = EndpointRecord {
@@ -464,7 +471,16 @@ impl EndpointTable {
 
     /// Drops tenures removed before `t`.
     pub fn prune_removed_before(&mut self, t: MonoTime) {
-        self.records.retain(|_, history| {
+        while let Some(Reverse((removed, _))) = self.removals.peek() {
+            if *removed >= t {
+                break;
+            }
+            let Some(Reverse((_, key))) = self.removals.pop() else {
+                break;
+            };
+            let Some(history) = self.records.get_mut(&key) else {
+                continue;
+            };
             let before = history.len();
             history.retain(|r| r.endpoint_removed.is_none_or(|removed| removed >= t));
             // An address reused once would otherwise keep room for two
@@ -472,13 +488,16 @@ impl EndpointTable {
             if history.len() < before {
                 history.shrink_to_fit();
             }
-            !history.is_empty()
-        });
-        let records = &self.records;
-        self.by_ip.retain(|_, keys| {
-            keys.retain(|k| records.contains_key(k));
-            !keys.is_empty()
-        });
+            if history.is_empty() {
+                self.records.remove(&key);
+                if let Some(keys) = self.by_ip.get_mut(&key.ip) {
+                    keys.remove(&key);
+                    if keys.is_empty() {
+                        self.by_ip.remove(&key.ip);
+                    }
+                }
+            }
+        }
     }
 
     pub fn heap_bytes(&self) -> usize {
@@ -521,7 +540,14 @@ impl EndpointTable {
             .values()
             .map(|keys| 16 + keys.iter().map(key_bytes).sum::<usize>())
             .sum();
-        slices + listed + records + by_ip
+        let removals: usize = self.removals.capacity()
+            * size_of::<Reverse<(MonoTime, EndpointKey)>>()
+            + self
+                .removals
+                .iter()
+                .map(|Reverse((_, k))| key_bytes(k) - size_of::<EndpointKey>())
+                .sum::<usize>();
+        slices + listed + records + by_ip + removals
     }
 }
 

@@ -778,3 +778,57 @@ fn ten_thousand_pods_fit_in_twelve_mebibytes() {
         stats.estimated_heap_bytes
     );
 }
+
+#[test]
+fn pruning_drops_removed_tenures_and_keeps_a_reused_address_current_one() {
+    let mut model = synced_model(
+        vec![],
+        vec![slice(
+            "web-1",
+            &[
+                ("10.0.0.1", "old", true, true, false),
+                ("10.0.0.2", "b", true, true, false),
+            ],
+        )],
+        t(1),
+    );
+    // 10.0.0.1 leaves at 2 s; a new pod takes it at 3 s; 10.0.0.2 leaves at 4 s.
+    model.apply_slice_event(
+        t(2),
+        Event::Apply(slice("web-1", &[("10.0.0.2", "b", true, true, false)])),
+    );
+    model.apply_slice_event(
+        t(3),
+        Event::Apply(slice(
+            "web-1",
+            &[
+                ("10.0.0.1", "new", true, true, false),
+                ("10.0.0.2", "b", true, true, false),
+            ],
+        )),
+    );
+    model.apply_slice_event(
+        t(4),
+        Event::Apply(slice("web-1", &[("10.0.0.1", "new", true, true, false)])),
+    );
+    let tenures = |model: &ClusterModel, addr: &str| -> Vec<Option<String>> {
+        model
+            .endpoints_on_ip(ip(addr))
+            .map(|r| r.pod_uid.clone())
+            .collect()
+    };
+    assert_eq!(
+        tenures(&model, "10.0.0.1"),
+        [Some("old".to_owned()), Some("new".to_owned())]
+    );
+    // Removals at or after the cut stay.
+    model.prune_removed_before(t(2));
+    assert_eq!(tenures(&model, "10.0.0.1").len(), 2);
+    model.prune_removed_before(t(3));
+    assert_eq!(tenures(&model, "10.0.0.1"), [Some("new".to_owned())]);
+    assert_eq!(tenures(&model, "10.0.0.2"), [Some("b".to_owned())]);
+    model.prune_removed_before(t(5));
+    assert!(tenures(&model, "10.0.0.2").is_empty());
+    assert_eq!(tenures(&model, "10.0.0.1"), [Some("new".to_owned())]);
+    assert_eq!(model.stats().endpoint_records, 1);
+}
