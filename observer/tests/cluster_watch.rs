@@ -762,6 +762,24 @@ async fn a_node_scoped_watch_sees_its_node_and_widens_for_an_ingress() {
             "node-b",
         ))
         .expect("pod");
+    // Service `api` lists both pods; each endpoint names its node.
+    let mut slice = manual_slice(
+        "a",
+        "api-1",
+        &[
+            ("10.8.0.1", "uid-x", true, true, false),
+            ("10.8.0.2", "uid-y", true, true, false),
+        ],
+    );
+    for (endpoint, node) in slice
+        .endpoints
+        .iter_mut()
+        .flatten()
+        .zip(["node-a", "node-b"])
+    {
+        endpoint.node_name = Some(node.into());
+    }
+    store.create(slice).expect("slice");
     let client = server.client().await.expect("client");
     let ingress = LabelSelector::parse("app.kubernetes.io/name=ingress-nginx").expect("selector");
     let (node_a, counters_a) = watch_scoped(
@@ -783,6 +801,20 @@ async fn a_node_scoped_watch_sees_its_node_and_widens_for_an_ingress() {
     }
     assert_eq!(pod_names(&node_a), ["api-6f7c9d8b4-x"]);
     assert_eq!(pod_names(&node_b), ["api-6f7c9d8b4-y"]);
+    // Each keeps its own node's endpoint whole, and of the other only the
+    // Service that lists it, which names it as a sender.
+    let now = MonoTime::now();
+    for (handle, own, other) in [
+        (&node_a, "10.8.0.1", "10.8.0.2"),
+        (&node_b, "10.8.0.2", "10.8.0.1"),
+    ] {
+        let model = handle.model();
+        let records: Vec<String> = model.endpoints().map(|e| e.key.ip.to_string()).collect();
+        assert_eq!(records, [own]);
+        let other: IpAddr = other.parse().unwrap();
+        assert_eq!(model.service_of_ip_at(other, now), Some(("a", "api")));
+        assert_eq!(model.endpoints_on_ip(other).count(), 0);
+    }
     assert_eq!(counters_a.pod_scope.get(), ScopeNow::Node);
     let watches = server.requests().watches_by_scope();
     let pods_by = |scope| {
@@ -826,6 +858,12 @@ async fn a_node_scoped_watch_sees_its_node_and_widens_for_an_ingress() {
     .await;
     assert_eq!(counters_a.pod_scope.get(), ScopeNow::Cluster);
     assert_eq!(counters_b.pod_scope.get(), ScopeNow::Node);
+    // The slice watch widened with it: a relist gave every endpoint whole.
+    eventually(&node_a, Duration::from_secs(10), "every endpoint", |m| {
+        m.endpoints().count() == 2
+    })
+    .await;
+    assert_eq!(counters_a.endpoint_slices.snapshot().lists, 2);
     let mut on_b = controller;
     on_b.metadata.name = Some("ingress-nginx-controller-2".into());
     on_b.metadata.uid = None;
@@ -845,6 +883,7 @@ async fn a_node_scoped_watch_sees_its_node_and_widens_for_an_ingress() {
         Some(&1),
         "{watches:?}"
     );
+    assert_eq!(node_b.model().endpoints().count(), 1);
     server.shutdown().await;
 }
 

@@ -278,12 +278,13 @@ async fn soak(churn_for: Duration, shape: Shape) -> anyhow::Result<bool> {
     let mut nodes_report = Vec::new();
     for ((node, agent), at_sync) in node_agents.into_iter().zip(node_at_sync) {
         let at_end = proc::usage(agent.pid)?;
-        let (_, text) = agent.stop()?;
+        let (summary, text) = agent.stop()?;
         nodes_report.push(report::NodeAgent {
             node,
             at_sync,
             at_end,
             output: text,
+            summary,
         });
     }
     // Closing stdin stops the agent: it closes what is still open, flushes

@@ -264,6 +264,8 @@ pub struct NodeAgent {
     pub at_sync: Usage,
     pub at_end: Usage,
     pub output: String,
+    /// The agent's `done …` line: its model's sizes.
+    pub summary: String,
 }
 
 /// Node-scoped agents' memory and CPU (targets: 16 MiB and 2 mCPU each),
@@ -282,7 +284,13 @@ pub fn node_agents(
     let mut expected = 0;
     let mut hwm_kib = Vec::new();
     let mut mcpu = Vec::new();
+    let mut rss_at_sync = Vec::new();
+    let mut model_heap = Vec::new();
     for agent in agents {
+        rss_at_sync.push(agent.at_sync.rss_kib);
+        if let Some(bytes) = estimated_heap(&agent.summary) {
+            model_heap.push(bytes);
+        }
         let own: Vec<TerminationLog> = log
             .iter()
             .filter(|t| {
@@ -350,6 +358,14 @@ pub fn node_agents(
         format!("**{exactly} of {expected}**"),
     );
     row(
+        "node agent RSS when listed, largest; its model's estimated heap at the end, largest",
+        format!(
+            "{}; {:.1} MB",
+            mib(rss_at_sync.iter().copied().max().unwrap_or(0)),
+            model_heap.iter().copied().max().unwrap_or(0) as f64 / 1e6
+        ),
+    );
+    row(
         "**node agent peak RSS (VmHWM), largest**",
         format!("**{}** (target ≤ 16 MiB)", mib(max_hwm)),
     );
@@ -358,4 +374,13 @@ pub fn node_agents(
         format!("**{max_mcpu:.2} / {mean_mcpu:.2} mCPU** (target ≤ 2 mCPU)"),
     );
     (t, passed)
+}
+
+/// `estimated_heap_bytes` from an agent's `done … model=ModelStats { … }`.
+fn estimated_heap(summary: &str) -> Option<u64> {
+    let rest = summary.split("estimated_heap_bytes: ").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }

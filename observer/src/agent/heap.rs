@@ -18,6 +18,7 @@ pub fn completes_a_list(event: &StampedEvent) -> bool {
     match &event.event {
         ResourceEvent::Pod(e) => matches!(e.as_ref(), Event::InitDone),
         ResourceEvent::EndpointSlice(e) => matches!(e.as_ref(), Event::InitDone),
+        ResourceEvent::SliceScope(_) => false,
     }
 }
 

@@ -89,6 +89,11 @@ pub enum RecordedInput {
     Connect(ConnectRecord),
     Pod(Box<RecordedWatch<Pod>>),
     Slice(Box<RecordedWatch<EndpointSlice>>),
+    /// The node whose endpoints the model keeps whole from `at` on.
+    SliceScope {
+        at: MonoTime,
+        node: Option<String>,
+    },
     Tick(MonoTime),
 }
 
@@ -138,6 +143,10 @@ impl RecordedInput {
                         object,
                     }))
                 }
+                ResourceEvent::SliceScope(node) => RecordedInput::SliceScope {
+                    at: stamped.at,
+                    node: node.clone(),
+                },
             },
         }
     }
@@ -156,6 +165,10 @@ impl RecordedInput {
             RecordedInput::Slice(w) => Input::Cluster(StampedEvent {
                 at: w.at,
                 event: ResourceEvent::EndpointSlice(Box::new(join(w.event, w.object)?)),
+            }),
+            RecordedInput::SliceScope { at, node } => Input::Cluster(StampedEvent {
+                at,
+                event: ResourceEvent::SliceScope(node),
             }),
         })
     }

@@ -6,7 +6,7 @@
 //! conditions are the merge of every slice that lists it.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::IpAddr;
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -19,6 +19,9 @@ use crate::clock::MonoTime;
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// A B-tree entry of `(IpAddr, u32) → u16` with its share of the node.
+const ELSEWHERE_ENTRY_BYTES: usize = 40;
 
 /// How many condition transitions an endpoint record keeps.
 const MAX_TRANSITIONS: usize = 16;
@@ -41,12 +44,21 @@ pub struct SliceState {
     pub ports: Vec<u16>,
     pub trigger_time: Option<ApiTime>,
     pub endpoints: Vec<SliceEndpoint>,
+    /// Addresses of endpoints on other nodes than the one whose endpoints
+    /// are kept whole (see [`EndpointTable::keep_node`]): only their
+    /// Service is remembered, to name them as senders.
+    pub elsewhere: Vec<IpAddr>,
 }
 
 impl SliceState {
     /// Extracts the kept fields. FQDN slices yield no endpoints; an
-    /// unparseable address makes the slice malformed.
-    pub fn from_slice(slice: &EndpointSlice) -> Result<SliceState, MalformedObject> {
+    /// unparseable address makes the slice malformed. With `keep_node`,
+    /// endpoints whose `nodeName` is another node keep only their address
+    /// (in `elsewhere`); endpoints without a `nodeName` are kept whole.
+    pub fn from_slice(
+        slice: &EndpointSlice,
+        keep_node: Option<&str>,
+    ) -> Result<SliceState, MalformedObject> {
         let meta = &slice.metadata;
         let namespace = meta.namespace.clone().unwrap_or_default();
         let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
@@ -79,8 +91,21 @@ impl SliceState {
         ports.sort_unstable();
         ports.dedup();
         let mut endpoints = Vec::new();
+        let mut elsewhere = Vec::new();
         if matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             for endpoint in slice.endpoints.iter().flatten() {
+                let on_other_node = keep_node.is_some_and(|keep| {
+                    endpoint
+                        .node_name
+                        .as_deref()
+                        .is_some_and(|node| node != keep)
+                });
+                if on_other_node {
+                    for address in &endpoint.addresses {
+                        elsewhere.push(parse_ip(address, &namespace, &name)?);
+                    }
+                    continue;
+                }
                 let c = endpoint.conditions.as_ref();
                 let ready = c.and_then(|c| c.ready).unwrap_or(true);
                 let conditions = EndpointConditions {
@@ -94,12 +119,7 @@ impl SliceState {
                     .filter(|r| r.kind.as_deref().is_none_or(|k| k == "Pod"))
                     .and_then(|r| r.uid.clone());
                 for address in &endpoint.addresses {
-                    let ip = address.parse().map_err(|_| MalformedObject::BadIp {
-                        kind: "EndpointSlice",
-                        namespace: namespace.clone(),
-                        name: name.clone(),
-                        ip: address.clone(),
-                    })?;
+                    let ip = parse_ip(address, &namespace, &name)?;
                     endpoints.push(SliceEndpoint {
                         ip,
                         conditions,
@@ -115,6 +135,7 @@ impl SliceState {
             ports,
             trigger_time,
             endpoints,
+            elsewhere,
         })
     }
 
@@ -129,6 +150,15 @@ impl SliceState {
             ip,
         }
     }
+}
+
+fn parse_ip(address: &str, namespace: &str, name: &str) -> Result<IpAddr, MalformedObject> {
+    address.parse().map_err(|_| MalformedObject::BadIp {
+        kind: "EndpointSlice",
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        ip: address.to_owned(),
+    })
 }
 
 /// A condition change of an endpoint address.
@@ -197,6 +227,17 @@ pub struct EndpointTable {
     /// addresses it frees: a scan of every address on each tick was most
     /// of a node agent's CPU.
     removals: BinaryHeap<Reverse<(MonoTime, EndpointKey)>>,
+    /// The node whose endpoints are kept whole; `None` keeps every node's.
+    keep_node: Option<String>,
+    /// Addresses on other nodes, by Service (an index into `services`),
+    /// with how many slices list each: a node agent without an ingress
+    /// names its remote senders from these, and holding whole records for
+    /// every endpoint of the cluster was most of its memory.
+    elsewhere: BTreeMap<(IpAddr, u32), u16>,
+    /// `(namespace, service)` of the Services seen on other nodes. Never
+    /// shrinks: a cluster has far fewer Services than endpoints.
+    services: Vec<(String, String)>,
+    service_ids: HashMap<(String, String), u32>,
 }
 
 impl EndpointTable {
@@ -247,10 +288,52 @@ impl EndpointTable {
         self.slices.keys()
     }
 
+    /// The node whose endpoints are kept whole, if only one node's are.
+    pub fn keep_node(&self) -> Option<&str> {
+        self.keep_node.as_deref()
+    }
+
+    /// Keeps one node's endpoints whole (`Some`), or every node's. Slices
+    /// already held keep the shape they were parsed with until they are
+    /// listed again, as after a relist.
+    pub fn set_keep_node(&mut self, node: Option<String>) {
+        self.keep_node = node;
+    }
+
+    /// The Service of an address on another node, from the slices that
+    /// list it now.
+    pub fn service_elsewhere(&self, ip: IpAddr) -> Option<(&str, &str)> {
+        let ((_, service), _) = self.elsewhere.range((ip, 0)..=(ip, u32::MAX)).next()?;
+        let (namespace, name) = self.services.get(*service as usize)?;
+        Some((namespace, name))
+    }
+
+    fn service_id(&mut self, namespace: &str, service: &str) -> u32 {
+        let key = (namespace.to_owned(), service.to_owned());
+        if let Some(id) = self.service_ids.get(&key) {
+            return *id;
+        }
+        let id = u32::try_from(self.services.len()).unwrap_or(u32::MAX);
+        self.services.push(key.clone());
+        self.service_ids.insert(key, id);
+        id
+    }
+
     fn unlist(&mut self, id: &str, affected: &mut BTreeSet<EndpointKey>) {
         let Some(old) = self.slices.remove(id) else {
             return;
         };
+        if !old.elsewhere.is_empty() {
+            let service = self.service_id(&old.namespace, &old.service);
+            for ip in &old.elsewhere {
+                if let Some(count) = self.elsewhere.get_mut(&(*ip, service)) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.elsewhere.remove(&(*ip, service));
+                    }
+                }
+            }
+        }
         for endpoint in &old.endpoints {
             let key = old.key(endpoint.ip);
             if let Some(ids) = self.listed_in.get_mut(&key) {
@@ -264,6 +347,12 @@ impl EndpointTable {
     }
 
     fn list(&mut self, id: &str, slice: SliceState, affected: &mut BTreeSet<EndpointKey>) {
+        if !slice.elsewhere.is_empty() {
+            let service = self.service_id(&slice.namespace, &slice.service);
+            for ip in &slice.elsewhere {
+                *self.elsewhere.entry((*ip, service)).or_default() += 1;
+            }
+        }
         for endpoint in &slice.endpoints {
             let key = slice.key(endpoint.ip);
             self.listed_in
@@ -512,6 +601,7 @@ impl EndpointTable {
                     + s.service.capacity()
                     + s.ports.capacity() * 2
                     + s.endpoints.capacity() * size_of::<SliceEndpoint>()
+                    + s.elsewhere.capacity() * size_of::<IpAddr>()
                     + s.endpoints
                         .iter()
                         .map(|e| e.pod_uid.as_ref().map_or(0, String::capacity))
@@ -547,7 +637,13 @@ impl EndpointTable {
                 .iter()
                 .map(|Reverse((_, k))| key_bytes(k) - size_of::<EndpointKey>())
                 .sum::<usize>();
-        slices + listed + records + by_ip + removals
+        let elsewhere = self.elsewhere.len() * ELSEWHERE_ENTRY_BYTES
+            + self
+                .services
+                .iter()
+                .map(|(ns, name)| 2 * (ns.len() + name.len()) + 96)
+                .sum::<usize>();
+        slices + listed + records + by_ip + removals + elsewhere
     }
 }
 

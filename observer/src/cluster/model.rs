@@ -33,6 +33,10 @@ pub struct StampedEvent {
 pub enum ResourceEvent {
     Pod(Box<Event<Pod>>),
     EndpointSlice(Box<Event<EndpointSlice>>),
+    /// The node whose endpoints the model keeps whole from here on (`None`:
+    /// every node's). The slice watch sends it first, and again when it
+    /// widens, right before its relist.
+    SliceScope(Option<String>),
 }
 
 /// How a pod snapshot reached the model.
@@ -89,6 +93,10 @@ impl ClusterModel {
         match event.event {
             ResourceEvent::Pod(e) => self.apply_pod_event(event.at, *e),
             ResourceEvent::EndpointSlice(e) => self.apply_slice_event(event.at, *e),
+            ResourceEvent::SliceScope(node) => {
+                self.endpoints.set_keep_node(node);
+                Vec::new()
+            }
         }
     }
 
@@ -364,7 +372,9 @@ impl ClusterModel {
     }
 
     fn parse_slice(&mut self, slice: &EndpointSlice) -> Option<SliceState> {
-        SliceState::from_slice(slice).map_err(|e| self.skip(e)).ok()
+        SliceState::from_slice(slice, self.endpoints.keep_node())
+            .map_err(|e| self.skip(e))
+            .ok()
     }
 
     /// Logs a malformed object once and counts it.
@@ -441,6 +451,21 @@ impl ClusterModel {
     /// on another node, with node-scoped watches) is still named.
     pub fn endpoints_on_ip(&self, ip: IpAddr) -> impl Iterator<Item = &EndpointRecord> {
         self.endpoints.records_on_ip(ip)
+    }
+
+    /// `(namespace, service)` of a Service that lists `ip` at `at`: from the
+    /// address's tenures, or for an address on another node when the model
+    /// keeps only its own node's endpoints whole, from the slices that list
+    /// it now.
+    pub fn service_of_ip_at(&self, ip: IpAddr, at: MonoTime) -> Option<(&str, &str)> {
+        let tenure = self
+            .endpoints
+            .records_on_ip(ip)
+            .find(|e| e.first_seen <= at && e.endpoint_removed.is_none_or(|removed| removed >= at));
+        match tenure {
+            Some(e) => Some((&e.key.namespace, &e.key.service)),
+            None => self.endpoints.service_elsewhere(ip),
+        }
     }
 
     pub fn endpoints(&self) -> impl Iterator<Item = &EndpointRecord> {

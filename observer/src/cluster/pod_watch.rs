@@ -12,7 +12,6 @@
 //! not a shared cache.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
@@ -69,24 +68,29 @@ impl ScopeNow {
     }
 }
 
-/// The current scope of a watch, shared with whoever reports it.
-#[derive(Debug, Default)]
-pub struct SharedScope(AtomicU8);
+/// The current scope of a watch, shared with whoever reports it, and with
+/// the EndpointSlice watch, which widens with it.
+#[derive(Debug)]
+pub struct SharedScope(tokio::sync::watch::Sender<ScopeNow>);
+
+impl Default for SharedScope {
+    fn default() -> SharedScope {
+        SharedScope(tokio::sync::watch::Sender::new(ScopeNow::Cluster))
+    }
+}
 
 impl SharedScope {
     pub fn get(&self) -> ScopeNow {
-        match self.0.load(Ordering::Relaxed) {
-            1 => ScopeNow::Node,
-            _ => ScopeNow::Cluster,
-        }
+        *self.0.borrow()
     }
 
     pub fn set(&self, scope: ScopeNow) {
-        let value = match scope {
-            ScopeNow::Cluster => 0,
-            ScopeNow::Node => 1,
-        };
-        self.0.store(value, Ordering::Relaxed);
+        self.0.send_replace(scope);
+    }
+
+    /// Sees every later change of the scope.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<ScopeNow> {
+        self.0.subscribe()
     }
 }
 

@@ -200,7 +200,7 @@ fn exec_command(read: &PreStop, exec: &ExecAction) -> Vec<String> {
 /// The EndpointSlice with only what the model reads: name, namespace, the
 /// service-name label, the trigger-time annotation, the address type, TCP
 /// and other ports (number and protocol), and each endpoint's addresses,
-/// conditions and target (kind and UID).
+/// conditions, node and target (kind and UID).
 pub fn prune_slice(slice: &EndpointSlice) -> EndpointSlice {
     let meta = &slice.metadata;
     let keep_one = |map: &Option<std::collections::BTreeMap<String, String>>, key: &str| {
@@ -226,6 +226,7 @@ pub fn prune_slice(slice: &EndpointSlice) -> EndpointSlice {
                 .map(|e| Endpoint {
                     addresses: e.addresses.clone(),
                     conditions: e.conditions.clone(),
+                    node_name: e.node_name.clone(),
                     target_ref: e.target_ref.as_ref().map(|r| ObjectReference {
                         kind: r.kind.clone(),
                         uid: r.uid.clone(),

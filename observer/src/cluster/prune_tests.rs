@@ -180,21 +180,29 @@ fn full_slice() -> EndpointSlice {
 fn a_pruned_slice_reads_the_same_and_keeps_only_what_is_read() {
     let slice = full_slice();
     let pruned = prune_slice(&slice);
+    for keep_node in [None, Some("node-a"), Some("node-b")] {
+        assert_eq!(
+            SliceState::from_slice(&pruned, keep_node),
+            SliceState::from_slice(&slice, keep_node)
+        );
+    }
+    let elsewhere = SliceState::from_slice(&pruned, Some("node-b")).expect("well-formed");
     assert_eq!(
-        SliceState::from_slice(&pruned),
-        SliceState::from_slice(&slice)
+        elsewhere.elsewhere.len(),
+        1,
+        "node-a's endpoint is elsewhere"
     );
-    let state = SliceState::from_slice(&pruned).expect("well-formed");
+    let state = SliceState::from_slice(&pruned, None).expect("well-formed");
     assert_eq!(state.endpoints.len(), 2);
     assert!(state.trigger_time.is_some());
     let json = text(&pruned);
-    for gone in [SECRET, "nodeName", "appProtocol", "ownerReferences"] {
+    for gone in [SECRET, "\"zone\"", "appProtocol", "ownerReferences"] {
         assert!(!json.contains(gone), "{gone} in {json}");
     }
     let mut no_service = slice;
     no_service.metadata.labels = None;
     assert_eq!(
-        SliceState::from_slice(&prune_slice(&no_service)),
-        SliceState::from_slice(&no_service)
+        SliceState::from_slice(&prune_slice(&no_service), None),
+        SliceState::from_slice(&no_service, None)
     );
 }

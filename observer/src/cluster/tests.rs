@@ -832,3 +832,74 @@ fn pruning_drops_removed_tenures_and_keeps_a_reused_address_current_one() {
     assert_eq!(tenures(&model, "10.0.0.1"), [Some("new".to_owned())]);
     assert_eq!(model.stats().endpoint_records, 1);
 }
+
+/// A slice of Service `web` whose endpoints name their nodes.
+fn slice_on_nodes(name: &str, endpoints: &[(&str, &str, &str)]) -> EndpointSlice {
+    let endpoints: Vec<_> = endpoints
+        .iter()
+        .map(|(addr, uid, node)| {
+            json!({"addresses": [addr], "nodeName": node,
+                   "conditions": {"ready": true, "serving": true, "terminating": false},
+                   "targetRef": {"kind": "Pod", "namespace": "shop", "uid": uid}})
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "addressType": "IPv4",
+        "metadata": {"name": name, "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "endpoints": endpoints,
+        "ports": [{"port": 8080, "protocol": "TCP"}]
+    }))
+    .expect("valid slice")
+}
+
+#[test]
+fn a_node_scoped_model_keeps_other_nodes_endpoints_as_their_service_only() {
+    let mut model = ClusterModel::new();
+    model.apply(StampedEvent {
+        at: t(1),
+        event: ResourceEvent::SliceScope(Some("node-a".into())),
+    });
+    let both = slice_on_nodes(
+        "web-1",
+        &[("10.0.0.1", "a1", "node-a"), ("10.0.0.2", "b1", "node-b")],
+    );
+    model.apply_slice_event(t(1), Event::Init);
+    model.apply_slice_event(t(1), Event::InitApply(both.clone()));
+    let changes = model.apply_slice_event(t(1), Event::InitDone);
+    assert_eq!(kinds(&changes), ["endpoint_seen", "resynced"]);
+    assert_eq!(model.stats().endpoint_records, 1);
+    assert!(model.endpoint(&key("10.0.0.1")).is_some());
+    assert_eq!(
+        model.service_of_ip_at(ip("10.0.0.2"), t(2)),
+        Some(("shop", "web"))
+    );
+    // The same address listed by a second slice: gone only when both drop it.
+    let second = slice_on_nodes("web-2", &[("10.0.0.2", "b1", "node-b")]);
+    model.apply_slice_event(t(2), Event::Apply(second.clone()));
+    model.apply_slice_event(t(3), Event::Delete(both));
+    assert!(model.service_of_ip_at(ip("10.0.0.2"), t(3)).is_some());
+    model.apply_slice_event(t(4), Event::Delete(second));
+    assert_eq!(model.service_of_ip_at(ip("10.0.0.2"), t(4)), None);
+
+    // Widened: the next list keeps every endpoint whole.
+    model.apply(StampedEvent {
+        at: t(5),
+        event: ResourceEvent::SliceScope(None),
+    });
+    model.apply_slice_event(t(5), Event::Init);
+    model.apply_slice_event(
+        t(5),
+        Event::InitApply(slice_on_nodes(
+            "web-1",
+            &[("10.0.0.1", "a1", "node-a"), ("10.0.0.2", "b1", "node-b")],
+        )),
+    );
+    model.apply_slice_event(t(5), Event::InitDone);
+    let current: Vec<_> = model
+        .endpoints()
+        .filter(|e| e.endpoint_removed.is_none())
+        .map(|e| e.key.ip)
+        .collect();
+    assert_eq!(current.len(), 2, "{current:?}");
+}

@@ -11,7 +11,6 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config};
 use serde::Serialize;
@@ -22,6 +21,7 @@ use super::change::{ClusterChange, WatchedResource};
 use super::model::{ClusterModel, ResourceEvent, StampedEvent};
 use super::pod_watch::{PodScope, SharedScope, scoped_pod_events};
 use super::prune::{prune_pod, prune_slice};
+use super::slice_watch::{SliceItem, scoped_slice_events};
 use crate::clock::MonoTime;
 
 /// Failures to build a client from an explicitly requested source.
@@ -94,7 +94,8 @@ pub struct WatchConfig {
     /// Which Pods: the cluster's, one node's, or one node's until an
     /// ingress runs there. EndpointSlices are always the cluster's (or the
     /// namespace's): they carry every pod's termination, as kube-proxy
-    /// reads them.
+    /// reads them. While the Pod watch is one node's, the model keeps only
+    /// that node's endpoints whole ([`super::slice_watch`]).
     pub pod_scope: PodScope,
     /// Label selector for pods (e.g. `app=web`).
     pub pod_label_selector: Option<String>,
@@ -272,11 +273,12 @@ pub fn stamped_events(
         &config.pod_scope,
         counters.pod_scope.clone(),
     );
-    let slices = watcher::watcher(
+    let slices = scoped_slice_events(
         api::<EndpointSlice>(client, ns),
         watcher_config(config.slice_label_selector.as_deref()),
-    )
-    .default_backoff();
+        &config.pod_scope,
+        &counters.pod_scope,
+    );
     let pod_counters = counters.clone();
     let pods = pods.filter_map(move |item| {
         let at = MonoTime::now();
@@ -288,13 +290,17 @@ pub fn stamped_events(
     });
     let slices = slices.filter_map(move |item| {
         let at = MonoTime::now();
-        counters
-            .endpoint_slices
-            .count(&item, WatchedResource::EndpointSlices);
-        std::future::ready(item.ok().map(|e| StampedEvent {
-            at,
-            event: ResourceEvent::EndpointSlice(Box::new(pruned(e, prune_slice))),
-        }))
+        let event = match item {
+            SliceItem::Scope(node) => Some(ResourceEvent::SliceScope(node)),
+            SliceItem::Watch(item) => {
+                counters
+                    .endpoint_slices
+                    .count(&item, WatchedResource::EndpointSlices);
+                item.ok()
+                    .map(|e| ResourceEvent::EndpointSlice(Box::new(pruned(e, prune_slice))))
+            }
+        };
+        std::future::ready(event.map(|event| StampedEvent { at, event }))
     });
     futures::stream::select(pods, slices)
 }

@@ -207,17 +207,10 @@ impl Engine {
         }
         // A pod this agent does not watch (on another node) that backs a
         // Service: named after the Service, as the EndpointSlices say.
-        let backing = self
-            .model
-            .endpoints_on_ip(ip)
-            .find(|e| e.first_seen <= at && e.endpoint_removed.is_none_or(|removed| removed >= at));
-        if let Some(endpoint) = backing {
+        if let Some((namespace, service)) = self.model.service_of_ip_at(ip, at) {
             return Sender {
                 kind: SenderKind::Pod,
-                name: format!(
-                    "service {}/{}",
-                    endpoint.key.namespace, endpoint.key.service
-                ),
+                name: format!("service {namespace}/{service}"),
             };
         }
         if let Some(node) = self.model.node_with_ip(ip) {

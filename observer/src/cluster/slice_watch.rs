@@ -1,0 +1,106 @@
+//! The EndpointSlice watch, and the scope the model keeps its endpoints in.
+//!
+//! EndpointSlices are always watched cluster-wide: a remote pod's
+//! termination reaches the ingress nodes as the slice's `terminating`
+//! condition, as kube-proxy reads it. What an agent keeps of them follows
+//! its Pod watch. While that watch is one node's, the model keeps that
+//! node's endpoints whole and, of every other endpoint, only which Service
+//! lists its address (to name remote senders); whole records of every
+//! endpoint of the cluster were most of a node agent's memory. When the Pod
+//! watch widens (an ingress runs on the node), this watch starts over: its
+//! relist gives the model every endpoint whole.
+
+use std::sync::Arc;
+
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch;
+
+use super::pod_watch::{PodScope, ScopeNow, SharedScope};
+
+/// One item of the slice watch: a watch event, or the node whose endpoints
+/// the model keeps whole from here on.
+#[derive(Debug)]
+pub enum SliceItem {
+    Scope(Option<String>),
+    Watch(Result<Event<EndpointSlice>, watcher::Error>),
+}
+
+type SliceEvents = BoxStream<'static, Result<Event<EndpointSlice>, watcher::Error>>;
+
+struct ScopedSlices {
+    api: Api<EndpointSlice>,
+    config: watcher::Config,
+    events: SliceEvents,
+    /// The scope to announce before the next event.
+    announce: Option<Option<String>>,
+    /// While narrow: the Pod watch's scope, which says when to widen.
+    widen_on: Option<watch::Receiver<ScopeNow>>,
+}
+
+fn slice_watcher(api: Api<EndpointSlice>, config: watcher::Config) -> SliceEvents {
+    watcher::watcher(api, config).default_backoff().boxed()
+}
+
+/// What woke the narrow watch.
+enum Woke {
+    Event(Option<Result<Event<EndpointSlice>, watcher::Error>>),
+    ScopeChanged(bool),
+}
+
+/// The slice watch of an agent whose Pods are watched in `pod_scope`;
+/// `pod_scope_now` is that watch's scope as it changes.
+pub fn scoped_slice_events(
+    api: Api<EndpointSlice>,
+    config: watcher::Config,
+    pod_scope: &PodScope,
+    pod_scope_now: &Arc<SharedScope>,
+) -> impl Stream<Item = SliceItem> + Send + use<> {
+    let node = pod_scope.node().map(str::to_owned);
+    let state = ScopedSlices {
+        events: slice_watcher(api.clone(), config.clone()),
+        api,
+        config,
+        widen_on: node.as_ref().map(|_| pod_scope_now.subscribe()),
+        announce: node.map(Some),
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        if let Some(scope) = state.announce.take() {
+            return Some((SliceItem::Scope(scope), state));
+        }
+        loop {
+            let woke = match &mut state.widen_on {
+                None => Woke::Event(state.events.next().await),
+                Some(scope) => tokio::select! {
+                    item = state.events.next() => Woke::Event(item),
+                    changed = scope.changed() => Woke::ScopeChanged(
+                        // A closed channel means the Pod watch is gone: stay
+                        // as we are.
+                        changed.is_ok() && *scope.borrow_and_update() == ScopeNow::Cluster
+                    ),
+                },
+            };
+            match woke {
+                Woke::Event(item) => return item.map(|item| (SliceItem::Watch(item), state)),
+                Woke::ScopeChanged(false) => {
+                    if state
+                        .widen_on
+                        .as_ref()
+                        .is_some_and(|rx| rx.has_changed().is_err())
+                    {
+                        state.widen_on = None;
+                    }
+                }
+                Woke::ScopeChanged(true) => {
+                    state.events = slice_watcher(state.api.clone(), state.config.clone());
+                    state.widen_on = None;
+                    return Some((SliceItem::Scope(None), state));
+                }
+            }
+        }
+    })
+}
