@@ -24,6 +24,9 @@ use super::pod_watch::{PodScope, ScopeNow, SharedScope};
 
 /// One item of the slice watch: a watch event, or the node whose endpoints
 /// the model keeps whole from here on.
+// Nearly every item is a watch event, moved straight on: boxing it would
+// cost an allocation per event to save bytes on the rare scope change.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SliceItem {
     Scope(Option<String>),
@@ -47,6 +50,7 @@ fn slice_watcher(api: Api<EndpointSlice>, config: watcher::Config) -> SliceEvent
 }
 
 /// What woke the narrow watch.
+#[allow(clippy::large_enum_variant)]
 enum Woke {
     Event(Option<Result<Event<EndpointSlice>, watcher::Error>>),
     ScopeChanged(bool),
