@@ -23,6 +23,7 @@
 
 mod agent;
 mod churn;
+mod merged;
 mod proc;
 mod report;
 
@@ -318,6 +319,13 @@ async fn soak(churn_for: Duration, shape: Shape) -> anyhow::Result<bool> {
             &sim.requests().watches_by_scope(),
             &sim.watch_events_sent(),
         );
+        table.push_str(&more);
+        passed &= ok;
+        let node_outputs: Vec<(String, &str)> = nodes_report
+            .iter()
+            .map(|n| (n.node.clone(), n.output.as_str()))
+            .collect();
+        let (more, ok) = merged::check(&churn.log(), shape.nodes, &text, &node_outputs).rows();
         table.push_str(&more);
         passed &= ok;
     }
