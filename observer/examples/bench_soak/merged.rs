@@ -88,7 +88,7 @@ pub fn check(
             continue;
         };
         checks.on_agent_nodes += 1;
-        if row.agents.iter().any(|a| *a == node) && row.agents.iter().any(|a| a == INGRESS_AGENT) {
+        if row.agents.contains(&node) && row.agents.iter().any(|a| a == INGRESS_AGENT) {
             checks.both_agents += 1;
             if !row.ingress_nodes.is_empty() {
                 checks.with_ingress_gap += 1;
