@@ -48,6 +48,8 @@ pub struct TerminationLog {
 struct Endpoint {
     uid: String,
     name: String,
+    /// The node its pod runs on, as the EndpointSlice controller writes it.
+    node: String,
     ip: Ipv4Addr,
     ready: bool,
     terminating: bool,
@@ -114,7 +116,7 @@ fn slice_object(index: usize, endpoints: &[Option<Endpoint>]) -> EndpointSlice {
         .iter()
         .flatten()
         .map(|e| {
-            json!({"addresses": [e.ip.to_string()], "nodeName": "node-1",
+            json!({"addresses": [e.ip.to_string()], "nodeName": e.node,
                    "conditions": {"ready": e.ready && !e.terminating, "serving": e.ready,
                                   "terminating": e.terminating},
                    "targetRef": {"kind": "Pod", "namespace": NAMESPACE, "name": e.name, "uid": e.uid}})
@@ -158,6 +160,7 @@ impl Churn {
             slices[slice_of(slot)][slot % ENDPOINTS_PER_SLICE] = Some(Endpoint {
                 uid: created.metadata.uid.unwrap_or_default(),
                 name: created.metadata.name.unwrap_or_default(),
+                node: node_of(slot, nodes),
                 ip: ip_of(slot),
                 ready: true,
                 terminating: false,
@@ -245,6 +248,7 @@ impl Churn {
         let endpoint = Endpoint {
             uid: successor.metadata.uid.clone().unwrap_or_default(),
             name: successor.metadata.name.clone().unwrap_or_default(),
+            node: node_of(slot, self.nodes),
             ip: ip_of(slot),
             ready: false,
             terminating: false,
