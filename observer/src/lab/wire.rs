@@ -422,7 +422,8 @@ fn capture(
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
+        // socklen_t on musl, size_t on glibc; the buffer is a few dozen bytes.
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
         // SAFETY: `msg` points at `buf` and `control`, both live and of the
         // sizes given, for the duration of the call.
         let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
