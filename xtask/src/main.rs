@@ -106,6 +106,10 @@ enum Bench {
         /// table (section `soak-nodes`).
         #[arg(long, default_value_t = 0)]
         node_agents: u32,
+        /// Build the soak (and so every agent it starts) as a static musl
+        /// binary, with musl's allocator, as the shipped image is built.
+        #[arg(long)]
+        musl: bool,
     },
 }
 
@@ -130,7 +134,7 @@ fn main() -> anyhow::Result<()> {
                 "the probe benchmark loads eBPF programs and creates network namespaces; it",
             )?;
             run(cargo().args(["build", "--release", "-p", "observer"]))?;
-            let (table, status) = run_example("bench_probe", &[])?;
+            let (table, status) = run_example("bench_probe", &[], &[])?;
             if !status.success() {
                 anyhow::bail!("the probe benchmark failed with {status}");
             }
@@ -141,7 +145,7 @@ fn main() -> anyhow::Result<()> {
             what: Bench::Engine,
         } => {
             setup::setup()?;
-            let (table, status) = run_example("bench_engine", &[])?;
+            let (table, status) = run_example("bench_engine", &[], &[])?;
             if !status.success() {
                 anyhow::bail!("the engine benchmark failed with {status}");
             }
@@ -167,7 +171,7 @@ fn main() -> anyhow::Result<()> {
                 if family != LabFamily::All && family != which {
                     continue;
                 }
-                let (table, status) = run_example(example, &[])?;
+                let (table, status) = run_example(example, &[], &[])?;
                 // Exit code 2: the sweep ran but missed the target; the
                 // table is still written down.
                 if !status.success() && status.code() != Some(2) {
@@ -194,6 +198,7 @@ fn main() -> anyhow::Result<()> {
                     minutes,
                     nodes,
                     node_agents,
+                    musl,
                 },
         } => {
             setup::setup()?;
@@ -202,8 +207,11 @@ fn main() -> anyhow::Result<()> {
                 nodes.to_string(),
                 node_agents.to_string(),
             );
+            let target = format!("{}-unknown-linux-musl", std::env::consts::ARCH);
+            let musl_target = ["--target", target.as_str()];
             let (table, status) = run_example(
                 "bench_soak",
+                if musl { &musl_target } else { &[] },
                 &[
                     "--minutes",
                     &minutes,
@@ -221,9 +229,18 @@ fn main() -> anyhow::Result<()> {
             println!("{table}");
             if node_agents > 0 {
                 let command = format!(
-                    "cargo xtask bench soak --minutes {minutes} --nodes {nodes} --node-agents {agents}"
+                    "cargo xtask bench soak --minutes {minutes} --nodes {nodes} --node-agents {agents}{}",
+                    if musl { " --musl" } else { "" }
                 );
-                docs::write_section_from("soak-nodes", &command, &table)?;
+                docs::write_section_from(
+                    if musl {
+                        "soak-nodes-musl"
+                    } else {
+                        "soak-nodes"
+                    },
+                    &command,
+                    &table,
+                )?;
             } else {
                 docs::write_section("soak", &table)?;
             }
@@ -253,18 +270,17 @@ fn main() -> anyhow::Result<()> {
 /// Runs an example of the observer crate, built optimised, so xtask itself
 /// never needs the eBPF toolchain. Returns its stdout (the table) and exit
 /// status; its stderr (progress) goes to the terminal.
-fn run_example(name: &str, args: &[&str]) -> anyhow::Result<(String, std::process::ExitStatus)> {
+/// Runs an example in release; `cargo_args` go to cargo (a `--target`),
+/// `args` to the example.
+fn run_example(
+    name: &str,
+    cargo_args: &[&str],
+    args: &[&str],
+) -> anyhow::Result<(String, std::process::ExitStatus)> {
     let output = cargo()
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "observer",
-            "--example",
-            name,
-            "--",
-        ])
+        .args(["run", "--release", "--quiet", "-p", "observer"])
+        .args(cargo_args)
+        .args(["--example", name, "--"])
         .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
