@@ -31,6 +31,7 @@ mod endpoints;
 mod faults;
 mod ipam;
 mod kubelet;
+mod managed_fields;
 mod protocol;
 #[cfg(test)]
 mod rollout_tests;

@@ -365,9 +365,15 @@ pub(crate) struct WatchStream {
     sent: Arc<AtomicU64>,
 }
 
+/// One watch event, `type` first as the API server writes it: a client
+/// that reads the object before its type must buffer the whole object
+/// first, and a map built with `json!` would sort `object` ahead.
 fn event_line(ty: &str, object: &Value) -> Bytes {
-    let mut b = serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
-    b.push(b'\n');
+    let mut b = format!("{{\"type\":\"{ty}\",\"object\":").into_bytes();
+    if serde_json::to_writer(&mut b, object).is_err() {
+        b.extend_from_slice(b"null");
+    }
+    b.extend_from_slice(b"}\n");
     Bytes::from(b)
 }
 
@@ -531,6 +537,15 @@ mod tests {
         assert_eq!(q["labelSelector"], "app=web,tier in (a,b)");
         assert_eq!(q["watch"], "true");
         assert_eq!(q["x"], "%zz");
+    }
+
+    #[test]
+    fn a_watch_event_names_its_type_before_its_object() {
+        let line = event_line("MODIFIED", &json!({"metadata": {"name": "web"}}));
+        assert_eq!(
+            &line[..],
+            b"{\"type\":\"MODIFIED\",\"object\":{\"metadata\":{\"name\":\"web\"}}}\n"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::StoreError;
+use super::managed_fields;
 
 /// The kinds the simulator serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -196,6 +197,15 @@ fn decode<K: SimResource>(v: &Value) -> Result<K, StoreError> {
     serde_json::from_value(v.clone()).map_err(|e| StoreError::Encoding(e.to_string()))
 }
 
+/// Who writes each kind, as `managedFields` names it on a real cluster.
+fn manager(kind: Kind, change: ChangeType) -> &'static str {
+    match (kind, change) {
+        (Kind::Pod, ChangeType::Added) => "kube-controller-manager",
+        (Kind::Pod, _) => "kubelet",
+        _ => "kube-controller-manager",
+    }
+}
+
 fn set_meta(v: &mut Value, field: &str, val: Value) {
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         m.insert(field.to_string(), val);
@@ -315,6 +325,11 @@ impl Store {
             m.remove("deletionTimestamp");
             m.remove("deletionGracePeriodSeconds");
         }
+        managed_fields::stamp(
+            &mut v,
+            manager(kind, ChangeType::Added),
+            &format_time(now_seconds()),
+        );
         let out = decode::<K>(&v)?;
         let v = Arc::new(v);
         g.objects.insert(key, v.clone());
@@ -369,9 +384,20 @@ impl Store {
             }
         }
         set_meta(&mut v, "resourceVersion", json!(old_rv));
+        // What the client sent back of them is not its to set: a write that
+        // changes nothing else keeps the old entry and writes nothing.
+        managed_fields::take(&mut v);
+        if let Some(fields) = old.pointer("/metadata/managedFields") {
+            set_meta(&mut v, "managedFields", fields.clone());
+        }
         if v == *old {
             return decode::<K>(&v);
         }
+        managed_fields::stamp(
+            &mut v,
+            manager(kind, ChangeType::Modified),
+            &format_time(now_seconds()),
+        );
         if without_metadata(&v) != without_metadata(&old) {
             let gen_ = old
                 .pointer("/metadata/generation")

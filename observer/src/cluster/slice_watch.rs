@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 
+use super::lean_slice::LeanSlice;
 use super::pod_watch::{PodScope, ScopeNow, SharedScope};
 
 /// One item of the slice watch: a watch event, or the node whose endpoints
@@ -30,13 +30,13 @@ use super::pod_watch::{PodScope, ScopeNow, SharedScope};
 #[derive(Debug)]
 pub enum SliceItem {
     Scope(Option<String>),
-    Watch(Result<Event<EndpointSlice>, watcher::Error>),
+    Watch(Result<Event<LeanSlice>, watcher::Error>),
 }
 
-type SliceEvents = BoxStream<'static, Result<Event<EndpointSlice>, watcher::Error>>;
+type SliceEvents = BoxStream<'static, Result<Event<LeanSlice>, watcher::Error>>;
 
 struct ScopedSlices {
-    api: Api<EndpointSlice>,
+    api: Api<LeanSlice>,
     config: watcher::Config,
     events: SliceEvents,
     /// The scope to announce before the next event.
@@ -45,21 +45,21 @@ struct ScopedSlices {
     widen_on: Option<watch::Receiver<ScopeNow>>,
 }
 
-fn slice_watcher(api: Api<EndpointSlice>, config: watcher::Config) -> SliceEvents {
+fn slice_watcher(api: Api<LeanSlice>, config: watcher::Config) -> SliceEvents {
     watcher::watcher(api, config).default_backoff().boxed()
 }
 
 /// What woke the narrow watch.
 #[allow(clippy::large_enum_variant)]
 enum Woke {
-    Event(Option<Result<Event<EndpointSlice>, watcher::Error>>),
+    Event(Option<Result<Event<LeanSlice>, watcher::Error>>),
     ScopeChanged(bool),
 }
 
 /// The slice watch of an agent whose Pods are watched in `pod_scope`;
 /// `pod_scope_now` is that watch's scope as it changes.
 pub fn scoped_slice_events(
-    api: Api<EndpointSlice>,
+    api: Api<LeanSlice>,
     config: watcher::Config,
     pod_scope: &PodScope,
     pod_scope_now: &Arc<SharedScope>,

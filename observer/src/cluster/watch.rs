@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config};
@@ -18,9 +17,10 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use super::change::{ClusterChange, WatchedResource};
+use super::lean_slice::LeanSlice;
 use super::model::{ClusterModel, ResourceEvent, StampedEvent};
 use super::pod_watch::{PodScope, SharedScope, scoped_pod_events};
-use super::prune::{prune_pod, prune_slice};
+use super::prune::prune_pod;
 use super::slice_watch::{SliceItem, scoped_slice_events};
 use crate::clock::MonoTime;
 
@@ -274,7 +274,7 @@ pub fn stamped_events(
         counters.pod_scope.clone(),
     );
     let slices = scoped_slice_events(
-        api::<EndpointSlice>(client, ns),
+        api::<LeanSlice>(client, ns),
         watcher_config(config.slice_label_selector.as_deref()),
         &config.pod_scope,
         &counters.pod_scope,
@@ -296,8 +296,9 @@ pub fn stamped_events(
                 counters
                     .endpoint_slices
                     .count(&item, WatchedResource::EndpointSlices);
-                item.ok()
-                    .map(|e| ResourceEvent::EndpointSlice(Box::new(pruned(e, prune_slice))))
+                item.ok().map(|e| {
+                    ResourceEvent::EndpointSlice(Box::new(map_event(e, LeanSlice::into_pruned)))
+                })
             }
         };
         std::future::ready(event.map(|event| StampedEvent { at, event }))
@@ -306,10 +307,14 @@ pub fn stamped_events(
 }
 
 fn pruned<K>(event: Event<K>, prune: fn(&K) -> K) -> Event<K> {
+    map_event(event, |k| prune(&k))
+}
+
+fn map_event<K, T>(event: Event<K>, map: impl FnOnce(K) -> T) -> Event<T> {
     match event {
-        Event::Apply(k) => Event::Apply(prune(&k)),
-        Event::Delete(k) => Event::Delete(prune(&k)),
-        Event::InitApply(k) => Event::InitApply(prune(&k)),
+        Event::Apply(k) => Event::Apply(map(k)),
+        Event::Delete(k) => Event::Delete(map(k)),
+        Event::InitApply(k) => Event::InitApply(map(k)),
         Event::Init => Event::Init,
         Event::InitDone => Event::InitDone,
     }
