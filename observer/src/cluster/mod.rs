@@ -15,6 +15,7 @@ pub mod pod;
 pub mod pod_watch;
 pub mod prestop;
 pub mod prune;
+pub mod slice_pace;
 pub mod slice_watch;
 mod small_set;
 pub mod watch;

@@ -19,7 +19,8 @@ use tracing::{info, warn};
 use super::change::{ClusterChange, WatchedResource};
 use super::lean_slice::LeanSlice;
 use super::model::{ClusterModel, ResourceEvent, StampedEvent};
-use super::pod_watch::{PodScope, SharedScope, scoped_pod_events};
+use super::pod_watch::{PodScope, ScopeNow, SharedScope, scoped_pod_events};
+use super::slice_pace::{LocalWindows, SlicePace};
 use super::prune::prune_pod;
 use super::slice_watch::{SliceItem, scoped_slice_events};
 use crate::clock::MonoTime;
@@ -273,16 +274,27 @@ pub fn stamped_events(
         &config.pod_scope,
         counters.pod_scope.clone(),
     );
+    let pace = SlicePace::default();
     let slices = scoped_slice_events(
         api::<LeanSlice>(client, ns),
         watcher_config(config.slice_label_selector.as_deref()),
         &config.pod_scope,
         &counters.pod_scope,
+        pace.subscribe(),
     );
     let pod_counters = counters.clone();
+    let mut windows = LocalWindows::default();
     let pods = pods.filter_map(move |item| {
         let at = MonoTime::now();
         pod_counters.pods.count(&item, WatchedResource::Pods);
+        // Only a node-scoped watch sets the slices' pace: a widened one
+        // reads its slices as they come.
+        if let Ok(event) = &item
+            && pod_counters.pod_scope.get() == ScopeNow::Node
+            && let Some(any) = windows.apply(event)
+        {
+            pace.set_any_in_window(any, tokio::time::Instant::now());
+        }
         std::future::ready(item.ok().map(|e| StampedEvent {
             at,
             event: ResourceEvent::Pod(Box::new(pruned(e, prune_pod))),

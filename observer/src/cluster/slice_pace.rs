@@ -1,0 +1,230 @@
+//! When a node agent reads its EndpointSlice stream: at once while one of
+//! its node's pods is in a window, in gathered batches otherwise.
+//!
+//! Every agent watches every EndpointSlice of the cluster. On a node
+//! without an ingress, nearly every change is another node's endpoint, kept
+//! only to name remote senders by their Service; when it is read does not
+//! matter. Read as each arrives, though, every change costs the agent a
+//! wake-up of the socket's task, the watcher's and the engine's, and their
+//! system calls, which at 500 terminations a minute was most of its CPU.
+//! So while none of the node's own pods is terminating or not ready, the
+//! stream is read every [`GATHER_PERIOD`], and the changes that arrived in
+//! between are read together.
+//!
+//! The changes this node's agent must date are those of its own pods'
+//! endpoints. A pod's own endpoint changes after the pod does: the
+//! EndpointSlice controller writes the `terminating` or not-ready condition
+//! in answer to the pod's deletion or readiness, which the node's Pod watch
+//! receives first. That watch sets the pace back to prompt the moment it
+//! sees one ([`LocalWindows`]), and it stays prompt for [`PROMPT_LINGER`]
+//! after the last such pod is gone, for the endpoint's removal.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher::Event;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How long a node agent lets other nodes' endpoint changes gather.
+pub const GATHER_PERIOD: Duration = Duration::from_millis(250);
+
+/// After a rest, the stream is read until it has had nothing for this
+/// long.
+pub const DRAIN_IDLE: Duration = Duration::from_millis(5);
+
+/// How long the stream stays prompt after the last of this node's pods in
+/// a window is gone: the endpoint's removal comes after the pod's.
+pub const PROMPT_LINGER: Duration = Duration::from_secs(10);
+
+/// How the slice stream is read right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pace {
+    /// Each change as it arrives, until the Pod watch has listed.
+    Unlisted,
+    /// Each change as it arrives.
+    Prompt,
+    /// Each change as it arrives until then, in batches after.
+    PromptUntil(Instant),
+}
+
+impl Pace {
+    pub fn gathers(self, now: Instant) -> bool {
+        match self {
+            Pace::Unlisted | Pace::Prompt => false,
+            Pace::PromptUntil(until) => now >= until,
+        }
+    }
+}
+
+/// The pace, set by the Pod stream and read by the slice stream.
+#[derive(Debug)]
+pub struct SlicePace(watch::Sender<Pace>);
+
+impl Default for SlicePace {
+    fn default() -> Self {
+        SlicePace(watch::Sender::new(Pace::Unlisted))
+    }
+}
+
+impl SlicePace {
+    pub fn subscribe(&self) -> watch::Receiver<Pace> {
+        self.0.subscribe()
+    }
+
+    /// Whether any of this node's pods is in a window, at `now`.
+    pub fn set_any_in_window(&self, any: bool, now: Instant) {
+        self.0.send_if_modified(|pace| {
+            let next = match (any, *pace) {
+                (true, _) => Pace::Prompt,
+                // No pod of this node has left a window: nothing to linger for.
+                (false, Pace::Unlisted) => Pace::PromptUntil(now),
+                (false, Pace::Prompt) => Pace::PromptUntil(now + PROMPT_LINGER),
+                (false, until @ Pace::PromptUntil(_)) => until,
+            };
+            let changed = next != *pace;
+            *pace = next;
+            changed
+        });
+    }
+}
+
+/// Whether a pod's endpoint changes must be dated as they come: it is
+/// terminating, or not ready (starting, or failing its readiness probe).
+pub fn in_window(pod: &Pod) -> bool {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return true;
+    }
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    !ready
+}
+
+/// The pods of the watch that are in a window, by UID, kept from the Pod
+/// watch's events (a relist replaces them).
+#[derive(Debug, Default)]
+pub struct LocalWindows {
+    in_window: HashSet<String>,
+    listing: Option<HashSet<String>>,
+}
+
+impl LocalWindows {
+    /// Applies one Pod watch event. Returns whether any pod is in a window
+    /// now, or `None` in the middle of a list.
+    pub fn apply(&mut self, event: &Event<Pod>) -> Option<bool> {
+        match event {
+            Event::Init => {
+                self.listing = Some(HashSet::new());
+                return None;
+            }
+            Event::InitApply(pod) => {
+                if let (Some(listing), Some(uid)) = (&mut self.listing, &pod.metadata.uid)
+                    && in_window(pod)
+                {
+                    listing.insert(uid.clone());
+                }
+                return None;
+            }
+            Event::InitDone => {
+                self.in_window = self.listing.take().unwrap_or_default();
+            }
+            Event::Apply(pod) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    if in_window(pod) {
+                        self.in_window.insert(uid.clone());
+                    } else {
+                        self.in_window.remove(uid);
+                    }
+                }
+            }
+            Event::Delete(pod) => {
+                if let Some(uid) = &pod.metadata.uid {
+                    self.in_window.remove(uid);
+                }
+            }
+        }
+        Some(!self.in_window.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn pod(uid: &str, ready: bool, deleting: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                uid: Some(uid.into()),
+                deletion_timestamp: deleting.then(|| Time(Default::default())),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn a_terminating_or_unready_pod_is_in_a_window() {
+        assert!(!in_window(&pod("a", true, false)));
+        assert!(in_window(&pod("a", true, true)));
+        assert!(in_window(&pod("a", false, false)));
+        assert!(in_window(&Pod::default()), "no status yet: starting");
+    }
+
+    #[test]
+    fn windows_follow_the_pod_watch_and_its_relists() {
+        let mut windows = LocalWindows::default();
+        assert_eq!(windows.apply(&Event::Init), None);
+        assert_eq!(windows.apply(&Event::InitApply(pod("a", true, false))), None);
+        assert_eq!(windows.apply(&Event::InitApply(pod("b", false, false))), None);
+        assert_eq!(windows.apply(&Event::InitDone), Some(true), "b is starting");
+        assert_eq!(windows.apply(&Event::Apply(pod("b", true, false))), Some(false));
+        assert_eq!(windows.apply(&Event::Apply(pod("a", true, true))), Some(true));
+        assert_eq!(windows.apply(&Event::Delete(pod("a", true, true))), Some(false));
+        // A relist that finds a terminating pod the live watch missed.
+        windows.apply(&Event::Init);
+        windows.apply(&Event::InitApply(pod("c", true, true)));
+        assert_eq!(windows.apply(&Event::InitDone), Some(true));
+    }
+
+    #[test]
+    fn the_pace_gathers_only_after_the_linger() {
+        let pace = SlicePace::default();
+        let rx = pace.subscribe();
+        let t0 = Instant::now();
+        assert!(!rx.borrow().gathers(t0), "prompt until the Pod watch has listed");
+        pace.set_any_in_window(true, t0);
+        pace.set_any_in_window(false, t0);
+        assert!(!rx.borrow().gathers(t0 + PROMPT_LINGER / 2));
+        assert!(rx.borrow().gathers(t0 + PROMPT_LINGER));
+        pace.set_any_in_window(false, t0 + PROMPT_LINGER * 3);
+        assert!(
+            rx.borrow().gathers(t0 + PROMPT_LINGER),
+            "a quiet node's events do not push the linger on"
+        );
+        pace.set_any_in_window(true, t0 + PROMPT_LINGER * 4);
+        assert!(!rx.borrow().gathers(t0 + PROMPT_LINGER * 5));
+    }
+
+    #[test]
+    fn a_node_with_no_pod_in_a_window_when_listed_gathers_at_once() {
+        let pace = SlicePace::default();
+        let t0 = Instant::now();
+        pace.set_any_in_window(false, t0);
+        assert!(pace.subscribe().borrow().gathers(t0));
+    }
+}
