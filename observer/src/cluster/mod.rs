@@ -9,7 +9,7 @@
 pub mod change;
 pub mod endpoints;
 pub mod ip_index;
-pub mod lean_slice;
+pub mod lean;
 pub mod model;
 pub mod pod;
 pub mod pod_watch;

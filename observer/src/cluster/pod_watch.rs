@@ -22,6 +22,7 @@ use kube::runtime::watcher::{self, Event};
 use serde::Serialize;
 use tracing::info;
 
+use super::lean::{LeanPod, map_event};
 use super::selector::LabelSelector;
 
 /// Which Pods an agent watches.
@@ -109,7 +110,7 @@ fn is_ingress_on(pod: &Pod, node: &str, selectors: &[LabelSelector]) -> bool {
 type PodEvents = BoxStream<'static, Result<Event<Pod>, watcher::Error>>;
 
 struct ScopedWatch {
-    api: Api<Pod>,
+    api: Api<LeanPod>,
     config: watcher::Config,
     events: PodEvents,
     /// While narrow and allowed to widen: the node and the ingress
@@ -118,8 +119,11 @@ struct ScopedWatch {
     scope: std::sync::Arc<SharedScope>,
 }
 
-fn pod_watcher(api: Api<Pod>, config: watcher::Config) -> PodEvents {
-    watcher::watcher(api, config).default_backoff().boxed()
+fn pod_watcher(api: Api<LeanPod>, config: watcher::Config) -> PodEvents {
+    watcher::watcher(api, config)
+        .default_backoff()
+        .map(|item| item.map(|event| map_event(event, LeanPod::into_pod)))
+        .boxed()
 }
 
 /// The Pod watch events of `scope`. `config` carries the label selector
@@ -127,7 +131,7 @@ fn pod_watcher(api: Api<Pod>, config: watcher::Config) -> PodEvents {
 /// starts a new watch of every pod: its list replaces the node's in the
 /// model (a relist that only adds pods).
 pub fn scoped_pod_events(
-    api: Api<Pod>,
+    api: Api<LeanPod>,
     config: watcher::Config,
     scope: &PodScope,
     now: std::sync::Arc<SharedScope>,

@@ -189,12 +189,27 @@ mod tests {
     fn windows_follow_the_pod_watch_and_its_relists() {
         let mut windows = LocalWindows::default();
         assert_eq!(windows.apply(&Event::Init), None);
-        assert_eq!(windows.apply(&Event::InitApply(pod("a", true, false))), None);
-        assert_eq!(windows.apply(&Event::InitApply(pod("b", false, false))), None);
+        assert_eq!(
+            windows.apply(&Event::InitApply(pod("a", true, false))),
+            None
+        );
+        assert_eq!(
+            windows.apply(&Event::InitApply(pod("b", false, false))),
+            None
+        );
         assert_eq!(windows.apply(&Event::InitDone), Some(true), "b is starting");
-        assert_eq!(windows.apply(&Event::Apply(pod("b", true, false))), Some(false));
-        assert_eq!(windows.apply(&Event::Apply(pod("a", true, true))), Some(true));
-        assert_eq!(windows.apply(&Event::Delete(pod("a", true, true))), Some(false));
+        assert_eq!(
+            windows.apply(&Event::Apply(pod("b", true, false))),
+            Some(false)
+        );
+        assert_eq!(
+            windows.apply(&Event::Apply(pod("a", true, true))),
+            Some(true)
+        );
+        assert_eq!(
+            windows.apply(&Event::Delete(pod("a", true, true))),
+            Some(false)
+        );
         // A relist that finds a terminating pod the live watch missed.
         windows.apply(&Event::Init);
         windows.apply(&Event::InitApply(pod("c", true, true)));
@@ -206,7 +221,10 @@ mod tests {
         let pace = SlicePace::default();
         let rx = pace.subscribe();
         let t0 = Instant::now();
-        assert!(!rx.borrow().gathers(t0), "prompt until the Pod watch has listed");
+        assert!(
+            !rx.borrow().gathers(t0),
+            "prompt until the Pod watch has listed"
+        );
         pace.set_any_in_window(true, t0);
         pace.set_any_in_window(false, t0);
         assert!(!rx.borrow().gathers(t0 + PROMPT_LINGER / 2));

@@ -20,7 +20,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::lean_slice::LeanSlice;
+use super::lean::LeanSlice;
 use super::pod_watch::{PodScope, ScopeNow, SharedScope};
 use super::slice_pace::{DRAIN_IDLE, GATHER_PERIOD, Pace};
 

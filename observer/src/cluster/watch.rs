@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config};
@@ -17,11 +16,11 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use super::change::{ClusterChange, WatchedResource};
-use super::lean_slice::LeanSlice;
+use super::lean::{LeanPod, LeanSlice, map_event};
 use super::model::{ClusterModel, ResourceEvent, StampedEvent};
 use super::pod_watch::{PodScope, ScopeNow, SharedScope, scoped_pod_events};
-use super::slice_pace::{LocalWindows, SlicePace};
 use super::prune::prune_pod;
+use super::slice_pace::{LocalWindows, SlicePace};
 use super::slice_watch::{SliceItem, scoped_slice_events};
 use crate::clock::MonoTime;
 
@@ -269,7 +268,7 @@ pub fn stamped_events(
 ) -> impl Stream<Item = StampedEvent> + Send + 'static {
     let ns = config.namespace.as_deref();
     let pods = scoped_pod_events(
-        api::<Pod>(client, ns),
+        api::<LeanPod>(client, ns),
         watcher_config(config.pod_label_selector.as_deref()),
         &config.pod_scope,
         counters.pod_scope.clone(),
@@ -297,7 +296,7 @@ pub fn stamped_events(
         }
         std::future::ready(item.ok().map(|e| StampedEvent {
             at,
-            event: ResourceEvent::Pod(Box::new(pruned(e, prune_pod))),
+            event: ResourceEvent::Pod(Box::new(map_event(e, |pod| prune_pod(&pod)))),
         }))
     });
     let slices = slices.filter_map(move |item| {
@@ -316,20 +315,6 @@ pub fn stamped_events(
         std::future::ready(event.map(|event| StampedEvent { at, event }))
     });
     futures::stream::select(pods, slices)
-}
-
-fn pruned<K>(event: Event<K>, prune: fn(&K) -> K) -> Event<K> {
-    map_event(event, |k| prune(&k))
-}
-
-fn map_event<K, T>(event: Event<K>, map: impl FnOnce(K) -> T) -> Event<T> {
-    match event {
-        Event::Apply(k) => Event::Apply(map(k)),
-        Event::Delete(k) => Event::Delete(map(k)),
-        Event::InitApply(k) => Event::InitApply(map(k)),
-        Event::Init => Event::Init,
-        Event::InitDone => Event::InitDone,
-    }
 }
 
 /// Watches Pods and EndpointSlices and applies every event to the handle's
