@@ -1,6 +1,8 @@
 //! A node agent reads other nodes' endpoint changes in gathered batches,
 //! and its own pods' as they come, against the API simulator over HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

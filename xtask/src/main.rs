@@ -242,7 +242,11 @@ fn main() -> anyhow::Result<()> {
                     &table,
                 )?;
             } else {
-                docs::write_section("soak", &table)?;
+                docs::write_section_from(
+                    "soak",
+                    &format!("cargo xtask bench soak --minutes {minutes}"),
+                    &table,
+                )?;
             }
             if !status.success() {
                 anyhow::bail!("the soak failed a check (see docs/BENCHMARKS.md)");
