@@ -165,12 +165,17 @@ impl SimServer {
         Ok(())
     }
 
+    /// A kube-rs configuration read from [`Self::kubeconfig`].
+    pub async fn config(&self) -> Result<kube::Config, SimError> {
+        Ok(
+            kube::Config::from_custom_kubeconfig(self.kubeconfig(), &KubeConfigOptions::default())
+                .await?,
+        )
+    }
+
     /// A kube-rs client configured from [`Self::kubeconfig`].
     pub async fn client(&self) -> Result<kube::Client, SimError> {
-        let config =
-            kube::Config::from_custom_kubeconfig(self.kubeconfig(), &KubeConfigOptions::default())
-                .await?;
-        Ok(kube::Client::try_from(config)?)
+        Ok(kube::Client::try_from(self.config().await?)?)
     }
 
     /// Stops accepting, cuts every connection and watch, stops every

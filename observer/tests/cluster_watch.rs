@@ -18,8 +18,8 @@ use k8s_openapi::api::discovery::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Client;
 use observer::clock::MonoTime;
+use observer::cluster::Kube;
 use observer::cluster::selector::LabelSelector;
 use observer::cluster::{
     ClientSource, ClusterHandle, ClusterModel, EndpointConditions, EndpointKey, PodScope, ScopeNow,
@@ -46,7 +46,7 @@ async fn server() -> SimServer {
 }
 
 /// Runs the watchers on a fresh handle; the task ends with the test.
-fn watch(client: Client, config: WatchConfig) -> ClusterHandle {
+fn watch(client: Kube, config: WatchConfig) -> ClusterHandle {
     let handle = ClusterHandle::default();
     tokio::spawn(run(client, config, handle.clone()));
     handle
@@ -494,7 +494,7 @@ async fn dropped_stream_refused_reconnect_and_410_lose_nothing() {
     let draining = (false, true, true);
     write_slice("api-a", endpoints(&[ready, ready, ready, ready]));
 
-    let client = server.client().await.expect("client");
+    let client = Kube::from_config(server.config().await.expect("config")).expect("client");
     let handle = watch(client, WatchConfig::default());
     eventually(&handle, Duration::from_secs(10), "first sync", |m| {
         m.is_synced() && m.endpoints().count() == 4
@@ -681,7 +681,7 @@ async fn namespace_and_selector_scope_the_watch() {
     let mut other = manual_pod("a", "batch-z", "10.8.0.3");
     other.metadata.labels = Some(BTreeMap::from([("app".to_string(), "batch".to_string())]));
     store.create(other).expect("pod");
-    let client = server.client().await.expect("client");
+    let client = Kube::from_config(server.config().await.expect("config")).expect("client");
     let handle = watch(
         client,
         WatchConfig {
@@ -716,7 +716,7 @@ fn on_node(mut pod: Pod, node: &str) -> Pod {
 
 /// Watches with `scope` and applies every event to a fresh model; returns
 /// the model and the watch's counters.
-fn watch_scoped(client: Client, scope: PodScope) -> (ClusterHandle, std::sync::Arc<WatchCounters>) {
+fn watch_scoped(client: Kube, scope: PodScope) -> (ClusterHandle, std::sync::Arc<WatchCounters>) {
     use futures::StreamExt as _;
     let handle = ClusterHandle::default();
     let counters = std::sync::Arc::new(WatchCounters::default());
@@ -780,7 +780,7 @@ async fn a_node_scoped_watch_sees_its_node_and_widens_for_an_ingress() {
         endpoint.node_name = Some(node.into());
     }
     store.create(slice).expect("slice");
-    let client = server.client().await.expect("client");
+    let client = Kube::from_config(server.config().await.expect("config")).expect("client");
     let ingress = LabelSelector::parse("app.kubernetes.io/name=ingress-nginx").expect("selector");
     let (node_a, counters_a) = watch_scoped(
         client.clone(),
@@ -917,7 +917,7 @@ async fn ten_thousand_pods_list_and_watch_within_the_memory_bound() {
             .create(manual_pod("scale", &format!("api-6f7c9d8b4-{i:05}"), &ip))
             .expect("pod");
     }
-    let client = server.client().await.expect("client");
+    let client = Kube::from_config(server.config().await.expect("config")).expect("client");
     let rss_before = rss_bytes();
     let started = Instant::now();
     let handle = watch(client, WatchConfig::default());

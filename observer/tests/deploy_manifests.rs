@@ -604,7 +604,8 @@ async fn cluster_role_allows_exactly_what_the_watchers_request() {
         .apply_deployment(DeploymentSpec::new("web", 3))
         .expect("deployment");
     cluster.wait_rollout("web").await.expect("rolled out");
-    let client = server.client().await.expect("client");
+    let client = observer::cluster::Kube::from_config(server.config().await.expect("config"))
+        .expect("client");
 
     // Node-scoped as the DaemonSet runs it where no ingress runs,
     // cluster-wide as it runs where one does, and scoped to a namespace as

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -151,7 +152,8 @@ async fn a_node_agent_gathers_other_nodes_endpoint_changes_and_reads_its_own_at_
             ports: None,
         })
         .expect("slice");
-    let client = server.client().await.expect("client");
+    let client = observer::cluster::Kube::from_config(server.config().await.expect("config"))
+        .expect("client");
     let config = WatchConfig {
         pod_scope: PodScope::Node("node-a".into()),
         ..WatchConfig::default()
@@ -159,7 +161,7 @@ async fn a_node_agent_gathers_other_nodes_endpoint_changes_and_reads_its_own_at_
     let counters = Arc::new(WatchCounters::default());
     // The stream is read on a task of its own, as in the agent: each
     // event is dated when the stream yields it.
-    let stream = observer::cluster::stamped_events(&client, &config, counters);
+    let stream = observer::cluster::stamped_events(&client, &config, counters.clone());
     let (tx, mut events) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
@@ -193,6 +195,13 @@ async fn a_node_agent_gathers_other_nodes_endpoint_changes_and_reads_its_own_at_
     )
     .await;
     let gathered = reads(&delivered);
+    // They gathered in the kernel, not in the agent: the socket was out of
+    // the poll set, where arrivals wake nothing.
+    let parks = counters.slice_socket_parks.load(Ordering::Relaxed);
+    assert!(
+        parks >= 1,
+        "the slice watch's socket never left the poll set"
+    );
     assert!(
         gathered <= 4,
         "another node's changes came in {gathered} reads: {delivered:?}"

@@ -66,7 +66,7 @@ struct Agent {
     server: HttpServer,
 }
 
-async fn agent(client: &kube::Client, node: &str) -> Agent {
+async fn agent(client: &observer::cluster::Kube, node: &str) -> Agent {
     let ingress = IngressConfig {
         node: Some(node.into()),
         ..IngressConfig::default()
@@ -187,7 +187,8 @@ async fn the_pods_agent_watches_its_node_and_the_merged_view_has_both_sides() {
         ))
         .unwrap();
     store.create(web_slice(&web_uid, false)).unwrap();
-    let client = server.client().await.unwrap();
+    let client = observer::cluster::Kube::from_config(server.config().await.expect("config"))
+        .expect("client");
     let node_a = agent(&client, "node-a").await;
     let node_b = agent(&client, "node-b").await;
     until("node-a widened to the cluster", || {

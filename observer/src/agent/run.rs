@@ -192,11 +192,15 @@ fn watch_reports(counters: &WatchCounters, watch: &WatchConfig) -> [WatchReport;
             resource: "pods",
             scope: pods,
             counts: counters.pods.snapshot(),
+            socket_parks: 0,
         },
         WatchReport {
             resource: "endpointslices",
             scope: whole,
             counts: counters.endpoint_slices.snapshot(),
+            socket_parks: counters
+                .slice_socket_parks
+                .load(std::sync::atomic::Ordering::Relaxed),
         },
     ]
 }

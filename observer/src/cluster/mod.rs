@@ -7,10 +7,12 @@
 //! endpoint_removed times, a pod's deletion_seen and preStop).
 
 pub mod change;
+pub mod client;
 pub mod endpoints;
 pub mod ip_index;
 pub mod lean;
 pub mod model;
+pub mod paced_socket;
 pub mod pod;
 pub mod pod_watch;
 pub mod prestop;
@@ -26,6 +28,7 @@ pub use observer_selector as selector;
 pub use change::{
     ApiTime, ChangeKind, ClusterChange, EndpointConditions, EndpointKey, PodRef, WatchedResource,
 };
+pub use client::{ClientSource, ConnectError, Kube, connect};
 pub use endpoints::{ConditionTransition, EndpointRecord};
 pub use ip_index::IpClaim;
 pub use model::{ClusterModel, ModelStats, ResourceEvent, StampedEvent};
@@ -34,10 +37,7 @@ pub use pod::{
 };
 pub use pod_watch::{PodScope, ScopeNow};
 pub use prestop::PreStop;
-pub use watch::{
-    ClientSource, ClusterHandle, ConnectError, WatchConfig, WatchCounters, connect, run,
-    stamped_events,
-};
+pub use watch::{ClusterHandle, WatchConfig, WatchCounters, run, stamped_events};
 
 /// Re-exported so users of this module (and its tests) build objects and
 /// events with the same versions.

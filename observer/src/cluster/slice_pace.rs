@@ -5,11 +5,12 @@
 //! without an ingress, nearly every change is another node's endpoint, kept
 //! only to name remote senders by their Service; when it is read does not
 //! matter. Read as each arrives, though, every change costs the agent a
-//! wake-up of the socket's task, the watcher's and the engine's, and their
-//! system calls, which at 500 terminations a minute was most of its CPU.
-//! So while none of the node's own pods is terminating or not ready, the
-//! stream is read every [`GATHER_PERIOD`], and the changes that arrived in
-//! between are read together.
+//! wake-up of its runtime, its tasks and their system calls, which at 500
+//! terminations a minute was most of its CPU. So while none of the node's
+//! own pods is terminating or not ready, the watch's socket leaves the
+//! runtime's poll set and is read every [`GATHER_PERIOD`]
+//! ([`super::paced_socket`]): the changes that arrived in between are read
+//! together.
 //!
 //! The changes this node's agent must date are those of its own pods'
 //! endpoints. A pod's own endpoint changes after the pod does: the
@@ -17,9 +18,13 @@
 //! in answer to the pod's deletion or readiness, which the node's Pod watch
 //! receives first. That watch sets the pace back to prompt the moment it
 //! sees one ([`LocalWindows`]), and it stays prompt for [`PROMPT_LINGER`]
-//! after the last such pod is gone, for the endpoint's removal.
+//! after the last such pod is gone, for the endpoint's removal. A list is
+//! always read promptly: it is a run of page requests, and each would
+//! otherwise wait out a rest.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -29,10 +34,6 @@ use tokio::time::Instant;
 
 /// How long a node agent lets other nodes' endpoint changes gather.
 pub const GATHER_PERIOD: Duration = Duration::from_millis(250);
-
-/// After a rest, the stream is read until it has had nothing for this
-/// long.
-pub const DRAIN_IDLE: Duration = Duration::from_millis(5);
 
 /// How long the stream stays prompt after the last of this node's pods in
 /// a window is gone: the endpoint's removal comes after the pod's.
@@ -58,24 +59,51 @@ impl Pace {
     }
 }
 
-/// The pace, set by the Pod stream and read by the slice stream.
+/// The pace, set by the Pod stream and read by the slice watch's sockets;
+/// and whether the slice watch is listing, set by the slice stream.
 #[derive(Debug)]
-pub struct SlicePace(watch::Sender<Pace>);
+pub struct SlicePace {
+    pace: watch::Sender<Pace>,
+    listing: Arc<AtomicBool>,
+}
 
 impl Default for SlicePace {
     fn default() -> Self {
-        SlicePace(watch::Sender::new(Pace::Unlisted))
+        SlicePace {
+            pace: watch::Sender::new(Pace::Unlisted),
+            listing: Arc::new(AtomicBool::new(true)),
+        }
     }
 }
 
 impl SlicePace {
     pub fn subscribe(&self) -> watch::Receiver<Pace> {
-        self.0.subscribe()
+        self.pace.subscribe()
+    }
+
+    /// Set by the slice stream from its watcher's list events.
+    pub fn listing(&self) -> Arc<AtomicBool> {
+        self.listing.clone()
+    }
+
+    /// Whether the slice watch is in the middle of a list.
+    pub fn is_listing(&self) -> bool {
+        self.listing.load(Ordering::Relaxed)
+    }
+
+    /// Prompt from here on: the Pod watch widened, and every endpoint of
+    /// the cluster may be this agent's to date.
+    pub fn set_prompt(&self) {
+        self.pace.send_if_modified(|pace| {
+            let changed = *pace != Pace::Prompt;
+            *pace = Pace::Prompt;
+            changed
+        });
     }
 
     /// Whether any of this node's pods is in a window, at `now`.
     pub fn set_any_in_window(&self, any: bool, now: Instant) {
-        self.0.send_if_modified(|pace| {
+        self.pace.send_if_modified(|pace| {
             let next = match (any, *pace) {
                 (true, _) => Pace::Prompt,
                 // No pod of this node has left a window: nothing to linger for.

@@ -11,6 +11,7 @@
 //! relist gives the model every endpoint whole.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
@@ -18,11 +19,9 @@ use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::lean::LeanSlice;
 use super::pod_watch::{PodScope, ScopeNow, SharedScope};
-use super::slice_pace::{DRAIN_IDLE, GATHER_PERIOD, Pace};
 
 /// One item of the slice watch: a watch event, or the node whose endpoints
 /// the model keeps whole from here on.
@@ -45,14 +44,26 @@ struct ScopedSlices {
     announce: Option<Option<String>>,
     /// While narrow: the Pod watch's scope, which says when to widen.
     widen_on: Option<watch::Receiver<ScopeNow>>,
-    /// While narrow: whether changes may gather between reads.
-    pace: watch::Receiver<Pace>,
-    /// Reading what gathered during a rest.
-    draining: bool,
+    /// Set while the watcher lists, so the watch's sockets read the
+    /// pages promptly ([`super::paced_socket`]).
+    listing: Arc<AtomicBool>,
 }
 
-fn slice_watcher(api: Api<LeanSlice>, config: watcher::Config) -> SliceEvents {
-    watcher::watcher(api, config).default_backoff().boxed()
+fn slice_watcher(
+    api: Api<LeanSlice>,
+    config: watcher::Config,
+    listing: Arc<AtomicBool>,
+) -> SliceEvents {
+    watcher::watcher(api, config)
+        .default_backoff()
+        // The watcher yields `Init` before it sends the first page's
+        // request, and `InitDone` before the watch's.
+        .inspect(move |event| match event {
+            Ok(Event::Init) => listing.store(true, Ordering::Relaxed),
+            Ok(Event::InitDone) => listing.store(false, Ordering::Relaxed),
+            _ => {}
+        })
+        .boxed()
 }
 
 /// What woke the narrow watch.
@@ -63,61 +74,29 @@ enum Woke {
 }
 
 /// The slice watch of an agent whose Pods are watched in `pod_scope`;
-/// `pod_scope_now` is that watch's scope as it changes. While that scope is
-/// one node's, `pace` says when changes may gather between reads
-/// ([`super::slice_pace`]).
+/// `pod_scope_now` is that watch's scope as it changes. `listing` is kept
+/// set while the watcher lists.
 pub fn scoped_slice_events(
     api: Api<LeanSlice>,
     config: watcher::Config,
     pod_scope: &PodScope,
     pod_scope_now: &Arc<SharedScope>,
-    pace: watch::Receiver<Pace>,
+    listing: Arc<AtomicBool>,
 ) -> impl Stream<Item = SliceItem> + Send + use<> {
     let node = pod_scope.node().map(str::to_owned);
     let state = ScopedSlices {
-        events: slice_watcher(api.clone(), config.clone()),
+        events: slice_watcher(api.clone(), config.clone(), listing.clone()),
         api,
         config,
         widen_on: node.as_ref().map(|_| pod_scope_now.subscribe()),
         announce: node.map(Some),
-        pace,
-        draining: false,
+        listing,
     };
     futures::stream::unfold(state, |mut state| async move {
         if let Some(scope) = state.announce.take() {
             return Some((SliceItem::Scope(scope), state));
         }
         loop {
-            let gathers = state.widen_on.is_some() && state.pace.borrow().gathers(Instant::now());
-            if gathers {
-                // After a rest, what has gathered is read in one go: until
-                // the stream has had nothing for a moment. Each change comes
-                // out of the HTTP body on its own, so one read per rest would
-                // fall behind.
-                if state.draining {
-                    match tokio::time::timeout(DRAIN_IDLE, state.events.next()).await {
-                        Ok(item) => return item.map(|item| (SliceItem::Watch(item), state)),
-                        Err(_) => state.draining = false,
-                    }
-                }
-                // Then the stream rests while changes gather, unless the
-                // pace or the scope changes first.
-                if let Some(scope) = &mut state.widen_on {
-                    let woke = tokio::select! {
-                        () = tokio::time::sleep(GATHER_PERIOD) => None,
-                        _ = state.pace.changed() => None,
-                        changed = scope.changed() => Some(
-                            changed.is_ok() && *scope.borrow_and_update() == ScopeNow::Cluster
-                        ),
-                    };
-                    state.draining = true;
-                    match woke {
-                        None => continue,
-                        Some(true) => return Some(widen(state)),
-                        Some(false) => drop_closed_scope(&mut state),
-                    }
-                }
-            }
             let woke = match &mut state.widen_on {
                 None => Woke::Event(state.events.next().await),
                 Some(scope) => tokio::select! {
@@ -140,7 +119,11 @@ pub fn scoped_slice_events(
 
 /// The Pod watch widened: start over with every endpoint whole.
 fn widen(mut state: ScopedSlices) -> (SliceItem, ScopedSlices) {
-    state.events = slice_watcher(state.api.clone(), state.config.clone());
+    state.events = slice_watcher(
+        state.api.clone(),
+        state.config.clone(),
+        state.listing.clone(),
+    );
     state.widen_on = None;
     (SliceItem::Scope(None), state)
 }

@@ -3,88 +3,26 @@
 //! hands it to the pure [`ClusterModel`]. Stamping happens here and only
 //! here, so the model stays testable without a network.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::{Stream, StreamExt};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use super::change::{ClusterChange, WatchedResource};
+use super::client::Kube;
 use super::lean::{LeanPod, LeanSlice, map_event};
 use super::model::{ClusterModel, ResourceEvent, StampedEvent};
+use super::paced_socket::PaceGate;
 use super::pod_watch::{PodScope, ScopeNow, SharedScope, scoped_pod_events};
 use super::prune::prune_pod;
 use super::slice_pace::{LocalWindows, SlicePace};
 use super::slice_watch::{SliceItem, scoped_slice_events};
 use crate::clock::MonoTime;
-
-/// Failures to build a client from an explicitly requested source.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("reading kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: PathBuf,
-        source: kube::config::KubeconfigError,
-    },
-    #[error("loading in-cluster config: {0}")]
-    InCluster(#[source] kube::config::InClusterError),
-    #[error("building the Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
-}
-
-/// Where the agent finds its Kubernetes credentials.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum ClientSource {
-    /// Do not talk to Kubernetes; pods show as unknown.
-    Disabled,
-    /// The service account of the pod the agent runs in.
-    InCluster,
-    /// A kubeconfig file (its current context).
-    Kubeconfig(PathBuf),
-    /// `KUBECONFIG` or `~/.kube/config`, else in-cluster; none found is not
-    /// an error.
-    #[default]
-    Infer,
-}
-
-/// Builds a client, or `None` when Kubernetes is disabled or (for
-/// [`ClientSource::Infer`]) no configuration is found: the agent still
-/// traces, and pods show as unknown.
-pub async fn connect(source: &ClientSource) -> Result<Option<Client>, ConnectError> {
-    let config = match source {
-        ClientSource::Disabled => return Ok(None),
-        ClientSource::InCluster => Config::incluster().map_err(ConnectError::InCluster)?,
-        ClientSource::Kubeconfig(path) => {
-            let kubeconfig =
-                Kubeconfig::read_from(path).map_err(|source| ConnectError::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                })?;
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|source| ConnectError::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                })?
-        }
-        ClientSource::Infer => match Config::infer().await {
-            Ok(config) => config,
-            Err(error) => {
-                warn!("no Kubernetes configuration found ({error}); pods will show as unknown");
-                return Ok(None);
-            }
-        },
-    };
-    Client::try_from(config)
-        .map(Some)
-        .map_err(ConnectError::Client)
-}
 
 /// What to watch. The default is every namespace, every object.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -167,6 +105,9 @@ pub struct WatchCounters {
     /// The Pod watch's scope right now (it widens when an ingress shows
     /// up on this node).
     pub pod_scope: Arc<SharedScope>,
+    /// How many times the slice watch's socket left the runtime's poll set
+    /// to let other nodes' changes gather ([`super::paced_socket`]).
+    pub slice_socket_parks: Arc<AtomicU64>,
 }
 
 /// The shared state of the cluster side: the model, the change stream and
@@ -253,7 +194,9 @@ fn watcher_config(selector: Option<&str>) -> watcher::Config {
 }
 
 /// The Pod and EndpointSlice watch events, merged, each stamped with
-/// [`MonoTime::now`] the moment it is received. Errors are counted and
+/// [`MonoTime::now`] the moment it is received. A node agent's slice watch
+/// reads through a client of its own, whose sockets leave the poll set
+/// while other nodes' changes gather ([`super::slice_pace`]). Errors are counted and
 /// logged; the watchers retry with kube's default backoff, so the stream
 /// does not end.
 ///
@@ -262,10 +205,11 @@ fn watcher_config(selector: Option<&str>) -> watcher::Config {
 /// ahead of the engine, and a whole Pod is several times its pruned size.
 /// The model reads the same from both.
 pub fn stamped_events(
-    client: &Client,
+    kube: &Kube,
     config: &WatchConfig,
     counters: Arc<WatchCounters>,
 ) -> impl Stream<Item = StampedEvent> + Send + 'static {
+    let client = kube.client();
     let ns = config.namespace.as_deref();
     let pods = scoped_pod_events(
         api::<LeanPod>(client, ns),
@@ -274,12 +218,21 @@ pub fn stamped_events(
         counters.pod_scope.clone(),
     );
     let pace = SlicePace::default();
+    let paced = match config.pod_scope.node() {
+        Some(_) => kube.paced_client(PaceGate::new(
+            pace.subscribe(),
+            pace.listing(),
+            counters.slice_socket_parks.clone(),
+        )),
+        None => None,
+    };
+    let slice_client = paced.as_ref().unwrap_or(client);
     let slices = scoped_slice_events(
-        api::<LeanSlice>(client, ns),
+        api::<LeanSlice>(slice_client, ns),
         watcher_config(config.slice_label_selector.as_deref()),
         &config.pod_scope,
         &counters.pod_scope,
-        pace.subscribe(),
+        pace.listing(),
     );
     let pod_counters = counters.clone();
     let mut windows = LocalWindows::default();
@@ -288,11 +241,14 @@ pub fn stamped_events(
         pod_counters.pods.count(&item, WatchedResource::Pods);
         // Only a node-scoped watch sets the slices' pace: a widened one
         // reads its slices as they come.
-        if let Ok(event) = &item
-            && pod_counters.pod_scope.get() == ScopeNow::Node
-            && let Some(any) = windows.apply(event)
-        {
-            pace.set_any_in_window(any, tokio::time::Instant::now());
+        if let Ok(event) = &item {
+            if pod_counters.pod_scope.get() == ScopeNow::Node {
+                if let Some(any) = windows.apply(event) {
+                    pace.set_any_in_window(any, tokio::time::Instant::now());
+                }
+            } else {
+                pace.set_prompt();
+            }
         }
         std::future::ready(item.ok().map(|e| StampedEvent {
             at,
@@ -320,8 +276,8 @@ pub fn stamped_events(
 /// Watches Pods and EndpointSlices and applies every event to the handle's
 /// model until both watch streams end (they do not, short of the task
 /// being dropped).
-pub async fn run(client: Client, config: WatchConfig, handle: ClusterHandle) {
-    let events = stamped_events(&client, &config, handle.counters.clone());
+pub async fn run(kube: Kube, config: WatchConfig, handle: ClusterHandle) {
+    let events = stamped_events(&kube, &config, handle.counters.clone());
     futures::pin_mut!(events);
     while let Some(event) = events.next().await {
         handle.apply(event);

@@ -30,6 +30,8 @@ pub struct WatchReport {
     pub resource: &'static str,
     pub scope: &'static str,
     pub counts: WatcherCountsSnapshot,
+    /// Times the watch's socket left the runtime's poll set.
+    pub socket_parks: u64,
 }
 
 /// What the agent knows of its watches, for `/metrics`.
@@ -37,6 +39,7 @@ pub struct WatchMetrics {
     scope: Family<WatchLabels, Gauge>,
     events: Family<ResourceLabels, Counter>,
     lists: Family<ResourceLabels, Counter>,
+    socket_parks: Family<ResourceLabels, Counter>,
     /// The cumulative counts already folded in, by resource.
     folded: std::collections::BTreeMap<&'static str, WatcherCountsSnapshot>,
 }
@@ -65,10 +68,19 @@ impl WatchMetrics {
              watch or 410 Gone) and per widening of the Pod watch",
             lists.clone(),
         );
+        let socket_parks = Family::<ResourceLabels, Counter>::default();
+        registry.register(
+            "watch_socket_parks",
+            "Times a watch's socket left the agent's poll set, so that other nodes' changes \
+             gather in the kernel and are read every 250 ms (the EndpointSlice watch of a node \
+             agent while none of its node's pods is terminating or not ready)",
+            socket_parks.clone(),
+        );
         WatchMetrics {
             scope,
             events,
             lists,
+            socket_parks,
             folded: std::collections::BTreeMap::new(),
         }
     }
@@ -87,6 +99,8 @@ impl WatchMetrics {
             self.lists
                 .get_or_create(&labels)
                 .inc_by(watch.counts.lists.saturating_sub(folded.lists));
+            let parks = self.socket_parks.get_or_create(&labels);
+            parks.inc_by(watch.socket_parks.saturating_sub(parks.get()));
             folded.events = folded.events.max(watch.counts.events);
             folded.lists = folded.lists.max(watch.counts.lists);
             for scope in ["node", "namespace", "cluster"] {
@@ -118,6 +132,7 @@ mod tests {
                 lists,
                 ..WatcherCountsSnapshot::default()
             },
+            socket_parks: lists * 3,
         };
         metrics.update(&[pods("node", 30, 1)]);
         metrics.update(&[pods("cluster", 530, 2)]);
@@ -137,6 +152,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"observer_watch_lists_total{resource="pods"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"observer_watch_socket_parks_total{resource="pods"} 6"#),
             "{text}"
         );
     }

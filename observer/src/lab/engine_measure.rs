@@ -84,7 +84,7 @@ impl LabMeasure for EngineMeasure {
         // Every namespace: the ingress's pod, whose labels make its connects
         // the ingress's, lives outside the workload's namespace.
         let events = stamped_events(
-            &ctx.client,
+            &ctx.kube,
             &WatchConfig::default(),
             Arc::new(WatchCounters::default()),
         );

@@ -39,6 +39,8 @@ use crate::probe::{ConnectRecord, EventReader, FailureClass, Outcome, Probe, Pro
 pub struct LabContext {
     /// A client of the simulator's API server.
     pub client: kube::Client,
+    /// The same, with the configuration it was built from, for the watches.
+    pub kube: crate::cluster::Kube,
     /// The same, as a kubeconfig file (for an agent run as a process).
     pub kubeconfig: PathBuf,
     pub namespace: String,

@@ -25,6 +25,7 @@ use super::service::ClusterIp;
 use super::truth::{PodTruth, TimelineRecorder, TryTotals, WallToMono};
 use super::wire::{Sender, WireCapture};
 use super::{LabError, Result};
+use crate::cluster::Kube;
 use observer_sim::{Cluster, ClusterConfig, DeploymentSpec, ServicePort, SimServer};
 
 const NAMESPACE: &str = "lab";
@@ -363,7 +364,8 @@ async fn run(
     let server = SimServer::start().await?;
     let kubeconfig = dir.0.join("sim.kubeconfig");
     server.write_kubeconfig(&kubeconfig)?;
-    let client = server.client().await?;
+    let kube = Kube::from_config(server.config().await?)?;
+    let client = kube.client().clone();
     let targets = if scenario.bystander_qps > 0 {
         Some(Arc::new(Targets::create(dir.0.join("scrape-targets"))?))
     } else {
@@ -488,6 +490,7 @@ async fn run(
 
     let ctx = LabContext {
         client: client.clone(),
+        kube,
         kubeconfig,
         namespace: NAMESPACE.into(),
         pod_cidr: cidr,
