@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::slice_pace::{GATHER_PERIOD, Pace};
+use super::slice_pace::{GATHER_PERIOD, Pace, rest_after};
 
 /// What a paced socket reads its pace from: the node's pace, and whether
 /// the slice watch is listing. Cheap to clone; every connection of the
@@ -78,6 +78,8 @@ pub struct PacedSocket {
     gate: PaceGate,
     /// The end of the current rest, while parked.
     rest: Pin<Box<Sleep>>,
+    /// Bytes read since the last rest ended.
+    gathered: usize,
     /// Resolves when the pace changes, so a parked socket turns prompt at
     /// once rather than at the end of its rest.
     pace_changed: BoxFuture<'static, watch::Receiver<Pace>>,
@@ -105,6 +107,7 @@ impl PacedSocket {
             pace_changed: next_pace_change(gate.pace.clone()),
             gate,
             rest: Box::pin(tokio::time::sleep(GATHER_PERIOD)),
+            gathered: 0,
         }
     }
 
@@ -113,6 +116,7 @@ impl PacedSocket {
             // `into_std` deregisters the socket and leaves it non-blocking.
             self.socket = Socket::Parked(stream.into_std()?);
             self.gate.parks.fetch_add(1, Ordering::Relaxed);
+            self.gathered = 0;
             self.rest.as_mut().reset(Instant::now() + GATHER_PERIOD);
         }
         Ok(())
@@ -127,19 +131,22 @@ impl PacedSocket {
         Ok(())
     }
 
-    /// Whether the rest ended or the pace changed; either way the caller
-    /// looks again. Registers the task's waker with both otherwise.
+    /// Called with nothing left to read: starts the next rest if the last
+    /// one is over (what it gathered has just been read), then waits for
+    /// its end or a change of pace. Returns whether either came already;
+    /// registers the task's waker with both otherwise.
     fn poll_rest(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.rest.is_elapsed() {
+            let rest = rest_after(self.gathered);
+            self.gathered = 0;
+            self.rest.as_mut().reset(Instant::now() + rest);
+        }
         let mut woke = false;
         if let Poll::Ready(pace) = self.pace_changed.as_mut().poll(cx) {
             self.pace_changed = next_pace_change(pace);
             woke = true;
         }
-        if self.rest.as_mut().poll(cx).is_ready() {
-            self.rest.as_mut().reset(Instant::now() + GATHER_PERIOD);
-            woke = true;
-        }
-        woke
+        woke | self.rest.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -159,6 +166,7 @@ impl AsyncRead for PacedSocket {
                 (Socket::Parked(stream), true) => {
                     match stream.read(buf.initialize_unfilled()) {
                         Ok(read) => {
+                            this.gathered += read;
                             buf.advance(read);
                             return Poll::Ready(Ok(()));
                         }

@@ -72,7 +72,7 @@ impl WatchMetrics {
         registry.register(
             "watch_socket_parks",
             "Times a watch's socket left the agent's poll set, so that other nodes' changes \
-             gather in the kernel and are read every 250 ms (the EndpointSlice watch of a node \
+             gather in the kernel and are read once a second (the EndpointSlice watch of a node \
              agent while none of its node's pods is terminating or not ready)",
             socket_parks.clone(),
         );
