@@ -101,7 +101,12 @@ fn main() -> std::process::ExitCode {
     if !tui_owns_terminal {
         init_logging();
     }
+    // Two workers, whatever the node's size: the agent's work is a few
+    // sequential tasks (the ring's reader, the engine, the watches, the
+    // HTTP API), and each idle worker of tokio's default (one per core)
+    // would be woken to look for work on every event.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
