@@ -164,7 +164,11 @@ async fn agent(kubeconfig: PathBuf, output: PathBuf, node: Option<String>) -> an
         }
         let _ = stop_tx.send(());
     });
-    let mut tick = tokio::time::interval(TICK);
+    // Ticked as `observer agent` ticks: every TICK while the engine has a
+    // window open or an address watched, once a second otherwise. The
+    // ingress node's agent keeps TICK: its synthetic load comes per tick.
+    let next_tick = tokio::time::sleep(TICK);
+    tokio::pin!(next_tick);
     let mut load = Load {
         rng: 0x9e37_79b9_7f4a_7c15,
         port: 32_768,
@@ -181,7 +185,7 @@ async fn agent(kubeconfig: PathBuf, output: PathBuf, node: Option<String>) -> an
                 let Some(input) = input else { break };
                 engine_loop.feed(input, None)?;
             }
-            _ = tick.tick() => {
+            () = &mut next_tick => {
                 ticks += 1;
                 if synced && node.is_none() {
                     load.tick(engine_loop.engine(), ticks % READY_REFRESH_TICKS == 1, &mut batch);
@@ -191,6 +195,11 @@ async fn agent(kubeconfig: PathBuf, output: PathBuf, node: Option<String>) -> an
                     }
                 }
                 engine_loop.feed(Input::Tick(MonoTime::now()), None)?;
+                let period = match node {
+                    Some(_) => engine_loop.next_tick_in(TICK),
+                    None => TICK,
+                };
+                next_tick.as_mut().reset(tokio::time::Instant::now() + period);
                 engine_loop.flush()?;
                 if !synced && engine_loop.engine().model().is_synced() {
                     synced = true;

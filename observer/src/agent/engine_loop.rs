@@ -9,6 +9,7 @@
 //! by the loop and read by the HTTP server and the TUI alike.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -19,6 +20,9 @@ use crate::{
     engine::{Engine, Output, Snapshot},
     probe::{Probe, ProbeError},
 };
+
+/// The tick of an engine with nothing open (see [`EngineLoop::next_tick_in`]).
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// A sink's failure: the loop stops and reports it (a full disk under the
 /// NDJSON output must not go unnoticed).
@@ -164,6 +168,19 @@ impl EngineLoop {
             sink.end()?;
         }
         Ok(())
+    }
+
+    /// How long until the next tick: `busy` while the engine has a window
+    /// open or an address watched, [`IDLE_TICK`] otherwise. Most nodes
+    /// are idle most of the time, and every tick is a wake-up of the
+    /// agent; a window that opens while it rests is first ticked at most
+    /// [`IDLE_TICK`] later, well inside any quiet period.
+    pub fn next_tick_in(&self, busy: Duration) -> Duration {
+        if self.engine.is_idle() {
+            IDLE_TICK.max(busy)
+        } else {
+            busy
+        }
     }
 
     pub fn flush(&mut self) -> Result<(), SinkError> {

@@ -39,7 +39,8 @@ pub struct AgentOptions {
     pub probe: ProbeOptions,
     /// Stop by itself after this long.
     pub duration: Option<Duration>,
-    /// How often the engine is ticked and the snapshot refreshed.
+    /// How often the engine is ticked and the snapshot refreshed while it
+    /// has a window open or an address watched (once a second otherwise).
     pub tick: Duration,
     /// The node's cgroup v2 hierarchy (connectors: which pod connected);
     /// `None` finds this system's mount.
@@ -270,7 +271,8 @@ pub async fn run_agent(options: AgentOptions, state: AgentState) -> anyhow::Resu
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("installing the SIGINT handler")?;
     let mut stop_requested = state.stop_requested();
-    let mut tick = tokio::time::interval(options.tick);
+    let next_tick = tokio::time::sleep(options.tick);
+    tokio::pin!(next_tick);
     let mut processed = 0u64;
     let mut ingress_warned = false;
     loop {
@@ -285,9 +287,12 @@ pub async fn run_agent(options: AgentOptions, state: AgentState) -> anyhow::Resu
                     engine_loop.feed(input, Some(&mut probe))?;
                 }
             }
-            _ = tick.tick() => {
+            () = &mut next_tick => {
                 let now = MonoTime::now();
                 engine_loop.feed(Input::Tick(now), Some(&mut probe))?;
+                next_tick
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + engine_loop.next_tick_in(options.tick));
                 let engine = engine_loop.engine();
                 let (restarts, errors, synced) = match &watch_counters {
                     Some(c) => {

@@ -546,6 +546,12 @@ impl Engine {
         self.model.prune_removed_before(keep_from);
     }
 
+    /// No window is open and no address watched: a tick has nothing to
+    /// close, and what it expires can wait.
+    pub fn is_idle(&self) -> bool {
+        self.windows.is_empty() && self.watched.is_empty()
+    }
+
     /// Shutdown: closes every open window (reason Shutdown) and releases
     /// every watched address.
     pub fn finish(&mut self, now: MonoTime, out: &mut Vec<Output>) {

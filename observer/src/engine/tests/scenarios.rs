@@ -582,3 +582,28 @@ fn a_pod_removed_while_unwatched_after_its_window_closed_is_reported_once() {
     assert_eq!(t.closed, Some(CloseReason::IpReused));
     assert_eq!(engine.counters().terminations_closed, 1);
 }
+
+#[test]
+fn the_engine_is_idle_only_with_no_window_open_and_no_address_watched() {
+    let mut engine = Engine::new(ingress_nginx());
+    run(&mut engine, web1_listed());
+    assert!(engine.is_idle(), "a ready pod: nothing to tick for");
+    run(
+        &mut engine,
+        vec![Step::Pod(
+            10_000,
+            Event::Apply(pod("web-1", "u1", WEB1, true, true)),
+        )],
+    );
+    assert!(!engine.is_idle(), "web-1's window is open");
+    let out = run(
+        &mut engine,
+        vec![
+            Step::Pod(15_000, Event::Delete(pod("web-1", "u1", WEB1, false, true))),
+            Step::Slice(15_500, Event::Apply(slice(&[]))),
+            Step::Tick(30_000),
+        ],
+    );
+    assert_eq!(closed(&out).len(), 1);
+    assert!(engine.is_idle(), "closed, and its address released");
+}
