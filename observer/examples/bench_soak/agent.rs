@@ -143,13 +143,15 @@ async fn agent(kubeconfig: PathBuf, output: PathBuf, node: Option<String>) -> an
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NdjsonSink::create(&output)?)];
     let mut engine_loop = EngineLoop::new(Engine::new(config), sinks);
     let counters = Arc::new(WatchCounters::default());
-    let mut events = Box::pin(cluster::stamped_events(&client, &watch, counters.clone()));
+    let events = Box::pin(cluster::stamped_events(&client, &watch, counters.clone()));
     // The watchers run on their own task, as in the agent, handing
-    // events over a bounded channel.
-    let (tx, mut rx) = mpsc::channel::<Input>(4_096);
+    // events over a bounded channel in batches of what is ready.
+    let (tx, mut rx) = mpsc::channel::<Vec<Input>>(4_096);
+    let mut events = events.ready_chunks(64);
     tokio::spawn(async move {
-        while let Some(event) = events.next().await {
-            if tx.send(Input::Cluster(event)).await.is_err() {
+        while let Some(events) = events.next().await {
+            let inputs = events.into_iter().map(Input::Cluster).collect();
+            if tx.send(inputs).await.is_err() {
                 return;
             }
         }
@@ -181,9 +183,11 @@ async fn agent(kubeconfig: PathBuf, output: PathBuf, node: Option<String>) -> an
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            input = rx.recv() => {
-                let Some(input) = input else { break };
-                engine_loop.feed(input, None)?;
+            inputs = rx.recv() => {
+                let Some(inputs) = inputs else { break };
+                for input in inputs {
+                    engine_loop.feed(input, None)?;
+                }
             }
             () = &mut next_tick => {
                 ticks += 1;

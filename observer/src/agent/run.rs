@@ -162,20 +162,27 @@ async fn start_sources(
         ),
         None => tracing::info!("watching every pod and every EndpointSlice"),
     }
-    let mut events = Box::pin(cluster::stamped_events(
-        &client,
-        &options.watch,
-        counters.clone(),
-    ));
+    // What the watches have ready goes to the engine's loop in one
+    // message: a gathered batch of slice changes is then one wake-up of
+    // the loop, not one per change. Each event is still stamped as the
+    // watch yields it.
+    let mut events = Box::pin(
+        cluster::stamped_events(&client, &options.watch, counters.clone())
+            .ready_chunks(WATCH_BATCH),
+    );
     tokio::spawn(async move {
-        while let Some(event) = events.next().await {
-            if tx.send(vec![Input::Cluster(event)]).await.is_err() {
+        while let Some(events) = events.next().await {
+            let inputs = events.into_iter().map(Input::Cluster).collect();
+            if tx.send(inputs).await.is_err() {
                 return;
             }
         }
     });
     Ok(Some(counters))
 }
+
+/// The most watch events handed to the engine's loop in one message.
+const WATCH_BATCH: usize = 64;
 
 /// The watches for `/metrics`: the Pod watch's scope follows its widening.
 fn watch_reports(counters: &WatchCounters, watch: &WatchConfig) -> [WatchReport; 2] {
