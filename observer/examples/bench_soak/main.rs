@@ -186,7 +186,15 @@ pub struct Run {
 }
 
 async fn soak(churn_for: Duration, shape: Shape) -> anyhow::Result<bool> {
-    let sim = SimServer::start_with(SimConfig::default()).await?;
+    // Bookmarks as the API server's watch cache sends them: about once a
+    // minute to an idle watch (`defaultBookmarkFrequency`). A node's Pod
+    // watch is idle nearly all the time, and the simulator's test default
+    // (a second) would wake every node agent once a second for nothing.
+    let sim = SimServer::start_with(SimConfig {
+        bookmark_interval: Duration::from_secs(60),
+        ..SimConfig::default()
+    })
+    .await?;
     let temp = tempfile::tempdir().context("temp dir")?;
     let kubeconfig = temp.path().join("kubeconfig");
     let output = temp.path().join("agent.ndjson");

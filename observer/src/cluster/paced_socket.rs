@@ -14,7 +14,11 @@
 //! each of which would otherwise wait out a rest.
 //!
 //! Writes are rare (one request a watch) and go straight to the socket;
-//! one that would block registers the socket again.
+//! one that would block registers the socket again. A connection opened
+//! while the pace gathers (a watch resuming after a dropped connection)
+//! reads its TLS handshake and its response at the rests' ends too: the
+//! watch starts up to a few rests late, and resuming from its
+//! resourceVersion, it misses nothing.
 
 use std::future::Future;
 use std::io::{self, Read, Write};

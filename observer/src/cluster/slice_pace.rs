@@ -24,7 +24,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -106,11 +106,6 @@ impl SlicePace {
     /// Set by the slice stream from its watcher's list events.
     pub fn listing(&self) -> Arc<AtomicBool> {
         self.listing.clone()
-    }
-
-    /// Whether the slice watch is in the middle of a list.
-    pub fn is_listing(&self) -> bool {
-        self.listing.load(Ordering::Relaxed)
     }
 
     /// Prompt from here on: the Pod watch widened, and every endpoint of
