@@ -50,6 +50,15 @@ impl MonoTime {
     pub fn saturating_add(self, d: Duration) -> MonoTime {
         MonoTime(self.0.saturating_add(d.as_nanos() as u64))
     }
+
+    /// How long from `self` to the next whole multiple of `period` on
+    /// CLOCK_MONOTONIC (a full `period` when `self` is on one). Timers of
+    /// one process that rest on this grid end together, and the runtime
+    /// wakes once for all of them rather than once for each.
+    pub fn until_beat(self, period: Duration) -> Duration {
+        let period_ns = period.as_nanos().max(1) as u64;
+        Duration::from_nanos(period_ns - self.0 % period_ns)
+    }
 }
 
 /// One reading of CLOCK_MONOTONIC and of the wall clock, taken together, so
@@ -115,6 +124,29 @@ pub fn unix_ms_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beats_fall_on_whole_multiples_of_the_period() {
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            MonoTime(5_250_000_000).until_beat(second),
+            Duration::from_millis(750)
+        );
+        assert_eq!(MonoTime(5_000_000_000).until_beat(second), second);
+        let quarter = Duration::from_millis(250);
+        assert_eq!(
+            MonoTime(5_100_000_000).until_beat(quarter),
+            Duration::from_millis(150)
+        );
+        // A quarter-second grid holds every beat of the one-second grid.
+        let t = MonoTime(7_654_321_000);
+        let to_second = t.until_beat(second);
+        let mut quarters = t.until_beat(quarter);
+        while quarters < to_second {
+            quarters += quarter;
+        }
+        assert_eq!(quarters, to_second);
+    }
 
     #[test]
     fn now_is_monotonic_and_matches_std_instant_rate() {

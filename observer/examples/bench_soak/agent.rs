@@ -198,9 +198,10 @@ async fn agent(kubeconfig: PathBuf, output: PathBuf, node: Option<String>) -> an
                         engine_loop.feed(input, None)?;
                     }
                 }
-                engine_loop.feed(Input::Tick(MonoTime::now()), None)?;
+                let now = MonoTime::now();
+                engine_loop.feed(Input::Tick(now), None)?;
                 let period = match node {
-                    Some(_) => engine_loop.next_tick_in(TICK),
+                    Some(_) => engine_loop.next_tick_in(now, TICK),
                     None => TICK,
                 };
                 next_tick.as_mut().reset(tokio::time::Instant::now() + period);

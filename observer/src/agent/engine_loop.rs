@@ -170,16 +170,19 @@ impl EngineLoop {
         Ok(())
     }
 
-    /// How long until the next tick: `busy` while the engine has a window
-    /// open or an address watched, [`IDLE_TICK`] otherwise. Most nodes
-    /// are idle most of the time, and every tick is a wake-up of the
-    /// agent; a window that opens while it rests is first ticked at most
-    /// [`IDLE_TICK`] later, well inside any quiet period.
-    pub fn next_tick_in(&self, busy: Duration) -> Duration {
+    /// How long from `now` until the next tick: on the beat of `busy`
+    /// while the engine has a window open or an address watched, of
+    /// [`IDLE_TICK`] otherwise ([`MonoTime::until_beat`]: a node agent's
+    /// parked slice socket rests on the same beat, so the two wake the
+    /// agent once). Most nodes are idle most of the time, and every tick
+    /// is a wake-up of the agent; a window that opens while it rests is
+    /// first ticked at most [`IDLE_TICK`] later, well inside any quiet
+    /// period.
+    pub fn next_tick_in(&self, now: MonoTime, busy: Duration) -> Duration {
         if self.engine.is_idle() {
-            IDLE_TICK.max(busy)
+            now.until_beat(IDLE_TICK.max(busy))
         } else {
-            busy
+            now.until_beat(busy)
         }
     }
 

@@ -299,7 +299,7 @@ pub async fn run_agent(options: AgentOptions, state: AgentState) -> anyhow::Resu
                 engine_loop.feed(Input::Tick(now), Some(&mut probe))?;
                 next_tick
                     .as_mut()
-                    .reset(tokio::time::Instant::now() + engine_loop.next_tick_in(options.tick));
+                    .reset(tokio::time::Instant::now() + engine_loop.next_tick_in(now, options.tick));
                 let engine = engine_loop.engine();
                 let (restarts, errors, synced) = match &watch_counters {
                     Some(c) => {

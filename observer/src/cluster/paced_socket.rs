@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::slice_pace::{GATHER_PERIOD, Pace, rest_after};
+use crate::clock::MonoTime;
 
 /// What a paced socket reads its pace from: the node's pace, and whether
 /// the slice watch is listing. Cheap to clone; every connection of the
@@ -141,7 +142,8 @@ impl PacedSocket {
     /// registers the task's waker with both otherwise.
     fn poll_rest(&mut self, cx: &mut Context<'_>) -> bool {
         if self.rest.is_elapsed() {
-            let rest = rest_after(self.gathered);
+            // On the process's beat: the engine's idle tick ends with it.
+            let rest = MonoTime::now().until_beat(rest_after(self.gathered));
             self.gathered = 0;
             self.rest.as_mut().reset(Instant::now() + rest);
         }
