@@ -231,3 +231,28 @@ impl EngineLoop {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+
+    #[test]
+    fn an_idle_engine_is_ticked_on_the_second() {
+        let engine_loop = EngineLoop::new(Engine::new(EngineConfig::default()), Vec::new());
+        let busy = Duration::from_millis(250);
+        // 1.1 s past a whole second: the next beat of a second is 0.9 s on,
+        // not the 250 ms a busy engine would wait.
+        let now = MonoTime(41_100_000_000);
+        assert_eq!(
+            engine_loop.next_tick_in(now, busy),
+            Duration::from_millis(900)
+        );
+        // A tick configured longer than the idle one is kept, on its own
+        // beat: 40.1 s is 1.9 s short of the next whole two seconds.
+        assert_eq!(
+            engine_loop.next_tick_in(MonoTime(40_100_000_000), Duration::from_secs(2)),
+            Duration::from_millis(1_900)
+        );
+    }
+}
