@@ -24,6 +24,9 @@ use anyhow::{Context as _, bail};
 
 use crate::cmd::{require_root, run};
 
+/// How many times a guest is booted when it dies before its init runs.
+const BOOT_ATTEMPTS: u32 = 3;
+
 /// A guest architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Arch {
@@ -280,16 +283,28 @@ pub fn vm_test(args: VmTestArgs) -> anyhow::Result<()> {
             built.tests.len()
         );
         let console_log = work.join("console.log");
-        let outcome = qemu::boot(
-            args.arch,
-            &guest,
-            &qemu::BootOptions {
-                kvm: args.kvm,
-                timeout: Duration::from_secs(args.timeout_minutes * 60),
-                console_log: &console_log,
-                verbose: args.verbose,
-            },
-        )?;
+        let options = qemu::BootOptions {
+            kvm: args.kvm,
+            timeout: Duration::from_secs(args.timeout_minutes * 60),
+            console_log: &console_log,
+            verbose: args.verbose,
+        };
+        let mut outcome = qemu::boot(args.arch, &guest, &options)?;
+        let mut boots = 1;
+        // A guest that dies before its init reports the kernel never ran a
+        // line of the project's code: under TCG the emulated CPU, not the
+        // probe, is what failed. Boot it again, a bounded number of times,
+        // and say so; a panic once the tests run is never retried.
+        while outcome.died_booting() && boots < BOOT_ATTEMPTS {
+            println!(
+                "vm-test: Linux {} died before its init ran (boot {boots} of {BOOT_ATTEMPTS}); \
+                 its console:\n{}\nvm-test: booting it again",
+                guest.release,
+                qemu::console_tail(&console_log, 40)
+            );
+            outcome = qemu::boot(args.arch, &guest, &options)?;
+            boots += 1;
+        }
         let (row, ok) = judge(
             kernel,
             args.arch,
@@ -300,7 +315,11 @@ pub fn vm_test(args: VmTestArgs) -> anyhow::Result<()> {
         );
         if !ok {
             failed = true;
-            println!("vm-test: console log kept in {}", console_log.display());
+            println!(
+                "vm-test: the console's last lines:\n{}\nvm-test: console log kept in {}",
+                qemu::console_tail(&console_log, 40),
+                console_log.display()
+            );
         }
         table.push(row);
     }

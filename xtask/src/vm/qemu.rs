@@ -27,6 +27,30 @@ pub struct Outcome {
     pub finished: bool,
 }
 
+impl Outcome {
+    /// Whether the guest stopped before its init printed the kernel, so
+    /// before any test binary or any of the project's code ran.
+    pub fn died_booting(&self) -> bool {
+        self.kernel_release.is_none() && self.results.is_empty() && !self.finished
+    }
+}
+
+/// The last `lines` lines of a console log, indented, to print where a
+/// guest failed (CI keeps only what was printed).
+pub fn console_tail(console_log: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(console_log) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..]
+                .iter()
+                .map(|line| format!("  console: {line}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        Err(err) => format!("  (cannot read {}: {err})", console_log.display()),
+    }
+}
+
 pub struct BootOptions<'a> {
     pub kvm: bool,
     pub timeout: Duration,
@@ -53,7 +77,10 @@ pub fn boot(arch: Arch, guest: &Guest, options: &BootOptions) -> anyhow::Result<
         .arg(&guest.initramfs)
         .arg("-append")
         .arg(format!(
-            "console={} panic=-1 quiet loglevel=4",
+            // loglevel=5: an oops's registers and call trace are logged at
+            // the default level (4), which a lower setting leaves off the
+            // console.
+            "console={} panic=-1 quiet loglevel=5",
             arch.console()
         ))
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
@@ -183,5 +210,29 @@ mod tests {
             ]
         );
         assert!(outcome.finished);
+    }
+
+    #[test]
+    fn only_a_guest_that_never_reached_its_init_died_booting() {
+        let read = |lines: &[&str]| {
+            let mut outcome = Outcome {
+                kernel_release: None,
+                results: Vec::new(),
+                finished: false,
+            };
+            for line in lines {
+                read_line(line, &mut outcome);
+            }
+            outcome
+        };
+        let panic = "[    4.414929] Kernel panic - not syncing: Fatal exception in interrupt";
+        assert!(read(&[panic]).died_booting());
+        assert!(read(&[]).died_booting());
+        let in_tests = read(&[
+            "OBSERVER-VM kernel 6.12.118+deb12-cloud-amd64 x86_64",
+            "OBSERVER-VM begin probe_ring",
+            panic,
+        ]);
+        assert!(!in_tests.died_booting());
     }
 }
