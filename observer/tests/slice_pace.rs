@@ -235,4 +235,36 @@ async fn a_node_agent_gathers_other_nodes_endpoint_changes_and_reads_its_own_at_
         prompt >= 7,
         "this node's terminating pod's changes came in only {prompt} reads: {delivered:?}"
     );
+
+    // The pod is gone, then its endpoint: once the slice no longer owes
+    // this node a change, other nodes' changes gather again, well before
+    // the linger's bound.
+    store
+        .delete::<Pod>("shop", "web-a", Some(0))
+        .expect("the pod is gone");
+    let endpoints = slice.endpoints.as_mut().expect("endpoints");
+    endpoints.remove(0);
+    slice = store.update(slice.clone()).expect("the endpoint's removal");
+    let removal = next_slice_change(&mut events).await;
+    let delivered = flip(
+        &store,
+        &mut slice,
+        0,
+        10,
+        Duration::from_millis(10),
+        &mut events,
+    )
+    .await;
+    let after_removal = reads(&delivered);
+    assert!(
+        after_removal <= 4,
+        "after this node's endpoint was removed, another node's changes still came in \
+         {after_removal} reads: {delivered:?}"
+    );
+    let last = delivered.last().expect("ten changes");
+    assert!(
+        last.saturating_since(removal) < observer::cluster::slice_pace::PROMPT_LINGER,
+        "gathering again only {:?} after the removal",
+        last.saturating_since(removal)
+    );
 }

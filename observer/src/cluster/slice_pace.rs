@@ -17,17 +17,21 @@
 //! EndpointSlice controller writes the `terminating` or not-ready condition
 //! in answer to the pod's deletion or readiness, which the node's Pod watch
 //! receives first. That watch sets the pace back to prompt the moment it
-//! sees one ([`LocalWindows`]), and it stays prompt for [`PROMPT_LINGER`]
-//! after the last such pod is gone, for the endpoint's removal. A list is
+//! sees one ([`LocalWindows`]). After the last such pod is gone, the slices
+//! still owe the endpoint's removal (the anchor the cluster view joins two
+//! nodes on) or its return to ready: the pace stays prompt until the
+//! slices show every endpoint of this node ready and none terminating
+//! ([`LocalEndpoints`]), and never longer than [`PROMPT_LINGER`]. A list is
 //! always read promptly: it is a run of page requests, and each would
 //! otherwise wait out a rest.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -57,8 +61,11 @@ pub fn rest_after(gathered: usize) -> Duration {
     }
 }
 
-/// How long the stream stays prompt after the last of this node's pods in
-/// a window is gone: the endpoint's removal comes after the pod's.
+/// How long the stream stays prompt, at most, after the last of this
+/// node's pods in a window is gone: the endpoint's removal comes after the
+/// pod's. It ends sooner once the slices show the node's endpoints settled;
+/// the bound is for endpoints that never settle (a pod the Pod watch's
+/// label selector leaves out, a slice another controller keeps).
 pub const PROMPT_LINGER: Duration = Duration::from_secs(10);
 
 /// How the slice stream is read right now.
@@ -87,6 +94,9 @@ impl Pace {
 pub struct SlicePace {
     pace: watch::Sender<Pace>,
     listing: Arc<AtomicBool>,
+    /// Whether the slices list an endpoint of this node that is not ready
+    /// or terminating; true until the slice watch has listed.
+    slices_unsettled: AtomicBool,
 }
 
 impl Default for SlicePace {
@@ -94,6 +104,7 @@ impl Default for SlicePace {
         SlicePace {
             pace: watch::Sender::new(Pace::Unlisted),
             listing: Arc::new(AtomicBool::new(true)),
+            slices_unsettled: AtomicBool::new(true),
         }
     }
 }
@@ -121,16 +132,43 @@ impl SlicePace {
     /// Whether any of this node's pods is in a window, at `now`.
     pub fn set_any_in_window(&self, any: bool, now: Instant) {
         self.pace.send_if_modified(|pace| {
+            // Read under the pace's lock, which `set_slices_unsettled`
+            // takes after its store: one of the two sees the other's
+            // change.
+            let linger = if self.slices_unsettled.load(Ordering::SeqCst) {
+                PROMPT_LINGER
+            } else {
+                Duration::ZERO
+            };
             let next = match (any, *pace) {
                 (true, _) => Pace::Prompt,
                 // No pod of this node has left a window: nothing to linger for.
                 (false, Pace::Unlisted) => Pace::PromptUntil(now),
-                (false, Pace::Prompt) => Pace::PromptUntil(now + PROMPT_LINGER),
+                (false, Pace::Prompt) => Pace::PromptUntil(now + linger),
                 (false, until @ Pace::PromptUntil(_)) => until,
             };
             let changed = next != *pace;
             *pace = next;
             changed
+        });
+    }
+}
+
+impl SlicePace {
+    /// Whether the slices list an endpoint of this node that is not ready
+    /// or terminating, at `now`. Settled slices end a linger at once: what
+    /// this node had to date has arrived.
+    pub fn set_slices_unsettled(&self, unsettled: bool, now: Instant) {
+        self.slices_unsettled.store(unsettled, Ordering::SeqCst);
+        if unsettled {
+            return;
+        }
+        self.pace.send_if_modified(|pace| match *pace {
+            Pace::PromptUntil(until) if until > now => {
+                *pace = Pace::PromptUntil(now);
+                true
+            }
+            _ => false,
         });
     }
 }
@@ -195,6 +233,83 @@ impl LocalWindows {
         }
         Some(!self.in_window.is_empty())
     }
+}
+
+/// The endpoints of one node that the slices list as not ready or
+/// terminating, counted per slice and kept from the slice watch's events
+/// (a relist replaces them). Only slices with such an endpoint are kept.
+#[derive(Debug)]
+pub struct LocalEndpoints {
+    node: String,
+    unsettled: HashMap<String, usize>,
+    listing: Option<HashMap<String, usize>>,
+}
+
+impl LocalEndpoints {
+    pub fn new(node: &str) -> LocalEndpoints {
+        LocalEndpoints {
+            node: node.to_owned(),
+            unsettled: HashMap::new(),
+            listing: None,
+        }
+    }
+
+    /// Applies one slice watch event. Returns whether any of the node's
+    /// endpoints is unsettled now, or `None` in the middle of a list.
+    pub fn apply(&mut self, event: &Event<EndpointSlice>) -> Option<bool> {
+        match event {
+            Event::Init => {
+                self.listing = Some(HashMap::new());
+                return None;
+            }
+            Event::InitApply(slice) => {
+                let count = self.count(slice);
+                if let Some(listing) = &mut self.listing
+                    && count > 0
+                {
+                    listing.insert(slice_key(slice), count);
+                }
+                return None;
+            }
+            Event::InitDone => self.unsettled = self.listing.take().unwrap_or_default(),
+            Event::Apply(slice) => {
+                let count = self.count(slice);
+                if count > 0 {
+                    self.unsettled.insert(slice_key(slice), count);
+                } else {
+                    self.unsettled.remove(&slice_key(slice));
+                }
+            }
+            Event::Delete(slice) => {
+                self.unsettled.remove(&slice_key(slice));
+            }
+        }
+        Some(!self.unsettled.is_empty())
+    }
+
+    /// This node's endpoints in `slice` that are not ready or terminating.
+    /// An absent `ready` means ready (the EndpointSlice API's reading).
+    fn count(&self, slice: &EndpointSlice) -> usize {
+        slice
+            .endpoints
+            .iter()
+            .flatten()
+            .filter(|e| e.node_name.as_deref() == Some(self.node.as_str()))
+            .filter(|e| {
+                e.conditions
+                    .as_ref()
+                    .is_some_and(|c| c.ready == Some(false) || c.terminating == Some(true))
+            })
+            .count()
+    }
+}
+
+fn slice_key(slice: &EndpointSlice) -> String {
+    format!(
+        "{}/{}",
+        slice.metadata.namespace.as_deref().unwrap_or_default(),
+        slice.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 #[cfg(test)]
@@ -297,5 +412,100 @@ mod tests {
         let t0 = Instant::now();
         pace.set_any_in_window(false, t0);
         assert!(pace.subscribe().borrow().gathers(t0));
+    }
+
+    fn slice(name: &str, endpoints: &[(&str, Option<bool>, Option<bool>)]) -> EndpointSlice {
+        use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+        EndpointSlice {
+            metadata: ObjectMeta {
+                namespace: Some("shop".into()),
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            endpoints: Some(
+                endpoints
+                    .iter()
+                    .map(|(node, ready, terminating)| Endpoint {
+                        addresses: vec!["10.0.0.1".into()],
+                        node_name: Some(node.to_string()),
+                        conditions: Some(EndpointConditions {
+                            ready: *ready,
+                            terminating: *terminating,
+                            ..EndpointConditions::default()
+                        }),
+                        ..Endpoint::default()
+                    })
+                    .collect(),
+            ),
+            ..EndpointSlice::default()
+        }
+    }
+
+    #[test]
+    fn only_this_nodes_unready_or_terminating_endpoints_are_unsettled() {
+        let mut local = LocalEndpoints::new("node-a");
+        assert_eq!(local.apply(&Event::Init), None);
+        let other_nodes_churn = slice("web-1", &[("node-b", Some(false), Some(true))]);
+        assert_eq!(local.apply(&Event::InitApply(other_nodes_churn)), None);
+        let absent_ready_is_ready = slice("web-2", &[("node-a", None, None)]);
+        assert_eq!(local.apply(&Event::InitApply(absent_ready_is_ready)), None);
+        assert_eq!(local.apply(&Event::InitDone), Some(false));
+
+        let terminating = slice(
+            "web-2",
+            &[
+                ("node-a", Some(false), Some(true)),
+                ("node-b", Some(true), None),
+            ],
+        );
+        assert_eq!(local.apply(&Event::Apply(terminating)), Some(true));
+        let starting = slice("web-3", &[("node-a", Some(false), None)]);
+        assert_eq!(local.apply(&Event::Apply(starting.clone())), Some(true));
+        let removed = slice("web-2", &[("node-b", Some(true), None)]);
+        assert_eq!(
+            local.apply(&Event::Apply(removed)),
+            Some(true),
+            "web-3's endpoint is still starting"
+        );
+        assert_eq!(local.apply(&Event::Delete(starting)), Some(false));
+
+        // A relist replaces what the live watch left.
+        local.apply(&Event::Apply(slice(
+            "web-4",
+            &[("node-a", Some(false), None)],
+        )));
+        local.apply(&Event::Init);
+        local.apply(&Event::InitApply(slice(
+            "web-4",
+            &[("node-a", Some(true), None)],
+        )));
+        assert_eq!(local.apply(&Event::InitDone), Some(false));
+    }
+
+    #[test]
+    fn settled_slices_end_the_linger_at_once() {
+        let pace = SlicePace::default();
+        let rx = pace.subscribe();
+        let t0 = Instant::now();
+        pace.set_slices_unsettled(false, t0);
+        pace.set_any_in_window(true, t0);
+        pace.set_slices_unsettled(true, t0);
+        // The pod is gone; its endpoint's removal is still to come.
+        pace.set_any_in_window(false, t0);
+        assert!(!rx.borrow().gathers(t0 + PROMPT_LINGER / 2));
+        pace.set_slices_unsettled(false, t0 + Duration::from_millis(300));
+        assert!(rx.borrow().gathers(t0 + Duration::from_millis(300)));
+
+        // The removal came before the Pod watch's deletion: no linger.
+        let t1 = t0 + PROMPT_LINGER * 2;
+        pace.set_any_in_window(true, t1);
+        pace.set_any_in_window(false, t1);
+        assert!(rx.borrow().gathers(t1));
+
+        // Slices settling while a pod is in a window do not end it.
+        let t2 = t1 + PROMPT_LINGER;
+        pace.set_any_in_window(true, t2);
+        pace.set_slices_unsettled(false, t2);
+        assert!(!rx.borrow().gathers(t2 + PROMPT_LINGER * 3));
     }
 }

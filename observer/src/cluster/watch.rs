@@ -20,7 +20,7 @@ use super::model::{ClusterModel, ResourceEvent, StampedEvent};
 use super::paced_socket::PaceGate;
 use super::pod_watch::{PodScope, ScopeNow, SharedScope, scoped_pod_events};
 use super::prune::prune_pod;
-use super::slice_pace::{LocalWindows, SlicePace};
+use super::slice_pace::{LocalEndpoints, LocalWindows, SlicePace};
 use super::slice_watch::{SliceItem, scoped_slice_events};
 use crate::clock::MonoTime;
 
@@ -217,7 +217,7 @@ pub fn stamped_events(
         &config.pod_scope,
         counters.pod_scope.clone(),
     );
-    let pace = SlicePace::default();
+    let pace = Arc::new(SlicePace::default());
     let paced = match config.pod_scope.node() {
         Some(_) => kube.paced_client(PaceGate::new(
             pace.subscribe(),
@@ -236,6 +236,8 @@ pub fn stamped_events(
     );
     let pod_counters = counters.clone();
     let mut windows = LocalWindows::default();
+    let mut local_endpoints = config.pod_scope.node().map(LocalEndpoints::new);
+    let slice_pace = pace.clone();
     let pods = pods.filter_map(move |item| {
         let at = MonoTime::now();
         pod_counters.pods.count(&item, WatchedResource::Pods);
@@ -264,7 +266,16 @@ pub fn stamped_events(
                     .endpoint_slices
                     .count(&item, WatchedResource::EndpointSlices);
                 item.ok().map(|e| {
-                    ResourceEvent::EndpointSlice(Box::new(map_event(e, LeanSlice::into_pruned)))
+                    let event = map_event(e, LeanSlice::into_pruned);
+                    // While the Pod watch is narrow: does this node still owe
+                    // an endpoint change it must date?
+                    if counters.pod_scope.get() == ScopeNow::Node
+                        && let Some(unsettled) =
+                            local_endpoints.as_mut().and_then(|l| l.apply(&event))
+                    {
+                        slice_pace.set_slices_unsettled(unsettled, tokio::time::Instant::now());
+                    }
+                    ResourceEvent::EndpointSlice(Box::new(event))
                 })
             }
         };
