@@ -152,9 +152,7 @@ impl SlicePace {
             changed
         });
     }
-}
 
-impl SlicePace {
     /// Whether the slices list an endpoint of this node that is not ready
     /// or terminating, at `now`. Settled slices end a linger at once: what
     /// this node had to date has arrived.
@@ -276,12 +274,16 @@ impl LocalEndpoints {
                 let count = self.count(slice);
                 if count > 0 {
                     self.unsettled.insert(slice_key(slice), count);
-                } else {
+                } else if !self.unsettled.is_empty() {
+                    // Nearly every change is another node's, and nearly
+                    // always nothing is kept: no key to build for those.
                     self.unsettled.remove(&slice_key(slice));
                 }
             }
             Event::Delete(slice) => {
-                self.unsettled.remove(&slice_key(slice));
+                if !self.unsettled.is_empty() {
+                    self.unsettled.remove(&slice_key(slice));
+                }
             }
         }
         Some(!self.unsettled.is_empty())
