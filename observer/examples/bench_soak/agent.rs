@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
-use observer::agent::{EngineLoop, Input, NdjsonSink, Sink};
+use observer::agent::{EngineLoop, Input, NdjsonSink, Sink, feed_watch_events};
 use observer::clock::MonoTime;
 use observer::cluster::{self, ClientSource, PodScope, WatchConfig, WatchCounters};
 use observer::engine::{Engine, EngineConfig, IngressConfig};
@@ -143,19 +142,10 @@ async fn agent(kubeconfig: PathBuf, output: PathBuf, node: Option<String>) -> an
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(NdjsonSink::create(&output)?)];
     let mut engine_loop = EngineLoop::new(Engine::new(config), sinks);
     let counters = Arc::new(WatchCounters::default());
-    let events = Box::pin(cluster::stamped_events(&client, &watch, counters.clone()));
-    // The watchers run on their own task, as in the agent, handing
-    // events over a bounded channel in batches of what is ready.
+    // The watchers are fed to the engine's loop as in the agent: a node
+    // agent's on a thread of their own, in batches of what is ready.
     let (tx, mut rx) = mpsc::channel::<Vec<Input>>(4_096);
-    let mut events = events.ready_chunks(64);
-    tokio::spawn(async move {
-        while let Some(events) = events.next().await {
-            let inputs = events.into_iter().map(Input::Cluster).collect();
-            if tx.send(inputs).await.is_err() {
-                return;
-            }
-        }
-    });
+    feed_watch_events(&client, &watch, counters.clone(), tx).context("starting the watches")?;
     // Stdin is read on a thread of its own: its end is the signal to stop.
     let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {

@@ -8,6 +8,7 @@ mod heap;
 pub mod input;
 pub mod run;
 pub mod sinks;
+pub mod watch_feed;
 
 pub use engine_loop::{EngineLoop, Sink, SinkError, WatchMap};
 pub use input::{
@@ -16,3 +17,4 @@ pub use input::{
 };
 pub use run::{AgentOptions, replay, run_agent};
 pub use sinks::{NdjsonSink, RecordingSink, StateSink};
+pub use watch_feed::feed_watch_events;

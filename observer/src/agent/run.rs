@@ -5,12 +5,12 @@
 use std::{fs::File, io::BufReader, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use futures::StreamExt as _;
 use tokio::sync::mpsc;
 
 use super::engine_loop::{EngineLoop, Sink};
 use super::input::{Input, Recording, read_recording};
 use super::sinks::{NdjsonSink, RecordingSink, StateSink};
+use super::watch_feed::feed_watch_events;
 use crate::{
     clock::MonoTime,
     cluster::{self, ClientSource, ScopeNow, WatchConfig, WatchCounters},
@@ -166,23 +166,10 @@ async fn start_sources(
     // message: a gathered batch of slice changes is then one wake-up of
     // the loop, not one per change. Each event is still stamped as the
     // watch yields it.
-    let mut events = Box::pin(
-        cluster::stamped_events(&client, &options.watch, counters.clone())
-            .ready_chunks(WATCH_BATCH),
-    );
-    tokio::spawn(async move {
-        while let Some(events) = events.next().await {
-            let inputs = events.into_iter().map(Input::Cluster).collect();
-            if tx.send(inputs).await.is_err() {
-                return;
-            }
-        }
-    });
+    feed_watch_events(&client, &options.watch, counters.clone(), tx)
+        .context("starting the watches' thread")?;
     Ok(Some(counters))
 }
-
-/// The most watch events handed to the engine's loop in one message.
-const WATCH_BATCH: usize = 64;
 
 /// The watches for `/metrics`: the Pod watch's scope follows its widening.
 fn watch_reports(counters: &WatchCounters, watch: &WatchConfig) -> [WatchReport; 2] {

@@ -104,6 +104,13 @@ impl Kube {
         &self.client
     }
 
+    /// The same client, built anew: kube's client spawns its request
+    /// worker on the runtime it is built in, and a watch on a thread of its
+    /// own wants its requests served there.
+    pub fn rebuilt(&self) -> Result<Kube, kube::Error> {
+        Kube::from_config(self.config.clone())
+    }
+
     /// A client whose connections leave the runtime's poll set while
     /// `gate` gathers. `None` where the configuration names a proxy, which
     /// only kube's own stack connects through: the watch then reads each
