@@ -162,7 +162,9 @@ async fn agent(kubeconfig: PathBuf, output: PathBuf, node: Option<String>) -> an
     let next_tick = tokio::time::sleep(TICK);
     tokio::pin!(next_tick);
     let mut load = Load {
-        rng: 0x9e37_79b9_7f4a_7c15,
+        // Each ingress agent its own sequence: two ingress nodes do not
+        // send the same connects. (Never zero: a pid is below 2^22.)
+        rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
         port: 32_768,
         ready: Vec::new(),
     };

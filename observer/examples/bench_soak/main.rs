@@ -41,6 +41,10 @@ use proc::Usage;
 const TERMINATION_EVERY: Duration = Duration::from_millis(120);
 const FAULT_EVERY: Duration = Duration::from_secs(30);
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// Ingress nodes: each runs an agent that watches every pod and sends the
+/// synthetic connect load (its own). The first one's figures fill the
+/// table's agent rows; the others' get a row each.
+const INGRESS_NODES: usize = 2;
 /// After the last termination: the engine's quiet period (10 s) and a
 /// margin, so that windows close on their own before the agent stops.
 const SETTLE: Duration = Duration::from_secs(13);
@@ -197,7 +201,6 @@ async fn soak(churn_for: Duration, shape: Shape) -> anyhow::Result<bool> {
     .await?;
     let temp = tempfile::tempdir().context("temp dir")?;
     let kubeconfig = temp.path().join("kubeconfig");
-    let output = temp.path().join("agent.ndjson");
     sim.write_kubeconfig(&kubeconfig)?;
     let started = Instant::now();
     let churn = Churn::populate(sim.store().clone(), shape.nodes)?;
@@ -211,13 +214,24 @@ async fn soak(churn_for: Duration, shape: Shape) -> anyhow::Result<bool> {
     );
 
     let spawned = Instant::now();
-    let ingress_agent = AgentProcess::spawn(&kubeconfig, output.clone(), None)?;
-    let pid = ingress_agent.pid;
-    ingress_agent.synced().await?;
+    let mut ingress_agents = Vec::new();
+    for i in 0..INGRESS_NODES {
+        let out = temp.path().join(format!("ingress-{i}.ndjson"));
+        ingress_agents.push((
+            merged::ingress_agent_name(i),
+            AgentProcess::spawn(&kubeconfig, out, None)?,
+        ));
+    }
+    let mut ingress_at_sync = Vec::new();
+    for (_, agent) in &ingress_agents {
+        agent.synced().await?;
+        ingress_at_sync.push(proc::usage(agent.pid)?);
+    }
     let sync = spawned.elapsed();
-    let at_sync = proc::usage(pid)?;
+    let pid = ingress_agents[0].1.pid;
+    let at_sync = ingress_at_sync[0];
     eprintln!(
-        "soak: agent listed in {sync:.1?}, RSS {}; churning for {churn_for:?}",
+        "soak: {INGRESS_NODES} ingress agents listed in {sync:.1?}, RSS {}; churning for {churn_for:?}",
         proc::mib(at_sync.rss_kib)
     );
     // The agents of nodes without an ingress: node-0, node-1, …
@@ -296,9 +310,22 @@ async fn soak(churn_for: Duration, shape: Shape) -> anyhow::Result<bool> {
             summary,
         });
     }
-    // Closing stdin stops the agent: it closes what is still open, flushes
+    // Closing stdin stops an agent: it closes what is still open, flushes
     // and reports.
-    let (agent_summary, text) = ingress_agent.stop()?;
+    let mut ingress_reports = Vec::new();
+    for ((name, agent), at_sync) in ingress_agents.into_iter().zip(ingress_at_sync) {
+        let at_end = proc::usage(agent.pid)?;
+        let (summary, output) = agent.stop()?;
+        ingress_reports.push(report::IngressAgent {
+            name,
+            at_sync,
+            at_end,
+            output,
+            summary,
+        });
+    }
+    let first = ingress_reports.remove(0);
+    let (agent_summary, text) = (first.summary, first.output);
     if let Some(keep) = std::env::var_os("SOAK_KEEP") {
         std::fs::write(&keep, &text).context("keeping the agent's output")?;
         let log: Vec<String> = churn.log().iter().map(|t| format!("{t:?}")).collect();
@@ -318,6 +345,9 @@ async fn soak(churn_for: Duration, shape: Shape) -> anyhow::Result<bool> {
         agent_summary,
     };
     let (mut table, mut passed) = report::report(&run, &churn.log(), &text);
+    let (more, ok) = report::other_ingress_agents(&ingress_reports, &churn.log(), run.churn);
+    table.push_str(&more);
+    passed &= ok;
     if !nodes_report.is_empty() {
         let (more, ok) = report::node_agents(
             &nodes_report,
@@ -333,7 +363,14 @@ async fn soak(churn_for: Duration, shape: Shape) -> anyhow::Result<bool> {
             .iter()
             .map(|n| (n.node.clone(), n.output.as_str()))
             .collect();
-        let (more, ok) = merged::check(&churn.log(), shape.nodes, &text, &node_outputs).rows();
+        let mut ingress_outputs = vec![(first.name.clone(), text.as_str())];
+        ingress_outputs.extend(
+            ingress_reports
+                .iter()
+                .map(|a| (a.name.clone(), a.output.as_str())),
+        );
+        let (more, ok) =
+            merged::check(&churn.log(), shape.nodes, &ingress_outputs, &node_outputs).rows();
         table.push_str(&more);
         passed &= ok;
     }

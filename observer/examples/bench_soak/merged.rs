@@ -13,8 +13,10 @@ use observer::tui::view::SourceData;
 
 use super::churn::{self, TerminationLog};
 
-/// The name the ingress node's agent has in the merged view.
-pub const INGRESS_AGENT: &str = "ingress-node";
+/// The name the `index`th ingress node's agent has in the merged view.
+pub fn ingress_agent_name(index: usize) -> String {
+    format!("ingress-{index}")
+}
 
 /// Every `termination` record of one agent's NDJSON output.
 pub fn terminations(output: &str) -> Vec<PodTermination> {
@@ -35,21 +37,21 @@ pub struct MergedChecks {
     pub one_row: usize,
     /// Terminations of pods on the node agents' nodes.
     pub on_agent_nodes: usize,
-    /// Of those, one row holding both the pod's node agent's record and
-    /// the ingress node's.
-    pub both_agents: usize,
-    /// Of those, with the ingress node's gap in the row.
-    pub with_ingress_gap: usize,
+    /// Of those, one row holding the pod's node agent's record and every
+    /// ingress node's.
+    pub every_agent: usize,
+    /// Of those, with every ingress node's gap in the row.
+    pub with_ingress_gaps: usize,
     /// Rows the simulator did not make.
     pub unexpected: usize,
 }
 
-/// Merges the ingress agent's output with each `(node, output)` of the
-/// node agents.
+/// Merges each `(name, output)` of the ingress nodes' agents with each
+/// `(node, output)` of the node agents.
 pub fn check(
     log: &[TerminationLog],
     nodes: usize,
-    ingress_output: &str,
+    ingress_outputs: &[(String, &str)],
     node_outputs: &[(String, &str)],
 ) -> MergedChecks {
     let now = MonoTime::now();
@@ -65,9 +67,8 @@ pub fn check(
         received_at_ms: 0,
     };
     let mut sources = BTreeMap::new();
-    sources.insert(INGRESS_AGENT.to_owned(), source(ingress_output));
-    for (node, output) in node_outputs {
-        sources.insert(node.clone(), source(output));
+    for (name, output) in ingress_outputs.iter().chain(node_outputs) {
+        sources.insert(name.clone(), source(output));
     }
     let rows = cluster_rows(&sources);
     let made = churn::names_by_uid(log);
@@ -88,10 +89,13 @@ pub fn check(
             continue;
         };
         checks.on_agent_nodes += 1;
-        if row.agents.contains(&node) && row.agents.iter().any(|a| a == INGRESS_AGENT) {
-            checks.both_agents += 1;
-            if !row.ingress_nodes.is_empty() {
-                checks.with_ingress_gap += 1;
+        let every_ingress = ingress_outputs
+            .iter()
+            .all(|(name, _)| row.agents.contains(name));
+        if row.agents.contains(&node) && every_ingress {
+            checks.every_agent += 1;
+            if row.ingress_nodes.len() == ingress_outputs.len() {
+                checks.with_ingress_gaps += 1;
             }
         }
     }
@@ -100,20 +104,20 @@ pub fn check(
 
 impl MergedChecks {
     /// The table's rows, and whether every termination has exactly one row
-    /// and every node agent's pod a row with both agents' parts.
+    /// and every node agent's pod a row with every agent's part.
     pub fn rows(&self) -> (String, bool) {
         let passed = self.one_row == self.made
             && self.unexpected == 0
-            && self.both_agents == self.on_agent_nodes;
+            && self.every_agent == self.on_agent_nodes;
         let text = format!(
             "| **merged view (`observer cluster`): terminations with exactly one row** | **{} of {}** ({} rows not made by the simulator) |\n\
-             | **merged rows of the node agents' pods holding both agents' parts** | **{} of {}** ({} with the ingress node's gap) |\n",
+             | **merged rows of the node agents' pods holding their node's and every ingress node's parts** | **{} of {}** ({} with every ingress node's gap) |\n",
             self.one_row,
             self.made,
             self.unexpected,
-            self.both_agents,
+            self.every_agent,
             self.on_agent_nodes,
-            self.with_ingress_gap
+            self.with_ingress_gaps
         );
         (text, passed)
     }

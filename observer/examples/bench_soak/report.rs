@@ -258,6 +258,55 @@ pub fn report(run: &Run, log: &[TerminationLog], output: &str) -> (String, bool)
     (t, passed)
 }
 
+/// An ingress node's agent beyond the first: its output and usage.
+pub struct IngressAgent {
+    pub name: String,
+    pub at_sync: Usage,
+    pub at_end: Usage,
+    pub output: String,
+    /// The agent's `done …` line.
+    pub summary: String,
+}
+
+/// A row per further ingress node's agent: each must report every
+/// termination exactly once, as the first does, within the same memory
+/// target.
+pub fn other_ingress_agents(
+    agents: &[IngressAgent],
+    log: &[TerminationLog],
+    churn: std::time::Duration,
+) -> (String, bool) {
+    let mut t = String::new();
+    let mut passed = true;
+    for agent in agents {
+        let c = check(log, &agent.output);
+        let memory_ok = agent.at_end.hwm_kib <= 64 * 1024;
+        passed &= c.missing.is_empty()
+            && c.duplicated.is_empty()
+            && c.unexpected == 0
+            && c.out_of_order.is_empty()
+            && memory_ok;
+        let churn_cpu = agent.at_end.cpu_s - agent.at_sync.cpu_s;
+        let _ = writeln!(
+            t,
+            "| **{} (another ingress node, its own connects): terminations exactly once; peak RSS; CPU per 1 000 terminations** | **{} of {}** (missing {}, twice or more {}, out of order {}); **{}**; {:.1} s over {:.0} s of churn |",
+            agent.name,
+            c.exactly_once,
+            c.terminations,
+            c.missing.len(),
+            c.duplicated.len(),
+            c.out_of_order.len(),
+            mib(agent.at_end.hwm_kib),
+            churn_cpu * 1000.0 / c.terminations.max(1) as f64,
+            churn.as_secs_f64()
+        );
+        if !agent.summary.starts_with("done") {
+            eprintln!("soak: {} reported no summary", agent.name);
+        }
+    }
+    (t, passed)
+}
+
 /// One node-scoped agent's run.
 pub struct NodeAgent {
     pub node: String,
@@ -350,10 +399,11 @@ pub fn node_agents(
     row(
         "layout",
         format!(
-            "{} pods on {} nodes; the ingress node's agent (every pod) and {} node agents \
-             (their node's pods, every EndpointSlice)",
+            "{} pods on {} nodes; {} ingress nodes' agents (every pod, each with its own \
+             connects) and {} node agents (their node's pods, every EndpointSlice)",
             churn::PODS,
             shape.nodes,
+            super::INGRESS_NODES,
             agents.len()
         ),
     );
