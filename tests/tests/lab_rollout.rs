@@ -362,6 +362,51 @@ async fn haproxy_matches_the_wire_and_its_own_retries() {
     );
 }
 
+/// Caddy, a Go proxy: its upstreams changed in place over the admin API,
+/// each failed request tried again after Caddy's own 250 ms backoff, on
+/// whichever thread runs its goroutine, with Go's connection pools. The
+/// truth is Caddy's log of every try (which knows a retry from a choice):
+/// the measured gap ends at the last choice, never at a retry that came
+/// a backoff later, and the recommendation is verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_gap_ends_at_its_last_choice_despite_late_retries() {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let scenario = LabScenario {
+        pods: 3,
+        rollouts: 1,
+        propagation_delay: Duration::from_millis(1000),
+        jitter: Duration::from_millis(300),
+        ingress: IngressKind::Caddy,
+        lab_id: 26,
+        ..LabScenario::default()
+    };
+    let report = run_lab(&scenario, true, EngineMeasure::default)
+        .await
+        .expect("lab run");
+    println!("{}", render_summary(&report));
+    assert_clean(&scenario);
+    assert_eq!(report.terminations.len(), 3);
+    assert_eq!(report.wire.dropped, 0, "the capture lost frames");
+    assert!(
+        report.hidden.truth_retried > 0,
+        "Caddy retried failed tries: {:?}",
+        report.hidden
+    );
+    assert_choices_within(&report, GO_RETRY_TOLERANCE_MS);
+    assert_views_agree(&report);
+    let verify = report.verify.expect("verified");
+    assert_eq!(
+        (verify.failed_connects, verify.client_errors),
+        (0, 0),
+        "the recommended preStop removes every failure"
+    );
+}
+
+/// How far the gap may be from the last choice of a proxy that retries
+/// after a backoff, on any thread.
+const GO_RETRY_TOLERANCE_MS: f64 = 50.0;
+
 /// How far the two views of the same packets may be apart: both date a
 /// pooled request by its connection's close, to a jiffy each (4 ms at the
 /// usual 250 Hz).

@@ -26,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "haproxy",
         "the lab's second ingress (updated over its runtime API)",
     ),
+    (
+        "caddy",
+        "the lab's Go data plane (upstreams changed over its admin API)",
+    ),
     ("curl", "the lab's bystander pod, scraping pod IPs"),
     ("bpftrace", "the probe benchmark's comparison"),
     ("wrk", "the probe benchmark's load on the lab's ingress"),

@@ -102,6 +102,11 @@ pub struct LabArgs {
     /// runtime API (no reload), `retries 3` with `option redispatch`; the
     /// truth is the wire (every SYN and request the ingress put on the
     /// lab's bridge), and HAProxy's log tells which failures it retried.
+    /// caddy: Debian's Caddy, a Go proxy as Traefik is, its upstreams
+    /// changed in place over its admin API; round robin, a failed try
+    /// tried again after --lb-try-interval (on any thread: each request
+    /// is a goroutine) for up to --lb-try-duration; the truth is the wire,
+    /// and Caddy's log of every try tells which failures it retried.
     /// external: a load balancer outside the cluster sending straight to
     /// pod IPs, as an ALB or NLB in IP mode or a GKE NEG does: HAProxy in
     /// a namespace of its own that is no node, health checks every
@@ -115,7 +120,15 @@ pub struct LabArgs {
     /// target (GET /); a target is down after two failed checks.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub lb_health_interval: Duration,
-    /// The ingress (nginx or haproxy) sends to the Service's ClusterIP
+    /// With `--ingress caddy`: the wait before a failed request is tried
+    /// again (Caddy's `lb_try_interval`; its default, 250 ms).
+    #[arg(long, default_value = "250ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub lb_try_interval: Duration,
+    /// With `--ingress caddy`: how long Caddy keeps trying one request
+    /// (`lb_try_duration`).
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub lb_try_duration: Duration,
+    /// The ingress (nginx, haproxy or caddy) sends to the Service's ClusterIP
     /// instead of the pods' addresses; the node DNATs it to the ready
     /// endpoints as kube-proxy's nftables mode does, the rule changed after
     /// --propagation-delay. The ingress's own sockets never connect to a
@@ -152,6 +165,8 @@ impl LabArgs {
             upstream_keepalive: self.upstream_keepalive,
             ingress: self.ingress,
             lb_health_interval: self.lb_health_interval,
+            lb_try_interval: self.lb_try_interval,
+            lb_try_duration: self.lb_try_duration,
             via_service: self.via_service,
             sandbox_linger: self.sandbox_linger,
             lab_id: self.lab_id,

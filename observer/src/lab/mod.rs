@@ -16,6 +16,7 @@
 //! See docs/LAB.md.
 
 pub mod app;
+pub mod caddy;
 pub mod cgroup;
 pub mod connectors;
 pub mod engine_measure;

@@ -1,4 +1,4 @@
-//! The lab's traffic source: an in-cluster ingress (nginx or HAProxy in
+//! The lab's traffic source: an in-cluster ingress (nginx, HAProxy or Caddy in
 //! the ingress controller's pod), or a load balancer outside the cluster
 //! (HAProxy in a namespace of its own, routed through the pods' node).
 
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use observer_sim::Cluster;
 
+use super::caddy::{Caddy, CaddyPaths, CaddySettings};
 use super::cgroup;
 use super::haproxy::{
     Haproxy, HaproxyPaths, HaproxyRole, HaproxySettings, HaproxyTotals, parse_log_line,
@@ -31,6 +32,10 @@ pub enum IngressKind {
     /// HAProxy, its servers changed in place through the runtime API (as
     /// HAProxy- and Envoy-based ingresses do).
     Haproxy,
+    /// Caddy, its upstreams changed in place through its admin API: a Go
+    /// proxy (as Traefik is), whose retries come after a backoff
+    /// (`--lb-try-interval`) and on any thread.
+    Caddy,
     /// A load balancer outside the cluster sending straight to pod IPs
     /// (an ALB or NLB in IP mode, a GKE NEG): HAProxy in a namespace of
     /// its own that is no node, health-checking its targets, no retries.
@@ -44,6 +49,7 @@ impl IngressKind {
         match self {
             IngressKind::Nginx => "nginx",
             IngressKind::Haproxy => "haproxy",
+            IngressKind::Caddy => "caddy",
             IngressKind::External => "external",
         }
     }
@@ -60,6 +66,8 @@ pub(super) struct PlaneSettings {
     pub pods: u32,
     pub keepalive: u32,
     pub lb_health_interval: Duration,
+    /// Caddy's wait between two tries of a request, and how long it tries.
+    pub lb_try: (Duration, Duration),
     /// The node's end and the external load balancer's address.
     pub lb_link: (IpAddr, IpAddr),
 }
@@ -89,6 +97,7 @@ pub(super) struct ExternalLb {
 pub(super) enum Plane {
     Nginx(Arc<Nginx>),
     Haproxy(Arc<Haproxy>),
+    Caddy(Arc<Caddy>),
 }
 
 impl Plane {
@@ -96,6 +105,7 @@ impl Plane {
         match self {
             Plane::Nginx(nginx) => nginx.clone(),
             Plane::Haproxy(haproxy) => haproxy.clone(),
+            Plane::Caddy(caddy) => caddy.clone(),
         }
     }
 
@@ -104,6 +114,7 @@ impl Plane {
         match self {
             Plane::Nginx(nginx) => (nginx.paths().access_log(), nginx.paths().error_log()),
             Plane::Haproxy(haproxy) => (haproxy.paths().access_log(), haproxy.paths().error_log()),
+            Plane::Caddy(caddy) => (caddy.paths().access_log(), caddy.paths().error_log()),
         }
     }
 }
@@ -178,6 +189,7 @@ pub(super) async fn start(
         let (kind, dir): (IngressKind, PathBuf) = (settings.kind, dir.to_path_buf());
         let pods = settings.pods;
         let health_interval = settings.lb_health_interval;
+        let (try_interval, try_duration) = settings.lb_try;
         blocking(move || {
             let haproxy = |ns: &Netns, role| {
                 Haproxy::start(
@@ -201,6 +213,18 @@ pub(super) async fn start(
                     NginxPaths::new(&dir),
                     listen,
                     keepalive,
+                    &registry,
+                    Some(&cgroup),
+                )?)),
+                (IngressKind::Caddy, _) => Plane::Caddy(Arc::new(Caddy::start(
+                    &net.ingress,
+                    CaddyPaths::new(&dir),
+                    listen,
+                    CaddySettings {
+                        keepalive,
+                        try_interval,
+                        try_duration,
+                    },
                     &registry,
                     Some(&cgroup),
                 )?)),
@@ -270,6 +294,24 @@ pub(super) fn truth(
                 ..TryTotals::default()
             };
             (truth, totals, (own.retried, own.not_retried, 0))
+        }
+        Plane::Caddy(caddy) => {
+            let log = read(caddy.paths().access_log())?;
+            let lines: Vec<_> = log
+                .lines()
+                .filter_map(super::caddy::parse_log_line)
+                .collect();
+            let entries = super::caddy::access_entries(&lines);
+            let totals = TryTotals::from_log(&entries);
+            let truth = if via_service {
+                let mut truth = compute_truth(timelines, &[], clock, wire);
+                truth.iter_mut().for_each(PodTruth::take_wire_as_truth);
+                truth
+            } else {
+                compute_truth(timelines, &entries, clock, wire)
+            };
+            let hidden = (totals.failed_retried, totals.failed_not_retried, 0);
+            (truth, totals, hidden)
         }
     })
 }

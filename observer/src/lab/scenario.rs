@@ -87,6 +87,10 @@ pub struct LabScenario {
     /// The external load balancer's health-check interval (it marks a
     /// target down after two failed checks).
     pub lb_health_interval: Duration,
+    /// With Caddy: its wait between two tries of a request
+    /// (`lb_try_interval`) and how long it tries one (`lb_try_duration`).
+    pub lb_try_interval: Duration,
+    pub lb_try_duration: Duration,
     /// The ingress sends to the Service's ClusterIP, which the node DNATs
     /// to the ready endpoints as kube-proxy's nftables mode does (changed
     /// after the propagation delay), instead of to the pods' addresses.
@@ -128,6 +132,8 @@ impl Default for LabScenario {
             upstream_keepalive: DEFAULT_UPSTREAM_KEEPALIVE,
             ingress: IngressKind::Nginx,
             lb_health_interval: DEFAULT_LB_HEALTH_INTERVAL,
+            lb_try_interval: super::caddy::DEFAULT_LB_TRY_INTERVAL,
+            lb_try_duration: super::caddy::DEFAULT_LB_TRY_DURATION,
             via_service: false,
         }
     }
@@ -255,6 +261,12 @@ impl LabScenario {
         if self.lb_health_interval < Duration::from_millis(100) {
             return Err(LabError::Invalid(
                 "the load balancer's health-check interval is at least 100 ms".into(),
+            ));
+        }
+        if self.lb_try_interval.is_zero() || self.lb_try_duration < self.lb_try_interval {
+            return Err(LabError::Invalid(
+                "Caddy's try interval is above zero and its try duration at least one interval"
+                    .into(),
             ));
         }
         if self.upstream_keepalive > 10_000 {
@@ -419,6 +431,7 @@ async fn run(
             pods: scenario.pods,
             keepalive: scenario.upstream_keepalive,
             lb_health_interval: scenario.lb_health_interval,
+            lb_try: (scenario.lb_try_interval, scenario.lb_try_duration),
             lb_link: scenario.lb_link(),
         },
         &cluster,
