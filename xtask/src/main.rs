@@ -82,7 +82,9 @@ enum Bench {
     /// The lab's accuracy sweep: measured vs true propagation gaps over
     /// delays of 0.5–10 s, with and without jitter, IPv4 and IPv6, through
     /// nginx (about 20 minutes), then the HAProxy family against the wire
-    /// truth, each point verified (about 15 minutes). Root.
+    /// truth, each point verified (about 15 minutes), then the Caddy family
+    /// (retries after a backoff of 25, 100 and 250 ms) against Caddy's own
+    /// log (about 10 minutes). Root.
     Lab {
         /// Run one family only.
         #[arg(long, value_enum, default_value_t = LabFamily::All)]
@@ -118,6 +120,7 @@ enum LabFamily {
     All,
     Nginx,
     Haproxy,
+    Caddy,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -166,6 +169,7 @@ fn main() -> anyhow::Result<()> {
                     "lab-haproxy",
                     "haproxy",
                 ),
+                (LabFamily::Caddy, "bench_lab_caddy", "lab-caddy", "caddy"),
             ];
             for (which, example, section, name) in families {
                 if family != LabFamily::All && family != which {
