@@ -25,11 +25,10 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use super::cgroup::place_on_exec;
+use super::daemon::Daemon;
 use super::ingress::DataPlane;
 use super::netns::{Netns, Registry};
 use super::nginx::{AccessEntry, UpstreamTry};
@@ -160,9 +159,7 @@ pub fn render_config(paths: &CaddyPaths, listen: SocketAddr, settings: &CaddySet
 #[derive(Debug)]
 pub struct Caddy {
     paths: CaddyPaths,
-    child: Mutex<Child>,
-    pid: i32,
-    registry: Registry,
+    process: Daemon,
 }
 
 impl Caddy {
@@ -196,46 +193,17 @@ impl Caddy {
             .stdin(Stdio::null())
             .stdout(errors)
             .stderr(errors_too);
-        let procs = cgroup
-            .map(|cg| place_on_exec(&mut cmd, cg))
-            .transpose()
-            .map_err(|e| LabError::Invalid(format!("ingress pod cgroup: {e}")))?;
-        let child = cmd
-            .spawn()
-            .map_err(LabError::io(format!("running {CADDY_BIN}")))?;
-        drop(procs);
-        let pid = child.id() as i32;
-        registry.add_pid(pid);
-        let caddy = Caddy {
-            paths,
-            child: Mutex::new(child),
-            pid,
-            registry: registry.clone(),
-        };
+        let process = Daemon::spawn(cmd, cgroup, registry, CADDY_BIN)?;
+        let caddy = Caddy { paths, process };
         caddy.wait_ready()?;
         Ok(caddy)
     }
 
-    /// Waits for the admin API to answer.
     fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if self.admin("GET", "/config/", None).is_ok() {
-                return Ok(());
-            }
-            let exited = lock(&self.child).try_wait().ok().flatten();
-            if let Some(status) = exited {
-                let errors = std::fs::read_to_string(self.paths.error_log()).unwrap_or_default();
-                return Err(LabError::Invalid(format!(
-                    "Caddy exited at start ({status}): {}",
-                    errors.trim()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(LabError::Timeout("Caddy's admin API".into()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process
+            .wait_ready("Caddy", &self.paths.error_log(), || {
+                self.admin("GET", "/config/", None).is_ok()
+            })
     }
 
     pub fn paths(&self) -> &CaddyPaths {
@@ -283,29 +251,6 @@ impl DataPlane for Caddy {
         let body = upstreams_json(upstreams).to_string();
         self.admin("PATCH", UPSTREAMS_PATH, Some(&body)).map(drop)
     }
-}
-
-impl Drop for Caddy {
-    fn drop(&mut self) {
-        let mut child = lock(&self.child);
-        // SAFETY: kill(2) has no memory preconditions; `pid` is the Caddy
-        // process this lab started and has not reaped yet.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        self.registry.forget_pid(self.pid);
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One line of Caddy's log that the lab reads.

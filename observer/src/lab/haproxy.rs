@@ -30,11 +30,11 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::cgroup::place_on_exec;
+use super::daemon::Daemon;
 use super::ingress::DataPlane;
 use super::netns::{Netns, Registry};
 use super::{LabError, Result};
@@ -194,11 +194,10 @@ impl Slots {
 #[derive(Debug)]
 pub struct Haproxy {
     paths: HaproxyPaths,
-    child: Mutex<Child>,
-    pid: i32,
     slots: Mutex<Slots>,
-    registry: Registry,
     role: HaproxyRole,
+    /// Last: the process stops once the rest is dropped.
+    process: Daemon,
 }
 
 impl Haproxy {
@@ -230,48 +229,22 @@ impl Haproxy {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(errors);
-        let procs = cgroup
-            .map(|cg| place_on_exec(&mut cmd, cg))
-            .transpose()
-            .map_err(|e| LabError::Invalid(format!("ingress pod cgroup: {e}")))?;
-        let child = cmd
-            .spawn()
-            .map_err(LabError::io(format!("running {HAPROXY_BIN}")))?;
-        drop(procs);
-        let pid = child.id() as i32;
-        registry.add_pid(pid);
+        let process = Daemon::spawn(cmd, cgroup, registry, HAPROXY_BIN)?;
         let haproxy = Haproxy {
             paths,
-            child: Mutex::new(child),
-            pid,
             slots: Mutex::new(Slots::new(slots)),
-            registry: registry.clone(),
             role: settings.role,
+            process,
         };
         haproxy.wait_ready()?;
         Ok(haproxy)
     }
 
-    /// Waits for the stats socket to answer.
     fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if self.command("show info").is_ok() {
-                return Ok(());
-            }
-            let exited = lock(&self.child).try_wait().ok().flatten();
-            if let Some(status) = exited {
-                let errors = std::fs::read_to_string(self.paths.error_log()).unwrap_or_default();
-                return Err(LabError::Invalid(format!(
-                    "HAProxy exited at start ({status}): {}",
-                    errors.trim()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(LabError::Timeout("HAProxy's stats socket".into()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process
+            .wait_ready("HAProxy", &self.paths.error_log(), || {
+                self.command("show info").is_ok()
+            })
     }
 
     pub fn paths(&self) -> &HaproxyPaths {
@@ -355,25 +328,6 @@ impl DataPlane for Haproxy {
             ))),
             None => Ok(()),
         }
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let mut child = lock(&self.child);
-        // SAFETY: kill(2) has no memory preconditions; `pid` is the
-        // HAProxy process this lab started and has not reaped yet.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        self.registry.forget_pid(self.pid);
     }
 }
 

@@ -19,6 +19,7 @@ pub mod app;
 pub mod caddy;
 pub mod cgroup;
 pub mod connectors;
+mod daemon;
 pub mod engine_measure;
 pub mod haproxy;
 pub mod ingress;

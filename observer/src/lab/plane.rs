@@ -17,7 +17,7 @@ use super::haproxy::{
 use super::ingress::DataPlane;
 use super::neighbours::{self, NeighbourPod};
 use super::netns::{LabNet, Netns, Registry};
-use super::nginx::{Nginx, NginxPaths, parse_access_line};
+use super::nginx::{AccessEntry, Nginx, NginxPaths, parse_access_line};
 use super::truth::{PodTimeline, PodTruth, TryTotals, WallToMono, compute_truth};
 use super::wire::WireLog;
 use super::{LabError, Result};
@@ -267,20 +267,7 @@ pub(super) fn truth(
         Plane::Nginx(nginx) => {
             let log = read(nginx.paths().access_log())?;
             let entries: Vec<_> = log.lines().filter_map(parse_access_line).collect();
-            let totals = TryTotals::from_log(&entries);
-            let truth = if via_service {
-                let mut truth = compute_truth(timelines, &[], clock, wire);
-                truth.iter_mut().for_each(PodTruth::take_wire_as_truth);
-                truth
-            } else {
-                compute_truth(timelines, &entries, clock, wire)
-            };
-            let hidden = (
-                totals.failed_retried,
-                totals.failed_not_retried,
-                totals.failed_retried_pooled,
-            );
-            (truth, totals, hidden)
+            request_log_truth(&entries, via_service, timelines, clock, wire)
         }
         Plane::Haproxy(haproxy) => {
             let log = read(haproxy.paths().access_log())?;
@@ -302,16 +289,33 @@ pub(super) fn truth(
                 .filter_map(super::caddy::parse_log_line)
                 .collect();
             let entries = super::caddy::access_entries(&lines);
-            let totals = TryTotals::from_log(&entries);
-            let truth = if via_service {
-                let mut truth = compute_truth(timelines, &[], clock, wire);
-                truth.iter_mut().for_each(PodTruth::take_wire_as_truth);
-                truth
-            } else {
-                compute_truth(timelines, &entries, clock, wire)
-            };
-            let hidden = (totals.failed_retried, totals.failed_not_retried, 0);
-            (truth, totals, hidden)
+            request_log_truth(&entries, via_service, timelines, clock, wire)
         }
     })
+}
+
+/// The truth from a log of every request's tries (nginx's, or Caddy's in
+/// that shape), which tells a retry from a choice; through a ClusterIP the
+/// log names the Service's address, so the wire is the truth then.
+fn request_log_truth(
+    entries: &[AccessEntry],
+    via_service: bool,
+    timelines: &[PodTimeline],
+    clock: WallToMono,
+    wire: &WireLog,
+) -> PlaneTruth {
+    let totals = TryTotals::from_log(entries);
+    let truth = if via_service {
+        let mut truth = compute_truth(timelines, &[], clock, wire);
+        truth.iter_mut().for_each(PodTruth::take_wire_as_truth);
+        truth
+    } else {
+        compute_truth(timelines, entries, clock, wire)
+    };
+    let hidden = (
+        totals.failed_retried,
+        totals.failed_not_retried,
+        totals.failed_retried_pooled,
+    );
+    (truth, totals, hidden)
 }
